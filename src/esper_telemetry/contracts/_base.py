@@ -1,0 +1,55 @@
+"""The model configuration and field types every contract shares."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+
+_NON_FINITE_JSON = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _real_number(value: Any) -> Any:
+    # Lax pydantic would turn True into 1.0 and "1.5" into 1.5; a typo'd metric must fail
+    # instead. The three strings are how strict JSON spells NaN and ±Inf (see Contract).
+    if isinstance(value, bool):
+        raise ValueError(f"expected a real number, got a bool ({value!r})")
+    if isinstance(value, str):
+        if value in _NON_FINITE_JSON:
+            return _NON_FINITE_JSON[value]
+        raise ValueError(f"expected a real number, got a string ({value!r})")
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value  # pydantic reports the wrong type
+
+
+#: A float that refuses bools and numeric strings but reads "NaN"/"Infinity"/"-Infinity".
+#: The strict member takes the common case (a float or int) at pydantic-core speed; the
+#: second one only runs for what the first rejects.
+Float = Annotated[
+    Annotated[float, Strict()] | Annotated[float, BeforeValidator(_real_number)],
+    Field(union_mode="left_to_right"),
+]
+#: A float for settings (thresholds): refuses bools and strings; constraints apply to it.
+StrictFloat = Annotated[float, Strict()]
+#: An int that refuses bools, floats and strings.
+Int = Annotated[int, Strict()]
+#: A bool that refuses 0/1 and "true".
+Bool = Annotated[bool, Strict()]
+#: A str that refuses numbers.
+Str = Annotated[str, Strict()]
+
+
+class Contract(BaseModel):
+    """Base of every contract: frozen, closed to unknown fields, strict JSON.
+
+    ``ser_json_inf_nan="strings"`` writes NaN and ±Inf as "NaN", "Infinity" and
+    "-Infinity": the output is strict JSON and validates back to the same floats.
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        ser_json_inf_nan="strings",
+    )

@@ -1,0 +1,53 @@
+"""What the hub reports about its subscribers: counts, queue depth, latency."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from esper_telemetry.contracts._base import Bool, Contract, Float, Int, Str
+from esper_telemetry.contracts.levels import TelemetryLevel
+
+
+class SubscriberStats(Contract):
+    """Counters of one subscriber since it subscribed."""
+
+    name: Str = Field(description="The subscriber's unique name on its hub.")
+    mode: Literal["thread", "inline"] = Field(description="Where it runs.")
+    when_full: Literal["block", "drop_oldest"] = Field(description="Its full-queue policy.")
+    delivered: Int = Field(description="Events it handled without raising.")
+    failed: Int = Field(description="Events on which it raised (counted, logged, isolated).")
+    dropped: Int = Field(description="Events discarded by drop_oldest before it saw them.")
+    abandoned: Int = Field(
+        default=0, description="Events still queued when close() gave up on it."
+    )
+    queue_depth: Int = Field(description="Events waiting in its queue now (0 when inline).")
+    queue_size: Int = Field(description="Its queue's capacity (0 when inline).")
+    latency_p50_ms: Float = Field(description="Median handling time, recent events, in ms.")
+    latency_p99_ms: Float = Field(description="99th percentile handling time, recent events, ms.")
+    latency_max_ms: Float = Field(description="Longest handling time since it subscribed, ms.")
+    last_error: Str | None = Field(default=None, description="The last exception it raised.")
+    stuck: Bool = Field(
+        default=False, description="True when close() or flush() timed out waiting for it."
+    )
+
+
+class HubStats(Contract):
+    """A snapshot of a hub and its subscribers."""
+
+    run_id: Str = Field(description="The hub's run id.")
+    state: Literal["open", "closing", "closed"] = Field(description="Lifecycle state.")
+    level: TelemetryLevel = Field(description="The current telemetry level.")
+    emitted: Int = Field(description="Events accepted by emit() so far.")
+    subscribers: tuple[SubscriberStats, ...] = Field(description="One entry per subscriber.")
+
+    @property
+    def stuck(self) -> tuple[str, ...]:
+        """Names of the subscribers that a flush or close had to give up on."""
+        return tuple(s.name for s in self.subscribers if s.stuck)
+
+    @property
+    def lossless(self) -> bool:
+        """True when no subscriber failed, dropped or abandoned any event."""
+        return all(s.failed == s.dropped == s.abandoned == 0 for s in self.subscribers)
