@@ -160,6 +160,9 @@ PAYLOAD_MODELS: dict[EventType, type[Contract]] = {
 }
 
 
+_EVENT_TYPE_OF = {model: et for et, model in PAYLOAD_MODELS.items()}
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -194,8 +197,11 @@ class TelemetryEvent(Contract):
         payload = data.get("payload")
         raw_type = data.get("event_type")
         if raw_type is None:
-            if isinstance(payload, Contract) and hasattr(type(payload), "event_type"):
-                return {**data, "event_type": type(payload).event_type}
+            inferred = _EVENT_TYPE_OF.get(type(payload)) if isinstance(payload, Contract) else None
+            if inferred is not None:
+                return {**data, "event_type": inferred}
+            if isinstance(payload, dict):
+                raise ValueError("event_type is required when the payload is given as a mapping")
             return data
         try:
             event_type = EventType(raw_type)

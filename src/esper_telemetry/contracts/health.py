@@ -97,7 +97,9 @@ class HealthThresholds(Contract):
     vanishing_rms: StrictFloat = Field(
         default=1e-6, gt=0, description="An RMS below this is a vanishing state (critical)."
     )
-    warning_rms: StrictFloat = Field(default=5.0, gt=0, description="An RMS above this is a warning.")
+    warning_rms: StrictFloat = Field(
+        default=5.0, gt=0, description="An RMS above this is a warning."
+    )
     critical_rms: StrictFloat = Field(
         default=10.0, gt=0, description="An RMS or per-env RMS above this is an explosion."
     )

@@ -19,9 +19,7 @@ class SubscriberStats(Contract):
     delivered: Int = Field(description="Events it handled without raising.")
     failed: Int = Field(description="Events on which it raised (counted, logged, isolated).")
     dropped: Int = Field(description="Events discarded by drop_oldest before it saw them.")
-    abandoned: Int = Field(
-        default=0, description="Events still queued when close() gave up on it."
-    )
+    abandoned: Int = Field(default=0, description="Events still queued when close() gave up on it.")
     queue_depth: Int = Field(description="Events waiting in its queue now (0 when inline).")
     queue_size: Int = Field(description="Its queue's capacity (0 when inline).")
     latency_p50_ms: Float = Field(description="Median handling time, recent events, in ms.")

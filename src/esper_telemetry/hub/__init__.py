@@ -1,0 +1,9 @@
+"""The hub: publishes each telemetry event to every subscriber, independently.
+
+Knows blinker and the contracts; never imports torch or a backend.
+"""
+
+from esper_telemetry.hub._hub import DEFAULT_QUEUE_SIZE, TelemetryHub
+from esper_telemetry.hub._protocol import Backend, Subscriber
+
+__all__ = ["DEFAULT_QUEUE_SIZE", "Backend", "Subscriber", "TelemetryHub"]

@@ -1,0 +1,316 @@
+"""One subscriber on a hub: its callables, its counters and, in thread mode, its worker.
+
+A threaded subscription owns a FIFO queue and one worker thread. The hub's dispatcher
+is the only producer of events, so the queue order is the hub's ``seq`` order. Control
+tokens (flush, stop) travel in the same queue, behind the events before them, and
+never count toward the bound or get dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from esper_telemetry.contracts import EventType, SubscriberStats, TelemetryEvent
+
+logger = logging.getLogger("esper_telemetry.hub")
+
+Mode = Literal["thread", "inline"]
+WhenFull = Literal["block", "drop_oldest"]
+
+#: After the first failure of a subscriber is logged, at most one line per this many seconds.
+_FAILURE_LOG_INTERVAL_S = 60.0
+_LATENCY_WINDOW = 1024
+
+_local = threading.local()
+
+
+def current_subscription() -> Subscription | None:
+    """The threaded subscription whose worker is running this code, if any."""
+    sub: Subscription | None = getattr(_local, "subscription", None)
+    return sub
+
+
+@dataclass(eq=False)
+class Token:
+    """A control item in a subscriber's queue; ``done`` is set once it has been acted on."""
+
+    kind: Literal["flush", "stop", "close"]
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = True
+
+
+class Subscription:
+    """A subscriber as the hub sees it. Created by ``TelemetryHub.subscribe``."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        handle: Callable[[TelemetryEvent], object],
+        flush: Callable[[], object] | None,
+        close: Callable[[], object] | None,
+        source: object,
+        events: frozenset[EventType],
+        mode: Mode,
+        queue_size: int,
+        when_full: WhenFull,
+        block_timeout: float | None,
+    ) -> None:
+        self.name = name
+        self.source = source
+        self.events = events
+        self.mode: Mode = mode
+        self.when_full: WhenFull = when_full
+        self.queue_size = queue_size if mode == "thread" else 0
+        self.block_timeout = block_timeout
+        self._handle = handle
+        self._flush = flush
+        self._close = close
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+        self.abandoned = 0
+        self.stuck = False
+        self.last_error: str | None = None
+        self._latencies: deque[int] = deque(maxlen=_LATENCY_WINDOW)
+        self._latency_max_ns = 0
+        self._last_failure_log = -float("inf")
+        self._failures_unlogged = 0
+        self._queue: deque[TelemetryEvent | Token] = deque()
+        self._queued_events = 0
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._close_deadline: float | None = None
+        self._worker: threading.Thread | None = None
+        if mode == "thread":
+            self._worker = threading.Thread(
+                target=self._run, name=f"esper-subscriber-{name}", daemon=True
+            )
+            self._worker.start()
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.name!r} mode={self.mode} events={len(self.events)}>"
+
+    # -- called by the hub's dispatcher -------------------------------------------------
+
+    def offer(self, event: TelemetryEvent) -> None:
+        """Deliver inline, or queue for the worker under the full-queue policy."""
+        if self.mode == "inline":
+            self.handle(event)
+            return
+        with self._lock:
+            if self._queued_events >= self.queue_size:
+                if self.when_full == "drop_oldest" or self.stuck:
+                    # A subscriber already declared stuck does not get to stall the
+                    # emitter again until it handles an event.
+                    self._drop_oldest_event()
+                elif current_subscription() is not self:
+                    # Lossless back-pressure. A subscriber emitting from its own worker
+                    # must not wait on itself: it overflows the bound instead.
+                    self._wait_for_room()
+            self._queue.append(event)
+            self._queued_events += 1
+            self._not_empty.notify()
+
+    def set_close_deadline(self, deadline: float) -> None:
+        """From now on a blocked put gives up at ``deadline`` (the hub is closing)."""
+        with self._lock:
+            self._close_deadline = deadline
+            self._not_full.notify_all()
+
+    def __call__(self, sender: object, /, **kwargs: object) -> None:
+        # Lets the subscription sit in a blinker signal; blinker's send(event=...) works.
+        event = kwargs.get("event")
+        if isinstance(event, TelemetryEvent):
+            self.offer(event)
+
+    def send_token(self, kind: Literal["flush", "stop", "close"]) -> Token:
+        """Queue a control token behind everything queued so far (thread mode)."""
+        token = Token(kind)
+        if self.mode == "inline":
+            self._act_on(token)
+            return token
+        with self._lock:
+            self._queue.append(token)
+            self._not_empty.notify()
+        return token
+
+    def flush_now(self) -> bool:
+        """Call the subscriber's flush() on this thread; False when it raised."""
+        return self._call_optional(self._flush, "flush")
+
+    def close_now(self) -> bool:
+        """Call the subscriber's flush() then close() on this thread; False when one raised."""
+        flushed = self._call_optional(self._flush, "flush")
+        return self._call_optional(self._close, "close") and flushed
+
+    def abandon_queue(self) -> None:
+        """Count every event still queued as abandoned (close gave up on this subscriber)."""
+        with self._lock:
+            self.abandoned += self._queued_events
+            self._queued_events = 0
+            self._queue.clear()
+            self._not_full.notify_all()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queued_events
+
+    @property
+    def worker(self) -> threading.Thread | None:
+        return self._worker
+
+    def stats(self) -> SubscriberStats:
+        lat = sorted(self._latencies)
+        return SubscriberStats(
+            name=self.name,
+            mode=self.mode,
+            when_full=self.when_full,
+            delivered=self.delivered,
+            failed=self.failed,
+            dropped=self.dropped,
+            abandoned=self.abandoned,
+            queue_depth=self._queued_events,
+            queue_size=self.queue_size,
+            latency_p50_ms=_percentile(lat, 0.50) / 1e6,
+            latency_p99_ms=_percentile(lat, 0.99) / 1e6,
+            latency_max_ms=self._latency_max_ns / 1e6,
+            last_error=self.last_error,
+            stuck=self.stuck,
+        )
+
+    # -- handling -------------------------------------------------------------------------
+
+    def handle(self, event: TelemetryEvent) -> None:
+        """Run the subscriber on one event; a raise is counted and logged, never propagated."""
+        start = time.perf_counter_ns()
+        try:
+            self._handle(event)
+        except Exception as exc:
+            self.failed += 1
+            self._record_failure(exc, f"handling {event.event_type.value} seq={event.seq}")
+        else:
+            self.delivered += 1
+            self.stuck = False
+        elapsed = time.perf_counter_ns() - start
+        self._latencies.append(elapsed)
+        if elapsed > self._latency_max_ns:
+            self._latency_max_ns = elapsed
+
+    def _call_optional(self, fn: Callable[[], object] | None, what: str) -> bool:
+        if fn is None:
+            return True
+        try:
+            fn()
+        except Exception as exc:
+            self._record_failure(exc, f"in {what}()")
+            return False
+        return True
+
+    def _record_failure(self, exc: Exception, context: str) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        now = time.monotonic()
+        if now - self._last_failure_log >= _FAILURE_LOG_INTERVAL_S:
+            suppressed = self._failures_unlogged
+            note = f" ({suppressed} more failures since the last report)" if suppressed else ""
+            logger.error(
+                "telemetry subscriber %r raised %s%s; the other subscribers are unaffected",
+                self.name,
+                context,
+                note,
+                exc_info=exc if self._last_failure_log == -float("inf") else None,
+            )
+            self._last_failure_log = now
+            self._failures_unlogged = 0
+        else:
+            self._failures_unlogged += 1
+
+    # -- the worker -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        _local.subscription = self
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._not_empty.wait()
+                item = self._queue.popleft()
+                if isinstance(item, TelemetryEvent):
+                    self._queued_events -= 1
+                    self._not_full.notify()
+            if isinstance(item, Token):
+                self._act_on(item)
+                if item.kind in ("stop", "close"):
+                    return
+            else:
+                self.handle(item)
+
+    def _act_on(self, token: Token) -> None:
+        if token.kind == "flush" or token.kind == "stop":
+            token.ok = self.flush_now()
+        else:
+            token.ok = self.close_now()
+        token.done.set()
+
+    def _drop_oldest_event(self) -> None:
+        for i, item in enumerate(self._queue):
+            if isinstance(item, TelemetryEvent):
+                del self._queue[i]
+                self._queued_events -= 1
+                self.dropped += 1
+                return
+
+    def _wait_for_room(self) -> None:
+        started = time.monotonic()
+        while self._queued_events >= self.queue_size:
+            limits = [self._close_deadline]
+            if self.block_timeout is not None:
+                limits.append(started + self.block_timeout)
+            limit = min((x for x in limits if x is not None), default=None)
+            remaining = None if limit is None else limit - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                # It has made no room for too long: give up on its oldest event rather
+                # than stall training, and say so.
+                self.stuck = True
+                self._drop_oldest_event()
+                logger.error(
+                    "telemetry subscriber %r took no event for %.1f s with a full queue "
+                    "(%d); dropped its oldest event (dropped so far: %d)",
+                    self.name,
+                    time.monotonic() - started,
+                    self.queue_size,
+                    self.dropped,
+                )
+                return
+            self._not_full.wait(remaining)
+
+
+def _percentile(sorted_values: list[int], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, int(q * len(sorted_values)))
+    return float(sorted_values[index])
+
+
+def parse_events(events: Iterable[EventType | str] | None) -> frozenset[EventType]:
+    """The event types a subscriber asked for (None: all of them)."""
+    if events is None:
+        return frozenset(EventType)
+    if isinstance(events, str | EventType):
+        events = [events]
+    chosen: set[EventType] = set()
+    for e in events:
+        try:
+            chosen.add(EventType(e))
+        except ValueError:
+            names = ", ".join(t.value for t in EventType)
+            raise ValueError(f"events: {e!r} is not an event type; use one of {names}") from None
+    if not chosen:
+        raise ValueError("events: an empty selection would deliver nothing; pass None for all")
+    return frozenset(chosen)
