@@ -38,6 +38,12 @@ def compute_lstm_health(
 ) -> tuple[LSTMHealthMetrics, LSTMHealthDetail] | None: ...
 
 
+@overload
+def compute_lstm_health(
+    hidden: LSTMState | None, *, detail: bool
+) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail] | None: ...
+
+
 def compute_lstm_health(
     hidden: LSTMState | None, *, detail: bool = False
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail] | None:

@@ -1,0 +1,1 @@
+"""Reference training code that publishes telemetry (torch; never a backend's internals)."""
