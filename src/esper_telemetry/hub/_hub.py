@@ -578,9 +578,9 @@ def _default_name(subscriber: object) -> str:
     name = getattr(subscriber, "name", None)
     if isinstance(name, str) and name:
         return name
-    if hasattr(subscriber, "handle") or not hasattr(subscriber, "__qualname__"):
+    if hasattr(subscriber, "handle") or not hasattr(subscriber, "__name__"):
         return type(subscriber).__name__
-    return str(subscriber.__qualname__)
+    return str(subscriber.__name__)
 
 
 def _unique(base: str, taken: set[str]) -> str:

@@ -1,0 +1,545 @@
+"""TelemetryHub: ordering, isolation, back-pressure, drops, re-entrancy, flush and close."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+
+import blinker
+import pytest
+
+from esper_telemetry import EventType, HubClosedError, TelemetryEvent, TelemetryHub, TelemetryLevel
+from esper_telemetry.contracts import PPOUpdatePayload, RunStartedPayload
+from esper_telemetry.testing import RecordingBackend, capture_events
+
+
+def ppo(update: int, **extra: float) -> TelemetryEvent:
+    payload = PPOUpdatePayload(policy_loss=0.1, value_loss=0.2, entropy=0.3, extra=extra)
+    return TelemetryEvent(event_type=EventType.PPO_UPDATE_COMPLETED, update=update, payload=payload)
+
+
+def started() -> TelemetryEvent:
+    return TelemetryEvent(
+        event_type=EventType.RUN_STARTED, update=0, payload=RunStartedPayload(config={"a": 1})
+    )
+
+
+def seqs(events: list[TelemetryEvent]) -> list[int]:
+    return [e.seq for e in events]
+
+
+class Gate:
+    """A subscriber that blocks on a gate until released (forever if never released)."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.entered = threading.Event()
+        self.seen: list[int] = []
+
+    def __call__(self, event: TelemetryEvent) -> None:
+        self.entered.set()
+        self.open.wait()
+        self.seen.append(event.seq)
+
+
+@pytest.fixture
+def hub():
+    h = TelemetryHub("test-run")
+    yield h
+    h.close(timeout=2.0)
+
+
+# -- delivery and ordering ---------------------------------------------------------------
+
+
+def test_emit_stamps_run_id_seq_rank_and_level(hub: TelemetryHub) -> None:
+    """The hub stamps run_id, a strictly increasing seq, rank and the current level."""
+    with capture_events(hub) as rec:
+        returned = [hub.emit(ppo(k)) for k in range(3)]
+    assert rec.events == returned
+    assert [(e.run_id, e.seq, e.rank, e.level, e.update) for e in rec.events] == [
+        ("test-run", 0, 0, TelemetryLevel.NORMAL, 0),
+        ("test-run", 1, 0, TelemetryLevel.NORMAL, 1),
+        ("test-run", 2, 0, TelemetryLevel.NORMAL, 2),
+    ]
+
+
+def test_inline_subscribers_run_in_subscription_order(hub: TelemetryHub) -> None:
+    """Inline subscribers are called in the order they subscribed, before emit returns."""
+    calls: list[str] = []
+    for name in ["z", "a", "m", "b", "y"]:
+        hub.subscribe(lambda e, n=name: calls.append(n), mode="inline", name=name)
+    hub.emit(ppo(0))
+    hub.emit(ppo(1))
+    assert calls == ["z", "a", "m", "b", "y"] * 2
+
+
+def test_subscribers_are_held_strongly(hub: TelemetryHub) -> None:
+    """A lambda subscriber keeps receiving after garbage collection (blinker is weak by default)."""
+    got: list[int] = []
+    hub.subscribe(lambda e: got.append(e.seq), mode="inline")
+    gc.collect()
+    hub.emit(ppo(0))
+    assert got == [0]
+
+
+def test_hub_uses_a_private_blinker_namespace(hub: TelemetryHub) -> None:
+    """Subscribing connects nothing to blinker's global signals."""
+    hub.subscribe(lambda e: None, mode="inline")
+    assert not blinker.signal(EventType.PPO_UPDATE_COMPLETED.value).receivers
+
+
+def test_events_filter_delivers_only_chosen_types(hub: TelemetryHub) -> None:
+    """A subscriber that asked for RUN_STARTED receives nothing else."""
+    rec = RecordingBackend()
+    hub.subscribe(rec, events=[EventType.RUN_STARTED], mode="inline")
+    hub.emit(ppo(0))
+    first = hub.emit(started())
+    hub.emit(ppo(1))
+    assert rec.events == [first]
+
+
+def test_threaded_subscriber_receives_everything_in_order(hub: TelemetryHub) -> None:
+    """A threaded subscriber sees every event, in seq order, once flush returns."""
+    rec = RecordingBackend()
+    hub.subscribe(rec)
+    sent = [hub.emit(ppo(k)) for k in range(200)]
+    assert hub.flush(timeout=10)
+    assert rec.events == sent
+
+
+def test_concurrent_emitters_every_subscriber_sees_every_event_once() -> None:
+    """8 threads emitting at once: each subscriber gets each event exactly once, in seq order,
+    with every thread's own order kept."""
+    hub = TelemetryHub("concurrent")
+    inline, threaded, tiny = RecordingBackend("inline"), RecordingBackend("t"), RecordingBackend()
+    hub.subscribe(inline, mode="inline")
+    hub.subscribe(threaded)
+    hub.subscribe(tiny, queue_size=2, name="tiny-queue")  # constant back-pressure
+    per_thread = 300
+
+    def worker(t: int) -> None:
+        for i in range(per_thread):
+            hub.emit(ppo(i, thread=t))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    hub.close(timeout=30)
+    for rec in (inline, threaded, tiny):
+        events = rec.events
+        assert seqs(events) == list(range(8 * per_thread))
+        for t in range(8):
+            mine = [e.update for e in events if e.payload.extra["thread"] == t]
+            assert mine == list(range(per_thread))
+    assert hub.stats().lossless
+
+
+# -- isolation ---------------------------------------------------------------------------
+
+
+def test_raising_subscriber_does_not_stop_the_others(
+    hub: TelemetryHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscriber that always raises is counted and logged once; the others get everything."""
+
+    def broken(event: TelemetryEvent) -> None:
+        raise RuntimeError("backend down")
+
+    before, after = RecordingBackend("before"), RecordingBackend("after")
+    hub.subscribe(before, mode="inline")
+    hub.subscribe(broken, mode="inline")
+    hub.subscribe(after, mode="inline")
+    with caplog.at_level(logging.ERROR, logger="esper_telemetry.hub"):
+        sent = [hub.emit(ppo(k)) for k in range(5)]
+    assert before.events == sent
+    assert after.events == sent
+    stats = {s.name: s for s in hub.stats().subscribers}
+    assert (stats["broken"].failed, stats["broken"].delivered) == (5, 0)
+    assert stats["broken"].last_error == "RuntimeError: backend down"
+    assert [r.getMessage().split(" raised")[0] for r in caplog.records] == [
+        "telemetry subscriber 'broken'"
+    ]
+
+
+def test_threaded_raising_subscriber_is_isolated(hub: TelemetryHub) -> None:
+    """A threaded subscriber that raises keeps its worker alive and its failures counted."""
+    calls: list[int] = []
+
+    def flaky(event: TelemetryEvent) -> None:
+        calls.append(event.seq)
+        if event.seq % 2 == 0:
+            raise ValueError("odd one out")
+
+    hub.subscribe(flaky, name="flaky")
+    for k in range(6):
+        hub.emit(ppo(k))
+    assert hub.flush(timeout=5)
+    (s,) = hub.stats().subscribers
+    assert (calls, s.delivered, s.failed) == ([0, 1, 2, 3, 4, 5], 3, 3)
+
+
+def test_sleeping_subscriber_does_not_hold_up_emit(hub: TelemetryHub) -> None:
+    """emit returns while a slow threaded subscriber still has work queued; it catches up."""
+    slow = RecordingBackend("slow")
+    fast = RecordingBackend("fast")
+
+    def sleepy(event: TelemetryEvent) -> None:
+        time.sleep(0.2)
+        slow.handle(event)
+
+    hub.subscribe(sleepy, name="sleepy")
+    hub.subscribe(fast, mode="inline")
+    sent = [hub.emit(ppo(k)) for k in range(5)]
+    # Five emits took far less than one 0.2 s sleep, so the sleeper is still behind.
+    assert fast.events == sent
+    assert len(slow.events) < 5
+    assert hub.flush(timeout=10)
+    assert slow.events == sent
+
+
+def test_stuck_subscriber_close_returns_and_names_it() -> None:
+    """A subscriber blocked forever: close returns within its timeout, names it, counts
+    what it never handled; the others received everything."""
+    hub = TelemetryHub("stuck")
+    gate = Gate()
+    rec = RecordingBackend("healthy")
+    hub.subscribe(gate, name="blocked")
+    hub.subscribe(rec)
+    sent = [hub.emit(ppo(k)) for k in range(4)]
+    assert gate.entered.wait(5)
+    start = time.monotonic()
+    stats = hub.close(timeout=0.5)
+    elapsed = time.monotonic() - start
+    assert elapsed < 5  # generous: the point is that it returns at all
+    assert stats.stuck == ("blocked",)
+    by_name = {s.name: s for s in stats.subscribers}
+    assert by_name["blocked"].abandoned == 3  # one is in its hands, three still queued
+    assert rec.events == sent and rec.closed
+    assert stats.state == "closed"
+    gate.open.set()
+
+
+def test_flush_times_out_on_a_stuck_subscriber_and_marks_it(hub: TelemetryHub) -> None:
+    """flush returns False after its timeout when a subscriber is stuck, and stats say so."""
+    gate = Gate()
+    hub.subscribe(gate, name="blocked")
+    hub.emit(ppo(0))
+    assert hub.flush(timeout=0.2) is False
+    assert hub.stats().stuck == ("blocked",)
+    gate.open.set()
+    assert hub.flush(timeout=5) is True
+    assert gate.seen == [0]
+
+
+# -- back-pressure and drops -------------------------------------------------------------
+
+
+def test_block_policy_is_lossless_under_back_pressure(hub: TelemetryHub) -> None:
+    """With when_full='block' and a queue of 2, a slow subscriber still gets all 50 events."""
+    got: list[int] = []
+
+    def slowish(event: TelemetryEvent) -> None:
+        time.sleep(0.001)
+        got.append(event.seq)
+
+    hub.subscribe(slowish, queue_size=2)
+    for k in range(50):
+        hub.emit(ppo(k))
+    assert hub.flush(timeout=10)
+    (s,) = hub.stats().subscribers
+    assert got == list(range(50))
+    assert (s.delivered, s.dropped) == (50, 0)
+
+
+def test_drop_oldest_counts_every_drop_and_keeps_the_newest(hub: TelemetryHub) -> None:
+    """drop_oldest discards the oldest queued events, counts them, and keeps the latest."""
+    gate = Gate()
+    hub.subscribe(gate, queue_size=4, when_full="drop_oldest", name="view")
+    hub.emit(ppo(0))
+    assert gate.entered.wait(5)  # event 0 is in its hands; the queue is empty
+    for k in range(1, 10):
+        hub.emit(ppo(k))
+    gate.open.set()
+    assert hub.flush(timeout=5)
+    (s,) = hub.stats().subscribers
+    assert gate.seen == [0, 6, 7, 8, 9]
+    assert (s.delivered, s.dropped) == (5, 5)
+
+
+def test_block_timeout_gives_up_on_a_subscriber_that_takes_nothing(hub: TelemetryHub) -> None:
+    """With 'block', a subscriber that makes no room for block_timeout is declared stuck and
+    its oldest event dropped (counted) instead of stalling the emitter forever."""
+    gate = Gate()
+    hub.subscribe(gate, queue_size=1, block_timeout=0.1, name="wedged")
+    hub.emit(ppo(0))
+    assert gate.entered.wait(5)
+    for k in range(1, 5):
+        hub.emit(ppo(k))
+    (s,) = hub.stats().subscribers
+    assert s.stuck
+    assert (s.dropped, s.queue_depth) == (3, 1)
+    gate.open.set()
+    assert hub.flush(timeout=5)
+    assert gate.seen == [0, 4]
+
+
+# -- re-entrancy -------------------------------------------------------------------------
+
+
+def test_reentrant_emit_from_inline_subscriber_keeps_seq_order(hub: TelemetryHub) -> None:
+    """An inline subscriber that emits while handling: every subscriber still sees strictly
+    increasing seq, and the new event right after the one that caused it."""
+
+    def escalate(event: TelemetryEvent) -> None:
+        if event.event_type is EventType.PPO_UPDATE_COMPLETED and event.update == 1:
+            hub.emit(started())
+
+    first, last = RecordingBackend("first"), RecordingBackend("last")
+    threaded = RecordingBackend("threaded")
+    hub.subscribe(first, mode="inline")
+    hub.subscribe(escalate, mode="inline")
+    hub.subscribe(last, mode="inline")
+    hub.subscribe(threaded)
+    for k in range(3):
+        hub.emit(ppo(k))
+    assert hub.flush(timeout=5)
+    expected = [
+        (0, "PPO_UPDATE_COMPLETED"),
+        (1, "PPO_UPDATE_COMPLETED"),
+        (2, "RUN_STARTED"),
+        (3, "PPO_UPDATE_COMPLETED"),
+    ]
+    for rec in (first, last, threaded):
+        assert [(e.seq, e.event_type.value) for e in rec.events] == expected
+
+
+def test_reentrant_emit_from_threaded_subscriber_with_full_queue_does_not_deadlock() -> None:
+    """A threaded subscriber with a queue of 1 that emits from its own worker finishes."""
+    hub = TelemetryHub("reentrant")
+    got: list[int] = []
+
+    def echo(event: TelemetryEvent) -> None:
+        got.append(event.seq)
+        if event.event_type is EventType.PPO_UPDATE_COMPLETED:
+            hub.emit(started())
+
+    hub.subscribe(echo, queue_size=1)
+    done = threading.Event()
+
+    def drive() -> None:
+        for k in range(20):
+            hub.emit(ppo(k))
+        hub.flush(timeout=10)
+        done.set()
+
+    threading.Thread(target=drive, daemon=True).start()
+    assert done.wait(20), "emit/flush deadlocked"
+    hub.close(timeout=5)
+    assert sorted(got) == got and len(got) >= 40
+
+
+def test_flush_and_close_from_inside_a_subscriber_are_refused(hub: TelemetryHub) -> None:
+    """flush()/close() from inside a subscriber raise instead of waiting on themselves."""
+    errors: list[str] = []
+
+    def misbehave(event: TelemetryEvent) -> None:
+        for call in (hub.flush, hub.close):
+            try:
+                call()
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+    hub.subscribe(misbehave, mode="inline")
+    hub.emit(ppo(0))
+    assert len(errors) == 2
+    assert all("from inside a subscriber" in e for e in errors)
+    assert not hub.closed
+
+
+# -- levels ------------------------------------------------------------------------------
+
+
+def test_set_level_emits_level_changed_and_stamps_later_events(hub: TelemetryHub) -> None:
+    """set_level emits TELEMETRY_LEVEL_CHANGED and later events carry the new level."""
+    with capture_events(hub) as rec:
+        hub.emit(ppo(4))
+        change = hub.set_level("debug", reason="anomaly")
+        assert hub.set_level(TelemetryLevel.DEBUG) is None  # unchanged: no event
+        hub.emit(ppo(5))
+    assert change is not None
+    assert [(e.event_type.value, e.level, e.update) for e in rec.events] == [
+        ("PPO_UPDATE_COMPLETED", TelemetryLevel.NORMAL, 4),
+        ("TELEMETRY_LEVEL_CHANGED", TelemetryLevel.DEBUG, 4),
+        ("PPO_UPDATE_COMPLETED", TelemetryLevel.DEBUG, 5),
+    ]
+    assert rec.events[1].payload.model_dump() == {
+        "previous": TelemetryLevel.NORMAL,
+        "level": TelemetryLevel.DEBUG,
+        "reason": "anomaly",
+    }
+
+
+def test_set_level_rejects_unknown_level(hub: TelemetryHub) -> None:
+    """An unknown level name raises ValueError listing the valid ones."""
+    with pytest.raises(ValueError, match="not a telemetry level; use one of off, minimal"):
+        hub.set_level("verbose")
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+def test_emit_after_close_raises_and_nothing_is_delivered() -> None:
+    """After close, emit raises HubClosedError naming the event; no subscriber sees it."""
+    rec = RecordingBackend()
+    with TelemetryHub("closing") as hub:
+        hub.subscribe(rec)
+        hub.emit(ppo(0))
+    with pytest.raises(HubClosedError, match=r"'closing' is closed.*update 7"):
+        hub.emit(ppo(7))
+    with pytest.raises(HubClosedError):
+        hub.set_level("debug")
+    with pytest.raises(HubClosedError):
+        hub.subscribe(RecordingBackend())
+    assert seqs(rec.events) == [0]
+
+
+def test_close_flushes_and_closes_each_subscriber_once_and_is_idempotent() -> None:
+    """close() flushes and closes every backend, and a second close returns the same stats."""
+    a, b = RecordingBackend("a"), RecordingBackend("b")
+    hub = TelemetryHub("twice")
+    hub.subscribe(a)
+    hub.subscribe(b, mode="inline")
+    hub.emit(ppo(0))
+    first = hub.close()
+    second = hub.close()
+    assert first == second
+    assert (a.closed, b.closed, a.flushes, b.flushes) == (True, True, 1, 1)
+    assert first.state == "closed" and first.stuck == ()
+
+
+def test_close_survives_a_backend_whose_close_raises() -> None:
+    """A backend raising in close() is counted in last_error; the others still close."""
+
+    class BadClose(RecordingBackend):
+        def close(self) -> None:
+            raise OSError("disk gone")
+
+    bad, good = BadClose("bad"), RecordingBackend("good")
+    hub = TelemetryHub("badclose")
+    hub.subscribe(bad)
+    hub.subscribe(good)
+    hub.emit(ppo(0))
+    stats = hub.close(timeout=5)
+    assert good.closed
+    assert {s.name: s.last_error for s in stats.subscribers} == {
+        "bad": "OSError: disk gone",
+        "good": None,
+    }
+
+
+def test_unsubscribe_delivers_what_was_emitted_before_then_stops() -> None:
+    """unsubscribe lets a subscriber finish earlier events, flushes it, does not close it."""
+    hub = TelemetryHub("unsub")
+    rec = RecordingBackend()
+    name = hub.subscribe(rec)
+    first = [hub.emit(ppo(k)) for k in range(3)]
+    assert hub.unsubscribe(name, timeout=5)
+    hub.emit(ppo(3))
+    hub.close()
+    assert rec.events == first
+    assert (rec.flushes, rec.closed) == (1, False)
+    with pytest.raises(ValueError, match="is not subscribed"):
+        hub.unsubscribe("nobody")
+
+
+# -- arguments ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"mode": "async"}, "mode must be 'thread' or 'inline', got 'async'"),
+        ({"when_full": "drop"}, "when_full must be 'block' or 'drop_oldest', got 'drop'"),
+        ({"queue_size": 0}, "queue_size must be an int >= 1, got 0"),
+        ({"events": ["PPO_DONE"]}, "events: 'PPO_DONE' is not an event type"),
+        ({"events": []}, "events: an empty selection"),
+        ({"block_timeout": -1}, "block_timeout must be a number > 0 or None, got -1"),
+        ({"name": ""}, "name must be a non-empty string"),
+    ],
+)
+def test_subscribe_rejects_bad_arguments(hub: TelemetryHub, kwargs: dict, message: str) -> None:
+    """Each bad subscribe argument raises ValueError naming it; nothing is subscribed."""
+    with pytest.raises(ValueError, match=message):
+        hub.subscribe(lambda e: None, **kwargs)
+    assert hub.stats().subscribers == ()
+
+
+def test_subscribe_rejects_non_callable(hub: TelemetryHub) -> None:
+    """Something neither callable nor a Backend raises TypeError naming subscriber."""
+    with pytest.raises(TypeError, match="subscriber must be a callable.*got int"):
+        hub.subscribe(42)  # type: ignore[arg-type]
+
+
+def test_subscriber_names_default_and_stay_unique(hub: TelemetryHub) -> None:
+    """Default names come from name attribute or function; duplicates get a suffix."""
+
+    def on_event(event: TelemetryEvent) -> None:
+        pass
+
+    names = [
+        hub.subscribe(on_event, mode="inline"),
+        hub.subscribe(on_event, mode="inline"),
+        hub.subscribe(RecordingBackend("wandb"), mode="inline"),
+    ]
+    assert names == [
+        "on_event",
+        "on_event#2",
+        "wandb",
+    ]
+    with pytest.raises(ValueError, match="'wandb' is already subscribed"):
+        hub.subscribe(RecordingBackend(), name="wandb")
+
+
+def test_emit_rejects_non_events(hub: TelemetryHub) -> None:
+    """emit of something that is not a TelemetryEvent raises TypeError naming event."""
+    with pytest.raises(TypeError, match="event must be a TelemetryEvent, got dict"):
+        hub.emit({"update": 1})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["", "../escape", "/abs", "a/b", "nul\x00", ".hidden", 7])
+def test_run_id_must_be_a_safe_directory_name(bad: object) -> None:
+    """run_ids that could escape a run directory, or are not strings, are refused."""
+    with pytest.raises(ValueError, match="run_id must be"):
+        TelemetryHub(bad)  # type: ignore[arg-type]
+
+
+def test_default_run_id_is_a_safe_unique_name() -> None:
+    """Without a run_id the hub makes a timestamped, unique, safe one."""
+    a, b = TelemetryHub(), TelemetryHub()
+    assert a.run_id != b.run_id
+    assert a.run_id.replace("-", "").isalnum()
+    a.close()
+    b.close()
+
+
+def test_stats_report_latency_and_queue(hub: TelemetryHub) -> None:
+    """stats() gives per-subscriber delivered counts, queue settings and latencies."""
+    hub.subscribe(lambda e: time.sleep(0.002), name="sleeper")
+    for k in range(3):
+        hub.emit(ppo(k))
+    assert hub.flush(timeout=5)
+    stats = hub.stats()
+    (s,) = stats.subscribers
+    assert (stats.emitted, stats.state, s.delivered, s.queue_depth, s.queue_size) == (
+        3,
+        "open",
+        3,
+        0,
+        1024,
+    )
+    assert 2.0 <= s.latency_p50_ms <= s.latency_max_ms
