@@ -1,0 +1,168 @@
+"""emit_ppo_update_event: building, validating and publishing the PPO-update event."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from esper_telemetry import (
+    PPOUpdatePayload,
+    TelemetryHub,
+    TelemetryLevel,
+    compute_lstm_health,
+    emit_ppo_update_event,
+)
+from esper_telemetry.testing import capture_events
+
+PPO = {"policy_loss": -0.01, "value_loss": 0.5, "entropy": 0.69}
+
+
+@pytest.fixture
+def hub():
+    h = TelemetryHub("emit")
+    yield h
+    h.close()
+
+
+def lstm_state(batch: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(input_size=3, hidden_size=6, num_layers=2)
+    _, state = lstm(torch.randn(5, batch, 3))
+    return state
+
+
+def test_builds_the_payload_from_metrics_health_and_env_steps(hub: TelemetryHub) -> None:
+    """Known keys become fields, unknown ones go to extra, health fills the lstm_* fields."""
+    state = lstm_state()
+    health = compute_lstm_health(state)
+    assert health is not None
+    metrics = {**PPO, "approx_kl": 0.01, "grad_norm": 0.7, "fps": 1200, "return_mean": 21.5}
+    with capture_events(hub) as rec:
+        event = emit_ppo_update_event(
+            hub, update=3, metrics=metrics, lstm_health=health, env_steps=4096
+        )
+    assert event is not None
+    assert rec.events == [event]
+    assert event.update == 3
+    assert event.payload == PPOUpdatePayload(
+        **PPO,
+        approx_kl=0.01,
+        grad_norm=0.7,
+        env_steps=4096,
+        extra={"fps": 1200.0, "return_mean": 21.5},
+        **health.to_dict(),
+    )
+
+
+def test_no_lstm_leaves_every_lstm_field_none(hub: TelemetryHub) -> None:
+    """Without lstm_health the 12 lstm_* fields stay None (no LSTM in use)."""
+    event = emit_ppo_update_event(hub, update=0, metrics=PPO)
+    assert event is not None
+    lstm = {k: v for k, v in event.payload.model_dump().items() if k.startswith("lstm_")}
+    assert set(lstm.values()) == {None}
+    assert len(lstm) == 14  # the 12 seed fields plus the DEBUG-only detail and outliers
+
+
+def test_nan_and_inf_metrics_are_kept_exactly(hub: TelemetryHub) -> None:
+    """NaN and Inf statistics are data: published as they are."""
+    event = emit_ppo_update_event(
+        hub,
+        update=1,
+        metrics={**PPO, "value_loss": math.nan, "grad_norm": math.inf, "x": -math.inf},
+    )
+    assert event is not None
+    p = event.payload
+    assert isinstance(p, PPOUpdatePayload)
+    assert (math.isnan(p.value_loss), p.grad_norm, p.extra) == (True, math.inf, {"x": -math.inf})
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        ({**PPO, "fps": "fast"}, r"metrics\['fps'\] must be a real number, got str"),
+        ({**PPO, "fps": None}, r"metrics\['fps'\] must be a real number, got NoneType"),
+        ({**PPO, "done": True}, r"metrics\['done'\] must be a real number, got bool"),
+        ({**PPO, "nested": {"a": 1}}, r"metrics\['nested'\] must be a real number, got dict"),
+        ({**PPO, "big": 10**400}, r"metrics\['big'\] = 1000.* does not fit in a float"),
+        ({**PPO, "entropy": torch.tensor(0.5)}, r"metrics\['entropy'\] must be a real number"),
+        ({"policy_loss": 0.1, "entropy": 0.2}, "missing required key.*value_loss"),
+        ({**PPO, "lstm_h_rms": 0.1}, "'lstm_h_rms' is set by emit_ppo_update_event itself"),
+        ({**PPO, 3: 1.0}, "keys must be non-empty strings, got 3"),
+    ],
+)
+def test_bad_metrics_raise_naming_the_key_and_publish_nothing(
+    hub: TelemetryHub, metrics: dict, message: str
+) -> None:
+    """A bad metric raises ValueError naming its key, and nothing reaches subscribers."""
+    with capture_events(hub) as rec, pytest.raises(ValueError, match=message):
+        emit_ppo_update_event(hub, update=0, metrics=metrics)
+    assert rec.events == []
+    assert hub.stats().emitted == 0
+
+
+def test_optional_known_metrics_accept_none(hub: TelemetryHub) -> None:
+    """approx_kl and friends may be None (not computed this update)."""
+    event = emit_ppo_update_event(hub, update=0, metrics={**PPO, "approx_kl": None})
+    assert event is not None and event.payload.approx_kl is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"update": -1}, ValueError, "update must be an int >= 0, got -1"),
+        ({"update": True}, ValueError, "update must be an int >= 0, got True"),
+        ({"update": 1.0}, ValueError, "update must be an int >= 0, got 1.0"),
+        ({"update": 0, "env_steps": -5}, ValueError, "env_steps must be an int >= 0"),
+        ({"update": 0, "lstm_health": (1, 2)}, TypeError, "lstm_health: expected"),
+        ({"update": 0, "lstm_health": "ok"}, TypeError, "lstm_health must be what"),
+    ],
+)
+def test_bad_arguments_raise_naming_them(
+    hub: TelemetryHub, kwargs: dict, error: type[Exception], message: str
+) -> None:
+    """update, env_steps and lstm_health are validated before anything is published."""
+    with pytest.raises(error, match=message):
+        emit_ppo_update_event(hub, metrics=PPO, **kwargs)
+    assert hub.stats().emitted == 0
+
+
+def test_hub_must_be_a_telemetry_hub() -> None:
+    """Passing something else as hub raises TypeError naming hub."""
+    with pytest.raises(TypeError, match="hub must be a TelemetryHub, got NoneType"):
+        emit_ppo_update_event(None, update=0, metrics=PPO)  # type: ignore[arg-type]
+
+
+def test_level_off_builds_and_publishes_nothing() -> None:
+    """At OFF the emitter returns None and no event is emitted, even with bad metrics."""
+    with TelemetryHub("off", level=TelemetryLevel.OFF) as hub, capture_events(hub) as rec:
+        assert emit_ppo_update_event(hub, update=0, metrics={"junk": "x"}) is None
+        assert rec.events == []
+
+
+def test_debug_level_carries_detail_and_outlier_envs() -> None:
+    """At DEBUG the payload carries per-layer/per-env detail and the outlier env indices."""
+    h, c = lstm_state(batch=4)
+    c = c.clone()
+    c[:, 2, :] = 50.0  # env 2 is far above warning_rms
+    health = compute_lstm_health((h, c), detail=True)
+    assert health is not None
+    with TelemetryHub("debug", level="debug") as hub:
+        event = emit_ppo_update_event(hub, update=0, metrics=PPO, lstm_health=health)
+    assert event is not None
+    p = event.payload
+    assert isinstance(p, PPOUpdatePayload)
+    assert p.lstm_detail == health[1]
+    assert p.lstm_outlier_envs == (2,)
+    assert len(p.lstm_detail.h_layer_rms) == 2 and len(p.lstm_detail.c_env_rms) == 4
+
+
+def test_normal_level_drops_the_detail() -> None:
+    """Below DEBUG the detail is not published even when it was computed."""
+    health = compute_lstm_health(lstm_state(), detail=True)
+    with TelemetryHub("normal") as hub:
+        event = emit_ppo_update_event(hub, update=0, metrics=PPO, lstm_health=health)
+    assert event is not None
+    assert (event.payload.lstm_detail, event.payload.lstm_outlier_envs) == (None, None)
+    assert event.payload.lstm_h_rms == health[0].h_rms  # type: ignore[index]
