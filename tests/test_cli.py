@@ -55,7 +55,8 @@ def test_demo_rejects_a_malformed_fault() -> None:
     """A bad --inject-fault is a usage error naming the option and the expected form."""
     result = CliRunner().invoke(main, ["demo", "--inject-fault", "melt@2"])
     assert result.exit_code == 2
-    assert "--inject-fault" in result.output and "KIND@UPDATE" in result.output
+    assert "--inject-fault" in result.output
+    assert "KIND@UPDATE" in result.output
 
 
 def test_contracts_export_writes_the_committed_schemas(tmp_path: Path) -> None:
@@ -63,9 +64,7 @@ def test_contracts_export_writes_the_committed_schemas(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["contracts", "export", str(tmp_path)])
     assert result.exit_code == 0, result.output
     committed = Path(__file__).parents[1] / "docs" / "contracts"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        p.name for p in committed.iterdir()
-    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in committed.iterdir())
     for path in tmp_path.iterdir():
         assert path.read_text() == (committed / path.name).read_text(), (
             f"{path.name} drifted from the models: run `make schemas` and commit the result"

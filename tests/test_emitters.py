@@ -105,7 +105,8 @@ def test_bad_metrics_raise_naming_the_key_and_publish_nothing(
 def test_optional_known_metrics_accept_none(hub: TelemetryHub) -> None:
     """approx_kl and friends may be None (not computed this update)."""
     event = emit_ppo_update_event(hub, update=0, metrics={**PPO, "approx_kl": None})
-    assert event is not None and event.payload.approx_kl is None
+    assert event is not None
+    assert event.payload.approx_kl is None
 
 
 @pytest.mark.parametrize(
@@ -155,7 +156,8 @@ def test_debug_level_carries_detail_and_outlier_envs() -> None:
     assert isinstance(p, PPOUpdatePayload)
     assert p.lstm_detail == health[1]
     assert p.lstm_outlier_envs == (2,)
-    assert len(p.lstm_detail.h_layer_rms) == 2 and len(p.lstm_detail.c_env_rms) == 4
+    assert len(p.lstm_detail.h_layer_rms) == 2
+    assert len(p.lstm_detail.c_env_rms) == 4
 
 
 def test_normal_level_drops_the_detail() -> None:

@@ -219,7 +219,8 @@ def test_stuck_subscriber_close_returns_and_names_it() -> None:
     assert stats.stuck == ("blocked",)
     by_name = {s.name: s for s in stats.subscribers}
     assert by_name["blocked"].abandoned == 3  # one is in its hands, three still queued
-    assert rec.events == sent and rec.closed
+    assert rec.events == sent
+    assert rec.closed
     assert stats.state == "closed"
     gate.open.set()
 
@@ -340,7 +341,8 @@ def test_reentrant_emit_from_threaded_subscriber_with_full_queue_does_not_deadlo
     threading.Thread(target=drive, daemon=True).start()
     assert done.wait(20), "emit/flush deadlocked"
     hub.close(timeout=5)
-    assert sorted(got) == got and len(got) >= 40
+    assert sorted(got) == got
+    assert len(got) >= 40
 
 
 def test_flush_and_close_from_inside_a_subscriber_are_refused(hub: TelemetryHub) -> None:
@@ -419,7 +421,8 @@ def test_close_flushes_and_closes_each_subscriber_once_and_is_idempotent() -> No
     second = hub.close()
     assert first == second
     assert (a.closed, b.closed, a.flushes, b.flushes) == (True, True, 1, 1)
-    assert first.state == "closed" and first.stuck == ()
+    assert first.state == "closed"
+    assert first.stuck == ()
 
 
 def test_close_survives_a_backend_whose_close_raises() -> None:
@@ -481,7 +484,7 @@ def test_subscribe_rejects_bad_arguments(hub: TelemetryHub, kwargs: dict, messag
 
 def test_subscribe_rejects_non_callable(hub: TelemetryHub) -> None:
     """Something neither callable nor a Backend raises TypeError naming subscriber."""
-    with pytest.raises(TypeError, match="subscriber must be a callable.*got int"):
+    with pytest.raises(TypeError, match=r"subscriber must be a callable.*got int"):
         hub.subscribe(42)  # type: ignore[arg-type]
 
 

@@ -52,7 +52,8 @@ def test_subpackages_export_what_they_declare() -> None:
     """Every subpackage's __all__ names real attributes."""
     for module in (backends, contracts, hub, telemetry):
         assert [n for n in module.__all__ if not hasattr(module, n)] == []
-    assert hasattr(testing, "RecordingBackend") and hasattr(testing, "capture_events")
+    assert hasattr(testing, "RecordingBackend")
+    assert hasattr(testing, "capture_events")
 
 
 def test_hub_closed_error_is_an_esper_error_and_runtime_error() -> None:

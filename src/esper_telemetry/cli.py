@@ -12,7 +12,6 @@ from esper_telemetry.contracts import (
     EventType,
     HealthStatus,
     HubStats,
-    LSTMHealthMetrics,
     PPOUpdatePayload,
     TelemetryEvent,
     TelemetryLevel,
@@ -130,7 +129,7 @@ class _HealthPrinter:
         payload = event.payload
         if not isinstance(payload, PPOUpdatePayload):
             return
-        metrics = _metrics_of(payload)
+        metrics = payload.health()
         reward = payload.extra.get("mean_reward", math.nan)
         line = f"{event.update:>6} {reward:>7.3f} {payload.policy_loss:>8.3f} "
         if metrics is None:
@@ -146,17 +145,6 @@ class _HealthPrinter:
         if report.has_anomaly:
             line += "  " + "; ".join(f"{a.type.value}: {a.message}" for a in report.anomalies)
         click.echo(line)
-
-
-def _metrics_of(payload: PPOUpdatePayload) -> LSTMHealthMetrics | None:
-    if payload.lstm_h_rms is None:
-        return None
-    values = {
-        name.removeprefix("lstm_"): getattr(payload, name)
-        for name in PPOUpdatePayload.model_fields
-        if name.startswith("lstm_") and name not in ("lstm_detail", "lstm_outlier_envs")
-    }
-    return LSTMHealthMetrics.model_validate(values)
 
 
 def _fmt(x: float) -> str:
