@@ -19,11 +19,12 @@ nan
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, JsonValue, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, JsonValue, ValidationError, model_validator
 from pydantic_core import InitErrorDetails
 
 from esper_telemetry.contracts._base import Bool, Contract, Float, Int, Str
@@ -46,13 +47,29 @@ class EventType(StrEnum):
     RUN_FINISHED = "RUN_FINISHED"
 
 
+def _non_finite_as_strings(value: Any) -> Any:
+    # JsonValue cannot tell a float that was written as "Infinity" from a string, so
+    # store non-finite floats as those strings up front: a config then round-trips exactly.
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _non_finite_as_strings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_non_finite_as_strings(v) for v in value]
+    return value
+
+
 class RunStartedPayload(Contract):
     """A run begins: its configuration, for W&B's config and the analytics log."""
 
     event_type: ClassVar[EventType] = EventType.RUN_STARTED
 
-    config: dict[str, JsonValue] = Field(
-        default_factory=dict, description="The run's configuration (JSON values)."
+    config: Annotated[dict[Str, JsonValue], BeforeValidator(_non_finite_as_strings)] = Field(
+        default_factory=dict,
+        description=(
+            "The run's configuration (JSON values). Non-finite floats are stored as the "
+            'strings "NaN", "Infinity", "-Infinity", so a config reads back as it was stored.'
+        ),
     )
     description: Str = Field(default="", description="Free text shown next to the run.")
 

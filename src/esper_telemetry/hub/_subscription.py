@@ -88,6 +88,7 @@ class Subscription:
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
         self._close_deadline: float | None = None
+        self._in_hand = False
         self._worker: threading.Thread | None = None
         if mode == "thread":
             self._worker = threading.Thread(
@@ -152,11 +153,17 @@ class Subscription:
         return self._call_optional(self._close, "close") and flushed
 
     def abandon_queue(self) -> None:
-        """Count every event still queued as abandoned (close gave up on this subscriber)."""
+        """Count every event not yet handled as abandoned (close gave up on this subscriber).
+
+        The queued events are discarded, the one in its hands is counted too; control
+        tokens stay, so a subscriber that wakes up later still flushes and closes.
+        """
         with self._lock:
-            self.abandoned += self._queued_events
+            self.abandoned += self._queued_events + (1 if self._in_hand else 0)
             self._queued_events = 0
+            tokens = [item for item in self._queue if isinstance(item, Token)]
             self._queue.clear()
+            self._queue.extend(tokens)
             self._not_full.notify_all()
 
     @property
@@ -249,7 +256,9 @@ class Subscription:
                 if item.kind in ("stop", "close"):
                     return
             else:
+                self._in_hand = True
                 self.handle(item)
+                self._in_hand = False
 
     def _act_on(self, token: Token) -> None:
         if token.kind == "flush" or token.kind == "stop":

@@ -7,9 +7,10 @@ then cross to the host in a single ``tolist()``.
 
 Two rare paths take a second transfer, both only for states that are already broken:
 NaN and Inf present together (the NaN hides the Inf in max|x|, so ``isinf`` is asked
-explicitly), and finite values so large that their squares overflow (|x| > ~1.8e19 in
-float32), which are reduced again in float64 after scaling by max|x| so that the
-reported norms stay exact instead of turning into a false ``inf``.
+explicitly), and finite values whose squares leave float32's range, either huge
+(|x| > ~1.8e19) or vanishingly small (max|x| < 1e-18). Those are reduced again in
+float64 after dividing by max|x|, so the reported norms stay exact instead of turning
+into a false ``inf`` or ``0``.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def compute_lstm_health(
             has_inf = bool((torch.isinf(h).any() | torch.isinf(c).any()).tolist())
         else:
             has_inf = math.isinf(h_amax) or math.isinf(c_amax)
-            if _overflowed(values, h_amax, c_amax):
+            if _out_of_range(values, h, h_amax, c, c_amax):
                 scale = (_safe_scale(h_amax), _safe_scale(c_amax))
                 values = _reduce(h, c, detail=detail, scale=scale)
     return _unpack(values, h, c, scale=scale, has_nan=has_nan, has_inf=has_inf, detail=detail)
@@ -192,12 +193,27 @@ def _abs_max(hi: float, lo: float) -> float:
     return max(hi, -lo)
 
 
-def _overflowed(values: list[float], h_amax: float, c_amax: float) -> bool:
-    """Squares overflowed although every value is finite (|x| beyond ~1.8e19 in fp32)."""
+def _out_of_range(
+    values: list[float], h: torch.Tensor, h_amax: float, c: torch.Tensor, c_amax: float
+) -> bool:
+    """True when squaring lost the values although every one of them is finite.
+
+    Overflow: a sum of squares became inf (|x| beyond ~1.8e19 in float32). Underflow:
+    max|x| is so small that the squares are subnormal or zero (below ~1e-19 in float32),
+    so norms would read 0 while max|x| does not.
+    """
     h_ss, c_ss = values[4], values[5]
-    return (math.isinf(h_ss) and math.isfinite(h_amax)) or (
-        math.isinf(c_ss) and math.isfinite(c_amax)
-    )
+    for ss, amax, x in ((h_ss, h_amax, h), (c_ss, c_amax, c)):
+        if not math.isfinite(amax):
+            continue
+        if math.isinf(ss) or 0.0 < amax < _tiny(x):
+            return True
+    return False
+
+
+def _tiny(x: torch.Tensor) -> float:
+    # Below this max|x|, x * x leaves the normal range of the dtype the norm runs in.
+    return 1e-150 if x.dtype == torch.float64 else 1e-18
 
 
 def _safe_scale(amax: float) -> float:
