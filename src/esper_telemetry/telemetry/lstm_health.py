@@ -24,6 +24,12 @@ from esper_telemetry.contracts import LSTMHealthDetail, LSTMHealthMetrics
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
+#: At or below this many [layer, batch] rows, the last steps of the reduction run in Python.
+_HOST_ROWS = 64
+
+#: Element counts for which _min_max uses amin + amax instead of aminmax (CPU only).
+_SPLIT_MIN_MAX = (1 << 16, 1 << 19)
+
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -79,18 +85,18 @@ def compute_lstm_health(
         return None
     h, c = _validated(hidden)
     scale = (1.0, 1.0)
-    with torch.no_grad():
-        values = _reduce(h, c, detail=detail, scale=scale)
-        h_amax, c_amax = _abs_max(values[0], values[1]), _abs_max(values[2], values[3])
-        has_nan = math.isnan(h_amax) or math.isnan(c_amax)
-        if has_nan:
-            # NaN wins in max|x| and can hide an Inf: ask for Inf directly (second transfer).
-            has_inf = bool((torch.isinf(h).any() | torch.isinf(c).any()).tolist())
-        else:
-            has_inf = math.isinf(h_amax) or math.isinf(c_amax)
-            if _out_of_range(values, h, h_amax, c, c_amax):
-                scale = (_safe_scale(h_amax), _safe_scale(c_amax))
-                values = _reduce(h, c, detail=detail, scale=scale)
+    # h and c are detached views: nothing below records autograd history.
+    values = _reduce(h, c, detail=detail, scale=scale)
+    h_amax, c_amax = _abs_max(values[0], values[1]), _abs_max(values[2], values[3])
+    has_nan = math.isnan(h_amax) or math.isnan(c_amax)
+    if has_nan:
+        # NaN wins in max|x| and can hide an Inf: ask for Inf directly (second transfer).
+        has_inf = bool((torch.isinf(h).any() | torch.isinf(c).any()).tolist())
+    else:
+        has_inf = math.isinf(h_amax) or math.isinf(c_amax)
+        if _out_of_range(values, h, h_amax, c, c_amax):
+            scale = (_safe_scale(h_amax), _safe_scale(c_amax))
+            values = _reduce(h, c, detail=detail, scale=scale)
     return _unpack(values, h, c, scale=scale, has_nan=has_nan, has_inf=has_inf, detail=detail)
 
 
@@ -157,9 +163,16 @@ def _reduce(
     small ops: on small states the per-op overhead, not the arithmetic, is the cost.
     """
     h, c = _scaled(h, scale[0]), _scaled(c, scale[1])
-    h_lo, h_hi = torch.aminmax(h)
-    c_lo, c_hi = torch.aminmax(c)
+    h_lo, h_hi = _min_max(h)
+    c_lo, c_hi = _min_max(c)
     norms = torch.stack((torch.linalg.vector_norm(h, dim=2), torch.linalg.vector_norm(c, dim=2)))
+    layers, batch = norms.shape[1], norms.shape[2]
+    if layers * batch <= _HOST_ROWS:
+        # Few rows: ship the row norms and finish in Python, saving ~6 tiny torch ops.
+        raw: list[float] = torch.cat(
+            (torch.stack((h_hi, h_lo, c_hi, c_lo)), norms.flatten())
+        ).tolist()
+        return raw[:4] + _finish_on_host(raw[4:], layers, batch, detail=detail)
     squares = norms.square()  # [2, layers, batch]
     if norms.shape[1] == 1:
         env_ss, env_norm = squares[:, 0], norms[:, 0]
@@ -176,6 +189,38 @@ def _reduce(
         parts += [squares.sum(dim=2).flatten(), env_norm.flatten()]
     values: list[float] = torch.cat(parts).tolist()
     return values
+
+
+def _min_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) of x; both NaN when x holds a NaN."""
+    # On CPU, aminmax is slower than amin plus amax for mid-sized tensors (measured at
+    # [1, 256, 512] fp32, one thread: 37 µs against 31 µs) and faster outside that band.
+    if x.device.type == "cpu" and _SPLIT_MIN_MAX[0] < x.numel() <= _SPLIT_MIN_MAX[1]:
+        return x.amin(), x.amax()
+    lo, hi = torch.aminmax(x)
+    return lo, hi
+
+
+def _finish_on_host(norms: list[float], layers: int, batch: int, *, detail: bool) -> list[float]:
+    """What ``_reduce`` computes on the device after the row norms, for few rows."""
+    rows = layers * batch
+    ss, means, maxes, layer_ss, env_norms = [], [], [], [], []
+    for t in (0, 1):  # h, then c
+        squares = [v * v for v in norms[t * rows : (t + 1) * rows]]
+        if layers == 1:
+            env_ss, env = squares, norms[t * rows : (t + 1) * rows]
+        else:
+            env_ss = [sum(squares[b::batch]) for b in range(batch)]
+            env = [math.sqrt(v) for v in env_ss]
+        total = sum(env)  # norms are >= 0, so the sum is NaN exactly when one of them is
+        ss.append(sum(env_ss))
+        means.append(total / batch)
+        maxes.append(math.nan if math.isnan(total) else max(env))
+        if detail:
+            layer_ss += [sum(squares[i * batch : (i + 1) * batch]) for i in range(layers)]
+            env_norms += env
+    # Detail layout as on the device: per-layer sums (h then c), per-env norms (h then c).
+    return ss + means + maxes + (layer_ss + env_norms if detail else [])
 
 
 def _scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
