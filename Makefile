@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# torch first, from pip: it takes the CPU build that lies on these machines
 	# (uv would ignore it and download a multi-GB CUDA build).
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,all]"
 	touch $(STAMP)
 
 demo: $(STAMP)

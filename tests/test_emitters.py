@@ -11,6 +11,7 @@ from esper_telemetry import (
     PPOUpdatePayload,
     TelemetryHub,
     TelemetryLevel,
+    TrainingHalted,
     compute_lstm_health,
     emit_ppo_update_event,
 )
@@ -168,3 +169,13 @@ def test_normal_level_drops_the_detail() -> None:
     assert event is not None
     assert (event.payload.lstm_detail, event.payload.lstm_outlier_envs) == (None, None)
     assert event.payload.lstm_h_rms == health[0].h_rms  # type: ignore[index]
+
+
+def test_a_requested_halt_stops_the_next_emit_and_publishes_nothing(hub: TelemetryHub) -> None:
+    """After request_halt, emit_ppo_update_event raises TrainingHalted and emits nothing."""
+    with capture_events(hub) as rec:
+        first = emit_ppo_update_event(hub, update=0, metrics=PPO)
+        hub.request_halt("lstm_nan at update 0", update=0)
+        with pytest.raises(TrainingHalted, match="lstm_nan at update 0"):
+            emit_ppo_update_event(hub, update=1, metrics=PPO)
+    assert rec.events == [first]

@@ -10,7 +10,14 @@ import time
 import blinker
 import pytest
 
-from esper_telemetry import EventType, HubClosedError, TelemetryEvent, TelemetryHub, TelemetryLevel
+from esper_telemetry import (
+    EventType,
+    HubClosedError,
+    TelemetryEvent,
+    TelemetryHub,
+    TelemetryLevel,
+    TrainingHalted,
+)
 from esper_telemetry.contracts import PPOUpdatePayload, RunStartedPayload
 from esper_telemetry.testing import RecordingBackend, capture_events
 
@@ -549,3 +556,55 @@ def test_stats_report_latency_and_queue(hub: TelemetryHub) -> None:
         1024,
     )
     assert 2.0 <= s.latency_p50_ms <= s.latency_max_ms
+
+
+# -- hooks and halting -------------------------------------------------------------------
+
+
+def test_on_subscribe_hook_sees_the_hub_before_any_event(hub: TelemetryHub) -> None:
+    """A backend's on_subscribe(hub) runs once, at subscribe time, before any event."""
+
+    class Hooked(RecordingBackend):
+        def __init__(self) -> None:
+            super().__init__("hooked")
+            self.hubs: list[tuple[str, int]] = []
+
+        def on_subscribe(self, h: TelemetryHub) -> None:
+            self.hubs.append((h.run_id, len(self.events)))
+
+    backend = Hooked()
+    hub.subscribe(backend, mode="inline")
+    hub.emit(ppo(0))
+    assert backend.hubs == [("test-run", 0)]
+
+
+def test_on_subscribe_that_raises_leaves_nothing_subscribed(hub: TelemetryHub) -> None:
+    """If on_subscribe raises (e.g. missing credentials) the error propagates, unsubscribed."""
+
+    class NoCredentials:
+        def handle(self, event: TelemetryEvent) -> None:
+            raise AssertionError("never called")
+
+        def on_subscribe(self, h: TelemetryHub) -> None:
+            raise PermissionError("no API key")
+
+    with pytest.raises(PermissionError, match="no API key"):
+        hub.subscribe(NoCredentials())
+    hub.emit(ppo(0))
+    assert hub.stats().subscribers == ()
+
+
+def test_request_halt_is_raised_at_the_next_check(hub: TelemetryHub) -> None:
+    """request_halt from a subscriber: raise_if_halted raises TrainingHalted; first one wins."""
+
+    def halter(event: TelemetryEvent) -> None:
+        hub.request_halt(f"stop at {event.update}", update=event.update)
+
+    hub.subscribe(halter, mode="inline")
+    hub.raise_if_halted()  # nothing requested yet
+    hub.emit(ppo(3))
+    hub.emit(ppo(4))
+    with pytest.raises(TrainingHalted, match=r"training halted \(update 3\): stop at 3") as info:
+        hub.raise_if_halted()
+    assert (info.value.reason, info.value.update) == ("stop at 3", 3)
+    assert hub.halted is not None

@@ -29,6 +29,7 @@ EXPECTED = [
     "TelemetryEvent",
     "TelemetryHub",
     "TelemetryLevel",
+    "TrainingHalted",
     "__version__",
     "compute_lstm_health",
     "emit_ppo_update_event",

@@ -24,7 +24,7 @@ from esper_telemetry.contracts import (
     TelemetryLevel,
     health_status,
 )
-from esper_telemetry.errors import EsperError, HubClosedError
+from esper_telemetry.errors import EsperError, HubClosedError, TrainingHalted
 from esper_telemetry.hub import TelemetryHub
 from esper_telemetry.telemetry import AnomalyDetector, compute_lstm_health, emit_ppo_update_event
 
@@ -52,6 +52,7 @@ __all__ = [
     "TelemetryEvent",
     "TelemetryHub",
     "TelemetryLevel",
+    "TrainingHalted",
     "__version__",
     "compute_lstm_health",
     "emit_ppo_update_event",

@@ -36,7 +36,7 @@ from esper_telemetry.contracts import (
     TelemetryLevel,
     TelemetryLevelChangedPayload,
 )
-from esper_telemetry.errors import HubClosedError
+from esper_telemetry.errors import HubClosedError, TrainingHalted
 from esper_telemetry.hub._protocol import Subscriber
 from esper_telemetry.hub._subscription import (
     Mode,
@@ -118,6 +118,7 @@ class TelemetryHub:
         self._last_update = 0
         self._state = _State.OPEN
         self._final_stats: HubStats | None = None
+        self._halt: TrainingHalted | None = None
 
     # -- properties ---------------------------------------------------------------------
 
@@ -191,6 +192,7 @@ class TelemetryHub:
         """
         handle, flush, close = _callables_of(subscriber)
         chosen = parse_events(events)
+        hook = getattr(subscriber, "on_subscribe", None)
         if mode not in ("thread", "inline"):
             raise ValueError(f"mode must be 'thread' or 'inline', got {mode!r}")
         if when_full not in ("block", "drop_oldest"):
@@ -203,6 +205,15 @@ class TelemetryHub:
             raise ValueError(f"block_timeout must be a number > 0 or None, got {block_timeout!r}")
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ValueError(f"name must be a non-empty string, got {name!r}")
+        with self._lock:
+            self._check_open("subscribe")
+            taken = {s.name for s in self._subscriptions}
+            if name is not None and name in taken:
+                raise ValueError(f"name: a subscriber named {name!r} is already subscribed")
+        if callable(hook):
+            # Lets a backend learn the hub (run_id, level, emit) or fail before any event,
+            # e.g. W&B without credentials. If it raises, nothing is subscribed.
+            hook(self)
         with self._lock:
             self._check_open("subscribe")
             taken = {s.name for s in self._subscriptions}
@@ -337,6 +348,35 @@ class TelemetryHub:
         if not reentrant:
             self._run_pending_until(stamped)
         return stamped
+
+    # -- halting ------------------------------------------------------------------------
+
+    def request_halt(self, reason: str, *, update: int | None = None) -> None:
+        """Ask the trainer to stop at its next halt check; the first request wins.
+
+        Nothing stops by itself: the trainer's next ``emit_ppo_update_event`` or
+        ``raise_if_halted()`` raises ``TrainingHalted``. Safe to call from a subscriber.
+        """
+        if not isinstance(reason, str) or not reason:
+            raise ValueError(f"reason must be a non-empty string, got {reason!r}")
+        with self._lock:
+            if self._halt is None:
+                self._halt = TrainingHalted(reason, update=update)
+
+    @property
+    def halted(self) -> TrainingHalted | None:
+        """The pending halt request, if a subscriber asked for one."""
+        return self._halt
+
+    def raise_if_halted(self) -> None:
+        """Raise ``TrainingHalted`` if a halt was requested; call it from the training loop.
+
+        Raises:
+            TrainingHalted: naming what asked for the halt and the update.
+        """
+        halt = self._halt
+        if halt is not None:
+            raise TrainingHalted(halt.reason, update=halt.update)
 
     # -- dispatch -----------------------------------------------------------------------
 

@@ -18,6 +18,10 @@ class Backend(Protocol):
     ``close()`` is called once when the hub closes. A backend may raise: the hub
     counts and logs the failure and goes on delivering to everyone else.
 
+    Also optional: ``on_subscribe(hub)``, called once by ``TelemetryHub.subscribe``
+    before the first event, to learn the hub (its ``run_id``, ``level``, ``emit``) or
+    to fail early; if it raises, the backend is not subscribed.
+
     A plain function taking the event is a valid subscriber too.
     """
 

@@ -61,6 +61,7 @@ def emit_ppo_update_event(
             metric that is not a real number; the message names the key. Nothing is
             published then.
         HubClosedError: the hub is closed.
+        TrainingHalted: a subscriber asked for a halt (see ``TelemetryHub.request_halt``).
 
     >>> from esper_telemetry.hub import TelemetryHub
     >>> with TelemetryHub("doc") as hub:
@@ -71,6 +72,7 @@ def emit_ppo_update_event(
     """
     if not isinstance(hub, TelemetryHub):
         raise TypeError(f"hub must be a TelemetryHub, got {type(hub).__name__}")
+    hub.raise_if_halted()
     level = hub.level
     if level is TelemetryLevel.OFF:
         return None
