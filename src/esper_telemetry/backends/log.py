@@ -1,0 +1,150 @@
+"""StructlogBackend: one structured log line per telemetry event.
+
+The backend builds a logger of its own with ``structlog.wrap_logger``; it never calls
+``structlog.configure``, so an application's structlog setup is left as it was.
+
+JSON output is strict JSON: structlog's ``JSONRenderer`` would write bare ``NaN`` and
+``Infinity`` tokens, so a processor first turns non-finite floats into the strings
+"NaN", "Infinity" and "-Infinity" (the same spelling as the event contracts).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import threading
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import structlog
+
+from esper_telemetry.contracts import (
+    EventType,
+    Severity,
+    TelemetryEvent,
+    TelemetryLevelChangedPayload,
+)
+
+#: Keys the backend sets itself; a payload field of the same name is logged as payload_<name>.
+_RESERVED = frozenset(
+    {"event", "level", "timestamp", "run_id", "seq", "update", "rank", "telemetry_level"}
+)
+_LEVEL_NUMBERS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+class StructlogBackend:
+    """Writes each event as a structlog event named after its event type.
+
+    Args:
+        path: A file to append JSON lines (or console lines) to; created if missing.
+        stream: A text stream to write to instead (default: standard error).
+        format: ``"json"`` (strict JSON lines) or ``"console"`` (human-readable).
+
+    Levels: ``ANOMALY_DETECTED`` logs at warning (error when critical); the rest at
+    info. Keys: ``run_id``, ``seq``, ``update``, ``rank``, ``telemetry_level``,
+    ``timestamp`` (the event's, UTC) and every payload field that is not None; a payload
+    field whose name is one of those (or ``event``/``level``) is logged as
+    ``payload_<name>``, and telemetry levels are written by name.
+    """
+
+    name = "structlog"
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        stream: TextIO | None = None,
+        format: Literal["json", "console"] = "json",
+    ) -> None:
+        if format not in ("json", "console"):
+            raise ValueError(f"format must be 'json' or 'console', got {format!r}")
+        if path is not None and stream is not None:
+            raise ValueError("path and stream are exclusive: give one, or neither for stderr")
+        self._file: TextIO | None = None
+        if path is not None:
+            target = Path(path)
+            if target.is_dir():
+                raise ValueError(f"path: {str(target)!r} is a directory, expected a file")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._file = target.open("a", encoding="utf-8")
+        self.path = Path(path) if path is not None else None
+        self._out: TextIO = self._file or stream or sys.stderr
+        self.format = format
+        renderer: Any
+        if format == "json":
+            renderer = structlog.processors.JSONRenderer(
+                serializer=functools.partial(json.dumps, allow_nan=False)
+            )
+        else:
+            renderer = structlog.dev.ConsoleRenderer(colors=False)
+        self._lock = threading.Lock()
+        self._log = structlog.wrap_logger(
+            structlog.PrintLogger(self._out),
+            processors=[structlog.processors.add_log_level, _non_finite_as_strings, renderer],
+            wrapper_class=structlog.make_filtering_bound_logger(_LEVEL_NUMBERS["debug"]),
+            cache_logger_on_first_use=False,
+        )
+
+    def __repr__(self) -> str:
+        where = str(self.path) if self.path else getattr(self._out, "name", "stream")
+        return f"StructlogBackend({where!r}, format={self.format!r})"
+
+    def handle(self, event: TelemetryEvent) -> None:
+        """Log one event at the level its type and severity call for."""
+        fields = {
+            (f"payload_{k}" if k in _RESERVED else k): v
+            for k, v in event.payload.model_dump(mode="json").items()
+            if v is not None
+        }
+        if isinstance(event.payload, TelemetryLevelChangedPayload):
+            fields["previous"] = event.payload.previous.name
+            fields["payload_level"] = event.payload.level.name
+        level = "info"
+        if event.event_type is EventType.ANOMALY_DETECTED:
+            critical = fields.get("severity") == Severity.CRITICAL.value
+            level = "error" if critical else "warning"
+        with self._lock:
+            getattr(self._log, level)(
+                event.event_type.value,
+                run_id=event.run_id,
+                seq=event.seq,
+                update=event.update,
+                rank=event.rank,
+                telemetry_level=event.level.name,
+                timestamp=event.timestamp.isoformat(),
+                **fields,
+            )
+
+    def flush(self) -> None:
+        """Push buffered lines to the operating system."""
+        with self._lock:
+            self._out.flush()
+
+    def close(self) -> None:
+        """Flush, and close the file if this backend opened it."""
+        with self._lock:
+            self._out.flush()
+            if self._file is not None:
+                self._file.close()
+
+
+def _non_finite_as_strings(
+    logger: object, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: NaN/±Inf anywhere in the event become their JSON strings."""
+    for key, value in event_dict.items():
+        event_dict[key] = _convert(value)
+    return event_dict
+
+
+def _convert(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        return {k: _convert(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_convert(v) for v in value]
+    return value

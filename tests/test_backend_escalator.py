@@ -1,0 +1,229 @@
+"""AnomalyEscalator: anomaly events, escalation to DEBUG and back, halts."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+from esper_telemetry import (
+    AnomalyType,
+    EventType,
+    HealthThresholds,
+    TelemetryHub,
+    TelemetryLevel,
+    TrainingHalted,
+    compute_lstm_health,
+    emit_ppo_update_event,
+)
+from esper_telemetry.backends.escalator import AnomalyEscalator
+from esper_telemetry.contracts import AnomalyDetectedPayload, Severity
+from esper_telemetry.telemetry import AnomalyDetector
+from esper_telemetry.testing import RecordingBackend
+
+PPO = {"policy_loss": 0.0, "value_loss": 0.1, "entropy": 0.6}
+
+
+class Trainer:
+    """A real nn.LSTM whose final state can be pushed into a fault at chosen updates."""
+
+    def __init__(self, hub: TelemetryHub, faults: dict[int, str] | None = None) -> None:
+        torch.manual_seed(0)
+        self.hub = hub
+        self.lstm = torch.nn.LSTM(input_size=3, hidden_size=8)
+        self.faults = faults or {}
+
+    def update(self, k: int) -> None:
+        with torch.no_grad():
+            _, (h, c) = self.lstm(torch.randn(4, 6, 3))
+        fault = self.faults.get(k)
+        if fault == "nan":
+            h[0, 2, 0] = math.nan
+        elif fault == "inf":
+            c[0, 1, 1] = math.inf
+        elif fault == "explode":
+            c.mul_(1e3)
+        elif fault == "vanish":
+            h.mul_(1e-9)
+            c.mul_(1e-9)
+        debug = self.hub.level >= TelemetryLevel.DEBUG
+        emit_ppo_update_event(
+            self.hub, update=k, metrics=PPO, lstm_health=compute_lstm_health((h, c), detail=debug)
+        )
+
+
+def run(
+    faults: dict[int, str], updates: int, **kwargs: object
+) -> tuple[RecordingBackend, TelemetryHub]:
+    hub = TelemetryHub("esc")
+    rec = RecordingBackend()
+    hub.subscribe(AnomalyEscalator(**kwargs), mode="inline")  # type: ignore[arg-type]
+    hub.subscribe(rec, mode="inline")
+    trainer = Trainer(hub, faults)
+    for k in range(updates):
+        trainer.update(k)
+    hub.close()
+    return rec, hub
+
+
+def timeline(rec: RecordingBackend) -> list[tuple[int, str, str]]:
+    out = []
+    for e in rec.events:
+        p = e.payload
+        what = (
+            p.anomaly_type.value
+            if isinstance(p, AnomalyDetectedPayload)
+            else getattr(p, "level", None) and p.level.name  # type: ignore[union-attr]
+        )
+        out.append((e.update, e.event_type.value, what or e.level.name))
+    return out
+
+
+def test_nan_escalates_for_n_updates_then_restores() -> None:
+    """A NaN at update 2 emits lstm_nan, raises the level to DEBUG for 3 updates, restores."""
+    rec, _ = run({2: "nan"}, updates=8, escalate_for=3)
+    assert timeline(rec) == [
+        (0, "PPO_UPDATE_COMPLETED", "NORMAL"),
+        (1, "PPO_UPDATE_COMPLETED", "NORMAL"),
+        (2, "PPO_UPDATE_COMPLETED", "NORMAL"),
+        (2, "ANOMALY_DETECTED", "lstm_nan"),
+        (2, "TELEMETRY_LEVEL_CHANGED", "DEBUG"),
+        (3, "PPO_UPDATE_COMPLETED", "DEBUG"),
+        (4, "PPO_UPDATE_COMPLETED", "DEBUG"),
+        (5, "PPO_UPDATE_COMPLETED", "DEBUG"),
+        (5, "TELEMETRY_LEVEL_CHANGED", "NORMAL"),
+        (6, "PPO_UPDATE_COMPLETED", "NORMAL"),
+        (7, "PPO_UPDATE_COMPLETED", "NORMAL"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [
+        ("nan", [AnomalyType.LSTM_NAN]),
+        ("inf", [AnomalyType.LSTM_INF, AnomalyType.LSTM_C_EXPLOSION]),
+        ("explode", [AnomalyType.LSTM_C_EXPLOSION]),
+        ("vanish", [AnomalyType.LSTM_H_VANISHING, AnomalyType.LSTM_C_VANISHING]),
+    ],
+)
+def test_each_fault_gives_its_anomaly_events(fault: str, expected: list[AnomalyType]) -> None:
+    """Each injected fault yields exactly its anomaly types, typed and critical."""
+    rec, _ = run({1: fault}, updates=3)
+    anomalies = rec.payloads(EventType.ANOMALY_DETECTED)
+    assert [a.anomaly_type for a in anomalies] == expected  # type: ignore[union-attr]
+    assert {
+        (a.severity, e.update)
+        for a, e in zip(anomalies, rec.of_type("ANOMALY_DETECTED"), strict=True)
+    } == {(Severity.CRITICAL, 1)}  # type: ignore[union-attr]
+
+
+def test_anomaly_during_escalation_extends_it_without_new_level_events() -> None:
+    """A second anomaly while at DEBUG keeps DEBUG, counted from the last anomaly."""
+    rec, _ = run({1: "nan", 3: "explode"}, updates=8, escalate_for=2)
+    changes = [(e.update, e.payload.level.name) for e in rec.of_type("TELEMETRY_LEVEL_CHANGED")]  # type: ignore[union-attr]
+    assert changes == [(1, "DEBUG"), (5, "NORMAL")]
+
+
+def test_outlier_envs_are_reported_at_debug() -> None:
+    """An anomaly found while already at DEBUG carries the indices of the outlier envs."""
+    rec, _ = run({1: "nan", 2: "explode"}, updates=3)
+    explosion = rec.payloads(EventType.ANOMALY_DETECTED)[-1]
+    assert isinstance(explosion, AnomalyDetectedPayload)
+    assert (explosion.anomaly_type, explosion.outlier_envs) == (
+        AnomalyType.LSTM_C_EXPLOSION,
+        (0, 1, 2, 3, 4, 5),
+    )
+
+
+def test_halt_on_critical_stops_the_next_emit_after_delivering_everything() -> None:
+    """halt_on='critical': the next emit raises TrainingHalted naming the anomaly and update;
+    the anomaly itself and what came before were delivered."""
+    hub = TelemetryHub("halt")
+    rec = RecordingBackend()
+    hub.subscribe(AnomalyEscalator(halt_on="critical"), mode="inline")
+    hub.subscribe(rec)
+    trainer = Trainer(hub, {2: "nan"})
+    trainer.update(0)
+    trainer.update(1)
+    trainer.update(2)
+    with pytest.raises(TrainingHalted, match=r"\(update 2\): lstm_nan: LSTM state holds NaN"):
+        trainer.update(3)
+    hub.close()
+    assert [(e.update, e.event_type.value) for e in rec.events] == [
+        (0, "PPO_UPDATE_COMPLETED"),
+        (1, "PPO_UPDATE_COMPLETED"),
+        (2, "PPO_UPDATE_COMPLETED"),
+        (2, "ANOMALY_DETECTED"),
+        (2, "TELEMETRY_LEVEL_CHANGED"),
+    ]
+
+
+def test_custom_thresholds_apply() -> None:
+    """The detector's thresholds decide: a lower critical_rms flags a normal state."""
+    detector = AnomalyDetector(
+        HealthThresholds(vanishing_rms=1e-9, warning_rms=1e-4, critical_rms=1e-3)
+    )
+    rec, _ = run({}, updates=1, detector=detector)
+    assert [p.anomaly_type for p in rec.payloads("ANOMALY_DETECTED")] == [  # type: ignore[union-attr]
+        AnomalyType.LSTM_H_EXPLOSION,
+        AnomalyType.LSTM_C_EXPLOSION,
+    ]
+
+
+def test_updates_without_lstm_are_skipped() -> None:
+    """A PPO update without lstm_* fields produces no anomaly."""
+    with TelemetryHub("nolstm") as hub:
+        rec = RecordingBackend()
+        hub.subscribe(AnomalyEscalator(), mode="inline")
+        hub.subscribe(rec, mode="inline")
+        emit_ppo_update_event(hub, update=0, metrics=PPO)
+    assert [e.event_type.value for e in rec.events] == ["PPO_UPDATE_COMPLETED"]
+
+
+def test_every_anomaly_is_logged_as_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Each anomaly also goes to the hub's logger as a warning naming type and update."""
+    with caplog.at_level(logging.WARNING, logger="esper_telemetry.hub"):
+        run({1: "vanish"}, updates=2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [w.split(" = ")[0] for w in warnings] == [
+        "LSTM anomaly lstm_h_vanishing at update 1: h_rms",
+        "LSTM anomaly lstm_c_vanishing at update 1: c_rms",
+    ]
+
+
+def test_the_hidden_state_is_never_touched() -> None:
+    """The escalator sees only events: the measured tensors are unchanged after an anomaly."""
+    hub = TelemetryHub("untouched")
+    hub.subscribe(AnomalyEscalator(halt_on="critical"), mode="inline")
+    h = torch.full((1, 2, 3), math.nan)
+    c = torch.ones(1, 2, 3)
+    before = (h.clone(), c.clone())
+    emit_ppo_update_event(hub, update=0, metrics=PPO, lstm_health=compute_lstm_health((h, c)))
+    hub.close()
+    assert torch.equal(c, before[1])
+    assert torch.isnan(h).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"escalate_for": 0}, ValueError, "escalate_for must be an int >= 1, got 0"),
+        ({"halt_on": "warning"}, ValueError, "halt_on must be None or 'critical'"),
+        ({"detector": "strict"}, TypeError, "detector must be an AnomalyDetector, got str"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict, error: type[Exception], message: str) -> None:
+    """Each bad argument raises, naming it."""
+    with pytest.raises(error, match=message):
+        AnomalyEscalator(**kwargs)
+
+
+def test_one_escalator_serves_one_hub() -> None:
+    """Subscribing the same escalator to a second hub is refused."""
+    esc = AnomalyEscalator()
+    with TelemetryHub("one") as a, TelemetryHub("two") as b:
+        a.subscribe(esc, mode="inline")
+        with pytest.raises(ValueError, match="already subscribed to another hub"):
+            b.subscribe(esc, mode="inline")

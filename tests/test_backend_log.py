@@ -1,0 +1,135 @@
+"""StructlogBackend: strict JSON lines, levels, and no change to the user's structlog setup."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import structlog
+
+from esper_telemetry import EventType, TelemetryEvent, TelemetryHub
+from esper_telemetry.backends.log import StructlogBackend
+from esper_telemetry.contracts import (
+    AnomalyDetectedPayload,
+    AnomalyType,
+    PPOUpdatePayload,
+    Severity,
+)
+
+
+def strict(line: str) -> dict:
+    def refuse(token: str) -> float:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    parsed: dict = json.loads(line, parse_constant=refuse)
+    return parsed
+
+
+def ppo(update: int, **fields: float) -> TelemetryEvent:
+    payload = PPOUpdatePayload(policy_loss=0.1, value_loss=0.2, entropy=0.3, **fields)
+    return TelemetryEvent(event_type=EventType.PPO_UPDATE_COMPLETED, update=update, payload=payload)
+
+
+def anomaly(update: int, severity: Severity) -> TelemetryEvent:
+    payload = AnomalyDetectedPayload(
+        anomaly_type=AnomalyType.LSTM_INF,
+        severity=severity,
+        observed=math.inf,
+        message="LSTM state holds Inf",
+    )
+    return TelemetryEvent(event_type=EventType.ANOMALY_DETECTED, update=update, payload=payload)
+
+
+def test_json_lines_are_strict_and_carry_the_payload(tmp_path: Path) -> None:
+    """Each event is one strict-JSON line named after its type, NaN/Inf as strings."""
+    path = tmp_path / "log.jsonl"
+    with TelemetryHub("logrun") as hub:
+        hub.subscribe(StructlogBackend(path))
+        hub.emit(ppo(7, grad_norm=math.inf, lstm_h_rms=math.nan, lstm_c_rms=-0.0))
+    (record,) = [strict(line) for line in path.read_text().splitlines()]
+    assert record.pop("timestamp").endswith("+00:00")
+    assert record == {
+        "event": "PPO_UPDATE_COMPLETED",
+        "level": "info",
+        "run_id": "logrun",
+        "seq": 0,
+        "update": 7,
+        "rank": 0,
+        "telemetry_level": "NORMAL",
+        "policy_loss": 0.1,
+        "value_loss": 0.2,
+        "entropy": 0.3,
+        "grad_norm": "Infinity",
+        "lstm_h_rms": "NaN",
+        "lstm_c_rms": -0.0,
+        "extra": {},
+    }
+
+
+def test_anomalies_log_at_warning_or_error_and_level_changes_at_info() -> None:
+    """A warning anomaly logs at warning, a critical one at error, a level change at info."""
+    out = io.StringIO()
+    with TelemetryHub("levels") as hub:
+        hub.subscribe(StructlogBackend(stream=out), mode="inline")
+        hub.emit(anomaly(1, Severity.WARNING))
+        hub.emit(anomaly(2, Severity.CRITICAL))
+        hub.set_level("debug", reason="anomaly")
+    records = [strict(line) for line in out.getvalue().splitlines()]
+    assert [(r["event"], r["level"], r.get("observed")) for r in records] == [
+        ("ANOMALY_DETECTED", "warning", "Infinity"),
+        ("ANOMALY_DETECTED", "error", "Infinity"),
+        ("TELEMETRY_LEVEL_CHANGED", "info", None),
+    ]
+    change = records[2]
+    assert (change["previous"], change["payload_level"], change["reason"]) == (
+        "NORMAL",
+        "DEBUG",
+        "anomaly",
+    )
+
+
+def test_console_format_is_readable_and_appends(tmp_path: Path) -> None:
+    """format='console' writes a human line per event; a second backend appends to the file."""
+    path = tmp_path / "console.log"
+    for update in (0, 1):
+        with TelemetryHub("console") as hub:
+            hub.subscribe(StructlogBackend(path, format="console"))
+            hub.emit(ppo(update))
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    assert all("PPO_UPDATE_COMPLETED" in line and "policy_loss=0.1" in line for line in lines)
+    assert ["update=0" in lines[0], "update=1" in lines[1]] == [True, True]
+
+
+def test_global_structlog_configuration_is_left_alone() -> None:
+    """Building and using the backend neither changes structlog's config nor its output."""
+    structlog.reset_defaults()
+    before = structlog.get_config()
+    out = io.StringIO()
+    with TelemetryHub("global") as hub:
+        hub.subscribe(StructlogBackend(stream=out))
+        hub.emit(ppo(0))
+    assert structlog.get_config() == before
+    assert structlog.is_configured() is False
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"format": "xml"}, "format must be 'json' or 'console', got 'xml'"),
+        ({"path": "x.log", "stream": io.StringIO()}, "path and stream are exclusive"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs: dict, message: str) -> None:
+    """Bad arguments raise ValueError naming them."""
+    with pytest.raises(ValueError, match=message):
+        StructlogBackend(**kwargs)
+
+
+def test_a_directory_is_not_a_log_file(tmp_path: Path) -> None:
+    """path pointing at a directory raises ValueError naming path."""
+    with pytest.raises(ValueError, match=r"path: .* is a directory"):
+        StructlogBackend(tmp_path)
