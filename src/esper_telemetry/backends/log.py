@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -26,6 +25,7 @@ from esper_telemetry.contracts import (
     Severity,
     TelemetryEvent,
     TelemetryLevelChangedPayload,
+    json_safe,
 )
 
 #: Keys the backend sets itself; a payload field of the same name is logged as payload_<name>.
@@ -136,15 +136,5 @@ def _non_finite_as_strings(
 ) -> MutableMapping[str, Any]:
     """structlog processor: NaN/±Inf anywhere in the event become their JSON strings."""
     for key, value in event_dict.items():
-        event_dict[key] = _convert(value)
+        event_dict[key] = json_safe(value)
     return event_dict
-
-
-def _convert(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, Mapping):
-        return {k: _convert(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_convert(v) for v in value]
-    return value

@@ -3,6 +3,7 @@
 Pydantic only: nothing here imports torch, blinker or a backend.
 """
 
+from esper_telemetry.contracts._base import json_safe
 from esper_telemetry.contracts.anomaly import Anomaly, AnomalyReport, AnomalyType, Severity
 from esper_telemetry.contracts.events import (
     PAYLOAD_MODELS,
@@ -49,4 +50,5 @@ __all__ = [
     "TelemetryLevel",
     "TelemetryLevelChangedPayload",
     "health_status",
+    "json_safe",
 ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import numbers
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
@@ -39,6 +41,25 @@ Int = Annotated[int, Strict()]
 Bool = Annotated[bool, Strict()]
 #: A str that refuses numbers.
 Str = Annotated[str, Strict()]
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float, at any depth, spelled as strict JSON spells it.
+
+    NaN, +Inf and -Inf become "NaN", "Infinity" and "-Infinity" (the contracts' own
+    spelling); mappings and sequences are copied with their items converted; anything
+    else is returned as it is.
+
+    >>> json_safe({"a": float("nan"), "b": [1.0, float("-inf")]})
+    {'a': 'NaN', 'b': [1.0, '-Infinity']}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 class Contract(BaseModel):

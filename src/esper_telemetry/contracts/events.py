@@ -19,7 +19,6 @@ nan
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -27,7 +26,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, JsonValue, ValidationError, model_validator
 from pydantic_core import InitErrorDetails
 
-from esper_telemetry.contracts._base import Bool, Contract, Float, Int, Str
+from esper_telemetry.contracts._base import Bool, Contract, Float, Int, Str, json_safe
 from esper_telemetry.contracts.anomaly import AnomalyType, Severity
 from esper_telemetry.contracts.health import LSTMHealthDetail, LSTMHealthMetrics
 from esper_telemetry.contracts.levels import TelemetryLevel
@@ -47,25 +46,15 @@ class EventType(StrEnum):
     RUN_FINISHED = "RUN_FINISHED"
 
 
-def _non_finite_as_strings(value: Any) -> Any:
-    # JsonValue cannot tell a float that was written as "Infinity" from a string, so
-    # store non-finite floats as those strings up front: a config then round-trips exactly.
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {k: _non_finite_as_strings(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_non_finite_as_strings(v) for v in value]
-    return value
-
-
 class RunStartedPayload(Contract):
     """A run begins: its configuration, for W&B's config and the analytics log."""
 
     event_type: ClassVar[EventType] = EventType.RUN_STARTED
 
-    config: Annotated[dict[Str, JsonValue], BeforeValidator(_non_finite_as_strings)] = Field(
+    config: Annotated[dict[Str, JsonValue], BeforeValidator(json_safe)] = Field(
         default_factory=dict,
+        # JsonValue cannot tell a float written as "Infinity" from a string, so non-finite
+        # floats are stored as those strings up front: the config then round-trips exactly.
         description=(
             "The run's configuration (JSON values). Non-finite floats are stored as the "
             'strings "NaN", "Infinity", "-Infinity", so a config reads back as it was stored.'
