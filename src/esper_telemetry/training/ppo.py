@@ -1,0 +1,471 @@
+"""A compact recurrent PPO in plain PyTorch that publishes LSTM health after every update.
+
+Read it top to bottom: the configuration, the LSTM actor-critic, GAE, then ``train``,
+whose loop is (1) a rollout of ``steps`` steps in every env with the LSTM state carried
+from step to step and zeroed where an episode begins, (2) ``epochs`` passes of clipped-
+surrogate PPO over minibatches of whole env sequences, unrolled again from the state
+each sequence started with (truncated BPTT), (3) ``compute_lstm_health`` on the LSTM
+state the update ends with, and ``emit_ppo_update_event``.
+
+The defaults follow RL Zoo's ``ppo_lstm`` settings for CartPoleNoVel-v1 (8 envs, 32
+steps, one minibatch of 256, 20 epochs, gamma 0.98, lambda 0.8, learning rate 1e-3 and
+clip 0.2 both annealed linearly to 0, 64 LSTM units, 64-unit heads with ReLU).
+
+The state is never reset because it looks unhealthy; only an episode boundary zeroes
+it. A demo fault (``fault``) corrupts the carried state at one update, so detection,
+escalation and alerts can be watched on a real run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from esper_telemetry.contracts import (
+    EventType,
+    RunFinishedPayload,
+    RunStartedPayload,
+    TelemetryEvent,
+    TelemetryLevel,
+)
+from esper_telemetry.errors import TrainingHalted
+from esper_telemetry.hub import TelemetryHub
+from esper_telemetry.telemetry import compute_lstm_health, emit_ppo_update_event
+from esper_telemetry.training.envs import make_cartpole_novel
+
+FaultKind = Literal["nan", "inf", "explode", "vanish"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("nan", "inf", "explode", "vanish")
+LSTMState = tuple[torch.Tensor, torch.Tensor]
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Settings of a recurrent PPO run (defaults: RL Zoo ppo_lstm, CartPoleNoVel-v1)."""
+
+    updates: int = 10
+    """PPO updates to run (``esper ppo --episodes``): one rollout round and one update each."""
+    envs: int = 8
+    """Parallel environments."""
+    steps: int = 32
+    """Steps every env plays per rollout (``--episode-length``)."""
+    hidden: int = 64
+    """LSTM hidden size."""
+    layers: int = 1
+    """LSTM layers."""
+    proj_size: int = 0
+    """LSTM projection size (0: none)."""
+    lr: float = 1e-3
+    """Adam learning rate at the first update."""
+    anneal: bool = True
+    """Anneal the learning rate and clip range linearly to 0 over the run."""
+    gamma: float = 0.98
+    """Discount factor."""
+    gae_lambda: float = 0.8
+    """GAE lambda."""
+    clip: float = 0.2
+    """PPO clip range at the first update."""
+    epochs: int = 20
+    """Passes over each rollout."""
+    minibatches: int = 1
+    """Minibatches per pass; each holds envs // minibatches whole sequences."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping norm."""
+    seed: int = 0
+    """Seed of torch, the action sampler and the environments."""
+    fault: tuple[FaultKind, int] | None = None
+    """Demo only: corrupt the carried LSTM state at this update (kind, update)."""
+
+    def __post_init__(self) -> None:
+        for name in ("updates", "envs", "steps", "hidden", "layers", "epochs", "minibatches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(self.proj_size, int) or not 0 <= self.proj_size < self.hidden:
+            raise ValueError(f"proj_size must be 0 or in [1, hidden), got {self.proj_size!r}")
+        if self.envs % self.minibatches:
+            raise ValueError(
+                f"minibatches must divide envs, got envs={self.envs} minibatches={self.minibatches}"
+            )
+        for name in ("lr", "clip", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.fault is not None and (
+            self.fault[0] not in FAULT_KINDS or not isinstance(self.fault[1], int)
+        ):
+            raise ValueError(f"fault must be (kind, update) with kind in {FAULT_KINDS}")
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+class RecurrentActorCritic(nn.Module):
+    """One LSTM over the observations, then a policy head and a value head."""
+
+    def __init__(self, obs_dim: int, n_actions: int, config: PPOConfig) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(obs_dim, config.hidden, config.layers, proj_size=config.proj_size)
+        out = config.proj_size or config.hidden
+        self.policy = nn.Sequential(nn.Linear(out, 64), nn.ReLU(), nn.Linear(64, n_actions))
+        self.value = nn.Sequential(nn.Linear(out, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def initial_state(self, batch: int) -> LSTMState:
+        """Zero (h, c) for ``batch`` envs."""
+        lstm = self.lstm
+        h_size = lstm.proj_size or lstm.hidden_size
+        return (
+            torch.zeros(lstm.num_layers, batch, h_size),
+            torch.zeros(lstm.num_layers, batch, lstm.hidden_size),
+        )
+
+    def unroll(
+        self, obs: torch.Tensor, starts: torch.Tensor, state: LSTMState
+    ) -> tuple[torch.Tensor, torch.Tensor, LSTMState]:
+        """Run ``obs [T, B, obs_dim]`` from ``state``; zero the state where ``starts[t]``.
+
+        Returns logits ``[T, B, actions]``, values ``[T, B]`` and the final state.
+        """
+        h, c = state
+        outputs = []
+        for t in range(obs.shape[0]):
+            # An episode boundary, and only that, resets the state. where() rather than
+            # multiplying by 0, so a NaN state still resets at a boundary.
+            keep = (~starts[t]).view(1, -1, 1)
+            h = torch.where(keep, h, torch.zeros_like(h))
+            c = torch.where(keep, c, torch.zeros_like(c))
+            out, (h, c) = self.lstm(obs[t : t + 1], (h, c))
+            outputs.append(out)
+        features = torch.cat(outputs)
+        return self.policy(features), self.value(features).squeeze(-1), (h, c)
+
+
+def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Categorical samples by the Gumbel-max trick.
+
+    Exact, seeded through ``generator``, and it never raises on a NaN policy, which
+    ``torch.multinomial`` would: a broken run must go on and stay visible.
+    """
+    u = torch.rand(logits.shape, generator=generator).clamp_(1e-20, 1.0 - 1e-7)
+    return torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
+
+
+# ---------------------------------------------------------------------------- advantages
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    dones: torch.Tensor,
+    last_value: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimates and returns for a ``[T, B]`` rollout.
+
+    ``dones[t]`` is True when transition t ended its episode (no bootstrap through it);
+    ``last_value`` is V of the observation after the last step.
+
+    >>> r = torch.tensor([[1.0], [1.0]]); v = torch.zeros(2, 1)
+    >>> d = torch.tensor([[False], [True]])
+    >>> adv, ret = compute_gae(r, v, d, torch.tensor([5.0]), gamma=0.5, lam=1.0)
+    >>> adv.flatten().tolist(), ret.flatten().tolist()
+    ([1.5, 1.0], [1.5, 1.0])
+    """
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(last_value)
+    next_value = last_value
+    for t in reversed(range(rewards.shape[0])):
+        not_done = (~dones[t]).to(rewards.dtype)
+        delta = rewards[t] + gamma * next_value * not_done - values[t]
+        running = delta + gamma * lam * not_done * running
+        advantages[t] = running
+        next_value = values[t]
+    return advantages, advantages + values
+
+
+# ---------------------------------------------------------------------------- training
+
+
+@dataclass
+class UpdateInfo:
+    """What the caller's per-update callback receives."""
+
+    update: int
+    env_steps: int
+    mean_return: float
+    h_rms: float | None
+    c_rms: float | None
+    level: TelemetryLevel
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """How a run ended and what it achieved."""
+
+    status: Literal["completed", "interrupted", "halted", "failed"]
+    updates: int
+    env_steps: int
+    episode_returns: list[float] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def mean_return(self) -> float:
+        """Mean return of the last 20 finished episodes (NaN before any finished)."""
+        last = self.episode_returns[-20:]
+        return sum(last) / len(last) if last else math.nan
+
+
+def train(
+    config: PPOConfig,
+    hub: TelemetryHub,
+    *,
+    on_update: Callable[[UpdateInfo], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train a recurrent PPO agent on CartPoleNoVel, publishing telemetry on ``hub``.
+
+    Emits RUN_STARTED, one PPO_UPDATE_COMPLETED per update and RUN_FINISHED. Stops early
+    when ``should_stop()`` turns true or on KeyboardInterrupt (status "interrupted"), or
+    when a subscriber requested a halt (status "halted"). Deterministic on CPU for a
+    given seed. Does not close the hub.
+    """
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    envs = make_cartpole_novel(config.envs)
+    obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    assert obs_space.shape is not None
+    assert hasattr(act_space, "n")
+    model = RecurrentActorCritic(obs_space.shape[0], int(act_space.n), config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-5)
+
+    hub.emit(
+        TelemetryEvent(
+            event_type=EventType.RUN_STARTED,
+            update=0,
+            payload=RunStartedPayload(
+                config={k: _jsonable(v) for k, v in asdict(config).items()},
+                description="recurrent PPO on CartPoleNoVel-v1",
+            ),
+        )
+    )
+    result = TrainResult(status="completed", updates=0, env_steps=0)
+    returns_window: deque[float] = deque(maxlen=20)
+    episode_return = np.zeros(config.envs)
+    obs_np, _ = envs.reset(seed=config.seed)
+    obs = torch.as_tensor(obs_np)
+    starts = torch.ones(config.envs, dtype=torch.bool)
+    state = model.initial_state(config.envs)
+    try:
+        for update in range(config.updates):
+            if should_stop is not None and should_stop():
+                result.status = "interrupted"
+                break
+            hub.raise_if_halted()
+            began = time.perf_counter()
+            progress = 1.0 - update / config.updates if config.anneal else 1.0
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * progress
+
+            # -- 1. rollout ------------------------------------------------------------
+            T, B = config.steps, config.envs
+            buf_obs = torch.zeros((T, B, *obs.shape[1:]))
+            buf_starts = torch.zeros((T, B), dtype=torch.bool)
+            buf_actions = torch.zeros((T, B), dtype=torch.long)
+            buf_logp = torch.zeros((T, B))
+            buf_values = torch.zeros((T, B))
+            buf_rewards = torch.zeros((T, B))
+            buf_dones = torch.zeros((T, B), dtype=torch.bool)
+            initial_state = (state[0].clone(), state[1].clone())
+            with torch.no_grad():
+                for t in range(T):
+                    buf_obs[t], buf_starts[t] = obs, starts
+                    logits, value, state = model.unroll(obs[None], starts[None], state)
+                    action = sample_actions(logits[0], generator)
+                    buf_actions[t] = action
+                    buf_logp[t] = torch.log_softmax(logits[0], -1).gather(1, action[:, None])[:, 0]
+                    buf_values[t] = value[0]
+                    obs_np, reward, terminated, truncated, info = envs.step(action.numpy())
+                    reward = reward.astype(np.float32)
+                    episode_return += reward
+                    # A time limit is not a failure: bootstrap the value of the last obs.
+                    cut = truncated & ~terminated
+                    if cut.any():
+                        final = torch.as_tensor(np.stack(info["final_obs"][cut]))
+                        idx = torch.as_tensor(np.flatnonzero(cut))
+                        sub = (state[0][:, idx], state[1][:, idx])
+                        no_start = torch.zeros(1, len(idx), dtype=torch.bool)
+                        _, v_final, _ = model.unroll(final[None], no_start, sub)
+                        reward[cut] += config.gamma * v_final[0].numpy()
+                    done = terminated | truncated
+                    for i in np.flatnonzero(done):
+                        returns_window.append(float(episode_return[i]))
+                        result.episode_returns.append(float(episode_return[i]))
+                        episode_return[i] = 0.0
+                    buf_rewards[t] = torch.as_tensor(reward)
+                    buf_dones[t] = torch.as_tensor(done)
+                    obs, starts = torch.as_tensor(obs_np), torch.as_tensor(done)
+                _, last_value, _ = model.unroll(obs[None], starts[None], state)
+            advantages, returns = compute_gae(
+                buf_rewards, buf_values, buf_dones, last_value[0], config.gamma, config.gae_lambda
+            )
+            result.env_steps += T * B
+
+            # -- 2. PPO epochs over whole sequences -----------------------------------
+            clip = config.clip * progress if config.anneal else config.clip
+            stats = _ppo_epochs(
+                model,
+                optimizer,
+                config,
+                clip,
+                generator,
+                (buf_obs, buf_starts, buf_actions, buf_logp, buf_values, advantages, returns),
+                initial_state,
+            )
+
+            # -- 3. telemetry ---------------------------------------------------------
+            if config.fault is not None and config.fault[1] == update:
+                state = _corrupt(state, config.fault[0])
+            health = compute_lstm_health(state, detail=hub.level >= TelemetryLevel.DEBUG)
+            mean_return = sum(returns_window) / len(returns_window) if returns_window else math.nan
+            stats.update(
+                learning_rate=config.lr * progress,
+                return_mean=mean_return,
+                episodes=float(len(result.episode_returns)),
+            )
+            emit_ppo_update_event(
+                hub, update=update, metrics=stats, lstm_health=health, env_steps=result.env_steps
+            )
+            result.updates = update + 1
+            if on_update is not None:
+                metrics = health[0] if isinstance(health, tuple) else health
+                on_update(
+                    UpdateInfo(
+                        update=update,
+                        env_steps=result.env_steps,
+                        mean_return=mean_return,
+                        h_rms=metrics.h_rms if metrics else None,
+                        c_rms=metrics.c_rms if metrics else None,
+                        level=hub.level,
+                        seconds=time.perf_counter() - began,
+                    )
+                )
+        else:
+            hub.raise_if_halted()  # a halt requested by the last update still counts
+    except TrainingHalted as halt:
+        result.status, result.message = "halted", str(halt)
+    except KeyboardInterrupt:
+        result.status, result.message = "interrupted", "interrupted by the user"
+    finally:
+        envs.close()
+    _emit_finished(hub, result)
+    return result
+
+
+def _ppo_epochs(
+    model: RecurrentActorCritic,
+    optimizer: torch.optim.Optimizer,
+    config: PPOConfig,
+    clip: float,
+    generator: torch.Generator,
+    rollout: tuple[torch.Tensor, ...],
+    initial_state: LSTMState,
+) -> dict[str, float]:
+    """Clipped-surrogate PPO; returns the update's statistics as host floats."""
+    obs, starts, actions, old_logp, old_values, advantages, returns = rollout
+    per_batch = config.envs // config.minibatches
+    sums = torch.zeros(6)  # policy, value, entropy, approx_kl, clip_fraction, grad_norm
+    count = 0
+    for _ in range(config.epochs):
+        order = torch.randperm(config.envs, generator=generator)
+        for start in range(0, config.envs, per_batch):
+            envs = order[start : start + per_batch]
+            state = (initial_state[0][:, envs], initial_state[1][:, envs])
+            logits, values, _ = model.unroll(obs[:, envs], starts[:, envs], state)
+            logp_all = torch.log_softmax(logits, dim=-1)
+            logp = logp_all.gather(2, actions[:, envs, None])[..., 0]
+            entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+            adv = advantages[:, envs]
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            log_ratio = logp - old_logp[:, envs]
+            ratio = log_ratio.exp()
+            policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
+            value_loss = 0.5 * (returns[:, envs] - values).pow(2).mean()
+            loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - log_ratio).mean()
+                clipped = ((ratio - 1).abs() > clip).float().mean()
+                sums += torch.stack(
+                    [policy_loss, value_loss, entropy, approx_kl, clipped, grad_norm]
+                ).detach()
+            count += 1
+    y, v = returns.flatten(), old_values.flatten()
+    explained = 1 - (y - v).var() / y.var()
+    host = torch.cat([sums / count, explained[None]]).tolist()  # the one transfer
+    names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
+    stats = dict(zip(names, host[:6], strict=True))
+    stats["explained_variance"] = host[6]
+    return stats
+
+
+def _corrupt(state: LSTMState, kind: FaultKind) -> LSTMState:
+    """The demo fault: a real corruption of the carried state (it flows into training)."""
+    h, c = state[0].clone(), state[1].clone()
+    if kind == "nan":
+        h[..., 0, :] = math.nan
+    elif kind == "inf":
+        c[..., 0, :] = math.inf
+    elif kind == "explode":
+        c.mul_(1e3)
+    else:
+        h.mul_(1e-9)
+        c.mul_(1e-9)
+    return h, c
+
+
+def _emit_finished(hub: TelemetryHub, result: TrainResult) -> None:
+    summary = {
+        "updates": float(result.updates),
+        "env_steps": float(result.env_steps),
+        "episodes": float(len(result.episode_returns)),
+        "return_mean_last20": result.mean_return,
+    }
+    hub.emit(
+        TelemetryEvent(
+            event_type=EventType.RUN_FINISHED,
+            update=max(result.updates - 1, 0),
+            payload=RunFinishedPayload(
+                status=result.status,
+                message=result.message,
+                summary=summary,
+                hub_stats=hub.stats(),
+            ),
+        )
+    )
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
