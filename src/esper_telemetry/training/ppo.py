@@ -9,7 +9,8 @@ state the update ends with, and ``emit_ppo_update_event``.
 
 The defaults follow RL Zoo's ``ppo_lstm`` settings for CartPoleNoVel-v1 (8 envs, 32
 steps, one minibatch of 256, 20 epochs, gamma 0.98, lambda 0.8, learning rate 1e-3 and
-clip 0.2 both annealed linearly to 0, 64 LSTM units, 64-unit heads with ReLU).
+clip 0.2 both annealed linearly to 0, 64 LSTM units, 64-unit heads with ReLU, observations
+normalised and rewards scaled by running statistics).
 
 The state is never reset because it looks unhealthy; only an episode boundary zeroes
 it. A demo fault (``fault``) corrupts the carried state at one update, so detection,
@@ -85,6 +86,8 @@ class PPOConfig:
     """Value loss coefficient."""
     max_grad_norm: float = 0.5
     """Gradient clipping norm."""
+    normalize: bool = True
+    """Normalise observations and scale rewards by running statistics (like VecNormalize)."""
     seed: int = 0
     """Seed of torch, the action sampler and the environments."""
     fault: tuple[FaultKind, int] | None = None
@@ -164,6 +167,56 @@ def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Te
     """
     u = torch.rand(logits.shape, generator=generator).clamp_(1e-20, 1.0 - 1e-7)
     return torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
+
+
+class RunningNorm:
+    """Running mean and variance (parallel algorithm), as used to normalise inputs."""
+
+    def __init__(self, shape: tuple[int, ...] = ()) -> None:
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        self.count = 1e-4
+
+    def update(self, batch: np.ndarray) -> None:
+        """Fold a batch (first axis: samples) into the statistics."""
+        mean, var, n = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        delta, total = mean - self.mean, self.count + n
+        self.mean = self.mean + delta * n / total
+        m2 = self.var * self.count + var * n + delta**2 * self.count * n / total
+        self.var, self.count = m2 / total, total
+
+
+class Normalizer:
+    """Observation normalisation and reward scaling by running statistics.
+
+    Observations: (x - mean) / std, clipped to [-10, 10]. Rewards: divided by the running
+    std of the discounted return, clipped to [-10, 10]. Off: both pass through unchanged.
+    """
+
+    def __init__(self, obs_dim: int, num_envs: int, gamma: float, enabled: bool) -> None:
+        self.enabled, self.gamma = enabled, gamma
+        self.obs = RunningNorm((obs_dim,))
+        self.ret = RunningNorm()
+        self._returns = np.zeros(num_envs)
+
+    def observe(self, obs: np.ndarray, *, update: bool = True) -> torch.Tensor:
+        """The normalised observation as a float32 tensor; folds it into the stats."""
+        if not self.enabled:
+            return torch.as_tensor(obs, dtype=torch.float32)
+        if update:
+            self.obs.update(obs)
+        scaled = (obs - self.obs.mean) / np.sqrt(self.obs.var + 1e-8)
+        return torch.as_tensor(np.clip(scaled, -10.0, 10.0), dtype=torch.float32)
+
+    def reward(self, reward: np.ndarray, done: np.ndarray) -> np.ndarray:
+        """The scaled reward; the discounted return restarts where an episode ended."""
+        if not self.enabled:
+            return reward
+        self._returns = self._returns * self.gamma + reward
+        self.ret.update(self._returns)
+        self._returns[done] = 0.0
+        scaled = reward / np.sqrt(self.ret.var + 1e-8)
+        return np.clip(scaled, -10.0, 10.0).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------- advantages
@@ -269,8 +322,9 @@ def train(
     result = TrainResult(status="completed", updates=0, env_steps=0)
     returns_window: deque[float] = deque(maxlen=20)
     episode_return = np.zeros(config.envs)
+    norm = Normalizer(obs_space.shape[0], config.envs, config.gamma, config.normalize)
     obs_np, _ = envs.reset(seed=config.seed)
-    obs = torch.as_tensor(obs_np)
+    obs = norm.observe(obs_np)
     starts = torch.ones(config.envs, dtype=torch.bool)
     state = model.initial_state(config.envs)
     try:
@@ -302,26 +356,26 @@ def train(
                     buf_actions[t] = action
                     buf_logp[t] = torch.log_softmax(logits[0], -1).gather(1, action[:, None])[:, 0]
                     buf_values[t] = value[0]
-                    obs_np, reward, terminated, truncated, info = envs.step(action.numpy())
-                    reward = reward.astype(np.float32)
-                    episode_return += reward
+                    obs_np, raw_reward, terminated, truncated, info = envs.step(action.numpy())
+                    done = terminated | truncated
+                    episode_return += raw_reward
+                    reward = norm.reward(raw_reward.astype(np.float64), done)
                     # A time limit is not a failure: bootstrap the value of the last obs.
                     cut = truncated & ~terminated
                     if cut.any():
-                        final = torch.as_tensor(np.stack(info["final_obs"][cut]))
+                        final = norm.observe(np.stack(info["final_obs"][cut]), update=False)
                         idx = torch.as_tensor(np.flatnonzero(cut))
                         sub = (state[0][:, idx], state[1][:, idx])
                         no_start = torch.zeros(1, len(idx), dtype=torch.bool)
                         _, v_final, _ = model.unroll(final[None], no_start, sub)
                         reward[cut] += config.gamma * v_final[0].numpy()
-                    done = terminated | truncated
                     for i in np.flatnonzero(done):
                         returns_window.append(float(episode_return[i]))
                         result.episode_returns.append(float(episode_return[i]))
                         episode_return[i] = 0.0
                     buf_rewards[t] = torch.as_tensor(reward)
                     buf_dones[t] = torch.as_tensor(done)
-                    obs, starts = torch.as_tensor(obs_np), torch.as_tensor(done)
+                    obs, starts = norm.observe(obs_np), torch.as_tensor(done)
                 _, last_value, _ = model.unroll(obs[None], starts[None], state)
             advantages, returns = compute_gae(
                 buf_rewards, buf_values, buf_dones, last_value[0], config.gamma, config.gae_lambda
@@ -407,7 +461,7 @@ def _ppo_epochs(
             log_ratio = logp - old_logp[:, envs]
             ratio = log_ratio.exp()
             policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
-            value_loss = 0.5 * (returns[:, envs] - values).pow(2).mean()
+            value_loss = (returns[:, envs] - values).pow(2).mean()
             loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
