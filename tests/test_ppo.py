@@ -16,6 +16,7 @@ from esper_telemetry.training.ppo import (
     RecurrentActorCritic,
     compute_gae,
     sample_actions,
+    select_envs,
     train,
 )
 
@@ -71,34 +72,40 @@ def model() -> RecurrentActorCritic:
     return RecurrentActorCritic(2, 2, PPOConfig(hidden=8, layers=2))
 
 
+def random_state(batch: int, fill: float | None = None) -> tuple:
+    def t() -> torch.Tensor:
+        return torch.full((2, batch, 8), fill) if fill is not None else torch.randn(2, batch, 8)
+
+    return (t(), t()), (t(), t())
+
+
 def test_an_episode_start_zeroes_only_that_envs_state() -> None:
     """With starts[t] set for env 0, env 0 continues as if from a zero state; env 1 does not."""
     m = model()
     obs = torch.randn(5, 2, 2)
     starts = torch.zeros(5, 2, dtype=torch.bool)
     starts[3, 0] = True
-    state = (torch.randn(2, 2, 8), torch.randn(2, 2, 8))
+    state = random_state(2)
+    no_starts = torch.zeros(5, 1, dtype=torch.bool)
     with torch.no_grad():
-        logits, _, _ = m.unroll(obs, starts, state)
-        fresh, _, _ = m.unroll(obs[3:, :1], starts[3:, :1], m.initial_state(1))
-        carried, _, _ = m.unroll(
-            obs[:, 1:], torch.zeros(5, 1, dtype=torch.bool), (state[0][:, 1:], state[1][:, 1:])
-        )
-    torch.testing.assert_close(logits[3:, :1], fresh)
-    torch.testing.assert_close(logits[:, 1:], carried)
+        logits, values, _ = m.unroll(obs, starts, state)
+        fresh_l, fresh_v, _ = m.unroll(obs[3:, :1], starts[3:, :1], m.initial_state(1))
+        kept_l, kept_v, _ = m.unroll(obs[:, 1:], no_starts, select_envs(state, torch.tensor([1])))
+    torch.testing.assert_close(logits[3:, :1], fresh_l)
+    torch.testing.assert_close(values[3:, :1], fresh_v)
+    torch.testing.assert_close(logits[:, 1:], kept_l)
+    torch.testing.assert_close(values[:, 1:], kept_v)
 
 
 def test_an_episode_start_resets_even_a_nan_state() -> None:
     """A NaN state is cleared at an episode boundary (zeroed, not multiplied by 0)."""
     m = model()
-    nan_state = (torch.full((2, 1, 8), math.nan), torch.full((2, 1, 8), math.nan))
+    start = torch.ones(1, 1, dtype=torch.bool)
     with torch.no_grad():
-        logits, _, (h, c) = m.unroll(
-            torch.randn(1, 1, 2), torch.ones(1, 1, dtype=torch.bool), nan_state
-        )
+        logits, values, state = m.unroll(torch.randn(1, 1, 2), start, random_state(1, math.nan))
     assert not torch.isnan(logits).any()
-    assert not torch.isnan(h).any()
-    assert not torch.isnan(c).any()
+    assert not torch.isnan(values).any()
+    assert not any(torch.isnan(x).any() for pair in state for x in pair)
 
 
 def test_sampling_is_seeded_follows_softmax_and_survives_nan() -> None:

@@ -45,6 +45,8 @@ from esper_telemetry.training.envs import make_cartpole_novel
 FaultKind = Literal["nan", "inf", "explode", "vanish"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("nan", "inf", "explode", "vanish")
 LSTMState = tuple[torch.Tensor, torch.Tensor]
+#: (actor (h, c), critic (h, c)).
+RecurrentState = tuple[LSTMState, LSTMState]
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -120,43 +122,57 @@ class PPOConfig:
 
 
 class RecurrentActorCritic(nn.Module):
-    """One LSTM over the observations, then a policy head and a value head."""
+    """An actor LSTM with a policy head and a critic LSTM with a value head.
+
+    Separate LSTMs, as RL Zoo's setting (``enable_critic_lstm``): the value loss never
+    pulls on the policy's memory. Telemetry watches the actor's state, the policy's own.
+    """
 
     def __init__(self, obs_dim: int, n_actions: int, config: PPOConfig) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(obs_dim, config.hidden, config.layers, proj_size=config.proj_size)
+        self.actor_lstm = nn.LSTM(obs_dim, config.hidden, config.layers, proj_size=config.proj_size)
+        self.critic_lstm = nn.LSTM(
+            obs_dim, config.hidden, config.layers, proj_size=config.proj_size
+        )
         out = config.proj_size or config.hidden
         self.policy = nn.Sequential(nn.Linear(out, 64), nn.ReLU(), nn.Linear(64, n_actions))
         self.value = nn.Sequential(nn.Linear(out, 64), nn.ReLU(), nn.Linear(64, 1))
 
-    def initial_state(self, batch: int) -> LSTMState:
-        """Zero (h, c) for ``batch`` envs."""
-        lstm = self.lstm
+    def initial_state(self, batch: int) -> RecurrentState:
+        """Zero (h, c) of both LSTMs for ``batch`` envs."""
+        lstm = self.actor_lstm
         h_size = lstm.proj_size or lstm.hidden_size
-        return (
-            torch.zeros(lstm.num_layers, batch, h_size),
-            torch.zeros(lstm.num_layers, batch, lstm.hidden_size),
-        )
+        h = torch.zeros(lstm.num_layers, batch, h_size)
+        c = torch.zeros(lstm.num_layers, batch, lstm.hidden_size)
+        return (h, c), (h.clone(), c.clone())
 
     def unroll(
-        self, obs: torch.Tensor, starts: torch.Tensor, state: LSTMState
-    ) -> tuple[torch.Tensor, torch.Tensor, LSTMState]:
+        self, obs: torch.Tensor, starts: torch.Tensor, state: RecurrentState
+    ) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
         """Run ``obs [T, B, obs_dim]`` from ``state``; zero the state where ``starts[t]``.
 
         Returns logits ``[T, B, actions]``, values ``[T, B]`` and the final state.
         """
-        h, c = state
-        outputs = []
+        (ha, ca), (hc, cc) = state
+        actor_out, critic_out = [], []
         for t in range(obs.shape[0]):
             # An episode boundary, and only that, resets the state. where() rather than
             # multiplying by 0, so a NaN state still resets at a boundary.
             keep = (~starts[t]).view(1, -1, 1)
-            h = torch.where(keep, h, torch.zeros_like(h))
-            c = torch.where(keep, c, torch.zeros_like(c))
-            out, (h, c) = self.lstm(obs[t : t + 1], (h, c))
-            outputs.append(out)
-        features = torch.cat(outputs)
-        return self.policy(features), self.value(features).squeeze(-1), (h, c)
+            ha, ca, hc, cc = (torch.where(keep, x, torch.zeros_like(x)) for x in (ha, ca, hc, cc))
+            out, (ha, ca) = self.actor_lstm(obs[t : t + 1], (ha, ca))
+            actor_out.append(out)
+            out, (hc, cc) = self.critic_lstm(obs[t : t + 1], (hc, cc))
+            critic_out.append(out)
+        logits = self.policy(torch.cat(actor_out))
+        values = self.value(torch.cat(critic_out)).squeeze(-1)
+        return logits, values, ((ha, ca), (hc, cc))
+
+
+def select_envs(state: RecurrentState, envs: torch.Tensor) -> RecurrentState:
+    """The part of ``state`` that belongs to the given env indices (a copy)."""
+    (ha, ca), (hc, cc) = state
+    return (ha[:, envs], ca[:, envs]), (hc[:, envs], cc[:, envs])
 
 
 def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -347,7 +363,7 @@ def train(
             buf_values = torch.zeros((T, B))
             buf_rewards = torch.zeros((T, B))
             buf_dones = torch.zeros((T, B), dtype=torch.bool)
-            initial_state = (state[0].clone(), state[1].clone())
+            initial_state = select_envs(state, torch.arange(B))
             with torch.no_grad():
                 for t in range(T):
                     buf_obs[t], buf_starts[t] = obs, starts
@@ -365,7 +381,7 @@ def train(
                     if cut.any():
                         final = norm.observe(np.stack(info["final_obs"][cut]), update=False)
                         idx = torch.as_tensor(np.flatnonzero(cut))
-                        sub = (state[0][:, idx], state[1][:, idx])
+                        sub = select_envs(state, idx)
                         no_start = torch.zeros(1, len(idx), dtype=torch.bool)
                         _, v_final, _ = model.unroll(final[None], no_start, sub)
                         reward[cut] += config.gamma * v_final[0].numpy()
@@ -396,8 +412,8 @@ def train(
 
             # -- 3. telemetry ---------------------------------------------------------
             if config.fault is not None and config.fault[1] == update:
-                state = _corrupt(state, config.fault[0])
-            health = compute_lstm_health(state, detail=hub.level >= TelemetryLevel.DEBUG)
+                state = (_corrupt(state[0], config.fault[0]), state[1])
+            health = compute_lstm_health(state[0], detail=hub.level >= TelemetryLevel.DEBUG)
             mean_return = sum(returns_window) / len(returns_window) if returns_window else math.nan
             stats.update(
                 learning_rate=config.lr * progress,
@@ -440,7 +456,7 @@ def _ppo_epochs(
     clip: float,
     generator: torch.Generator,
     rollout: tuple[torch.Tensor, ...],
-    initial_state: LSTMState,
+    initial_state: RecurrentState,
 ) -> dict[str, float]:
     """Clipped-surrogate PPO; returns the update's statistics as host floats."""
     obs, starts, actions, old_logp, old_values, advantages, returns = rollout
@@ -451,7 +467,7 @@ def _ppo_epochs(
         order = torch.randperm(config.envs, generator=generator)
         for start in range(0, config.envs, per_batch):
             envs = order[start : start + per_batch]
-            state = (initial_state[0][:, envs], initial_state[1][:, envs])
+            state = select_envs(initial_state, envs)
             logits, values, _ = model.unroll(obs[:, envs], starts[:, envs], state)
             logp_all = torch.log_softmax(logits, dim=-1)
             logp = logp_all.gather(2, actions[:, envs, None])[..., 0]
@@ -484,7 +500,7 @@ def _ppo_epochs(
 
 
 def _corrupt(state: LSTMState, kind: FaultKind) -> LSTMState:
-    """The demo fault: a real corruption of the carried state (it flows into training)."""
+    """The demo fault: a real corruption of the actor's carried state (it flows on)."""
     h, c = state[0].clone(), state[1].clone()
     if kind == "nan":
         h[..., 0, :] = math.nan

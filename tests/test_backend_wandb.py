@@ -1,0 +1,730 @@
+"""WandBBackend against the real wandb in offline mode, read back with `wandb leet inspect`.
+
+Nothing here touches the network: every test points W&B's directories and home at a
+temporary folder and runs offline (or disabled). W&B reads its environment variables
+once per process, so each test tears W&B's session down before and after.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import wandb
+
+from esper_telemetry import (
+    AnomalyType,
+    EventType,
+    HubStats,
+    Severity,
+    TelemetryEvent,
+    TelemetryHub,
+    compute_lstm_health,
+    emit_ppo_update_event,
+)
+from esper_telemetry.backends.wandb import WandBBackend
+from esper_telemetry.contracts import (
+    AnomalyDetectedPayload,
+    LSTMHealthMetrics,
+    PPOUpdatePayload,
+    RunFinishedPayload,
+    RunStartedPayload,
+)
+
+NAN = float("nan")
+INF = float("inf")
+RUN_ID = "wandb-backend-test"
+#: 40 hex digits: what a W&B API key looks like.
+HEX_KEY = "0123456789abcdef0123456789abcdef01234567"
+HEX_IN_TEXT = "fedcba9876543210fedcba9876543210fedcba98"
+HF_TOKEN = "hf_TokenValueThatMustNotLeak"
+DB_PASSWORD = "correct-horse-battery-staple"
+ENV_API_KEY = "local-esperTestKeyThatMustNotLeak_0123456789abcdefghijklmn"
+SECRETS = (HEX_KEY, HEX_IN_TEXT, HF_TOKEN, DB_PASSWORD, ENV_API_KEY)
+LOGGER = "esper_telemetry.backends.wandb"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def offline_wandb(root: Path, mp: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point every W&B folder (and HOME) at ``root``, offline; yield the WANDB_DIR."""
+    wandb.teardown()  # W&B froze the environment it saw at its first use in this process
+    wandb_dir = root / "wb"
+    wandb_dir.mkdir(parents=True)
+    env = {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(wandb_dir),
+        "WANDB_CACHE_DIR": str(root / "cache"),
+        "WANDB_CONFIG_DIR": str(root / "config"),
+        "WANDB_DATA_DIR": str(root / "data"),
+        "WANDB_SILENT": "true",
+        "WANDB_CONSOLE": "off",
+        "HOME": str(root / "home"),
+        "NETRC": str(root / "home" / ".netrc"),
+    }
+    for key, value in env.items():
+        mp.setenv(key, value)
+    mp.delenv("WANDB_API_KEY", raising=False)
+    try:
+        yield wandb_dir
+    finally:
+        wandb.teardown()
+
+
+@pytest.fixture
+def wandb_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    with offline_wandb(tmp_path, monkeypatch) as path:
+        yield path
+
+
+def run_dir_of(wandb_dir: Path, run_id: str) -> Path:
+    (found,) = (wandb_dir / "wandb").glob(f"offline-run-*-{run_id}")
+    return found
+
+
+def inspect_run(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of an offline run, as wandb's own reader prints them."""
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def inspect_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's final state (config, summary, notes) as wandb's own reader prints it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--summary", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def history(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """History rows without W&B's clock keys (_runtime, _timestamp)."""
+    return [
+        {k: v for k, v in r["history"]["item"].items() if k not in ("_runtime", "_timestamp")}
+        for r in records
+        if r["type"] == "history"
+    ]
+
+
+def of_type(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [r[kind] for r in records if r["type"] == kind]
+
+
+def as_json(value: float | int) -> float | int | str:
+    """How W&B's reader writes a number: NaN and ±Inf as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def lstm_state(nan: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(input_size=3, hidden_size=8, num_layers=2)
+    with torch.no_grad():
+        _, (h, c) = lstm(torch.randn(5, 4, 3))
+    if nan:
+        h = h.clone()
+        h[1, 2, 3] = NAN
+    return h, c
+
+
+def anomaly(
+    update: int,
+    kind: AnomalyType,
+    severity: Severity,
+    *,
+    observed: float,
+    threshold: float | None,
+    message: str,
+) -> TelemetryEvent:
+    payload = AnomalyDetectedPayload(
+        anomaly_type=kind,
+        severity=severity,
+        observed=observed,
+        threshold=threshold,
+        message=message,
+    )
+    return TelemetryEvent(event_type=EventType.ANOMALY_DETECTED, update=update, payload=payload)
+
+
+def ppo_event(update: int) -> TelemetryEvent:
+    payload = PPOUpdatePayload(policy_loss=0.1, value_loss=0.2, entropy=0.3)
+    return TelemetryEvent(event_type=EventType.PPO_UPDATE_COMPLETED, update=update, payload=payload)
+
+
+def ppo_row(event: TelemetryEvent) -> dict[str, Any]:
+    """The history row one PPO_UPDATE_COMPLETED event should produce, written by hand."""
+    p = event.payload
+    assert isinstance(p, PPOUpdatePayload)
+    row: dict[str, Any] = {"_step": event.update, "update": event.update}
+    row.update({f"ppo/{k}": v for k, v in p.extra.items()})
+    stats = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
+    stats += ("explained_variance", "grad_norm", "learning_rate", "env_steps")
+    for stat in stats:
+        if getattr(p, stat) is not None:
+            row[f"ppo/{stat}"] = getattr(p, stat)
+    health = p.health()
+    assert health is not None
+    row.update({f"lstm/{k}": v for k, v in health.model_dump().items()})
+    row["lstm/has_nan"] = int(health.has_nan)
+    row["lstm/has_inf"] = int(health.has_inf)
+    row["telemetry/level"] = int(event.level)
+    return {k: as_json(v) for k, v in row.items()}
+
+
+class Collect(logging.Handler):
+    """Keeps the log records of one logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+# --------------------------------------------------------------------------- one shared run
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One offline run driven through a real hub, and everything read back from it."""
+
+    events: dict[str, Any] = field(repr=False)
+    records: list[dict[str, Any]] = field(repr=False)
+    summary: dict[str, Any] = field(repr=False)
+    stats: HubStats
+    skipped: int
+    warnings: list[str]
+    files: dict[Path, bytes] = field(repr=False)
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    """One offline run through a real hub, read back once for the tests below."""
+    root = tmp_path_factory.mktemp("wandb-scenario")
+    collect = Collect()
+    log = logging.getLogger(LOGGER)
+    log.addHandler(collect)
+    try:
+        with pytest.MonkeyPatch.context() as mp, offline_wandb(root, mp) as wandb_dir:
+            mp.setenv("WANDB_API_KEY", ENV_API_KEY)  # ignored offline; must still never leak
+            backend, events, stats = drive_scenario()
+            run_dir = run_dir_of(wandb_dir, RUN_ID)
+            yield Scenario(
+                events=events,
+                records=inspect_run(run_dir),
+                summary=inspect_summary(run_dir),
+                stats=stats,
+                skipped=backend.skipped,
+                warnings=[r.getMessage() for r in collect.records if r.levelno >= logging.WARNING],
+                files={p: p.read_bytes() for p in root.rglob("*") if p.is_file()},
+            )
+    finally:
+        log.removeHandler(collect)
+
+
+def drive_scenario() -> tuple[WandBBackend, dict[str, Any], HubStats]:
+    """Three PPO updates (the second with NaN in h), anomalies, a level change, late events."""
+    backend = WandBBackend(
+        "esper-tests",
+        config={"team": "esper", "db_password": DB_PASSWORD, "seed": 7},
+    )
+    hub = TelemetryHub(RUN_ID)
+    hub.subscribe(backend)
+    events: dict[str, Any] = {}
+    started = RunStartedPayload(
+        config={
+            "lr": 3e-4,
+            "seed": 1,
+            "wandb_api_key": HEX_KEY,
+            "model": {"layers": 2, "HF_Token": HF_TOKEN, "sizes": [8, 8]},
+            "runs": [{"note": f"resumed with {HEX_IN_TEXT}"}, {"ok": "plain text"}],
+            "command": f"train --key-from-env {ENV_API_KEY}",
+        },
+        description="offline test run",
+    )
+    hub.emit(TelemetryEvent(event_type=EventType.RUN_STARTED, update=0, payload=started))
+    ppo = {"policy_loss": 0.1, "value_loss": 0.5, "entropy": 0.69, "approx_kl": 0.01}
+    events["u0"] = emit_ppo_update_event(
+        hub,
+        update=0,
+        metrics={**ppo, "fps": 1000.0},
+        lstm_health=compute_lstm_health(lstm_state()),
+        env_steps=64,
+    )
+    events["u1"] = emit_ppo_update_event(
+        hub,
+        update=1,
+        metrics={"policy_loss": NAN, "value_loss": INF, "entropy": 0.68},
+        lstm_health=compute_lstm_health(lstm_state(nan=True)),
+        env_steps=128,
+    )
+    events["nan1"] = hub.emit(
+        anomaly(
+            1,
+            AnomalyType.LSTM_NAN,
+            Severity.CRITICAL,
+            observed=NAN,
+            threshold=None,
+            message="h holds NaN.",
+        )
+    )
+    events["vanish1"] = hub.emit(
+        anomaly(
+            1,
+            AnomalyType.LSTM_C_VANISHING,
+            Severity.WARNING,
+            observed=1e-8,
+            threshold=1e-6,
+            message="c is vanishing.",
+        )
+    )
+    events["level1"] = hub.set_level("debug", reason="lstm_nan at update 1")
+    events["u2"] = emit_ppo_update_event(
+        hub,
+        update=2,
+        metrics=ppo,
+        lstm_health=compute_lstm_health(lstm_state(), detail=True),
+        env_steps=192,
+    )
+    events["nan2"] = hub.emit(
+        anomaly(
+            2,
+            AnomalyType.LSTM_NAN,
+            Severity.CRITICAL,
+            observed=NAN,
+            threshold=None,
+            message="h holds NaN again.",
+        )
+    )
+    events["late_ppo"] = hub.emit(ppo_event(1))
+    events["late_inf"] = hub.emit(
+        anomaly(
+            0,
+            AnomalyType.LSTM_INF,
+            Severity.CRITICAL,
+            observed=INF,
+            threshold=None,
+            message="c holds Inf.",
+        )
+    )
+    finished = RunFinishedPayload(status="completed", summary={"mean_return": 1.5, "worst_kl": NAN})
+    hub.emit(TelemetryEvent(event_type=EventType.RUN_FINISHED, update=2, payload=finished))
+    return backend, events, hub.close(timeout=30)
+
+
+def test_history_has_one_row_per_update_with_every_value(scenario: Scenario) -> None:
+    """Each update is one row at step=update holding its PPO, LSTM, anomaly and level keys."""
+    u0, u1, u2 = (scenario.events[k] for k in ("u0", "u1", "u2"))
+    p2 = u2.payload
+    assert isinstance(p2, PPOUpdatePayload)
+    assert p2.lstm_detail is not None
+    debug_keys = {
+        "lstm/layer0/h_rms": p2.lstm_detail.h_layer_rms[0],
+        "lstm/layer0/c_rms": p2.lstm_detail.c_layer_rms[0],
+        "lstm/layer1/h_rms": p2.lstm_detail.h_layer_rms[1],
+        "lstm/layer1/c_rms": p2.lstm_detail.c_layer_rms[1],
+        "lstm/outlier_envs": 0,
+    }
+    assert history(scenario.records) == [
+        ppo_row(u0),
+        {
+            **ppo_row(u1),
+            "anomaly/lstm_nan": 1,
+            "anomaly/lstm_c_vanishing": 1,
+            "telemetry/level": 3,  # the level change of update 1 merges into its row
+        },
+        {
+            **ppo_row(u2),
+            **debug_keys,
+            "anomaly/lstm_nan": 2,
+            "final/mean_return": 1.5,  # RUN_FINISHED's scalars join the last row
+            "final/worst_kl": "NaN",
+        },
+    ]
+
+
+def test_nan_and_inf_are_logged_as_nan_and_inf(scenario: Scenario) -> None:
+    """The broken update's NaN loss, Inf loss, NaN RMS and NaN flag reach W&B unchanged."""
+    row = history(scenario.records)[1]
+    broken = {k: row[k] for k in ("ppo/policy_loss", "ppo/value_loss", "lstm/h_rms")}
+    assert broken == {"ppo/policy_loss": "NaN", "ppo/value_loss": "Infinity", "lstm/h_rms": "NaN"}
+    assert (row["lstm/has_nan"], row["lstm/has_inf"]) == (1, 0)
+
+
+def test_critical_anomalies_raise_alerts_and_warnings_do_not(scenario: Scenario) -> None:
+    """Only critical anomalies (the default alert_on) become alerts, each after its update."""
+
+    def alert(kind: str, update: int, observed: str, message: str) -> dict[str, str]:
+        text = f"run {RUN_ID}, update {update}: observed {observed}, threshold none. {message}"
+        return {"level": "ERROR", "title": f"esper: {kind}", "text": text, "wait_duration": "60000"}
+
+    expected = [
+        alert("lstm_nan", 1, "nan", "h holds NaN."),
+        alert("lstm_nan", 2, "nan", "h holds NaN again."),
+        alert("lstm_inf", 0, "inf", "c holds Inf."),  # late: not logged, still alerted
+    ]
+    assert of_type(scenario.records, "alert") == expected
+    # W&B writes a row when the next step begins: the first alert lies between rows 0 and 1.
+    kinds = [r["type"] for r in scenario.records if r["type"] in ("history", "alert")]
+    assert kinds == ["history", "alert", "history", "alert", "alert", "history"]
+
+
+def test_late_events_are_skipped_counted_and_warned_once(scenario: Scenario) -> None:
+    """Events of an update lower than one logged are not logged, counted, and warned once."""
+    assert scenario.skipped == 2
+    assert scenario.warnings == [
+        "WandBBackend: PPO_UPDATE_COMPLETED of update 1 arrived with the run at step 2; W&B "
+        "drops lower steps, so it was not logged (counted in .skipped; later ones are not "
+        "warned about)"
+    ]
+    assert [row["_step"] for row in history(scenario.records)] == [0, 1, 2]
+
+
+def test_config_is_merged_and_secrets_are_redacted(scenario: Scenario) -> None:
+    """RUN_STARTED's config joins the constructor's (which wins) with every secret redacted."""
+    assert scenario.summary["config"] == {
+        "team": "esper",
+        "db_password": "[REDACTED]",
+        "seed": 7,
+        "lr": 3e-4,
+        "wandb_api_key": "[REDACTED]",
+        "model": {"layers": 2, "HF_Token": "[REDACTED]", "sizes": [8, 8]},
+        "runs": [{"note": "[REDACTED]"}, {"ok": "plain text"}],
+        "command": "[REDACTED]",
+    }
+
+
+def test_no_secret_appears_in_any_file_wandb_wrote(scenario: Scenario) -> None:
+    """No secret, nor the WANDB_API_KEY in the environment, is in any file under the run."""
+    assert len(scenario.files) > 3
+    leaks = [
+        (path.name, secret)
+        for path, data in scenario.files.items()
+        for secret in SECRETS
+        if secret.encode() in data
+    ]
+    assert leaks == []
+
+
+def test_summary_keeps_the_worst_lstm_values_and_the_run_outcome(scenario: Scenario) -> None:
+    """lstm/* summaries are the run's max (NaN once NaN was seen); RUN_FINISHED fills the rest."""
+    u0 = scenario.events["u0"].payload
+    assert isinstance(u0, PPOUpdatePayload)
+    summary = {k: v for k, v in scenario.summary["summary"].items() if not k.startswith("_")}
+    lstm = {k: v for k, v in summary.items() if k.startswith("lstm/")}
+    assert len(lstm) == 12 + 5
+    assert all(list(v) == ["max"] for v in lstm.values())
+    assert lstm["lstm/h_rms"] == {"max": "NaN"}
+    assert lstm["lstm/has_nan"] == {"max": 1}
+    assert lstm["lstm/c_max"] == {"max": u0.lstm_c_max}
+    outcome = {k: v for k, v in summary.items() if k.startswith(("run/", "final/"))}
+    assert outcome == {"run/status": "completed", "final/mean_return": 1.5, "final/worst_kl": "NaN"}
+    assert (scenario.summary["notes"], scenario.summary["state"]) == (
+        "offline test run",
+        "finished",
+    )
+
+
+def test_metrics_are_declared_against_the_update(scenario: Scenario) -> None:
+    """define_metric makes `update` every metric's x-axis and max the lstm/* summary."""
+    health = [f"lstm/{k}" for k in LSTMHealthMetrics.model_fields]
+    per_layer = [f"lstm/layer{i}/{x}_rms" for i in (0, 1) for x in "hc"]
+    assert of_type(scenario.records, "metric") == [
+        {"name": "update", "options": {"defined": True, "hidden": True}},
+        *(
+            {
+                "glob_name": f"{section}/*",
+                "options": {"defined": True, "step_sync": True},
+                "step_metric": "update",
+            }
+            for section in ("ppo", "anomaly", "telemetry", "final")
+        ),
+        *(
+            {
+                "name": key,
+                "options": {"defined": True, "step_sync": True},
+                "step_metric": "update",
+                "summary": {"max": True},
+            }
+            for key in [*health, *per_layer, "lstm/outlier_envs"]
+        ),
+    ]
+
+
+def test_the_hub_delivered_every_event_to_the_backend(scenario: Scenario) -> None:
+    """The backend handled all 11 events without a failure, drop or stuck close."""
+    (sub,) = scenario.stats.subscribers
+    assert (sub.name, sub.delivered, scenario.stats.lossless, sub.stuck) == (
+        "WandBBackend",
+        11,
+        True,
+        False,
+    )
+
+
+# --------------------------------------------------------------------------- other runs
+
+
+def test_a_run_handed_in_is_used_from_its_step_and_never_finished(wandb_dir: Path) -> None:
+    """A caller's run is logged from its current step on and left open by close()."""
+    run = wandb.init(project="esper-tests", id="callers-run", reinit="create_new")
+    run.log({"caller/metric": 0.0}, step=2)
+    backend = WandBBackend(run=run, config={"api_token": "abc", "batch": 4})
+    with TelemetryHub("hub-run") as hub:
+        hub.subscribe(backend)
+        hub.emit(ppo_event(1))  # below the run's step 2: W&B would drop it
+        hub.emit(ppo_event(3))
+    run.log({"caller/metric": 1.0}, step=4)  # raises if close() had finished the run
+    run.finish()
+    records = inspect_run(run_dir_of(wandb_dir, "callers-run"))
+    no_lstm = {"ppo/policy_loss": 0.1, "ppo/value_loss": 0.2, "ppo/entropy": 0.3}
+    assert history(records) == [
+        {"_step": 2, "caller/metric": 0},
+        {"_step": 3, "update": 3, **no_lstm, "telemetry/level": 2},  # no LSTM: no lstm/*
+        {"_step": 4, "caller/metric": 1},  # the caller's metrics keep their own axis
+    ]
+    assert backend.skipped == 1
+    assert of_type(records, "config") == [{"update": {"api_token": "[REDACTED]", "batch": 4}}]
+    assert len(of_type(records, "exit")) == 1
+
+
+def test_alert_on_chooses_the_severities_that_alert(wandb_dir: Path) -> None:
+    """alert_on=('warning',) alerts on warnings only, at W&B's WARN level."""
+    backend = WandBBackend("esper-tests", alert_on=("warning",))
+    with TelemetryHub("alert-run") as hub:
+        hub.subscribe(backend)
+        for severity in (Severity.CRITICAL, Severity.WARNING):
+            hub.emit(
+                anomaly(
+                    0,
+                    AnomalyType.LSTM_H_EXPLOSION,
+                    severity,
+                    observed=12.5,
+                    threshold=10.0,
+                    message="h RMS is too high.",
+                )
+            )
+    records = inspect_run(run_dir_of(wandb_dir, "alert-run"))
+    assert of_type(records, "alert") == [
+        {
+            "level": "WARN",
+            "title": "esper: lstm_h_explosion",
+            "text": "run alert-run, update 0: observed 12.5, threshold 10. h RMS is too high.",
+            "wait_duration": "60000",
+        }
+    ]
+    assert history(records) == [{"_step": 0, "update": 0, "anomaly/lstm_h_explosion": 2}]
+
+
+def test_disabled_mode_handles_events_and_writes_nothing(wandb_dir: Path) -> None:
+    """mode='disabled' takes every event and leaves WANDB_DIR empty."""
+    backend = WandBBackend("esper-tests", mode="disabled")
+    with TelemetryHub("disabled-run") as hub:
+        hub.subscribe(backend)
+        hub.emit(ppo_event(0))
+        hub.emit(
+            anomaly(
+                0,
+                AnomalyType.LSTM_NAN,
+                Severity.CRITICAL,
+                observed=NAN,
+                threshold=None,
+                message="NaN.",
+            )
+        )
+    assert hub.stats().lossless
+    assert list(wandb_dir.iterdir()) == []
+
+
+def test_wandb_mode_from_the_environment_is_the_default(
+    wandb_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With mode=None the backend follows WANDB_MODE, e.g. disabled in CI."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    backend = WandBBackend("esper-tests")
+    assert repr(backend) == "WandBBackend(mode='disabled', run=None, skipped=0)"
+
+
+class HangingRun:
+    """A stand-in for a W&B run whose finish() blocks until released.
+
+    The one stand-in in this file: real wandb cannot be made to hang on demand.
+    """
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.finish_called = threading.Event()
+        self.id = "hanging"
+        self.step = 0
+        self.logged: list[tuple[dict[str, Any], int | None]] = []
+
+    def define_metric(self, name: str, **kwargs: Any) -> None:
+        pass
+
+    def log(self, data: dict[str, Any], step: int | None = None) -> None:
+        self.logged.append((data, step))
+
+    def alert(self, **kwargs: Any) -> None:
+        pass
+
+    def finish(self) -> None:
+        self.finish_called.set()
+        self.release.wait()
+
+
+def test_close_returns_within_finish_timeout_when_finish_hangs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run.finish() that never returns costs close() finish_timeout, then a warning.
+
+    wandb.init is replaced by a stand-in whose finish() blocks: the one place this file
+    does not use the real wandb, because a real hang cannot be produced on demand.
+    """
+    hanging = HangingRun()
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: hanging)
+    backend = WandBBackend("esper-tests", mode="offline", finish_timeout=0.3)
+    hub = TelemetryHub("hang-run")
+    hub.subscribe(backend)
+    hub.emit(ppo_event(0))
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        stats = hub.close(timeout=10)
+    elapsed = time.monotonic() - start
+    hanging.release.set()
+    assert hanging.finish_called.is_set()
+    assert 0.3 <= elapsed < 3.0
+    assert stats.stuck == ()
+    assert [r.getMessage() for r in caplog.records] == [
+        "WandBBackend: W&B run 'hanging' did not finish within 0.3 s; closing without it "
+        "(data W&B had not written yet may be missing; `wandb sync` can retry later)"
+    ]
+
+
+def test_online_mode_without_credentials_fails_at_subscribe(
+    wandb_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Online without an API key raises one clear error at subscribe; nothing subscribes."""
+    monkeypatch.delenv("WANDB_MODE")  # and no WANDB_API_KEY, netrc or settings file
+    backend = WandBBackend("esper-tests", mode="online")
+    hub = TelemetryHub("online-run")
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="wandb login") as info:
+        hub.subscribe(backend)
+    assert time.monotonic() - start < 10
+    message = str(info.value)
+    assert "WANDB_API_KEY" in message
+    assert "mode='offline'" in message
+    assert isinstance(info.value.__cause__, wandb.errors.UsageError)
+    assert (hub.stats().subscribers, backend.run) == ((), None)
+    hub.close()
+
+
+# --------------------------------------------------------------------------- misuse
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        pytest.param({"mode": "cloud"}, ValueError, "mode must be one of", id="mode"),
+        pytest.param({"project": ""}, ValueError, "project must be", id="project-empty"),
+        pytest.param(
+            {"project": "a/b"},
+            ValueError,
+            "project: W&B names cannot contain /",
+            id="project-slash",
+        ),
+        pytest.param(
+            {"alert_on": "critical"}, ValueError, "alert_on must be a tuple", id="alert_on-str"
+        ),
+        pytest.param(
+            {"alert_on": ("fatal",)},
+            ValueError,
+            "alert_on: 'fatal' is not a severity",
+            id="alert_on-unknown",
+        ),
+        pytest.param({"config": [("a", 1)]}, TypeError, "config must be a mapping", id="config"),
+        pytest.param(
+            {"config": {1: "a"}}, ValueError, "config: keys must be strings", id="config-key"
+        ),
+        pytest.param({"name": " "}, ValueError, "name must be", id="name"),
+        pytest.param({"finish_timeout": 0}, ValueError, "finish_timeout must be", id="timeout-0"),
+        pytest.param(
+            {"finish_timeout": True}, ValueError, "finish_timeout must be", id="timeout-bool"
+        ),
+        pytest.param({"dir": 3}, TypeError, "dir must be a path", id="dir"),
+        pytest.param({"run": object()}, TypeError, "run must be a W&B run", id="run"),
+        pytest.param(
+            {"run": HangingRun(), "project": "p"},
+            ValueError,
+            "project: only applies",
+            id="run-and-project",
+        ),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_argument(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Each bad argument raises at construction, and the message names it."""
+    with pytest.raises(error, match=re.escape(message)):
+        WandBBackend(**kwargs)
+
+
+def test_an_unknown_wandb_mode_in_the_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A WANDB_MODE the backend cannot honour raises, naming WANDB_MODE."""
+    monkeypatch.setenv("WANDB_MODE", "shared")
+    with pytest.raises(ValueError, match="WANDB_MODE='shared' is not a mode"):
+        WandBBackend("esper-tests")
+
+
+def test_handle_before_subscribe_is_refused() -> None:
+    """A backend that was never subscribed has no run and says how to fix that."""
+    with pytest.raises(RuntimeError, match="before the backend was subscribed"):
+        WandBBackend("esper-tests", mode="disabled").handle(ppo_event(0))
+
+
+def test_one_backend_serves_one_hub(wandb_dir: Path) -> None:
+    """Subscribing the same backend to a second hub fails and leaves that hub empty."""
+    backend = WandBBackend("esper-tests", mode="disabled")
+    with TelemetryHub("first") as first, TelemetryHub("second") as second:
+        first.subscribe(backend)
+        with pytest.raises(RuntimeError, match="already subscribed to a hub"):
+            second.subscribe(backend)
+        assert second.stats().subscribers == ()
+
+
+def test_importing_without_wandb_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without wandb installed, importing the backend says which extra to install."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what an absent package looks like
+    monkeypatch.delitem(sys.modules, "esper_telemetry.backends.wandb")
+    with pytest.raises(ImportError, match=r"pip install 'esper-telemetry\[wandb\]'"):
+        importlib.import_module("esper_telemetry.backends.wandb")
