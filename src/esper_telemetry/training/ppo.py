@@ -32,6 +32,7 @@ from torch import nn
 
 from esper_telemetry.contracts import (
     EventType,
+    LSTMHealthMetrics,
     RunFinishedPayload,
     RunStartedPayload,
     TelemetryEvent,
@@ -277,12 +278,17 @@ class UpdateInfo:
     """What the caller's per-update callback receives."""
 
     update: int
+    """The PPO update just published."""
     env_steps: int
+    """Environment steps so far, all envs together."""
     mean_return: float
-    h_rms: float | None
-    c_rms: float | None
+    """Mean return of the last 20 finished episodes (NaN before any)."""
+    health: LSTMHealthMetrics | None
+    """Health of the actor's LSTM state at the end of the update."""
     level: TelemetryLevel
+    """The hub's telemetry level after the update was handled."""
     seconds: float
+    """Wall time of the update, telemetry included."""
 
 
 @dataclass
@@ -431,8 +437,7 @@ def train(
                         update=update,
                         env_steps=result.env_steps,
                         mean_return=mean_return,
-                        h_rms=metrics.h_rms if metrics else None,
-                        c_rms=metrics.c_rms if metrics else None,
+                        health=metrics,
                         level=hub.level,
                         seconds=time.perf_counter() - began,
                     )

@@ -1,0 +1,255 @@
+"""One ``esper ppo`` run: a hub, every backend, the reference trainer, and a verdict.
+
+``run_ppo`` is what the command line calls. It wires the anomaly escalator (inline),
+W&B, the analytics log and the structured log (each on its own thread) to one hub,
+trains, closes the hub, and turns what happened into an exit status:
+
+====  ==========================================================================
+0     the run completed and every backend delivered every event
+2     the run could not start (bad option, a backend refused, e.g. W&B online
+      without credentials); nothing was trained
+3     a critical anomaly halted the run (``--halt-on critical``)
+4     a backend failed, dropped or abandoned events (``hub.stats()`` says which)
+130   interrupted by Ctrl-C or SIGTERM; everything emitted so far was flushed
+====  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Literal
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from esper_telemetry.backends.analytics import AnalyticsCollector
+from esper_telemetry.backends.escalator import AnomalyEscalator
+from esper_telemetry.backends.log import StructlogBackend
+from esper_telemetry.contracts import (
+    AnomalyDetectedPayload,
+    EventType,
+    HealthStatus,
+    HealthThresholds,
+    HubStats,
+    TelemetryEvent,
+    TelemetryLevel,
+    health_status,
+)
+from esper_telemetry.hub import TelemetryHub
+from esper_telemetry.telemetry import AnomalyDetector
+from esper_telemetry.training.ppo import PPOConfig, TrainResult, UpdateInfo, train
+
+WandbMode = Literal["offline", "online", "disabled"]
+_OnUpdate = Callable[[UpdateInfo], None]
+
+EXIT_OK, EXIT_NOT_STARTED, EXIT_HALTED, EXIT_BACKEND_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+
+_COLOUR = {
+    HealthStatus.HEALTHY: "green",
+    HealthStatus.WARNING: "yellow",
+    HealthStatus.CRITICAL: "red",
+}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything ``esper ppo`` decides besides the training settings."""
+
+    config: PPOConfig
+    run_root: Path = Path("runs")
+    run_id: str | None = None
+    level: TelemetryLevel = TelemetryLevel.NORMAL
+    wandb: WandbMode = "offline"
+    wandb_project: str = "esper"
+    halt_on: Literal["critical"] | None = None
+    escalate_for: int = 5
+    thresholds: HealthThresholds = field(default_factory=HealthThresholds)
+    progress: bool = True
+    close_timeout: float = 30.0
+
+
+@dataclass
+class RunOutcome:
+    """What a run produced and how it ended."""
+
+    exit_code: int
+    message: str
+    run_dir: Path | None = None
+    result: TrainResult | None = None
+    stats: HubStats | None = None
+    anomalies: Counter[str] = field(default_factory=Counter)
+
+
+def run_ppo(options: RunOptions, console: Console) -> RunOutcome:
+    """Train with every backend subscribed; print progress and a summary on ``console``."""
+    try:
+        hub = TelemetryHub(options.run_id, level=options.level)
+    except ValueError as exc:
+        return RunOutcome(EXIT_NOT_STARTED, f"--run-id: {exc}")
+    run_dir = options.run_root / hub.run_id
+    if run_dir.exists():
+        return RunOutcome(
+            EXIT_NOT_STARTED,
+            f"run directory {run_dir} already exists; pick another --run-id or --run-dir",
+        )
+    anomalies: Counter[str] = Counter()
+    try:
+        _subscribe_all(hub, options, run_dir, anomalies)
+    except Exception as exc:  # a backend refused to start: say why in one line
+        hub.close(timeout=options.close_timeout)
+        return RunOutcome(EXIT_NOT_STARTED, str(exc), run_dir=run_dir)
+
+    with _stop_on_sigterm() as stop, _progress(options, console) as on_update:
+        result = train(options.config, hub, on_update=on_update, should_stop=stop.is_set)
+    stats = hub.close(timeout=options.close_timeout)
+    outcome = RunOutcome(
+        *_verdict(result, stats), run_dir=run_dir, result=result, stats=stats, anomalies=anomalies
+    )
+    console.print(_summary(outcome, options))
+    return outcome
+
+
+def _subscribe_all(
+    hub: TelemetryHub, options: RunOptions, run_dir: Path, anomalies: Counter[str]
+) -> None:
+    detector = AnomalyDetector(options.thresholds)
+    hub.subscribe(
+        AnomalyEscalator(detector, escalate_for=options.escalate_for, halt_on=options.halt_on),
+        mode="inline",
+    )
+
+    def count_anomalies(event: TelemetryEvent) -> None:
+        if isinstance(event.payload, AnomalyDetectedPayload):
+            anomalies[event.payload.anomaly_type.value] += 1
+
+    hub.subscribe(count_anomalies, mode="inline", events=[EventType.ANOMALY_DETECTED])
+    if options.wandb != "disabled":
+        # First of the threaded backends: W&B online without credentials fails here,
+        # before anything is written or trained.
+        from esper_telemetry.backends.wandb import WandBBackend
+
+        run_dir.mkdir(parents=True)
+        hub.subscribe(WandBBackend(options.wandb_project, mode=options.wandb, dir=run_dir))
+    hub.subscribe(AnalyticsCollector(run_dir, fsync="flush"))
+    hub.subscribe(StructlogBackend(run_dir / "log.jsonl"))
+
+
+def _verdict(result: TrainResult, stats: HubStats) -> tuple[int, str]:
+    if result.status == "halted":
+        return EXIT_HALTED, f"halted: {result.message}"
+    broken = [s for s in stats.subscribers if s.failed or s.dropped or s.abandoned or s.stuck]
+    if broken:
+        parts = [
+            f"{s.name} (failed {s.failed}, dropped {s.dropped}, abandoned {s.abandoned}"
+            + (f", last error: {s.last_error}" if s.last_error else "")
+            + ")"
+            for s in broken
+        ]
+        return EXIT_BACKEND_FAILED, "backend failed to deliver everything: " + "; ".join(parts)
+    if result.status == "interrupted":
+        return EXIT_INTERRUPTED, "interrupted; every event emitted so far was flushed"
+    return EXIT_OK, "completed"
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """SIGTERM sets an event the training loop checks between updates (main thread only)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _progress(options: RunOptions, console: Console) -> Iterator[_OnUpdate]:
+    thresholds = options.thresholds
+    if not options.progress:
+        yield lambda info: None
+        return
+    columns = (
+        TextColumn("update"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("", total=options.config.updates)
+
+        def on_update(info: UpdateInfo) -> None:
+            bar.update(task, completed=info.update + 1, description=_line(info, thresholds))
+
+        yield on_update
+
+
+def _line(info: UpdateInfo, thresholds: HealthThresholds) -> str:
+    ret = "—" if math.isnan(info.mean_return) else f"{info.mean_return:6.1f}"
+    parts = [f"steps {info.env_steps:>7}", f"return {ret}"]
+    if info.health is not None:
+        status = health_status(info.health, thresholds)
+        colour = _COLOUR[status]
+        parts.append(
+            f"h_rms [{colour}]{_fmt(info.health.h_rms)}[/] c_rms [{colour}]"
+            f"{_fmt(info.health.c_rms)}[/] [{colour}]{status.value}[/]"
+        )
+    parts.append(f"level {info.level.name}")
+    return "  ".join(parts)
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.3e}" if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4) else f"{x:.3f}"
+
+
+def _summary(outcome: RunOutcome, options: RunOptions) -> str:
+    run_dir = outcome.run_dir
+    result, stats = outcome.result, outcome.stats
+    assert run_dir is not None
+    assert result is not None
+    assert stats is not None
+    lines = [
+        "",
+        f"[bold]run {stats.run_id}[/]: {result.status}, {result.updates} updates, "
+        f"{result.env_steps} env steps, mean return (last 20 episodes) "
+        f"{result.mean_return:.1f}",
+        f"  run directory    {run_dir}",
+        f"  analytics log    {run_dir / 'events.jsonl'}",
+        f"  structured log   {run_dir / 'log.jsonl'}",
+        "  W&B              "
+        + (f"{run_dir / 'wandb'} ({options.wandb})" if options.wandb != "disabled" else "off"),
+    ]
+    if outcome.anomalies:
+        seen = ", ".join(f"{k} x{v}" for k, v in sorted(outcome.anomalies.items()))
+        lines.append(f"  anomalies        [red]{seen}[/]")
+    else:
+        lines.append("  anomalies        none")
+    for s in stats.subscribers:
+        lines.append(
+            f"  {s.name:<16} delivered {s.delivered}, failed {s.failed}, dropped {s.dropped}"
+            + (f", abandoned {s.abandoned}" if s.abandoned else "")
+        )
+    lines.append(
+        f'  query it         esper query {run_dir} "SELECT update, lstm_h_rms, lstm_c_rms '
+        'FROM ppo_updates ORDER BY update"'
+    )
+    if outcome.exit_code != EXIT_OK:
+        lines.append(f"[bold red]{outcome.message}[/]")
+    return "\n".join(lines)
