@@ -13,7 +13,6 @@ from esper_telemetry import (
     EventType,
     HealthThresholds,
     TelemetryHub,
-    TelemetryLevel,
     TrainingHalted,
     compute_lstm_health,
     emit_ppo_update_event,
@@ -22,36 +21,9 @@ from esper_telemetry.backends.escalator import AnomalyEscalator
 from esper_telemetry.contracts import AnomalyDetectedPayload, Severity
 from esper_telemetry.telemetry import AnomalyDetector
 from esper_telemetry.testing import RecordingBackend
+from tests.faulty_lstm import PPO_STATS, FaultyLSTM
 
-PPO = {"policy_loss": 0.0, "value_loss": 0.1, "entropy": 0.6}
-
-
-class Trainer:
-    """A real nn.LSTM whose final state can be pushed into a fault at chosen updates."""
-
-    def __init__(self, hub: TelemetryHub, faults: dict[int, str] | None = None) -> None:
-        torch.manual_seed(0)
-        self.hub = hub
-        self.lstm = torch.nn.LSTM(input_size=3, hidden_size=8)
-        self.faults = faults or {}
-
-    def update(self, k: int) -> None:
-        with torch.no_grad():
-            _, (h, c) = self.lstm(torch.randn(4, 6, 3))
-        fault = self.faults.get(k)
-        if fault == "nan":
-            h[0, 2, 0] = math.nan
-        elif fault == "inf":
-            c[0, 1, 1] = math.inf
-        elif fault == "explode":
-            c.mul_(1e3)
-        elif fault == "vanish":
-            h.mul_(1e-9)
-            c.mul_(1e-9)
-        debug = self.hub.level >= TelemetryLevel.DEBUG
-        emit_ppo_update_event(
-            self.hub, update=k, metrics=PPO, lstm_health=compute_lstm_health((h, c), detail=debug)
-        )
+PPO = PPO_STATS
 
 
 def run(
@@ -61,7 +33,7 @@ def run(
     rec = RecordingBackend()
     hub.subscribe(AnomalyEscalator(**kwargs), mode="inline")  # type: ignore[arg-type]
     hub.subscribe(rec, mode="inline")
-    trainer = Trainer(hub, faults)
+    trainer = FaultyLSTM(hub, faults)
     for k in range(updates):
         trainer.update(k)
     hub.close()
@@ -144,7 +116,7 @@ def test_halt_on_critical_stops_the_next_emit_after_delivering_everything() -> N
     rec = RecordingBackend()
     hub.subscribe(AnomalyEscalator(halt_on="critical"), mode="inline")
     hub.subscribe(rec)
-    trainer = Trainer(hub, {2: "nan"})
+    trainer = FaultyLSTM(hub, {2: "nan"})
     trainer.update(0)
     trainer.update(1)
     trainer.update(2)

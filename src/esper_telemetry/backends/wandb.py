@@ -149,6 +149,9 @@ class WandBBackend:
             not a path.
     """
 
+    name = "wandb"
+    """The subscription name on a hub (the W&B run's name is the ``name`` argument)."""
+
     def __init__(
         self,
         project: str | None = None,
