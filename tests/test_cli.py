@@ -22,7 +22,7 @@ def test_help_lists_the_commands() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     commands = result.output.split("Commands:")[1]
-    assert re.findall(r"^  (\w+)", commands, re.M) == ["contracts", "demo"]
+    assert re.findall(r"^  (\w+)", commands, re.M) == ["contracts", "demo", "export", "query"]
 
 
 def test_version() -> None:

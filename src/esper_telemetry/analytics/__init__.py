@@ -1,0 +1,161 @@
+"""Read a run's ``events.jsonl`` back, and query one or many runs with SQL (DuckDB).
+
+The file is written by :class:`esper_telemetry.backends.analytics.AnalyticsCollector`
+and is the run's source of truth. Two ways in:
+
+* :func:`read_events` streams validated ``TelemetryEvent`` objects (no third-party
+  library needed);
+* :func:`connect` loads one run directory, or a glob of them (``runs/*``), into an
+  in-memory DuckDB database with four tables: ``events``, ``ppo_updates``,
+  ``anomalies`` and ``level_changes``; :func:`export_parquet` writes one of them to a
+  Parquet file. Both need the ``analytics`` extra:
+  ``pip install 'esper-telemetry[analytics]'``; this module imports duckdb only when
+  one of them is called.
+
+Bad lines (a torn last line, invalid JSON, a newer ``schema_version``...) are skipped
+everywhere, never fatal: pass ``on_bad_line`` to receive each as a :class:`BadLine`,
+and see the warnings of the ``esper_telemetry.analytics`` logger.
+
+Nothing here writes to an events file, and nothing in it is executed or unpickled:
+each line is parsed as JSON and validated against the contracts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Final
+
+from esper_telemetry.analytics._reader import (
+    MAX_LINE_BYTES,
+    BadLine,
+    OnBadLine,
+    events_file,
+    find_event_files,
+    read_events,
+)
+
+if TYPE_CHECKING:
+    import duckdb
+
+__all__ = [
+    "MAX_LINE_BYTES",
+    "TABLES",
+    "BadLine",
+    "OnBadLine",
+    "connect",
+    "events_file",
+    "export_parquet",
+    "find_event_files",
+    "read_events",
+]
+
+#: The tables :func:`connect` creates.
+TABLES: Final = ("events", "ppo_updates", "anomalies", "level_changes")
+
+_INSTALL_HINT: Final = "pip install 'esper-telemetry[analytics]'"
+
+
+def connect(
+    path_or_glob: str | os.PathLike[str],
+    *,
+    tables: Iterable[str] | None = None,
+    on_bad_line: OnBadLine | None = None,
+    allow_file_access: bool = False,
+    chunk_rows: int = 16_384,
+) -> duckdb.DuckDBPyConnection:
+    """Load runs' events into a new in-memory DuckDB database and return its connection.
+
+    Tables (one row per event; ``timestamp`` is TIMESTAMPTZ in UTC; ``level``,
+    ``previous`` are the ENUM ``telemetry_level`` ordered OFF < MINIMAL < NORMAL < DEBUG,
+    so compare them with ``'NORMAL'::telemetry_level``, not a bare string):
+
+    * ``events``: run_id, seq, update, event_type, level, rank, timestamp,
+      schema_version, payload (JSON text, strict: NaN is "NaN");
+    * ``ppo_updates``: run_id, seq, update, timestamp, rank, level, then one typed
+      column per ``PPOUpdatePayload`` field: DOUBLE for the losses and every ``lstm_*``
+      number (NaN and ±Inf kept as such, so ``isnan(lstm_h_rms)`` works), BIGINT
+      ``env_steps``, BOOLEAN ``lstm_has_nan``/``lstm_has_inf``, JSON ``lstm_detail``,
+      BIGINT[] ``lstm_outlier_envs``, MAP(VARCHAR, DOUBLE) ``extra``;
+    * ``anomalies``: run_id, seq, update, timestamp, rank, level, anomaly_type,
+      severity, observed, threshold, message, outlier_envs;
+    * ``level_changes``: run_id, seq, update, timestamp, rank, previous, level, reason.
+
+    The events are streamed and loaded ``chunk_rows`` at a time, so Python's memory
+    stays bounded whatever the size of the logs (DuckDB holds the tables). The events
+    files are only ever opened for reading. Unless ``allow_file_access``, the returned
+    connection can read or write no file and load no extension (DuckDB's
+    ``enable_external_access=false``, with the configuration locked): SQL run on it
+    cannot touch the disk.
+
+    Args:
+        path_or_glob: A run directory, an events file, or a glob pattern of them
+            (``"runs/*"``); several runs share each table, told apart by ``run_id``.
+        tables: The tables to create (default: all of :data:`TABLES`); loading only
+            ``ppo_updates`` saves the memory and time of ``events.payload``. A table left
+            out does not exist in the database.
+        on_bad_line: Called with each skipped line (see :func:`read_events`).
+        allow_file_access: Leave DuckDB's file access on (``COPY ... TO``, ``ATTACH``,
+            ``read_csv``...) and its configuration unlocked.
+        chunk_rows: Rows per table buffered in Python before they go to DuckDB.
+
+    Raises:
+        ImportError: duckdb or pyarrow is missing; the message says what to install.
+        FileNotFoundError: no events file is found at ``path_or_glob``.
+        ValueError: an unknown name in ``tables``, or a bad ``chunk_rows``.
+    """
+    with _analytics_extra():
+        from esper_telemetry.analytics._duckdb import connect as connect_
+    return connect_(
+        path_or_glob,
+        tables=tables,
+        on_bad_line=on_bad_line,
+        allow_file_access=allow_file_access,
+        chunk_rows=chunk_rows,
+    )
+
+
+def export_parquet(
+    path_or_glob: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    table: str = "ppo_updates",
+    on_bad_line: OnBadLine | None = None,
+) -> int:
+    """Write one table of :func:`connect` to a Parquet file; return the number of rows.
+
+    Rows are ordered by ``run_id, seq`` and streamed in batches. The file is written
+    beside ``destination`` and renamed onto it when complete, so a failed export leaves
+    no partial file. Float columns are written without Parquet statistics: DuckDB 2.0
+    misses NaN in ``isnan`` filters over such statistics.
+
+    Args:
+        path_or_glob: As for :func:`connect`.
+        destination: The Parquet file to write (replaced if it exists).
+        table: One of :data:`TABLES`.
+        on_bad_line: Called with each skipped line (see :func:`read_events`).
+
+    Raises:
+        ImportError: duckdb or pyarrow is missing; the message says what to install.
+        FileNotFoundError: no events file is found at ``path_or_glob``.
+        ValueError: an unknown ``table``, or a ``destination`` that is a directory or
+            one of the events files being read.
+        OSError: the file cannot be written.
+    """
+    with _analytics_extra():
+        from esper_telemetry.analytics._duckdb import export_parquet as export_parquet_
+    return export_parquet_(path_or_glob, destination, table=table, on_bad_line=on_bad_line)
+
+
+@contextmanager
+def _analytics_extra() -> Iterator[None]:
+    try:
+        yield
+    except ImportError as exc:
+        if exc.name not in ("duckdb", "pyarrow", "pyarrow.parquet"):
+            raise
+        raise ImportError(
+            f"esper_telemetry.analytics needs {exc.name} for SQL and Parquet: {_INSTALL_HINT}",
+            name=exc.name,
+        ) from exc

@@ -1,0 +1,351 @@
+"""Load events files into an in-memory DuckDB database, and export its tables to Parquet.
+
+The events are streamed through :func:`read_events` (so bad lines are skipped and
+reported the same way everywhere), turned into Arrow record batches of
+``chunk_rows`` rows and appended to typed DuckDB tables, so Python holds at most one
+chunk per table at a time. Needs the ``analytics`` extra (duckdb, pyarrow).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import duckdb
+import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type hints
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
+from pydantic import BaseModel
+from pydantic_core import to_json
+
+from esper_telemetry.analytics import TABLES
+from esper_telemetry.analytics._reader import OnBadLine, find_event_files, read_events
+from esper_telemetry.contracts import (
+    AnomalyDetectedPayload,
+    EventType,
+    PPOUpdatePayload,
+    TelemetryEvent,
+    TelemetryLevel,
+    TelemetryLevelChangedPayload,
+)
+
+DEFAULT_CHUNK_ROWS: Final = 16_384
+
+_LEVEL_TYPE: Final = "telemetry_level"
+_CHUNK_VIEW: Final = "_esper_chunk"
+_UTC_MICROS: Final = pa.timestamp("us", tz="UTC")
+
+
+def connect(
+    path_or_glob: str | os.PathLike[str],
+    *,
+    tables: Iterable[str] | None = None,
+    on_bad_line: OnBadLine | None = None,
+    allow_file_access: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> duckdb.DuckDBPyConnection:
+    """See :func:`esper_telemetry.analytics.connect`."""
+    wanted = _checked_tables(tables)
+    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be an int >= 1, got {chunk_rows!r}")
+    files = find_event_files(path_or_glob)
+    con = duckdb.connect(
+        ":memory:",
+        config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
+    )
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        levels = ", ".join(f"'{level.name}'" for level in TelemetryLevel)
+        con.execute(f"CREATE TYPE {_LEVEL_TYPE} AS ENUM ({levels})")
+        specs = [spec for spec in _table_specs() if spec.name in wanted]
+        loaders = [_Loader(con, spec, chunk_rows) for spec in specs]
+        routes: dict[EventType, list[_Loader]] = {et: [] for et in EventType}
+        for loader in loaders:
+            for et in loader.spec.event_types:
+                routes[et].append(loader)
+        for file in files if loaders else ():
+            for event in read_events(file, on_bad_line=on_bad_line):
+                for loader in routes[event.event_type]:
+                    loader.add(event)
+        for loader in loaders:
+            loader.flush()
+        if not allow_file_access:
+            # After loading: from here on, no SQL reads or writes a file or loads an
+            # extension, and the lock keeps anyone from setting it back.
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def export_parquet(
+    path_or_glob: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    table: str = "ppo_updates",
+    on_bad_line: OnBadLine | None = None,
+    batch_rows: int = 65_536,
+) -> int:
+    """See :func:`esper_telemetry.analytics.export_parquet`."""
+    if table not in TABLES:
+        raise ValueError(f"table must be one of {', '.join(TABLES)}, got {table!r}")
+    dest = Path(destination)
+    sources = {p.resolve() for p in find_event_files(path_or_glob)}
+    if dest.resolve() in sources:
+        raise ValueError(f"destination: {str(dest)!r} is an events file being read")
+    if dest.is_dir():
+        raise ValueError(f"destination: {str(dest)!r} is a directory")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    rows = 0
+    con = connect(path_or_glob, tables=[table], on_bad_line=on_bad_line)
+    try:
+        reader = con.sql(f"SELECT * FROM {table} ORDER BY run_id, seq").to_arrow_reader(
+            batch_size=batch_rows
+        )
+        # DuckDB (2.0) misses NaN in isnan() filters over Parquet float statistics
+        # written by pyarrow, so float columns go without statistics.
+        with_stats = [f.name for f in reader.schema if not _holds_float(f.type)]
+        try:
+            with pq.ParquetWriter(tmp, reader.schema, write_statistics=with_stats) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        con.close()
+    return rows
+
+
+def _checked_tables(tables: Iterable[str] | None) -> frozenset[str]:
+    if tables is None:
+        return frozenset(TABLES)
+    if isinstance(tables, str):
+        raise ValueError(f"tables must be a collection of table names, not a string: {tables!r}")
+    chosen = list(tables)
+    unknown = [t for t in chosen if t not in TABLES]
+    if unknown:
+        raise ValueError(f"tables: unknown {unknown!r}; the tables are {', '.join(TABLES)}")
+    return frozenset(chosen)
+
+
+# -- tables ---------------------------------------------------------------------------
+
+Row = tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class _TableSpec:
+    name: str
+    event_types: tuple[EventType, ...]
+    columns: tuple[tuple[str, str, pa.DataType], ...]  # name, DuckDB type, Arrow type
+    row: Callable[[TelemetryEvent], Row]
+
+    def ddl(self) -> str:
+        body = ", ".join(f'"{name}" {sql}' for name, sql, _ in self.columns)
+        return f"CREATE TABLE {self.name} ({body})"
+
+
+class _Loader:
+    """Buffers one table's rows and appends them to DuckDB one Arrow batch at a time."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, spec: _TableSpec, chunk_rows: int) -> None:
+        self.spec = spec
+        self._con = con
+        self._chunk_rows = chunk_rows
+        self._rows: list[Row] = []
+        self._schema = pa.schema([pa.field(name, arrow) for name, _, arrow in spec.columns])
+        con.execute(spec.ddl())
+
+    def add(self, event: TelemetryEvent) -> None:
+        self._rows.append(self.spec.row(event))
+        if len(self._rows) >= self._chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        columns = list(zip(*self._rows, strict=True))
+        self._rows = []
+        batch = pa.RecordBatch.from_arrays(
+            [
+                pa.array(values, type=field.type)
+                for values, field in zip(columns, self._schema, strict=True)
+            ],
+            schema=self._schema,
+        )
+        self._con.register(_CHUNK_VIEW, batch)
+        try:
+            self._con.execute(f"INSERT INTO {self.spec.name} SELECT * FROM {_CHUNK_VIEW}")
+        finally:
+            self._con.unregister(_CHUNK_VIEW)
+
+
+def _table_specs() -> list[_TableSpec]:
+    level = (_LEVEL_TYPE, pa.string())
+    head: list[tuple[str, str, pa.DataType]] = [
+        ("run_id", "VARCHAR", pa.string()),
+        ("seq", "BIGINT", pa.int64()),
+        ("update", "BIGINT", pa.int64()),
+    ]
+    stamp: list[tuple[str, str, pa.DataType]] = [
+        ("timestamp", "TIMESTAMPTZ", _UTC_MICROS),
+        ("rank", "BIGINT", pa.int64()),
+    ]
+    ints = ("BIGINT[]", pa.list_(pa.int64()))
+
+    def events_row(e: TelemetryEvent) -> Row:
+        return (
+            e.run_id,
+            e.seq,
+            e.update,
+            e.event_type.value,
+            e.level.name,
+            e.rank,
+            e.timestamp,
+            e.schema_version,
+            e.payload.model_dump_json(),
+        )
+
+    events = _TableSpec(
+        "events",
+        tuple(EventType),
+        (
+            *head,
+            ("event_type", "VARCHAR", pa.string()),
+            ("level", *level),
+            ("rank", "BIGINT", pa.int64()),
+            ("timestamp", "TIMESTAMPTZ", _UTC_MICROS),
+            ("schema_version", "BIGINT", pa.int64()),
+            ("payload", "JSON", pa.string()),
+        ),
+        events_row,
+    )
+
+    ppo_columns, ppo_values = _ppo_payload_columns()
+
+    def ppo_row(e: TelemetryEvent) -> Row:
+        return (e.run_id, e.seq, e.update, e.timestamp, e.rank, e.level.name, *ppo_values(e))
+
+    ppo = _TableSpec(
+        "ppo_updates",
+        (EventType.PPO_UPDATE_COMPLETED,),
+        (*head, *stamp, ("level", *level), *ppo_columns),
+        ppo_row,
+    )
+
+    def anomaly_row(e: TelemetryEvent) -> Row:
+        p = e.payload
+        assert isinstance(p, AnomalyDetectedPayload)
+        return (
+            *(e.run_id, e.seq, e.update, e.timestamp, e.rank, e.level.name),
+            *(p.anomaly_type.value, p.severity.value, p.observed, p.threshold, p.message),
+            p.outlier_envs,
+        )
+
+    anomalies = _TableSpec(
+        "anomalies",
+        (EventType.ANOMALY_DETECTED,),
+        (
+            *head,
+            *stamp,
+            ("level", *level),
+            ("anomaly_type", "VARCHAR", pa.string()),
+            ("severity", "VARCHAR", pa.string()),
+            ("observed", "DOUBLE", pa.float64()),
+            ("threshold", "DOUBLE", pa.float64()),
+            ("message", "VARCHAR", pa.string()),
+            ("outlier_envs", *ints),
+        ),
+        anomaly_row,
+    )
+
+    def level_row(e: TelemetryEvent) -> Row:
+        p = e.payload
+        assert isinstance(p, TelemetryLevelChangedPayload)
+        return (
+            *(e.run_id, e.seq, e.update, e.timestamp, e.rank),
+            *(p.previous.name, p.level.name, p.reason),
+        )
+
+    level_changes = _TableSpec(
+        "level_changes",
+        (EventType.TELEMETRY_LEVEL_CHANGED,),
+        (
+            *head,
+            *stamp,
+            ("previous", *level),
+            ("level", *level),
+            ("reason", "VARCHAR", pa.string()),
+        ),
+        level_row,
+    )
+    return [events, ppo, anomalies, level_changes]
+
+
+def _ppo_payload_columns() -> tuple[
+    list[tuple[str, str, pa.DataType]], Callable[[TelemetryEvent], Sequence[object]]
+]:
+    """One typed column per ``PPOUpdatePayload`` field, derived from its JSON Schema.
+
+    Numbers become DOUBLE, integers BIGINT, booleans BOOLEAN, integer arrays BIGINT[],
+    string-to-number objects MAP(VARCHAR, DOUBLE); anything else (a sub-model) is kept
+    as JSON text. A field added to the contract thus gets a column without a change here.
+    """
+    columns: list[tuple[str, str, pa.DataType]] = []
+    as_json: list[int] = []
+    properties: dict[str, Any] = PPOUpdatePayload.model_json_schema()["properties"]
+    for index, (name, prop) in enumerate(properties.items()):
+        sql, arrow = _column_type(prop)
+        columns.append((name, sql, arrow))
+        if sql == "JSON":
+            as_json.append(index)
+    getter = operator.attrgetter(*(name for name, _, _ in columns))
+
+    def values(e: TelemetryEvent) -> Sequence[object]:
+        row: tuple[object, ...] = getter(e.payload)
+        if not as_json:
+            return row
+        out = list(row)
+        for i in as_json:
+            if out[i] is not None:
+                out[i] = _json_text(out[i])
+        return out
+
+    return columns, values
+
+
+def _column_type(prop: dict[str, Any]) -> tuple[str, pa.DataType]:
+    options = [o for o in prop.get("anyOf", [prop]) if o.get("type") != "null"]
+    kinds = {o.get("type") for o in options}
+    if kinds == {"number"}:
+        return "DOUBLE", pa.float64()
+    if kinds == {"integer"}:
+        return "BIGINT", pa.int64()
+    if kinds == {"boolean"}:
+        return "BOOLEAN", pa.bool_()
+    if kinds == {"array"} and all(o.get("items", {}).get("type") == "integer" for o in options):
+        return "BIGINT[]", pa.list_(pa.int64())
+    if kinds == {"object"} and all(
+        o.get("additionalProperties", {}).get("type") == "number" for o in options
+    ):
+        return "MAP(VARCHAR, DOUBLE)", pa.map_(pa.string(), pa.float64())
+    return "JSON", pa.string()
+
+
+def _json_text(value: object) -> str:
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    return to_json(value, inf_nan_mode="strings").decode("utf-8")
+
+
+def _holds_float(t: pa.DataType) -> bool:
+    if pa.types.is_floating(t):
+        return True
+    return any(_holds_float(t.field(i).type) for i in range(t.num_fields))

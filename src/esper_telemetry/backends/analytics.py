@@ -1,0 +1,239 @@
+"""AnalyticsCollector: every event, one strict-JSON line each, appended to ``events.jsonl``.
+
+The file is the run's source of truth; :mod:`esper_telemetry.analytics` reads it back
+(``read_events``) and queries it with DuckDB (``connect``). This module needs no
+third-party library beyond the contracts.
+
+Durability, per ``fsync`` policy:
+
+* every ``handle(event)`` hands its line to the operating system in one ``write`` on
+  an ``O_APPEND`` descriptor (no buffer in this process), so a crash of the process,
+  ``kill -9`` included, loses no event that ``handle`` returned from;
+* ``"flush"`` (default): ``flush()`` and ``close()`` call ``os.fsync``, so what they
+  cover also survives a crash of the machine;
+* ``"every_event"``: ``os.fsync`` after every line as well;
+* ``"never"``: no ``fsync``; the OS writes the data back when it likes.
+
+A write that fails part-way (disk full, file size limit) raises from ``handle`` and
+can leave a fragment of its line at the end of the file. The collector never rewrites
+bytes it already wrote: the next line it writes starts with a newline, so the fragment
+stands alone as one bad line that readers skip and report, and every whole line before
+and after it stays intact. The same applies to a file whose last line a killed
+process left torn.
+
+>>> import tempfile
+>>> from esper_telemetry.contracts import PPOUpdatePayload, TelemetryEvent
+>>> with tempfile.TemporaryDirectory() as run_dir:
+...     with AnalyticsCollector(run_dir) as collector:
+...         collector.handle(TelemetryEvent(update=0, payload=PPOUpdatePayload(
+...             policy_loss=0.1, value_loss=float("nan"), entropy=0.7)))
+...     text = collector.path.read_text(encoding="utf-8")
+>>> '"value_loss":"NaN"' in text, text.count("\\n")
+(True, 1)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Literal, Self, get_args
+
+from esper_telemetry.contracts import TelemetryEvent
+
+__all__ = ["EVENTS_FILE", "AnalyticsCollector", "FsyncPolicy"]
+
+#: Name of the events file inside a run directory.
+EVENTS_FILE: Final = "events.jsonl"
+
+#: When the collector calls ``os.fsync``: at ``flush()``, after every event, or never.
+FsyncPolicy = Literal["flush", "every_event", "never"]
+
+_POLICIES: Final[tuple[str, ...]] = get_args(FsyncPolicy)
+
+
+class AnalyticsCollector:
+    """A backend appending every event to ``run_dir/events.jsonl`` as one JSON line.
+
+    Each line is ``event.model_dump_json()`` plus ``"\\n"``: strict JSON, with NaN and
+    ±Inf written as "NaN", "Infinity", "-Infinity", so every float reads back exactly.
+    An existing file is appended to, never truncated. Thread-safe.
+
+    Args:
+        run_dir: The run's directory; created (with its parents) when missing.
+        fsync: ``"flush"`` (default): ``flush()`` makes every event handled so far
+            durable with ``os.fsync``; ``"every_event"``: each ``handle`` does;
+            ``"never"``: nothing calls ``os.fsync``.
+
+    Raises:
+        TypeError: ``run_dir`` is not a path.
+        ValueError: ``fsync`` is not one of the three policies, or ``run_dir`` exists
+            and is not a directory.
+        OSError: the directory or the file cannot be created or opened.
+    """
+
+    name = "analytics"
+
+    def __init__(self, run_dir: str | os.PathLike[str], *, fsync: FsyncPolicy = "flush") -> None:
+        if fsync not in _POLICIES:
+            raise ValueError(
+                f"fsync must be one of {', '.join(map(repr, _POLICIES))}, got {fsync!r}"
+            )
+        if not isinstance(run_dir, str | os.PathLike):
+            raise TypeError(f"run_dir must be a path, got {type(run_dir).__name__}")
+        if os.fspath(run_dir) == "":
+            raise ValueError("run_dir must not be empty")
+        directory = Path(run_dir)
+        if directory.exists() and not directory.is_dir():
+            raise ValueError(f"run_dir: {str(directory)!r} exists and is not a directory")
+        directory.mkdir(parents=True, exist_ok=True)
+        self._dir = directory
+        self._path = directory / EVENTS_FILE
+        self._fsync: FsyncPolicy = fsync
+        self._lock = threading.Lock()
+        self._new_file = not self._path.exists()
+        self._fd: int | None = os.open(
+            self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+        # A torn last line (a killed writer, a failed write) must not swallow our first line.
+        self._needs_newline = not _ends_with_newline(self._path)
+        self._dir_synced = False
+        self._written = 0
+
+    # -- properties ---------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        """The events file: ``run_dir / "events.jsonl"``."""
+        return self._path
+
+    @property
+    def fsync(self) -> FsyncPolicy:
+        """The fsync policy."""
+        return self._fsync
+
+    @property
+    def events_written(self) -> int:
+        """How many events this collector wrote whole (failed writes not counted)."""
+        return self._written
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._fd is None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"AnalyticsCollector({str(self._path)!r}, fsync={self._fsync!r}, {state})"
+
+    # -- Backend ------------------------------------------------------------------------
+
+    def handle(self, event: TelemetryEvent) -> None:
+        """Append one event as one line; with ``fsync="every_event"``, fsync it too.
+
+        Raises:
+            TypeError: ``event`` is not a ``TelemetryEvent``.
+            RuntimeError: the collector is closed.
+            OSError: the write or the fsync failed (the hub counts the failure). Lines
+                already in the file are untouched; a fragment of this one may remain and
+                is isolated by the next write.
+        """
+        if not isinstance(event, TelemetryEvent):
+            raise TypeError(f"event must be a TelemetryEvent, got {type(event).__name__}")
+        line = event.model_dump_json().encode("utf-8") + b"\n"
+        with self._lock:
+            fd = self._open_fd("handle")
+            self._append(fd, line)
+            self._written += 1
+            if self._fsync == "every_event":
+                self._sync(fd)
+
+    def flush(self) -> None:
+        """Make every event handled so far durable (``os.fsync``), unless ``fsync="never"``.
+
+        Every line is already in the operating system when ``handle`` returns; with
+        ``"never"`` there is nothing more to do. A no-op once closed.
+
+        Raises:
+            OSError: the fsync failed; what it should have covered may not be durable.
+        """
+        with self._lock:
+            if self._fd is not None and self._fsync != "never":
+                self._sync(self._fd)
+
+    def close(self) -> None:
+        """Flush (per the policy) and close the file. Idempotent.
+
+        Raises:
+            OSError: the final fsync failed; the file is closed all the same.
+        """
+        with self._lock:
+            fd, self._fd = self._fd, None
+            if fd is None:
+                return
+            try:
+                if self._fsync != "never":
+                    self._sync(fd)
+            finally:
+                os.close(fd)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _open_fd(self, what: str) -> int:
+        if self._fd is None:
+            raise RuntimeError(
+                f"{what}() on a closed AnalyticsCollector ({str(self._path)!r}); "
+                "create a new collector to append more events"
+            )
+        return self._fd
+
+    def _append(self, fd: int, line: bytes) -> None:
+        data = b"\n" + line if self._needs_newline else line
+        view = memoryview(data)
+        done = 0
+        try:
+            # One write per line; the loop only continues a short write (a signal, a
+            # file size limit), whose next attempt usually raises the real error.
+            while done < len(data):
+                done += os.write(fd, view[done:])
+        finally:
+            if done == len(data):
+                self._needs_newline = False
+            elif done > 0:
+                self._needs_newline = True  # a fragment is in the file: end it first
+
+    def _sync(self, fd: int) -> None:
+        os.fsync(fd)
+        if self._new_file and not self._dir_synced:
+            # A new file is durable only once its directory entry is.
+            _fsync_directory(self._dir)
+            self._dir_synced = True
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
