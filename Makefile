@@ -1,11 +1,11 @@
-# Two commands matter: `make demo` (the main job) and `make test`. Both create and
+# Two commands matter: `make run` (the main job) and `make test`. Both create and
 # reuse a local virtual environment in .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench schemas clean
+.PHONY: run test lint typecheck bench schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev,all]"
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/esper demo
+run: $(STAMP)
+	$(BIN)/esper ppo --episodes 10
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -32,6 +32,7 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/health.py
 	$(BIN)/python bench/hub.py
+	$(BIN)/python bench/analytics.py
 
 schemas: $(STAMP)
 	$(BIN)/esper contracts export docs/contracts

@@ -10,53 +10,19 @@ from click.testing import CliRunner
 from esper_telemetry import __version__
 from esper_telemetry.cli import main
 
-ROW = re.compile(r"^\s+(\d+)\s+\S+\s+\S+\s+(\S+)\s+(\S+)\s+(\S+)\s+(HEALTHY|WARNING|CRITICAL)")
-
-
-def rows(output: str) -> list[tuple[int, str]]:
-    return [(int(m[1]), m[5]) for line in output.splitlines() if (m := ROW.match(line))]
-
 
 def test_help_lists_the_commands() -> None:
     """esper --help names every command."""
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     commands = result.output.split("Commands:")[1]
-    assert re.findall(r"^  (\w+)", commands, re.M) == ["contracts", "demo", "export", "query"]
+    assert re.findall(r"^  (\w+)", commands, re.M) == ["contracts", "export", "ppo", "query"]
 
 
 def test_version() -> None:
     """esper --version prints the installed version."""
     result = CliRunner().invoke(main, ["--version"])
     assert (result.exit_code, result.output) == (0, f"esper, version {__version__}\n")
-
-
-def test_demo_prints_one_healthy_row_per_update() -> None:
-    """The demo publishes one event per update and the printer shows each as HEALTHY."""
-    result = CliRunner().invoke(main, ["demo", "--updates", "3", "--envs", "8"])
-    assert result.exit_code == 0, result.output
-    assert rows(result.output) == [(0, "HEALTHY"), (1, "HEALTHY"), (2, "HEALTHY")]
-    assert "terminal: delivered 3, failed 0, dropped 0" in result.output
-
-
-def test_demo_injected_nan_is_shown_as_critical_with_the_anomaly() -> None:
-    """--inject-fault nan@1 makes update 1 CRITICAL with lstm_nan; the others stay healthy."""
-    result = CliRunner().invoke(
-        main, ["demo", "--updates", "3", "--envs", "8", "--inject-fault", "nan@1"]
-    )
-    assert result.exit_code == 0, result.output
-    assert rows(result.output) == [(0, "HEALTHY"), (1, "CRITICAL"), (2, "HEALTHY")]
-    (line,) = [ln for ln in result.output.splitlines() if "lstm_nan" in ln]
-    update, _reward, _loss, h_rms = line.split()[:4]
-    assert (update, h_rms) == ("1", "nan")
-
-
-def test_demo_rejects_a_malformed_fault() -> None:
-    """A bad --inject-fault is a usage error naming the option and the expected form."""
-    result = CliRunner().invoke(main, ["demo", "--inject-fault", "melt@2"])
-    assert result.exit_code == 2
-    assert "--inject-fault" in result.output
-    assert "KIND@UPDATE" in result.output
 
 
 def test_contracts_export_writes_the_committed_schemas(tmp_path: Path) -> None:
@@ -78,3 +44,26 @@ def test_contracts_export_refuses_a_file_as_directory(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["contracts", "export", str(target)])
     assert result.exit_code == 2
     assert "is a file" in result.output
+
+
+def test_ppo_help_documents_the_options_and_exit_statuses() -> None:
+    """esper ppo --help lists every option of the issue and the exit statuses."""
+    result = CliRunner().invoke(main, ["ppo", "--help"])
+    assert result.exit_code == 0
+    options = set(re.findall(r"(--[a-z-]+)", result.output))
+    assert {
+        "--episodes",
+        "--envs",
+        "--episode-length",
+        "--hidden",
+        "--layers",
+        "--lr",
+        "--seed",
+        "--run-dir",
+        "--run-id",
+        "--telemetry-level",
+        "--wandb",
+        "--halt-on",
+        "--inject-fault",
+    } <= options
+    assert "130 interrupted" in " ".join(result.output.split())

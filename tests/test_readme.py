@@ -13,10 +13,10 @@ README = (Path(__file__).parents[1] / "README.md").read_text()
 
 
 def test_readme_gives_exactly_two_commands() -> None:
-    """The set-up section has one bash block with exactly `make demo` and `make test`."""
+    """The set-up section has one bash block with exactly `make run` and `make test`."""
     (block,) = re.findall(r"```bash\n(.*?)```", README, re.S)
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
-    assert commands == ["make demo", "make test"]
+    assert commands == ["make run", "make test"]
 
 
 def test_readme_example_runs_and_publishes_one_event_per_update(capsys) -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import sys
 from collections.abc import Callable
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -13,23 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 
 from esper_telemetry import __version__
 from esper_telemetry.analytics import TABLES as ANALYTICS_TABLES
 from esper_telemetry.analytics import BadLine, connect, export_parquet
 from esper_telemetry.contracts import (
-    EventType,
     HealthStatus,
-    HubStats,
-    PPOUpdatePayload,
-    TelemetryEvent,
     TelemetryLevel,
-    health_status,
 )
 from esper_telemetry.contracts.schema import export_schemas
-from esper_telemetry.hub import TelemetryHub
-from esper_telemetry.telemetry import AnomalyDetector
-from esper_telemetry.training.demo import FAULT_KINDS, FaultKind
+from esper_telemetry.training.ppo import FAULT_KINDS, FaultKind
 
 _STATUS_COLOUR = {
     HealthStatus.HEALTHY: "green",
@@ -45,62 +40,120 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--updates", default=40, show_default=True, help="Number of updates to run.")
-@click.option("--envs", default=64, show_default=True, help="Episodes per update (batch).")
-@click.option("--hidden", default=32, show_default=True, help="LSTM hidden size.")
+@click.option(
+    "--episodes",
+    default=10,
+    show_default=True,
+    help="PPO updates to run (one round of --episode-length steps in every env, then one update).",
+)
+@click.option("--envs", default=8, show_default=True, help="Parallel environments.")
+@click.option(
+    "--episode-length", default=32, show_default=True, help="Steps every env plays per round."
+)
+@click.option("--hidden", default=64, show_default=True, help="LSTM hidden size.")
 @click.option("--layers", default=1, show_default=True, help="LSTM layers.")
-@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--proj-size", default=0, show_default=True, help="LSTM projection size (0: none).")
+@click.option(
+    "--lr", default=1e-3, show_default=True, help="Learning rate (annealed linearly to 0)."
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of torch and the environments.")
+@click.option(
+    "--run-dir",
+    default="runs",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Root folder; the run writes to RUN_DIR/RUN_ID/.",
+)
+@click.option(
+    "--run-id",
+    default=None,
+    help="Name of the run (letters, digits, '.', '_', '-'); default: timestamped.",
+)
 @click.option(
     "--telemetry-level",
     type=click.Choice([lvl.name.lower() for lvl in TelemetryLevel]),
     default="normal",
     show_default=True,
-    help="Detail of the published events.",
+    help="Detail of the published events (off publishes nothing).",
+)
+@click.option(
+    "--wandb",
+    "wandb_mode",
+    type=click.Choice(["offline", "online", "disabled"]),
+    default="offline",
+    show_default=True,
+    help="Weights & Biases mode; online needs `wandb login`.",
+)
+@click.option(
+    "--halt-on",
+    type=click.Choice(["critical"]),
+    default=None,
+    help="Stop training at the first critical anomaly.",
 )
 @click.option(
     "--inject-fault",
     metavar="KIND@UPDATE",
     default=None,
-    help="Corrupt the measured LSTM state (nan, inf, explode, vanish) at one update.",
+    help="Demo tool: corrupt the LSTM state (nan, inf, explode, vanish) at one update.",
 )
-def demo(
-    updates: int,
+@click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
+def ppo(
+    episodes: int,
     envs: int,
+    episode_length: int,
     hidden: int,
     layers: int,
+    proj_size: int,
+    lr: float,
     seed: int,
+    run_dir: Path,
+    run_id: str | None,
     telemetry_level: str,
+    wandb_mode: str,
+    halt_on: str | None,
     inject_fault: str | None,
+    no_progress: bool,
 ) -> None:
-    """Train a small LSTM actor-critic on a memory task and show its state's health.
+    """Train a recurrent PPO agent on CartPole without velocities, with full telemetry.
 
-    Every update publishes one PPO_UPDATE_COMPLETED event on a TelemetryHub; a
-    subscriber prints it with the verdict of the shared health rule and any anomaly.
+    After every update the LSTM state's health goes, as one event, to the anomaly
+    escalator, W&B (offline by default), the analytics log (RUN_DIR/RUN_ID/events.jsonl)
+    and the structured log (log.jsonl). Exit status: 0 done, 2 not started, 3 halted by an
+    anomaly, 4 a backend lost events, 130 interrupted.
     """
     import torch
 
-    from esper_telemetry.training.demo import DemoConfig, run_demo  # torch loads here
+    from esper_telemetry.run import RunOptions, run_ppo
+    from esper_telemetry.training.ppo import PPOConfig
 
     torch.set_num_threads(1)
     try:
-        config = DemoConfig(
-            updates=updates,
+        config = PPOConfig(
+            updates=episodes,
             envs=envs,
+            steps=episode_length,
             hidden=hidden,
             layers=layers,
+            proj_size=proj_size,
+            lr=lr,
             seed=seed,
             fault=_parse_fault(inject_fault),
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    printer = _HealthPrinter()
-    with TelemetryHub(level=telemetry_level) as hub:
-        hub.subscribe(printer, mode="inline", events=[EventType.PPO_UPDATE_COMPLETED])
-        click.echo(f"run {hub.run_id}: cue-memory LSTM, {updates} updates x {envs} episodes")
-        click.echo(printer.header())
-        rewards = run_demo(config, hub)
-    stats = hub.stats()
-    click.echo(_summary(stats, rewards))
+    options = RunOptions(
+        config=config,
+        run_root=run_dir,
+        run_id=run_id,
+        level=TelemetryLevel.parse(telemetry_level),
+        wandb=wandb_mode,  # type: ignore[arg-type]
+        halt_on="critical" if halt_on else None,
+        progress=not no_progress,
+    )
+    outcome = run_ppo(options, Console(soft_wrap=True))
+    if outcome.exit_code:
+        click.echo(f"esper ppo: {outcome.message}", err=True)
+        sys.exit(outcome.exit_code)
 
 
 @main.group()
@@ -120,50 +173,6 @@ def contracts_export(directory: Path) -> None:
         click.echo(str(path))
 
 
-class _HealthPrinter:
-    """An inline subscriber printing one line per PPO update."""
-
-    name = "terminal"
-
-    def __init__(self) -> None:
-        self._detector = AnomalyDetector()
-
-    def header(self) -> str:
-        return (
-            f"{'update':>6} {'reward':>7} {'loss_pi':>8} {'h_rms':>10} {'c_rms':>10} "
-            f"{'c_env_max':>10}  status"
-        )
-
-    def handle(self, event: TelemetryEvent) -> None:
-        payload = event.payload
-        if not isinstance(payload, PPOUpdatePayload):
-            return
-        metrics = payload.health()
-        reward = payload.extra.get("mean_reward", math.nan)
-        line = f"{event.update:>6} {reward:>7.3f} {payload.policy_loss:>8.3f} "
-        if metrics is None:
-            click.echo(line + "(no LSTM)")
-            return
-        status = health_status(metrics, self._detector.thresholds)
-        word = click.style(f"{status.value:<8}", fg=_STATUS_COLOUR[status], bold=True)
-        line += (
-            f"{_fmt(metrics.h_rms):>10} {_fmt(metrics.c_rms):>10} "
-            f"{_fmt(metrics.c_env_rms_max):>10}  {word}"
-        )
-        report = self._detector.check_lstm_health(metrics)
-        if report.has_anomaly:
-            line += "  " + "; ".join(f"{a.type.value}: {a.message}" for a in report.anomalies)
-        click.echo(line)
-
-
-def _fmt(x: float) -> str:
-    if math.isnan(x) or math.isinf(x):
-        return str(x)
-    if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4):
-        return f"{x:.3e}"
-    return f"{x:.3f}"
-
-
 def _parse_fault(text: str | None) -> tuple[FaultKind, int] | None:
     if text is None:
         return None
@@ -176,19 +185,6 @@ def _parse_fault(text: str | None) -> tuple[FaultKind, int] | None:
         f"int >= 0 (e.g. nan@3), got {text!r}",
         param_hint="--inject-fault",
     )
-
-
-def _summary(stats: HubStats, rewards: list[float]) -> str:
-    lines = [
-        f"mean reward: first update {rewards[0]:.3f}, last update {rewards[-1]:.3f}",
-        f"hub {stats.run_id}: {stats.emitted} events emitted",
-    ]
-    for s in stats.subscribers:
-        lines.append(f"  {s.name}: delivered {s.delivered}, failed {s.failed}, dropped {s.dropped}")
-    return "\n".join(lines)
-
-
-# -- analytics: esper query, esper export -------------------------------------------------
 
 
 @main.command()
@@ -390,3 +386,7 @@ def _jsonable(value: object) -> object:
     if isinstance(value, datetime | date | time):
         return value.isoformat()
     return str(value)
+
+
+if __name__ == "__main__":
+    main()

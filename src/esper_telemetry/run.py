@@ -17,6 +17,7 @@ trains, closes the hub, and turns what happened into an exit status:
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 from collections import Counter
@@ -28,7 +29,7 @@ from types import FrameType
 from typing import Literal
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from esper_telemetry.backends.analytics import AnalyticsCollector
 from esper_telemetry.backends.escalator import AnomalyEscalator
@@ -130,8 +131,11 @@ def _subscribe_all(
         if isinstance(event.payload, AnomalyDetectedPayload):
             anomalies[event.payload.anomaly_type.value] += 1
 
-    hub.subscribe(count_anomalies, mode="inline", events=[EventType.ANOMALY_DETECTED])
+    hub.subscribe(
+        count_anomalies, mode="inline", events=[EventType.ANOMALY_DETECTED], name="summary"
+    )
     if options.wandb != "disabled":
+        os.environ.setdefault("WANDB_SILENT", "true")  # our summary says where the run is
         # First of the threaded backends: W&B online without credentials fails here,
         # before anything is written or trained.
         from esper_telemetry.backends.wandb import WandBBackend
@@ -186,7 +190,6 @@ def _progress(options: RunOptions, console: Console) -> Iterator[_OnUpdate]:
     columns = (
         TextColumn("update"),
         MofNCompleteColumn(),
-        BarColumn(),
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
     )
@@ -250,6 +253,4 @@ def _summary(outcome: RunOutcome, options: RunOptions) -> str:
         f'  query it         esper query {run_dir} "SELECT update, lstm_h_rms, lstm_c_rms '
         'FROM ppo_updates ORDER BY update"'
     )
-    if outcome.exit_code != EXIT_OK:
-        lines.append(f"[bold red]{outcome.message}[/]")
     return "\n".join(lines)
