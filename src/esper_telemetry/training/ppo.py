@@ -419,7 +419,12 @@ def train(
             # -- 3. telemetry ---------------------------------------------------------
             if config.fault is not None and config.fault[1] == update:
                 state = (_corrupt(state[0], config.fault[0]), state[1])
-            health = compute_lstm_health(state[0], detail=hub.level >= TelemetryLevel.DEBUG)
+            level = hub.level
+            health = (  # at OFF, telemetry costs nothing: not even the health check
+                compute_lstm_health(state[0], detail=level >= TelemetryLevel.DEBUG)
+                if level > TelemetryLevel.OFF
+                else None
+            )
             mean_return = sum(returns_window) / len(returns_window) if returns_window else math.nan
             stats.update(
                 learning_rate=config.lr * progress,
