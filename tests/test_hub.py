@@ -608,3 +608,39 @@ def test_request_halt_is_raised_at_the_next_check(hub: TelemetryHub) -> None:
         hub.raise_if_halted()
     assert (info.value.reason, info.value.update) == ("stop at 3", 3)
     assert hub.halted is not None
+
+
+def test_secrets_in_run_config_are_redacted_before_any_subscriber(
+    hub: TelemetryHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Secret-looking config keys, API-key-shaped strings and the W&B key's value never
+    reach a subscriber; everything else arrives unchanged."""
+    monkeypatch.setenv("WANDB_API_KEY", "local-0123456789-planted")
+    config = {
+        "lr": 0.001,
+        "wandb_api_key": "anything",
+        "nested": {"HF_TOKEN": "hf_x", "db": {"password": "hunter2"}},
+        "note": "uses local-0123456789-planted here",
+        "commit_like": "0123456789abcdef0123456789abcdef01234567",
+        "layers": [1, 2],
+    }
+    event = TelemetryEvent(
+        event_type=EventType.RUN_STARTED,
+        update=0,
+        payload=RunStartedPayload(config=config, description="key local-0123456789-planted"),
+    )
+    with capture_events(hub) as rec:
+        hub.emit(event)
+    (got,) = rec.events
+    assert got.payload.model_dump() == {
+        "config": {
+            "lr": 0.001,
+            "wandb_api_key": "[REDACTED]",
+            "nested": {"HF_TOKEN": "[REDACTED]", "db": {"password": "[REDACTED]"}},
+            "note": "[REDACTED]",
+            "commit_like": "[REDACTED]",
+            "layers": [1, 2],
+        },
+        "description": "[REDACTED]",
+    }
+    assert event.payload.config["wandb_api_key"] == "anything"  # the caller's copy is untouched

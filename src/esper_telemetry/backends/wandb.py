@@ -44,7 +44,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -69,6 +68,8 @@ except ImportError as err:  # pragma: no cover - exercised in a test that hides 
         "pip install 'esper-telemetry[wandb]'"
     ) from err
 
+from esper_telemetry.hub import REDACTED, redact_secrets
+
 if TYPE_CHECKING:
     from esper_telemetry.hub import TelemetryHub
 
@@ -78,8 +79,6 @@ logger = logging.getLogger("esper_telemetry.backends.wandb")
 
 Mode = Literal["offline", "online", "disabled"]
 
-#: What a secret is replaced with in ``run.config``.
-REDACTED = "[REDACTED]"
 
 #: How long ``close()`` waits for ``run.finish()`` by default, in seconds.
 DEFAULT_FINISH_TIMEOUT_S = 30.0
@@ -87,8 +86,6 @@ DEFAULT_FINISH_TIMEOUT_S = 30.0
 _MODES: tuple[str, ...] = get_args(Mode)
 # W&B's older spellings of the modes, still accepted in WANDB_MODE.
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}
-_SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
-_API_KEY_LIKE = re.compile(r"(?<![0-9a-fA-F])[0-9a-fA-F]{40}(?![0-9a-fA-F])")
 _BAD_PROJECT_CHARS = frozenset("/\\#?%:")
 _PPO_STATS = (
     "policy_loss",
@@ -434,24 +431,9 @@ def _current_step(run: wandb.Run) -> int:
 
 
 def _redacted(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with every secret replaced by ``REDACTED`` (see ``WandBBackend``)."""
-    api_key = os.environ.get("WANDB_API_KEY", "")
-    redacted: dict[str, Any] = _redact(config, "", api_key if len(api_key) >= 8 else None)
+    """``config`` with every secret replaced by ``REDACTED`` (the hub's own rule)."""
+    redacted: dict[str, Any] = redact_secrets(config)
     return redacted
-
-
-def _redact(value: Any, key: str, api_key: str | None) -> Any:
-    if _SECRET_KEY.search(key):
-        return REDACTED
-    if isinstance(value, Mapping):
-        return {str(k): _redact(v, str(k), api_key) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redact(v, "", api_key) for v in value]
-    if isinstance(value, str) and (
-        _API_KEY_LIKE.search(value) or (api_key is not None and api_key in value)
-    ):
-        return REDACTED
-    return value
 
 
 def _resolved_mode(mode: object) -> Mode:

@@ -5,5 +5,13 @@ Knows blinker and the contracts; never imports torch or a backend.
 
 from esper_telemetry.hub._hub import DEFAULT_QUEUE_SIZE, TelemetryHub
 from esper_telemetry.hub._protocol import Backend, Subscriber
+from esper_telemetry.hub._redact import REDACTED, redact_secrets
 
-__all__ = ["DEFAULT_QUEUE_SIZE", "Backend", "Subscriber", "TelemetryHub"]
+__all__ = [
+    "DEFAULT_QUEUE_SIZE",
+    "REDACTED",
+    "Backend",
+    "Subscriber",
+    "TelemetryHub",
+    "redact_secrets",
+]

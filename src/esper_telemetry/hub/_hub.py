@@ -32,12 +32,15 @@ import blinker
 from esper_telemetry.contracts import (
     EventType,
     HubStats,
+    RunFinishedPayload,
+    RunStartedPayload,
     TelemetryEvent,
     TelemetryLevel,
     TelemetryLevelChangedPayload,
 )
 from esper_telemetry.errors import HubClosedError, TrainingHalted
 from esper_telemetry.hub._protocol import Subscriber
+from esper_telemetry.hub._redact import redact_secrets
 from esper_telemetry.hub._subscription import (
     Mode,
     Subscription,
@@ -303,7 +306,7 @@ class TelemetryHub:
                 f"{event.event_type.value} (update {event.update}) was not published. "
                 "Emit before close(), or create a new TelemetryHub."
             )
-        stamped = event.model_copy(
+        stamped = _without_secrets(event).model_copy(
             update={
                 "run_id": self._run_id,
                 "seq": self._next_seq,
@@ -580,6 +583,24 @@ class TelemetryHub:
                 f"{what}() was called from inside a subscriber; it would wait for that "
                 "subscriber itself. Call it from the training code instead."
             )
+
+
+def _without_secrets(event: TelemetryEvent) -> TelemetryEvent:
+    """The event with secrets in its free-form fields redacted (see ``redact_secrets``)."""
+    payload = event.payload
+    clean: RunStartedPayload | RunFinishedPayload
+    if isinstance(payload, RunStartedPayload):
+        clean = payload.model_copy(
+            update={
+                "config": redact_secrets(payload.config),
+                "description": redact_secrets(payload.description),
+            }
+        )
+    elif isinstance(payload, RunFinishedPayload):
+        clean = payload.model_copy(update={"message": redact_secrets(payload.message)})
+    else:
+        return event
+    return event.model_copy(update={"payload": clean})
 
 
 def _checked_run_id(run_id: str | None) -> str:
