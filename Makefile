@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/health.py
 	$(BIN)/python bench/hub.py
 	$(BIN)/python bench/analytics.py
+	$(BIN)/python bench/backends.py
+	$(BIN)/python bench/overhead.py
 
 schemas: $(STAMP)
 	$(BIN)/esper contracts export docs/contracts
