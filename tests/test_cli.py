@@ -16,7 +16,14 @@ def test_help_lists_the_commands() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
     commands = result.output.split("Commands:")[1]
-    assert re.findall(r"^  (\w+)", commands, re.M) == ["contracts", "export", "ppo", "query"]
+    assert re.findall(r"^  (\w+)", commands, re.M) == [
+        "contracts",
+        "export",
+        "ppo",
+        "query",
+        "report",
+        "watch",
+    ]
 
 
 def test_version() -> None:

@@ -6,7 +6,9 @@ import csv
 import io
 import json
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -97,6 +99,18 @@ def main() -> None:
     help="Demo tool: corrupt the LSTM state (nan, inf, explode, vanish) at one update.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
+@click.option(
+    "--tui",
+    is_flag=True,
+    help="Show the live health panel while training (q stops training cleanly, p pauses "
+    "the display, ? help). Needs the tui extra.",
+)
+@click.option(
+    "--report",
+    "write_report",
+    is_flag=True,
+    help="Write RUN_DIR/RUN_ID/report.png at the end of the run. Needs the report extra.",
+)
 def ppo(
     episodes: int,
     envs: int,
@@ -113,13 +127,16 @@ def ppo(
     halt_on: str | None,
     inject_fault: str | None,
     no_progress: bool,
+    tui: bool,
+    write_report: bool,
 ) -> None:
     """Train a recurrent PPO agent on CartPole without velocities, with full telemetry.
 
     After every update the LSTM state's health goes, as one event, to the anomaly
     escalator, W&B (offline by default), the analytics log (RUN_DIR/RUN_ID/events.jsonl)
-    and the structured log (log.jsonl). Exit status: 0 done, 2 not started, 3 halted by an
-    anomaly, 4 a backend lost events, 130 interrupted.
+    and the structured log (log.jsonl); with --tui, to the live panel as well. Exit
+    status: 0 done, 2 not started, 3 halted by an anomaly, 4 a backend lost events,
+    130 interrupted (Ctrl-C, SIGTERM, or q in the panel before the run ended).
     """
     import torch
 
@@ -148,9 +165,13 @@ def ppo(
         level=TelemetryLevel.parse(telemetry_level),
         wandb=wandb_mode,  # type: ignore[arg-type]
         halt_on="critical" if halt_on else None,
-        progress=not no_progress,
+        progress=not no_progress and not tui,
+        tui=tui,
+        report=write_report,
     )
     outcome = run_ppo(options, Console(soft_wrap=True))
+    if outcome.report_error is not None:
+        click.echo(f"esper ppo: report not written: {outcome.report_error}", err=True)
     if outcome.exit_code:
         click.echo(f"esper ppo: {outcome.message}", err=True)
         sys.exit(outcome.exit_code)
@@ -267,6 +288,82 @@ def export_command(runs: str, destination: Path, table: str) -> None:
         raise click.ClickException(str(exc)) from None
     _report_bad_lines(bad)
     click.echo(f"wrote {rows} rows of {table} to {destination}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--poll",
+    default=0.25,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between looks at the events file.",
+)
+def watch(run_dir: Path, poll: float) -> None:
+    """Show the live health panel of a run another process is writing, or has written.
+
+    RUN_DIR is a run directory (RUN_DIR/events.jsonl, which may not exist yet) or an
+    events file. New lines are picked up as they land; a last line still being written
+    is waited for, and lines that cannot be read are reported in the panel. Keys: q quit,
+    p pause the display, ? help.
+    """
+    try:
+        from esper_telemetry.tui import HealthPanel, LogFollower
+    except ImportError:
+        raise click.ClickException(
+            "esper watch needs textual: pip install 'esper-telemetry[tui]'"
+        ) from None
+    try:
+        follower = LogFollower(run_dir)
+    except FileNotFoundError as exc:
+        raise click.BadParameter(str(exc), param_hint="RUN_DIR") from None
+    stop = threading.Event()  # SIGTERM closes the panel cleanly, restoring the terminal
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        HealthPanel(
+            follow=follower,
+            source=f"watching {follower.path}",
+            poll_interval=poll,
+            exit_when=stop.is_set,
+        ).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The file to write: .png, or .html (the figure and tables of anomalies and "
+    "level changes). Default: RUN_DIR/report.png.",
+)
+def report_command(run_dir: Path, output: Path | None) -> None:
+    """Draw a run's LSTM health and episode return against PPO update.
+
+    h_rms, c_rms and the largest per-env RMS on a log scale, with the warning and
+    critical thresholds as bands (the default HealthThresholds), anomalies and
+    telemetry-level changes marked; below, the episode return.
+    """
+    if output is not None and output.suffix.lower() not in (".png", ".html"):
+        raise click.BadParameter(
+            f"{str(output)!r} must end in .png or .html", param_hint="-o/--output"
+        )
+    try:
+        from esper_telemetry.report import write_report
+    except ImportError:
+        raise click.ClickException(
+            "esper report needs matplotlib: pip install 'esper-telemetry[report]'"
+        ) from None
+    bad: list[BadLine] = []
+    try:
+        written = write_report(run_dir, output, on_bad_line=bad.append)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _report_bad_lines(bad)
+    click.echo(f"wrote {written}")
 
 
 def _tables_in(sql: str) -> list[str] | None:

@@ -2,20 +2,26 @@
 
 ``run_ppo`` is what the command line calls. It wires the anomaly escalator (inline),
 W&B, the analytics log and the structured log (each on its own thread) to one hub,
-trains, closes the hub, and turns what happened into an exit status:
+trains, closes the hub, and turns what happened into an exit status. With ``tui`` the
+live panel runs on the main thread, subscribed like any backend, and training runs on
+a worker thread; quitting the panel stops training after the current update. With
+``report`` the run ends by writing ``report.png`` into its directory.
 
 ====  ==========================================================================
 0     the run completed and every backend delivered every event
 2     the run could not start (bad option, a backend refused, e.g. W&B online
       without credentials); nothing was trained
 3     a critical anomaly halted the run (``--halt-on critical``)
-4     a backend failed, dropped or abandoned events (``hub.stats()`` says which)
-130   interrupted by Ctrl-C or SIGTERM; everything emitted so far was flushed
+4     a backend failed, dropped or abandoned events (``hub.stats()`` says which);
+      drops of a subscriber that asked for ``drop_oldest`` (the panel) do not count
+130   interrupted by Ctrl-C, SIGTERM or quitting the panel; everything emitted so
+      far was flushed
 ====  ==========================================================================
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import signal
@@ -29,6 +35,7 @@ from types import FrameType
 from typing import Literal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from esper_telemetry.backends.analytics import AnalyticsCollector
@@ -44,7 +51,7 @@ from esper_telemetry.contracts import (
     TelemetryLevel,
     health_status,
 )
-from esper_telemetry.hub import TelemetryHub
+from esper_telemetry.hub import Subscriber, TelemetryHub
 from esper_telemetry.telemetry import AnomalyDetector
 from esper_telemetry.training.ppo import PPOConfig, TrainResult, UpdateInfo, train
 
@@ -75,6 +82,10 @@ class RunOptions:
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
     progress: bool = True
     close_timeout: float = 30.0
+    backends: tuple[Subscriber, ...] = ()
+    """Your own subscribers, added after the built-in ones (each on its own thread)."""
+    tui: bool = False
+    report: bool = False
 
 
 @dataclass
@@ -87,10 +98,15 @@ class RunOutcome:
     result: TrainResult | None = None
     stats: HubStats | None = None
     anomalies: Counter[str] = field(default_factory=Counter)
+    report: Path | None = None
+    report_error: str | None = None
 
 
 def run_ppo(options: RunOptions, console: Console) -> RunOutcome:
     """Train with every backend subscribed; print progress and a summary on ``console``."""
+    missing = _missing_extra(options)
+    if missing is not None:
+        return RunOutcome(EXIT_NOT_STARTED, missing)
     try:
         hub = TelemetryHub(options.run_id, level=options.level)
     except ValueError as exc:
@@ -108,14 +124,68 @@ def run_ppo(options: RunOptions, console: Console) -> RunOutcome:
         hub.close(timeout=options.close_timeout)
         return RunOutcome(EXIT_NOT_STARTED, str(exc), run_dir=run_dir)
 
-    with _stop_on_sigterm() as stop, _progress(options, console) as on_update:
-        result = train(options.config, hub, on_update=on_update, should_stop=stop.is_set)
-    stats = hub.close(timeout=options.close_timeout)
+    if options.tui:
+        result, stats = _train_in_panel(hub, options, console)
+    else:
+        with _stop_on_sigterm() as stop, _progress(options, console) as on_update:
+            result = train(options.config, hub, on_update=on_update, should_stop=stop.is_set)
+        stats = hub.close(timeout=options.close_timeout)
     outcome = RunOutcome(
         *_verdict(result, stats), run_dir=run_dir, result=result, stats=stats, anomalies=anomalies
     )
+    if options.report:
+        _write_report(outcome, options)
     console.print(_summary(outcome, options))
     return outcome
+
+
+def _missing_extra(options: RunOptions) -> str | None:
+    """Refuse, before anything starts, an option whose optional dependency is missing."""
+    if options.tui and importlib.util.find_spec("textual") is None:
+        return "--tui needs textual: pip install 'esper-telemetry[tui]'"
+    if options.report and importlib.util.find_spec("matplotlib") is None:
+        return "--report needs matplotlib: pip install 'esper-telemetry[report]'"
+    return None
+
+
+def _train_in_panel(
+    hub: TelemetryHub, options: RunOptions, console: Console
+) -> tuple[TrainResult, HubStats]:
+    """The panel on this (main) thread, training and the hub's close on a worker thread."""
+    from esper_telemetry.tui import HealthPanel, run_panel, subscribe_panel
+
+    with _stop_on_sigterm() as stop:
+        app = HealthPanel(
+            thresholds=options.thresholds,  # the detector's own instance: one rule
+            stats=hub.stats,
+            source=f"esper ppo: run {hub.run_id}",
+            exit_when=stop.is_set,
+        )
+        subscribe_panel(hub, app)
+
+        def work() -> tuple[TrainResult, HubStats]:
+            try:
+                result = train(options.config, hub, should_stop=stop.is_set)
+            finally:  # flushed even when training raised
+                stats = hub.close(timeout=options.close_timeout)
+            return result, stats
+
+        def on_exit() -> None:
+            console.print("stopping: finishing the current update, then flushing every backend")
+
+        return run_panel(app, work, stop=stop, on_exit=on_exit)
+
+
+def _write_report(outcome: RunOutcome, options: RunOptions) -> None:
+    from esper_telemetry.report import write_report
+
+    assert outcome.run_dir is not None
+    try:
+        outcome.report = write_report(
+            outcome.run_dir, outcome.run_dir / "report.png", thresholds=options.thresholds
+        )
+    except (OSError, ValueError) as exc:
+        outcome.report_error = str(exc)
 
 
 def _subscribe_all(
@@ -144,12 +214,20 @@ def _subscribe_all(
         hub.subscribe(WandBBackend(options.wandb_project, mode=options.wandb, dir=run_dir))
     hub.subscribe(AnalyticsCollector(run_dir, fsync="flush"))
     hub.subscribe(StructlogBackend(run_dir / "log.jsonl"))
+    for backend in options.backends:
+        hub.subscribe(backend)
 
 
 def _verdict(result: TrainResult, stats: HubStats) -> tuple[int, str]:
     if result.status == "halted":
         return EXIT_HALTED, f"halted: {result.message}"
-    broken = [s for s in stats.subscribers if s.failed or s.dropped or s.abandoned or s.stuck]
+    # A subscriber that asked for drop_oldest (a view such as the panel) accepted losing
+    # old events when it falls behind: its drops are counted, not a failure.
+    broken = [
+        s
+        for s in stats.subscribers
+        if s.failed or s.abandoned or s.stuck or (s.dropped and s.when_full == "block")
+    ]
     if broken:
         parts = [
             f"{s.name} (failed {s.failed}, dropped {s.dropped}, abandoned {s.abandoned}"
@@ -239,6 +317,13 @@ def _summary(outcome: RunOutcome, options: RunOptions) -> str:
         "  W&B              "
         + (f"{run_dir / 'wandb'} ({options.wandb})" if options.wandb != "disabled" else "off"),
     ]
+    if options.report:
+        if outcome.report is not None:
+            lines.append(f"  report           {outcome.report}")
+        else:
+            lines.append(
+                f"  report           [red]not written: {escape(outcome.report_error or '')}[/]"
+            )
     if outcome.anomalies:
         seen = ", ".join(f"{k} x{v}" for k, v in sorted(outcome.anomalies.items()))
         lines.append(f"  anomalies        [red]{seen}[/]")

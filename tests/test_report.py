@@ -1,0 +1,236 @@
+"""The run report: the numbers behind the figure, its artists, the PNG/HTML files, the CLI."""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from matplotlib.axes import Axes
+from matplotlib.collections import PathCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from rich.console import Console
+
+from esper_telemetry import HealthThresholds, PPOUpdatePayload, TelemetryHub
+from esper_telemetry.analytics import read_events
+from esper_telemetry.backends import AnalyticsCollector, AnomalyEscalator
+from esper_telemetry.cli import main
+from esper_telemetry.report import (
+    FIGURE_DPI,
+    FIGURE_SIZE,
+    AnomalyMark,
+    ReportData,
+    build_figure,
+    collect,
+    write_report,
+)
+from esper_telemetry.run import EXIT_OK, RunOptions, run_ppo
+from esper_telemetry.testing import capture_events
+from esper_telemetry.training.ppo import PPOConfig
+from tests.faulty_lstm import FaultyLSTM
+
+WIDTH, HEIGHT = int(FIGURE_SIZE[0] * FIGURE_DPI), int(FIGURE_SIZE[1] * FIGURE_DPI)
+
+
+def record_run(run_dir: Path, updates: int, faults: dict[int, str] | None = None) -> Path:
+    """A run's events.jsonl: a real LSTM, the escalator, faults at the given updates, and an
+    episode return of 10 × update in each PPO payload, as the trainer logs it."""
+    with TelemetryHub("r") as hub, capture_events(hub) as recorder:
+        hub.subscribe(AnomalyEscalator(escalate_for=3), mode="inline")
+        lstm = FaultyLSTM(hub, faults)
+        for k in range(updates):
+            lstm.update(k)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with AnalyticsCollector(run_dir) as collector:
+        for event in recorder.events:
+            if isinstance(event.payload, PPOUpdatePayload):
+                extra = {"return_mean": 10.0 * event.update}
+                event = event.model_copy(
+                    update={"payload": event.payload.model_copy(update={"extra": extra})}
+                )
+            collector.handle(event)
+    return run_dir
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", header[16:24])
+    return width, height
+
+
+def health_axes(fig: Figure) -> Axes:
+    """The top panel: RMS against update."""
+    return fig.axes[0]
+
+
+def lines_with(ax: Axes, gid: str) -> list[Line2D]:
+    """The lines of ``ax`` carrying ``gid``."""
+    return [line for line in ax.get_lines() if line.get_gid() == gid]
+
+
+def xs(lines: list[Line2D]) -> list[float]:
+    """The x position of each (vertical) line."""
+    return [float(line.get_xdata()[0]) for line in lines]  # type: ignore[index]
+
+
+def test_collect_gathers_the_numbers_behind_the_figure(tmp_path: Path) -> None:
+    """Per update h_rms, c_rms, the env-RMS max and the return; anomalies and level changes."""
+    events = list(read_events(record_run(tmp_path, 6, {2: "explode"})))
+    data = collect(events)
+    assert data.updates == (0, 1, 2, 3, 4, 5)
+    assert data.returns == (0.0, 10.0, 20.0, 30.0, 40.0, 50.0)
+    assert data.c_rms[2] > 10 > data.c_rms[1]
+    assert data.env_rms_max[2] >= data.c_rms[2]
+    assert [(a.update, a.anomaly_type) for a in data.anomalies] == [(2, "lstm_c_explosion")]
+    assert [(c.update, c.level) for c in data.level_changes] == [(2, "DEBUG"), (5, "NORMAL")]
+    assert data.non_finite_updates == ()
+
+
+def test_a_healthy_run_renders_a_png_of_the_expected_size_without_anomalies(
+    tmp_path: Path,
+) -> None:
+    """A healthy run: the PNG is 1200×750 and the figure has no anomaly marker."""
+    run_dir = record_run(tmp_path, 5)
+    written = write_report(run_dir)
+    assert written == run_dir / "report.png"
+    assert png_size(written) == (WIDTH, HEIGHT)
+    fig = build_figure(collect(read_events(run_dir)))
+    assert lines_with(health_axes(fig), "anomaly") == []
+    assert [len(line.get_xdata()) for line in lines_with(health_axes(fig), "h_rms")] == [5]  # type: ignore[arg-type]
+
+
+def test_anomaly_markers_sit_at_the_anomalous_updates(tmp_path: Path) -> None:
+    """Faults at updates 2 (explode) and 6 (nan): one red line at each, level changes marked."""
+    run_dir = record_run(tmp_path, 8, {2: "explode", 6: "nan"})
+    write_report(run_dir)
+    assert png_size(run_dir / "report.png") == (WIDTH, HEIGHT)
+    data = collect(read_events(run_dir))
+    ax = health_axes(build_figure(data))
+    assert xs(lines_with(ax, "anomaly")) == [2.0, 6.0]
+    assert xs(lines_with(ax, "level-change")) == [2.0, 5.0, 6.0]
+    (points,) = [c for c in ax.collections if c.get_gid() == "anomaly-points"]
+    assert isinstance(points, PathCollection)
+    assert [float(x) for x, _ in points.get_offsets()] == [2.0]  # NaN has no height to mark
+
+
+def test_nan_updates_are_marked_along_the_top_edge(tmp_path: Path) -> None:
+    """A NaN state has no point on a log scale; an X marks its update instead."""
+    data = collect(read_events(record_run(tmp_path, 4, {1: "nan"})))
+    assert data.non_finite_updates == (1,)
+    assert math.isnan(data.h_rms[1])
+    ax = health_axes(build_figure(data))
+    (marks,) = [c for c in ax.collections if c.get_gid() == "non-finite"]
+    assert [float(x) for x, _ in marks.get_offsets()] == [1.0]
+
+
+def test_thresholds_are_drawn_as_bands_from_the_thresholds_given() -> None:
+    """The warning band spans warning_rms..critical_rms of the thresholds passed in."""
+    t = HealthThresholds(warning_rms=2.0, critical_rms=3.0)
+    data = ReportData(
+        run_ids=("x",),
+        updates=(0, 1),
+        h_rms=(0.5, 0.6),
+        c_rms=(1.0, 1.1),
+        env_rms_max=(1.2, 1.3),
+        returns=(math.nan, 5.0),
+        thresholds=t,
+    )
+    ax = health_axes(build_figure(data))
+    bands = {p.get_gid(): p for p in ax.patches if isinstance(p, Rectangle)}
+    warning = bands["warning-band"]
+    assert (warning.get_y(), warning.get_y() + warning.get_height()) == (2.0, 3.0)
+    assert bands["critical-band"].get_y() == 3.0
+    assert ax.get_yscale() == "log"
+
+
+def test_the_second_panel_plots_the_episode_return() -> None:
+    """The return panel's line is extra["return_mean"] against update."""
+    data = ReportData(
+        run_ids=("x",),
+        updates=(0, 1, 2),
+        h_rms=(0.5,) * 3,
+        c_rms=(0.5,) * 3,
+        env_rms_max=(0.6,) * 3,
+        returns=(math.nan, 12.0, 30.5),
+        anomalies=(AnomalyMark(1, "lstm_nan", "critical", math.nan),),
+    )
+    fig = build_figure(data)
+    (line,) = lines_with(fig.axes[1], "return")
+    assert list(line.get_xdata()) == [0, 1, 2]  # type: ignore[arg-type]
+    assert list(line.get_ydata())[1:] == [12.0, 30.5]  # type: ignore[arg-type]
+
+
+def test_an_html_report_embeds_the_figure_and_lists_the_anomalies(tmp_path: Path) -> None:
+    """-o report.html: one page with the PNG inline and a table row per anomaly."""
+    run_dir = record_run(tmp_path / "run", 4, {1: "inf"})
+    page = write_report(run_dir, tmp_path / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert "data:image/png;base64," in page
+    assert "<td>1</td><td>lstm_inf</td><td>critical</td><td>inf</td>" in page
+
+
+def test_an_output_that_is_neither_png_nor_html_is_refused(tmp_path: Path) -> None:
+    """write_report(..., "x.pdf") raises ValueError naming the suffixes."""
+    run_dir = record_run(tmp_path, 1)
+    with pytest.raises(ValueError, match=r"must end in \.png or \.html"):
+        write_report(run_dir, tmp_path / "x.pdf")
+
+
+def test_esper_report_writes_the_png_into_the_run_directory(tmp_path: Path) -> None:
+    """esper report RUN_DIR writes RUN_DIR/report.png and says where."""
+    run_dir = record_run(tmp_path, 3)
+    result = CliRunner().invoke(main, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"wrote {run_dir / 'report.png'}\n"
+    assert png_size(run_dir / "report.png") == (WIDTH, HEIGHT)
+
+
+def test_esper_report_warns_about_skipped_lines(tmp_path: Path) -> None:
+    """A bad line in the events file is skipped, with one warning line naming it."""
+    run_dir = record_run(tmp_path, 2)
+    with (run_dir / "events.jsonl").open("a") as f:
+        f.write("not json\n")
+    result = CliRunner().invoke(main, ["report", str(run_dir), "-o", str(tmp_path / "r.png")])
+    assert result.exit_code == 0, result.output
+    assert "warning: skipped 1 bad line; the first: " in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{run}", "-o", "{run}/r.svg"], "must end in .png or .html"),
+        (["{missing}"], "does not exist"),
+    ],
+)
+def test_esper_report_refuses_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    """A wrong suffix or a missing run directory exits 2 with a message naming it."""
+    run_dir = record_run(tmp_path / "run", 1)
+    argv = [a.format(run=run_dir, missing=tmp_path / "missing") for a in args]
+    result = CliRunner().invoke(main, ["report", *argv])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+def test_esper_ppo_report_writes_report_png_at_the_end_of_the_run(tmp_path: Path) -> None:
+    """run_ppo with report=True leaves report.png next to events.jsonl and names it."""
+    out = io.StringIO()
+    options = RunOptions(
+        config=PPOConfig(updates=3, envs=2, steps=8, hidden=16, epochs=1),
+        run_root=tmp_path,
+        run_id="rep",
+        wandb="disabled",
+        progress=False,
+        report=True,
+    )
+    outcome = run_ppo(options, Console(file=out, soft_wrap=True))
+    assert outcome.exit_code == EXIT_OK
+    assert outcome.report == tmp_path / "rep" / "report.png"
+    assert png_size(tmp_path / "rep" / "report.png") == (WIDTH, HEIGHT)
+    assert f"report           {tmp_path / 'rep' / 'report.png'}" in out.getvalue()

@@ -1,0 +1,615 @@
+"""The live panel, driven headless with Textual's pilot: values, verdicts, keys, watch, --tui."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+from rich.text import Text
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Static
+
+from esper_telemetry import HealthThresholds, PPOUpdatePayload, TelemetryEvent, TelemetryHub
+from esper_telemetry.analytics import read_events
+from esper_telemetry.backends import AnalyticsCollector, AnomalyEscalator
+from esper_telemetry.cli import main
+from esper_telemetry.contracts import RunFinishedPayload
+from esper_telemetry.run import EXIT_INTERRUPTED, EXIT_OK, RunOptions, run_ppo
+from esper_telemetry.training.ppo import PPOConfig
+from esper_telemetry.tui import (
+    HealthPanel,
+    LogFollower,
+    PanelBackend,
+    format_value,
+    subscribe_panel,
+)
+from tests.faulty_lstm import FaultyLSTM
+
+SIZE = (140, 40)
+HEALTHY = {
+    "h_l2_total": 2.0,
+    "c_l2_total": 4.0,
+    "h_rms": 0.2134,
+    "c_rms": 0.5,
+    "h_env_rms_mean": 0.2,
+    "h_env_rms_max": 0.31,
+    "c_env_rms_mean": 0.45,
+    "c_env_rms_max": 0.7,
+    "h_max": 0.9,
+    "c_max": 2.5,
+    "has_nan": False,
+    "has_inf": False,
+}
+
+
+def ppo_event(update: int, seq: int | None = None, **health: Any) -> TelemetryEvent:
+    """A PPO update with the HEALTHY state, changed by ``health``."""
+    values = {**HEALTHY, **health}
+    return TelemetryEvent(
+        run_id="t",
+        seq=update if seq is None else seq,
+        update=update,
+        payload=PPOUpdatePayload(
+            policy_loss=-0.0123,
+            value_loss=0.5,
+            entropy=0.69,
+            approx_kl=1.5e-5,
+            env_steps=256 * (update + 1),
+            extra={"return_mean": 21.5},
+            **{f"lstm_{k}": v for k, v in values.items()},
+        ),
+    )
+
+
+def drive(
+    app: HealthPanel, script: Callable[[Pilot[None]], Awaitable[None]], size: tuple[int, int] = SIZE
+) -> None:
+    """Run ``script`` against the panel, headless."""
+
+    async def go() -> None:
+        async with app.run_test(size=size) as pilot:
+            await script(pilot)
+
+    asyncio.run(go())
+
+
+async def settle(pilot: Pilot[None], condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Let the panel work until ``condition()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the panel never reached the expected state"
+        await pilot.pause(0.02)
+
+
+async def show(pilot: Pilot[None], app: HealthPanel, *events: TelemetryEvent) -> None:
+    """Post events as a backend would and wait until the panel has drawn them."""
+    before = app.state.events_seen
+    app.post_message(HealthPanel.Telemetry(events))
+    await settle(pilot, lambda: app.state.events_seen == before + len(events) and app.shows_latest)
+
+
+def cell(app: HealthPanel, table: str, row: str, column: str) -> Text:
+    """A cell of one of the panel's tables, as Rich text."""
+    value = app.query_one(f"#{table}", DataTable).get_cell(row, column)
+    return value if isinstance(value, Text) else Text(str(value))
+
+
+def static_text(app: HealthPanel, name: str) -> str:
+    """The plain text of one of the panel's Static widgets."""
+    return str(app.query_one(f"#{name}", Static).render())
+
+
+def rows(app: HealthPanel, table: str) -> list[list[str]]:
+    """Every row of a table, as plain strings."""
+    t = app.query_one(f"#{table}", DataTable)
+    return [[str(c) for c in t.get_row_at(i)] for i in range(t.row_count)]
+
+
+def headless_with(
+    monkeypatch: pytest.MonkeyPatch, pilot_script: Callable[[Pilot[None]], Awaitable[None]]
+) -> None:
+    """Make HealthPanel.run headless, driven by ``pilot_script`` (no terminal in tests)."""
+    original = HealthPanel.run
+
+    def run(self: HealthPanel, **kwargs: Any) -> None:
+        return original(self, headless=True, size=SIZE, auto_pilot=pilot_script)
+
+    monkeypatch.setattr(HealthPanel, "run", run)
+
+
+# -- formatting ---------------------------------------------------------------------------
+
+
+def test_values_have_three_decimals_and_scientific_notation_when_tiny_or_huge() -> None:
+    """0.2134 reads 0.213; 2.5e-7 and 3.2e6 read in scientific notation."""
+    assert [format_value(v) for v in (0.2134, 7.0, 2.5e-7, 3.2e6, 0.0)] == [
+        "0.213",
+        "7.000",
+        "2.500e-07",
+        "3.200e+06",
+        "0.000",
+    ]
+
+
+def test_non_finite_values_are_written_exactly() -> None:
+    """NaN and infinities read "nan", "inf" and "-inf", never a number."""
+    assert [format_value(v) for v in (math.nan, math.inf, -math.inf)] == ["nan", "inf", "-inf"]
+
+
+# -- health panel -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "row", "word", "colour", "rms"),
+    [
+        ({}, "h", "HEALTHY", "green", "0.213"),
+        ({"c_rms": 6.25}, "c", "WARNING", "yellow", "6.250"),
+        ({"c_rms": 25.0, "c_env_rms_max": 40.0}, "c", "CRITICAL", "red", "25.000"),
+        ({"h_rms": math.nan, "h_max": math.nan, "has_nan": True}, "h", "CRITICAL", "red", "nan"),
+        ({"h_rms": 2e-9, "c_rms": 1e-8}, "h", "CRITICAL", "red", "2.000e-09"),
+    ],
+    ids=["healthy", "warning", "exploded", "nan", "vanished"],
+)
+def test_each_state_shows_its_value_status_word_and_colour(
+    change: dict[str, Any], row: str, word: str, colour: str, rms: str
+) -> None:
+    """The tensor's RMS and verdict appear as text in the verdict's colour, overall too."""
+    app = HealthPanel()
+
+    async def script(pilot: Pilot[None]) -> None:
+        await show(pilot, app, ppo_event(0, **change))
+        status = cell(app, "health", "status", row)
+        value = cell(app, "health", "rms", row)
+        assert (status.plain, value.plain) == (word, rms)
+        assert colour in str(status.style)
+        assert colour in str(value.style)
+        assert f"state {word}" in static_text(app, "overall")
+
+    drive(app, script)
+
+
+def test_health_row_shows_env_rms_and_max_abs() -> None:
+    """env-RMS mean and max and max |x| of h and c are on screen, to 3 decimals."""
+    app = HealthPanel()
+
+    async def script(pilot: Pilot[None]) -> None:
+        await show(pilot, app, ppo_event(0))
+        assert rows(app, "health") == [
+            ["rms", "0.213", "0.500"],
+            ["status", "HEALTHY", "HEALTHY"],
+            ["env-RMS mean", "0.200", "0.450"],
+            ["env-RMS max", "0.310", "0.700"],
+            ["max |x|", "0.900", "2.500"],
+        ]
+
+    drive(app, script)
+
+
+def test_nan_and_inf_flags_are_words() -> None:
+    """An Inf in the state reads "Inf yes" (red) and "NaN no"."""
+    app = HealthPanel()
+
+    async def script(pilot: Pilot[None]) -> None:
+        await show(pilot, app, ppo_event(0, c_max=math.inf, c_rms=math.inf, has_inf=True))
+        overall = static_text(app, "overall")
+        assert "NaN no" in overall
+        assert "Inf yes" in overall
+        assert cell(app, "health", "max", "c").plain == "inf"
+
+    drive(app, script)
+
+
+def test_the_panel_applies_the_thresholds_it_is_given() -> None:
+    """With warning_rms=0.4 (the detector's instance), c_rms 0.5 is a WARNING on the panel."""
+    app = HealthPanel(thresholds=HealthThresholds(warning_rms=0.4, critical_rms=1.0))
+
+    async def script(pilot: Pilot[None]) -> None:
+        await show(pilot, app, ppo_event(0))
+        assert cell(app, "health", "status", "c").plain == "WARNING"
+        assert cell(app, "health", "status", "h").plain == "HEALTHY"
+        assert "warning > 0.400, critical > 1.000" in static_text(app, "thresholds")
+
+    drive(app, script)
+
+
+def test_sparklines_cover_the_recent_updates_and_mark_nan() -> None:
+    """One bar per update for h_rms and c_rms; a NaN update is drawn as "×"."""
+    app = HealthPanel(history=4)
+
+    async def script(pilot: Pilot[None]) -> None:
+        events = [ppo_event(k, h_rms=0.1 * (k + 1)) for k in range(5)]
+        events.append(ppo_event(5, h_rms=math.nan, h_max=math.nan, has_nan=True))
+        await show(pilot, app, *events)
+        h_line, c_line, span = static_text(app, "sparklines").splitlines()
+        assert h_line.startswith("h_rms ")
+        assert len(h_line.split()[1]) == 4
+        assert h_line.split()[1].endswith("×")
+        assert h_line.endswith("nan")
+        assert c_line.split()[1:] == ["▅▅▅▅", "0.500"]  # a constant c_rms: mid-height bars
+        assert span == "updates 2–5, log scale"
+
+    drive(app, script)
+
+
+def test_ppo_statistics_of_the_last_update_are_shown() -> None:
+    """The last update's losses, KL, env steps and the trainer's extras are listed."""
+    app = HealthPanel()
+
+    async def script(pilot: Pilot[None]) -> None:
+        await show(pilot, app, ppo_event(0), ppo_event(1))
+        assert rows(app, "ppo") == [
+            ["policy_loss", "-0.012"],
+            ["value_loss", "0.500"],
+            ["entropy", "0.690"],
+            ["approx_kl", "1.500e-05"],
+            ["env_steps", "512"],
+            ["return_mean", "21.500"],
+        ]
+        assert app.query_one("#ppo").border_title == "PPO statistics — update 1"
+
+    drive(app, script)
+
+
+def test_an_injected_fault_adds_anomaly_rows_newest_first_and_raises_the_level() -> None:
+    """NaN at update 2, explosion at 4: two anomaly rows, newest first; level DEBUG since 2."""
+    app = HealthPanel()
+    hub = TelemetryHub("fault")
+    hub.subscribe(AnomalyEscalator(escalate_for=10), mode="inline")
+
+    async def script(pilot: Pilot[None]) -> None:
+        subscribe_panel(hub, app)
+        lstm = FaultyLSTM(hub, {2: "nan", 4: "explode"})
+        worker = threading.Thread(target=lambda: [lstm.update(k) for k in range(6)])
+        worker.start()
+        await settle(pilot, lambda: not worker.is_alive())
+        assert await asyncio.to_thread(hub.flush, 10)  # not on the panel's own thread
+        await settle(pilot, lambda: app.state.ppo_update == 5 and app.shows_latest)
+        anomalies = rows(app, "anomalies")
+        assert [r[:3] for r in anomalies] == [
+            ["4", "lstm_c_explosion", "CRITICAL"],
+            ["2", "lstm_nan", "CRITICAL"],
+        ]
+        assert anomalies[0][4] == "10.000"  # the threshold crossed
+        assert anomalies[1][3:] == ["nan", "—"]
+        level = static_text(app, "level")
+        assert level.startswith("DEBUG  since update 2 (")
+        assert "lstm_nan at update 2" in level
+
+    try:
+        drive(app, script)
+    finally:
+        hub.close(timeout=10)
+
+
+def test_the_subscriber_table_shows_the_hubs_live_counts() -> None:
+    """Each subscriber's delivered, failed, dropped and queue depth, polled from hub.stats()."""
+    hub = TelemetryHub("stats")
+    app = HealthPanel(stats=hub.stats, stats_interval=0.05)
+
+    async def script(pilot: Pilot[None]) -> None:
+        hub.subscribe(lambda e: None, mode="inline", name="inline-fn")
+        subscribe_panel(hub, app)
+        for k in range(3):
+            await asyncio.to_thread(hub.emit, ppo_event(k))
+        await settle(pilot, lambda: ["tui", "3", "0", "0", "0/256"] in rows(app, "subscribers"))
+        assert ["inline-fn", "3", "0", "0", "inline"] in rows(app, "subscribers")
+        assert "live from the hub" in static_text(app, "subscribers-note")
+
+    try:
+        drive(app, script)
+    finally:
+        hub.close(timeout=10)
+
+
+# -- keys ---------------------------------------------------------------------------------
+
+
+def test_p_pauses_the_display_but_events_are_still_absorbed() -> None:
+    """While paused the table keeps the old value; on resume it shows the newest."""
+    app = HealthPanel()
+
+    async def script(pilot: Pilot[None]) -> None:
+        await show(pilot, app, ppo_event(0))
+        await pilot.press("p")
+        assert "PAUSED" in static_text(app, "status")
+        app.post_message(HealthPanel.Telemetry([ppo_event(1, c_rms=7.0)]))
+        await settle(pilot, lambda: app.state.events_seen == 2)
+        await pilot.pause(0.15)
+        assert cell(app, "health", "rms", "c").plain == "0.500"
+        await pilot.press("p")
+        await pilot.pause()
+        assert cell(app, "health", "rms", "c").plain == "7.000"
+        assert "PAUSED" not in static_text(app, "status")
+
+    drive(app, script)
+
+
+def test_question_mark_opens_the_help_and_escape_closes_it() -> None:
+    """? shows the key legend over the panel; escape returns to the panel."""
+    app = HealthPanel()
+
+    async def script(pilot: Pilot[None]) -> None:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert "pause / resume the display" in str(app.screen.query_one("#help-text").render())
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not app.screen.query("#help-text")
+
+    drive(app, script)
+
+
+def test_q_quits_and_the_panel_stops_accepting_events() -> None:
+    """After q the app is no longer running and refuses events."""
+    app = HealthPanel()
+
+    async def script(pilot: Pilot[None]) -> None:
+        assert app.accepting_events
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.accepting_events
+
+    drive(app, script)
+    assert app.return_code == 0
+
+
+# -- the backend --------------------------------------------------------------------------
+
+
+def test_the_panel_subscribes_on_its_own_thread_dropping_the_oldest_events() -> None:
+    """subscribe_panel: mode thread, when_full drop_oldest, so training never waits for it."""
+    with TelemetryHub("sub") as hub:
+        name = subscribe_panel(hub, HealthPanel())
+        (entry,) = hub.stats().subscribers
+    assert (name, entry.mode, entry.when_full, entry.queue_size) == (
+        "tui",
+        "thread",
+        "drop_oldest",
+        256,
+    )
+
+
+class SlowPanel(HealthPanel):
+    """A panel whose terminal is slow: absorbing each event takes 50 ms."""
+
+    def on_health_panel_telemetry(self, message: HealthPanel.Telemetry) -> None:
+        # Textual also runs HealthPanel's own handler after this one (it walks the MRO).
+        time.sleep(0.05)
+
+
+def test_a_slow_panel_drops_old_events_instead_of_slowing_the_emitter() -> None:
+    """200 emits to a panel taking 50 ms an event return at once; the excess is dropped."""
+    app = SlowPanel()
+    hub = TelemetryHub("slow")
+    emitted: list[float] = []
+
+    def emit_all() -> None:
+        began = time.perf_counter()
+        for k in range(200):
+            hub.emit(ppo_event(k))
+        emitted.append(time.perf_counter() - began)
+
+    async def script(pilot: Pilot[None]) -> None:
+        subscribe_panel(hub, app, queue_size=8)
+        await asyncio.to_thread(emit_all)
+        await asyncio.to_thread(hub.close, 10)
+
+    drive(app, script)
+    (entry,) = hub.stats().subscribers
+    assert emitted[0] < 2.0  # blocking on the panel would take 200 × 50 ms = 10 s
+    assert entry.dropped > 100
+    assert (entry.delivered + entry.dropped, entry.failed) == (200, 0)
+    assert app.state.events_seen == entry.delivered
+
+
+def test_the_backend_never_raises_once_the_panel_has_exited() -> None:
+    """Events handled after the panel quit are counted as missed; the hub sees no failure."""
+    app = HealthPanel()
+    backend = PanelBackend(app)
+    drive(app, lambda pilot: pilot.press("q"))
+    with TelemetryHub("gone") as hub:
+        hub.subscribe(backend, when_full="drop_oldest")
+        for k in range(3):
+            hub.emit(ppo_event(k))
+    (entry,) = hub.stats().subscribers
+    assert (entry.delivered, entry.failed, backend.missed) == (3, 0, 3)
+
+
+# -- the log follower and esper watch ------------------------------------------------------
+
+
+def line_of(event: TelemetryEvent) -> bytes:
+    """One line of an events file, as the analytics collector writes it."""
+    return event.model_dump_json().encode() + b"\n"
+
+
+def test_the_follower_waits_for_the_rest_of_a_torn_last_line(tmp_path: Path) -> None:
+    """A last line without its newline is neither read nor reported until it is complete."""
+    path = tmp_path / "events.jsonl"
+    whole = line_of(ppo_event(1))
+    path.write_bytes(line_of(ppo_event(0)) + whole[:30])
+    follower = LogFollower(tmp_path)
+    first = follower.poll()
+    assert ([e.update for e in first.events], first.bad_lines) == ([0], ())
+    assert follower.waiting_for is not None
+    assert "waiting for the rest of line 2" in follower.waiting_for
+    with path.open("ab") as f:
+        f.write(whole[30:])
+    second = follower.poll()
+    assert ([e.update for e in second.events], second.bad_lines) == ([1], ())
+    assert follower.waiting_for is None
+
+
+def test_the_follower_reports_complete_bad_lines_by_number(tmp_path: Path) -> None:
+    """A complete line that is not an event is skipped and reported with its line number."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(line_of(ppo_event(0)) + b'{"not": "an event"}\n' + line_of(ppo_event(1)))
+    chunk = LogFollower(path).poll()
+    assert [e.update for e in chunk.events] == [0, 1]
+    assert [(b.line_number, b.torn) for b in chunk.bad_lines] == [(2, False)]
+
+
+def test_the_follower_starts_over_when_the_file_shrinks(tmp_path: Path) -> None:
+    """A replaced (shorter) file is read again from its start, flagged as a restart."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(line_of(ppo_event(0)) + line_of(ppo_event(1)))
+    follower = LogFollower(path)
+    follower.poll()
+    path.write_bytes(line_of(ppo_event(7)))
+    chunk = follower.poll()
+    assert (chunk.restarted, [e.update for e in chunk.events]) == (True, [7])
+
+
+def test_watch_follows_a_file_that_grows_while_the_app_runs(tmp_path: Path) -> None:
+    """Lines appended while the panel runs show up, a torn line once complete, bad lines too."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(line_of(ppo_event(0)))
+    app = HealthPanel(follow=LogFollower(tmp_path), poll_interval=0.02)
+
+    async def script(pilot: Pilot[None]) -> None:
+        await settle(pilot, lambda: app.state.ppo_update == 0)
+        assert "n/a (watching a log)" in static_text(app, "subscribers-note")
+        later = line_of(ppo_event(1, c_rms=6.0))
+        with path.open("ab") as f:
+            f.write(later[:25])
+        await settle(pilot, lambda: "waiting for the rest of line 2" in static_text(app, "status"))
+        assert app.state.ppo_update == 0
+        with path.open("ab") as f:
+            f.write(later[25:] + b"garbage\n")
+        await settle(pilot, lambda: app.state.ppo_update == 1 and app.shows_latest)
+        assert cell(app, "health", "status", "c").plain == "WARNING"
+        status = static_text(app, "status")
+        assert "1 bad line skipped; last: " in status
+        assert "events.jsonl:3:" in status
+
+    drive(app, script)
+
+
+def test_watch_shows_the_final_subscriber_counts_of_a_finished_run(tmp_path: Path) -> None:
+    """For a finished run, the subscriber table comes from RUN_FINISHED's hub_stats."""
+    with TelemetryHub("done") as hub:
+        hub.subscribe(AnalyticsCollector(tmp_path))
+        hub.emit(ppo_event(0))
+        hub.flush()
+        hub.emit(
+            TelemetryEvent(
+                update=0, payload=RunFinishedPayload(status="completed", hub_stats=hub.stats())
+            )
+        )
+    app = HealthPanel(follow=LogFollower(tmp_path))
+
+    async def script(pilot: Pilot[None]) -> None:
+        await settle(pilot, lambda: app.state.finished is not None and app.shows_latest)
+        assert rows(app, "subscribers") == [["analytics", "1", "0", "0", "0/1024"]]
+        assert "from RUN_FINISHED" in static_text(app, "subscribers-note")
+        assert "finished: completed" in static_text(app, "status")
+
+    drive(app, script)
+
+
+def test_esper_watch_refuses_a_missing_run_directory(tmp_path: Path) -> None:
+    """esper watch on a path that does not exist exits 2 naming it."""
+    result = CliRunner().invoke(main, ["watch", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "nope" in result.output
+
+
+def test_esper_watch_shows_the_panel_for_a_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """esper watch RUN_DIR runs the panel on that run's events file until q."""
+    (tmp_path / "events.jsonl").write_bytes(line_of(ppo_event(3)))
+    seen: list[int | None] = []
+
+    async def pilot_script(pilot: Pilot[None]) -> None:
+        app = pilot.app
+        assert isinstance(app, HealthPanel)
+        await settle(pilot, lambda: app.state.ppo_update == 3)
+        seen.append(app.state.ppo_update)
+        await pilot.press("q")
+
+    headless_with(monkeypatch, pilot_script)
+    result = CliRunner().invoke(main, ["watch", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen == [3]
+
+
+# -- esper ppo --tui ----------------------------------------------------------------------
+
+
+def tiny_options(tmp_path: Path, updates: int, **kwargs: Any) -> RunOptions:
+    """esper ppo's options for a small, fast run without W&B or a progress bar."""
+    config = PPOConfig(updates=updates, envs=2, steps=8, hidden=16, epochs=1)
+    return RunOptions(config=config, run_root=tmp_path, wandb="disabled", progress=False, **kwargs)
+
+
+@pytest.fixture
+def console() -> Console:
+    """A console whose output goes nowhere."""
+    return Console(file=io.StringIO(), soft_wrap=True)
+
+
+def test_quitting_the_panel_stops_training_cleanly_with_everything_flushed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, console: Console
+) -> None:
+    """q during --tui: training stops after the current update, every event is in the
+    analytics log ending with RUN_FINISHED interrupted, exit status 130."""
+    seen: list[int] = []
+
+    async def pilot_script(pilot: Pilot[None]) -> None:
+        app = pilot.app
+        assert isinstance(app, HealthPanel)
+        await settle(pilot, lambda: (app.state.ppo_update or 0) >= 2, timeout=60)
+        seen.append(app.state.ppo_update or 0)
+        await pilot.press("q")
+
+    headless_with(monkeypatch, pilot_script)
+    outcome = run_ppo(tiny_options(tmp_path, 10_000, run_id="quit", tui=True), console)
+    assert outcome.exit_code == EXIT_INTERRUPTED
+    assert outcome.result is not None
+    assert outcome.result.status == "interrupted"
+    assert seen[0] >= 2
+    events = list(read_events(tmp_path / "quit"))
+    updates = [e.update for e in events if e.event_type.value == "PPO_UPDATE_COMPLETED"]
+    assert updates == list(range(outcome.result.updates))
+    assert events[-1].event_type.value == "RUN_FINISHED"
+    assert outcome.stats is not None
+    tui = next(s for s in outcome.stats.subscribers if s.name == "tui")
+    assert (tui.failed, tui.abandoned, tui.stuck) == (0, 0, False)
+
+
+def test_a_run_that_ends_under_the_panel_waits_for_q_and_exits_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, console: Console
+) -> None:
+    """When training completes first, the panel says so and stays until q; exit status 0."""
+    status: list[str] = []
+
+    async def pilot_script(pilot: Pilot[None]) -> None:
+        app = pilot.app
+        assert isinstance(app, HealthPanel)
+        await settle(pilot, lambda: app.work_status is not None, timeout=60)
+        await settle(pilot, lambda: app.state.finished is not None and app.shows_latest)
+        status.append(static_text(app, "status"))
+        await pilot.press("q")
+
+    headless_with(monkeypatch, pilot_script)
+    outcome = run_ppo(tiny_options(tmp_path, 3, run_id="done", tui=True), console)
+    assert (outcome.exit_code, outcome.message) == (EXIT_OK, "completed")
+    assert "finished: completed" in status[0]
+    assert "training finished: press q to leave" in status[0]
+
+
+def test_ppo_help_lists_tui_and_report() -> None:
+    """esper ppo --help documents --tui and --report."""
+    result = CliRunner().invoke(main, ["ppo", "--help"])
+    assert "--tui" in result.output
+    assert "--report" in result.output
