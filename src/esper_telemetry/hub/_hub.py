@@ -30,6 +30,7 @@ from typing import Literal, Self
 import blinker
 
 from esper_telemetry.contracts import (
+    AnomalyDetectedPayload,
     EventType,
     HubStats,
     RunFinishedPayload,
@@ -417,11 +418,21 @@ class TelemetryHub:
                     with self._lock:
                         self._delivered_cv.notify_all()
                     continue
+                interrupted: BaseException | None = None
                 for sub in routes[item.event_type]:
-                    sub.offer(item)
+                    try:
+                        sub.offer(item)
+                    except BaseException as exc:
+                        # Ctrl-C (KeyboardInterrupt) landing in one subscriber must not
+                        # keep the event from the ones after it: offer it to all, then
+                        # let the interrupt go on. An event is never partly delivered.
+                        if interrupted is None:
+                            interrupted = exc
                 with self._lock:
                     self._delivered_seq = item.seq
                     self._delivered_cv.notify_all()
+                if interrupted is not None:
+                    raise interrupted
         except BaseException:
             # E.g. KeyboardInterrupt while waiting for queue room: hand the dispatcher
             # role back so the events still pending go out with the next emit.
@@ -586,21 +597,26 @@ class TelemetryHub:
 
 
 def _without_secrets(event: TelemetryEvent) -> TelemetryEvent:
-    """The event with secrets in its free-form fields redacted (see ``redact_secrets``)."""
+    """The event with secrets in its free-text fields redacted (see ``redact_secrets``).
+
+    Every payload field a person or a subscriber can fill with text is covered: the run's
+    config and description, the finish message, an anomaly's message and a level
+    change's reason. PPO updates carry numbers only and pass untouched (no cost).
+    """
     payload = event.payload
-    clean: RunStartedPayload | RunFinishedPayload
+    changes: dict[str, object]
     if isinstance(payload, RunStartedPayload):
-        clean = payload.model_copy(
-            update={
-                "config": redact_secrets(payload.config),
-                "description": redact_secrets(payload.description),
-            }
-        )
-    elif isinstance(payload, RunFinishedPayload):
-        clean = payload.model_copy(update={"message": redact_secrets(payload.message)})
+        changes = {
+            "config": redact_secrets(payload.config),
+            "description": redact_secrets(payload.description),
+        }
+    elif isinstance(payload, RunFinishedPayload | AnomalyDetectedPayload):
+        changes = {"message": redact_secrets(payload.message)}
+    elif isinstance(payload, TelemetryLevelChangedPayload):
+        changes = {"reason": redact_secrets(payload.reason)}
     else:
         return event
-    return event.model_copy(update={"payload": clean})
+    return event.model_copy(update={"payload": payload.model_copy(update=changes)})
 
 
 def _checked_run_id(run_id: str | None) -> str:

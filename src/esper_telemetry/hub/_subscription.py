@@ -115,10 +115,20 @@ class Subscription:
                 elif current_subscription() is not self:
                     # Lossless back-pressure. A subscriber emitting from its own worker
                     # must not wait on itself: it overflows the bound instead.
-                    self._wait_for_room()
-            self._queue.append(event)
-            self._queued_events += 1
-            self._not_empty.notify()
+                    try:
+                        self._wait_for_room()
+                    except BaseException:
+                        # Ctrl-C while waiting: queue the event anyway, one over the
+                        # bound, so that the interrupt loses no event.
+                        self._put(event)
+                        raise
+            self._put(event)
+
+    def _put(self, event: TelemetryEvent) -> None:
+        """Append ``event`` to the queue and wake the worker (lock held)."""
+        self._queue.append(event)
+        self._queued_events += 1
+        self._not_empty.notify()
 
     def set_close_deadline(self, deadline: float) -> None:
         """From now on a blocked put gives up at ``deadline`` (the hub is closing)."""
@@ -217,6 +227,10 @@ class Subscription:
         try:
             fn()
         except Exception as exc:
+            # Counted like a failed event: what a failed flush() or close() should have
+            # made durable (the analytics log's last fsync) may be lost, and a failure
+            # only logged would leave the run's exit status at "completed".
+            self.failed += 1
             self._record_failure(exc, f"in {what}()")
             return False
         return True

@@ -71,8 +71,9 @@ def compute_lstm_health(
 
     Raises:
         TypeError: ``hidden`` is not a pair of tensors.
-        ValueError: a tensor is empty, not floating point, of rank other than 2 or 3,
-            or h and c disagree on layers, batch or device. The message shows the shapes.
+        ValueError: a tensor is empty, not floating point, not dense (sparse, nested),
+            on the meta device, of rank other than 2 or 3, or h and c disagree on layers,
+            batch or device. The message shows the shapes.
 
     >>> import torch
     >>> lstm = torch.nn.LSTM(input_size=4, hidden_size=8, num_layers=2)
@@ -128,6 +129,10 @@ def _shape_problem(h: torch.Tensor, c: torch.Tensor) -> str | None:
                 f"{name} must be a floating-point tensor (float16, bfloat16, float32 or "
                 f"float64), got {t.dtype}"
             )
+        if t.layout is not torch.strided or t.is_nested:
+            return f"{name} must be a dense tensor, got layout {t.layout}"
+        if t.is_meta:
+            return f"{name} is on the meta device: it holds no values to measure"
         if t.dim() not in (2, 3):
             return f"{name} must be [layers, batch, hidden] or [batch, hidden], got rank {t.dim()}"
     if h.dim() != c.dim():

@@ -1,0 +1,177 @@
+"""Every field of every contract refuses a wrong type, and every contract an unknown field,
+with an error that names the field: in JSON (how logs are read) and in Python.
+
+The samples come from a real hub run (an LSTM pushed to explode at DEBUG level, a
+failing subscriber), so that every optional field is set as the system sets it.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from esper_telemetry import AnomalyDetector, EventType, TelemetryEvent, TelemetryHub
+from esper_telemetry.backends import AnomalyEscalator
+from esper_telemetry.contracts import (
+    HealthThresholds,
+    PPOUpdatePayload,
+    RunFinishedPayload,
+    RunStartedPayload,
+)
+from esper_telemetry.contracts._base import Contract
+from esper_telemetry.testing import capture_events
+from tests.faulty_lstm import FaultyLSTM
+
+NON_FINITE = ("NaN", "Infinity", "-Infinity")
+#: TelemetryLevel fields coerce like lax pydantic: JSON true, "1" and 1.0 read as MINIMAL.
+#: A gap in contracts/ (outside this suite's remit), pinned by the strict xfail below.
+LAX_LEVEL_FIELDS = frozenset({"level", "previous"})
+LAX_LEVEL_VALUES = ("1", True, 1.0)
+
+
+def fails(event: TelemetryEvent) -> None:
+    raise RuntimeError("sample failure")
+
+
+@cache
+def samples() -> dict[str, Contract]:
+    """One instance of every contract, with every optional field filled in."""
+    hub = TelemetryHub("samples")
+    hub.subscribe(AnomalyEscalator(escalate_for=1), mode="inline")
+    hub.subscribe(fails, mode="inline")
+    with capture_events(hub) as rec:
+        config = {"lr": 0.1, "layers": [1, 2], "nested": {"a": "b"}, "off": None}
+        hub.emit(
+            TelemetryEvent(update=0, payload=RunStartedPayload(config=config, description="d"))
+        )
+        model = FaultyLSTM(hub, {1: "explode", 2: "explode"})
+        for k in (0, 1, 2):
+            model.update(k)
+        payload = RunFinishedPayload(
+            status="interrupted", message="m", summary={"x": 1.0}, hub_stats=hub.stats()
+        )
+        hub.emit(TelemetryEvent(update=2, payload=payload))
+    hub.close()
+    last = {e.event_type: e for e in rec.events}
+    update = last[EventType.PPO_UPDATE_COMPLETED].payload
+    assert isinstance(update, PPOUpdatePayload)
+    health, detail, stats = update.health(), update.lstm_detail, payload.hub_stats
+    assert health is not None
+    assert detail is not None
+    assert stats is not None
+    report = AnomalyDetector().check_lstm_health(health)
+    found: dict[str, Contract] = {
+        type(c).__name__: c
+        for c in (
+            *(e.payload for e in last.values()),
+            health,
+            detail,
+            HealthThresholds(),
+            report,
+            report.anomalies[0],
+            stats,
+            next(s for s in stats.subscribers if s.name == "fails"),
+        )
+    }
+    found["TelemetryEvent"] = last[EventType.ANOMALY_DETECTED]
+    return found
+
+
+def wrong_values(field: str, sample: Any) -> list[Any]:
+    """JSON values of a type the field does not take, given a value it does take."""
+    values: list[Any] = [{"a": 1} if isinstance(sample, list) else [1]]
+    if isinstance(sample, bool):
+        values += [1, "true"]
+    elif isinstance(sample, int):
+        values += [1.5, 1.0, "1", True]
+    elif isinstance(sample, float) or sample in NON_FINITE:
+        values += ["1.5", "nan", True]
+    elif isinstance(sample, str):
+        values += ["not a time"] if field == "timestamp" else [True, 1]
+    return values
+
+
+def error_fields(exc: ValidationError) -> set[object]:
+    return {err["loc"][0] for err in exc.errors()}
+
+
+CONTRACTS = sorted(samples())
+
+
+def test_every_contract_is_sampled() -> None:
+    """The samples cover every contract exported by esper_telemetry.contracts."""
+    import esper_telemetry.contracts as contracts
+
+    exported = {
+        name
+        for name in contracts.__all__
+        if isinstance(getattr(contracts, name), type)
+        and issubclass(getattr(contracts, name), Contract)
+    }
+    assert exported == set(CONTRACTS)
+
+
+@pytest.mark.parametrize("name", CONTRACTS)
+def test_every_field_refuses_a_wrong_json_type_naming_the_field(name: str) -> None:
+    """Each field, given JSON of another type, fails validation under its own name."""
+    model = type(samples()[name])
+    data = json.loads(samples()[name].model_dump_json())
+    misses = []
+    for field in model.model_fields:
+        for wrong in wrong_values(field, data[field]):
+            if field in LAX_LEVEL_FIELDS and wrong in LAX_LEVEL_VALUES:
+                continue
+            try:
+                model.model_validate_json(json.dumps({**data, field: wrong}))
+            except ValidationError as exc:
+                if error_fields(exc) != {field} or field not in str(exc):
+                    misses.append((field, wrong, str(exc)))
+            else:
+                misses.append((field, wrong, "accepted"))
+    assert misses == []
+
+
+@pytest.mark.parametrize("name", CONTRACTS)
+def test_every_field_refuses_a_wrong_python_type_naming_the_field(name: str) -> None:
+    """Each field, given an arbitrary object, fails validation under its own name."""
+    sample = samples()[name]
+    model = type(sample)
+    data = {field: getattr(sample, field) for field in model.model_fields}
+    misses = []
+    for field in model.model_fields:
+        try:
+            model.model_validate({**data, field: object()})
+        except ValidationError as exc:
+            if error_fields(exc) != {field} or field not in str(exc):
+                misses.append((field, str(exc)))
+        else:
+            misses.append((field, "accepted"))
+    assert misses == []
+
+
+@pytest.mark.parametrize("name", CONTRACTS)
+def test_an_unknown_field_is_refused_by_name(name: str) -> None:
+    """A field the contract does not declare is an error naming it, not silently kept."""
+    data = json.loads(samples()[name].model_dump_json())
+    with pytest.raises(ValidationError, match="from_a_newer_version") as info:
+        type(samples()[name]).model_validate_json(json.dumps({**data, "from_a_newer_version": 1}))
+    assert [(e["loc"], e["type"]) for e in info.value.errors()] == [
+        (("from_a_newer_version",), "extra_forbidden")
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason='TelemetryLevel fields accept JSON true, "1" and 1.0 (lax enum coercion in '
+    "contracts/levels.py); remove LAX_LEVEL_* above once they are strict",
+)
+@pytest.mark.parametrize("wrong", LAX_LEVEL_VALUES, ids=repr)
+def test_level_fields_refuse_bools_numeric_strings_and_floats(wrong: object) -> None:
+    """A telemetry level is an int in JSON: true, "1" and 1.0 are not levels."""
+    data = json.loads(samples()["TelemetryEvent"].model_dump_json())
+    with pytest.raises(ValidationError, match="level"):
+        TelemetryEvent.model_validate_json(json.dumps({**data, "level": wrong}))

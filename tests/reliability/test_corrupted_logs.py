@@ -1,0 +1,223 @@
+"""Corrupted analytics logs: random bytes inserted, lines cut short, invalid UTF-8, events
+of a newer schema, a torn tail. Read by ``read_events`` and by ``esper watch``'s
+follower (``LogFollower``), fed the file in random pieces as if it were being written.
+
+Every line is accounted for exactly once (read as an event, or skipped and reported with
+its line number); every line left untouched reads back as the event it was.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from esper_telemetry import TelemetryHub
+from esper_telemetry.analytics import BadLine, read_events
+from esper_telemetry.backends import AnalyticsCollector, AnomalyEscalator
+from esper_telemetry.contracts import SCHEMA_VERSION
+from esper_telemetry.tui import LogFollower
+from tests.faulty_lstm import FaultyLSTM
+
+
+@cache
+def clean_log() -> bytes:
+    """A real run's events file: 8 PPO updates, a NaN, its anomaly and level changes."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        with TelemetryHub("corrupt") as hub:
+            hub.subscribe(AnomalyEscalator(escalate_for=2), mode="inline")
+            hub.subscribe(AnalyticsCollector(run_dir))
+            model = FaultyLSTM(hub, {3: "nan"})
+            for k in range(8):
+                model.update(k)
+        return (Path(run_dir) / "events.jsonl").read_bytes()
+
+
+def newer(line: bytes) -> bytes:
+    data = json.loads(line)
+    data["schema_version"] = SCHEMA_VERSION + 1
+    data["payload"]["field_from_the_future"] = 1
+    return json.dumps(data).encode()
+
+
+@dataclass(frozen=True)
+class Corruption:
+    kind: str
+    line: int
+    at: float
+    junk: bytes
+
+
+corruptions = st.builds(
+    Corruption,
+    kind=st.sampled_from(["insert", "cut", "utf8", "newer", "delete-newline", "blank"]),
+    line=st.integers(0, 1000),
+    at=st.floats(0, 1),
+    junk=st.binary(min_size=1, max_size=12),
+)
+
+
+def corrupt(original: bytes, changes: list[Corruption], torn: float | None) -> bytes:
+    lines = original.split(b"\n")[:-1]
+    originals = set(lines)
+    for c in changes:
+        i = c.line % len(lines)
+        line = lines[i]
+        cut = int(c.at * len(line))
+        if c.kind == "insert":
+            line = line[:cut] + c.junk + line[cut:]
+        elif c.kind == "cut":
+            line = line[:cut]
+        elif c.kind == "utf8":
+            line = line[:cut] + b"\xff\xfe" + line[cut:]
+        elif c.kind == "newer":
+            line = newer(line) if line in originals else line
+        elif c.kind == "delete-newline" and i + 1 < len(lines):
+            line += lines.pop(i + 1)
+        elif c.kind == "blank":
+            line = b"   \t"
+        lines[i] = line
+    data = b"".join(line + b"\n" for line in lines)
+    if torn is not None:
+        first = original.split(b"\n")[0]
+        data += first[: max(1, int(torn * len(first)))]
+    return data
+
+
+@dataclass
+class Expected:
+    """What a reader must make of a file, worked out from its bytes alone."""
+
+    counted: list[int]  # non-blank line numbers, the torn tail included
+    untouched: dict[int, bytes]  # line number -> an original line, byte for byte
+    torn_tail: int | None
+
+
+def expected(original: bytes, data: bytes) -> Expected:
+    originals = set(original.split(b"\n")[:-1])
+    pieces = data.split(b"\n")
+    complete, tail = pieces[:-1], pieces[-1]
+    counted = [n for n, line in enumerate(complete, 1) if line.strip()]
+    untouched = {n: line for n, line in enumerate(complete, 1) if line in originals}
+    torn_tail = len(complete) + 1 if tail.strip() else None
+    if torn_tail is not None:
+        counted.append(torn_tail)
+    return Expected(counted, untouched, torn_tail)
+
+
+def original_events(original: bytes) -> dict[bytes, str]:
+    """Each original line -> the JSON of the event it holds."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "events.jsonl"
+        path.write_bytes(original)
+        events = list(read_events(path))
+    return dict(zip(original.split(b"\n")[:-1], (e.model_dump_json() for e in events), strict=True))
+
+
+def read_file(data: bytes) -> tuple[list[str], list[BadLine]]:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "events.jsonl"
+        path.write_bytes(data)
+        bad: list[BadLine] = []
+        events = [e.model_dump_json() for e in read_events(path, on_bad_line=bad.append)]
+    return events, bad
+
+
+@given(
+    changes=st.lists(corruptions, min_size=1, max_size=6),
+    torn=st.one_of(st.none(), st.floats(0, 0.99)),
+)
+def test_read_events_accounts_for_every_line_and_reads_every_untouched_one(
+    changes: list[Corruption], torn: float | None
+) -> None:
+    """Each non-blank line is an event or a reported bad line, once; untouched lines read
+    back as their events; only the unterminated last line is reported torn."""
+    original = clean_log()
+    data = corrupt(original, changes, torn)
+    want = expected(original, data)
+    events, bad = read_file(data)
+
+    bad_numbers = [b.line_number for b in bad]
+    good_numbers = [n for n in want.counted if n not in bad_numbers]
+    assert sorted(bad_numbers) == bad_numbers
+    assert set(bad_numbers) <= set(want.counted)
+    assert len(good_numbers) == len(events)
+    assert set(want.untouched) <= set(good_numbers)
+    by_line = dict(zip(good_numbers, events, strict=True))
+    by_original = original_events(original)
+    assert {n: by_line[n] for n in want.untouched} == {
+        n: by_original[line] for n, line in want.untouched.items()
+    }
+    assert [b.line_number for b in bad if b.torn] == (
+        [want.torn_tail] if want.torn_tail in bad_numbers else []
+    )
+
+
+@given(
+    changes=st.lists(corruptions, min_size=1, max_size=6),
+    torn=st.one_of(st.none(), st.floats(0, 0.99)),
+    cuts=st.lists(st.floats(0, 1), max_size=8),
+)
+def test_the_watch_follower_reads_a_growing_corrupted_log_like_read_events(
+    changes: list[Corruption], torn: float | None, cuts: list[float]
+) -> None:
+    """Fed the same file in random pieces, LogFollower yields the same events and bad
+    lines as read_events, and waits on the unterminated last line instead of reporting it."""
+    data = corrupt(clean_log(), changes, torn)
+    want_events, want_bad = read_file(data)
+    events: list[str] = []
+    bad: list[BadLine] = []
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "events.jsonl"
+        path.touch()
+        follower = LogFollower(path)
+        offsets = [*sorted(int(c * len(data)) for c in cuts), len(data)]
+        written = 0
+        for end in offsets:
+            with path.open("ab") as f:
+                f.write(data[written:end])
+            written = end
+            chunk = follower.poll()
+            events += [e.model_dump_json() for e in chunk.events]
+            bad += chunk.bad_lines
+        waiting = follower.waiting_for
+    assert events == want_events
+    assert [(b.line_number, b.reason) for b in bad] == [
+        (b.line_number, b.reason) for b in want_bad if not b.torn
+    ]
+    complete_lines = data.count(b"\n")
+    if data.endswith(b"\n"):
+        assert waiting is None
+    else:
+        assert waiting is not None
+        assert waiting.startswith(f"waiting for the rest of line {complete_lines + 1} ")
+
+
+@pytest.mark.parametrize("reader", ["read_events", "LogFollower"])
+def test_an_event_of_a_newer_schema_is_skipped_naming_both_versions(
+    tmp_path: Path, reader: str
+) -> None:
+    """A line written by a newer esper is reported on its line, with an upgrade hint."""
+    lines = clean_log().split(b"\n")
+    (tmp_path / "events.jsonl").write_bytes(b"\n".join([lines[0], newer(lines[1]), lines[2], b""]))
+    if reader == "read_events":
+        bad: list[BadLine] = []
+        events = list(read_events(tmp_path, on_bad_line=bad.append))
+    else:
+        chunk = LogFollower(tmp_path).poll()
+        events, bad = list(chunk.events), list(chunk.bad_lines)
+    assert [e.seq for e in events] == [0, 2]
+    assert [(b.line_number, b.reason, b.torn) for b in bad] == [
+        (
+            2,
+            f"schema_version {SCHEMA_VERSION + 1} is newer than this reader understands "
+            f"({SCHEMA_VERSION}); upgrade esper-telemetry to read it",
+            False,
+        )
+    ]

@@ -1,0 +1,181 @@
+"""Ctrl-C (SIGINT) and SIGTERM during training: every event emitted before the signal
+reaches every backend, and the run ends marked interrupted.
+
+The SIGTERM run without W&B is in ``tests/test_cli_ppo.py``; here both signals hit a
+run with every backend (W&B offline), and Ctrl-C also lands inside the hub itself.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from esper_telemetry import TelemetryEvent, TelemetryHub
+from esper_telemetry import emit_ppo_update_event as emit_update
+from esper_telemetry.contracts import RunFinishedPayload
+from esper_telemetry.testing import RecordingBackend
+from tests.reliability.children import (
+    SMALL,
+    esper_ppo,
+    finish,
+    kinds,
+    log_kinds,
+    log_records,
+    read_back,
+    sigint_not_ignored,
+    start,
+    wait_for_updates,
+)
+from tests.wandb_offline import history, inspect_run
+
+STATS = {"policy_loss": 0.0, "value_loss": 0.1, "entropy": 0.6}
+
+
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in this process during the test."""
+    with sigint_not_ignored():
+        yield
+
+
+def send_like_a_terminal(pid: int, signum: signal.Signals) -> None:
+    """Ctrl-C reaches the terminal's whole foreground process group; `kill` one process."""
+    if signum is signal.SIGINT:
+        os.killpg(pid, signum)
+    else:
+        os.kill(pid, signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_mid_run_reaches_every_backend_and_marks_the_run_interrupted(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Exit 130; the analytics log, the structured log and the offline W&B run hold the
+    same PPO updates, and RUN_FINISHED says interrupted."""
+    run_dir = tmp_path / "runs" / "sig"
+    argv = esper_ppo(tmp_path, "sig", "--wandb", "offline", "--episodes", "10000", *SMALL)
+    proc = start(argv, tmp_path, new_session=True)  # its own group, as under a shell
+    try:
+        wait_for_updates(proc, run_dir / "events.jsonl", 3)
+        send_like_a_terminal(proc.pid, signum)
+        out, err = finish(proc, timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == "esper ppo: interrupted; every event emitted so far was flushed"
+    assert ": interrupted, " in out
+
+    events, bad = read_back(run_dir)
+    n = len(events) - 2
+    assert bad == []
+    assert kinds(events) == [
+        (0, "RUN_STARTED", 0),
+        *[(k + 1, "PPO_UPDATE_COMPLETED", k) for k in range(n)],
+        (n + 1, "RUN_FINISHED", n - 1),
+    ]
+    finished = events[-1].payload
+    assert isinstance(finished, RunFinishedPayload)
+    assert finished.status == "interrupted"
+    records, broken = log_records(run_dir)
+    assert (log_kinds(records), broken) == (kinds(events), [])
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    assert [row["_step"] for row in history(inspect_run(wandb_run))] == list(range(n))
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("trial", range(20))
+def test_ctrl_c_at_a_random_moment_leaves_both_logs_identical_and_the_run_interrupted(
+    tmp_path: Path, trial: int
+) -> None:
+    """Ctrl-C after a random number of updates and a random delay (so it lands anywhere in
+    an update, telemetry included): exit 130, both logs hold the same complete run."""
+    rng = random.Random(trial)
+    run_dir = tmp_path / "runs" / "int"
+    argv = esper_ppo(tmp_path, "int", "--wandb", "disabled", "--episodes", "10000", *SMALL)
+    proc = start(argv, tmp_path, new_session=True)
+    try:
+        wait_for_updates(proc, run_dir / "events.jsonl", rng.randint(1, 4))
+        time.sleep(rng.random() * 0.3)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = finish(proc, timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    events, bad = read_back(run_dir)
+    n = len(events) - 2
+    assert bad == []
+    assert kinds(events) == [
+        (0, "RUN_STARTED", 0),
+        *[(k + 1, "PPO_UPDATE_COMPLETED", k) for k in range(n)],
+        (n + 1, "RUN_FINISHED", max(n - 1, 0)),
+    ]
+    assert events[-1].payload.status == "interrupted"  # type: ignore[union-attr]
+    records, broken = log_records(run_dir)
+    assert (log_kinds(records), broken) == (kinds(events), [])
+
+
+@pytest.mark.usefixtures("ctrl_c")
+def test_ctrl_c_inside_an_inline_subscriber_still_reaches_every_other_subscriber() -> None:
+    """SIGINT while an inline subscriber handles update 2: emit raises KeyboardInterrupt
+    only after update 2 was offered to everyone, so no subscriber misses it."""
+    hub = TelemetryHub("ctrl-c-inline")
+
+    def press_ctrl_c(event: TelemetryEvent) -> None:
+        if event.update == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the default handler raises right here
+
+    hub.subscribe(press_ctrl_c, mode="inline")
+    threaded, inline = RecordingBackend("threaded"), RecordingBackend("inline")
+    hub.subscribe(threaded)
+    hub.subscribe(inline, mode="inline")
+    emit_update(hub, update=0, metrics=STATS)
+    emit_update(hub, update=1, metrics=STATS)
+    with pytest.raises(KeyboardInterrupt):
+        emit_update(hub, update=2, metrics=STATS)
+    emit_update(hub, update=3, metrics=STATS)  # the trainer's RUN_FINISHED, say
+    stats = hub.close(timeout=10)
+    expected = [(k, k) for k in range(4)]
+    assert [(e.seq, e.update) for e in threaded.events] == expected
+    assert [(e.seq, e.update) for e in inline.events] == expected
+    # The subscriber the interrupt landed in did not finish update 2: neither delivered
+    # nor failed (the user interrupted it; nothing went wrong in it).
+    assert {s.name: (s.delivered, s.failed) for s in stats.subscribers} == {
+        "press_ctrl_c": (3, 0),
+        "threaded": (4, 0),
+        "inline": (4, 0),
+    }
+
+
+@pytest.mark.usefixtures("ctrl_c")
+def test_ctrl_c_while_emit_waits_for_a_full_queue_loses_nothing() -> None:
+    """SIGINT while emit waits for room in a full queue (block policy): the event it was
+    placing is still queued, and the subscriber receives every event once it wakes."""
+    hub = TelemetryHub("ctrl-c-full")
+    release = threading.Event()
+    seen: list[int] = []
+
+    def slow(event: TelemetryEvent) -> None:
+        release.wait(30)
+        seen.append(event.seq)
+
+    hub.subscribe(slow, queue_size=1)
+    emit_update(hub, update=0, metrics=STATS)  # in its hands
+    emit_update(hub, update=1, metrics=STATS)  # fills its queue
+    timer = threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        emit_update(hub, update=2, metrics=STATS)  # waits for room; Ctrl-C lands here
+    timer.join()
+    release.set()
+    hub.emit(TelemetryEvent(update=3, payload=RunFinishedPayload(status="interrupted")))
+    stats = hub.close(timeout=10)
+    assert seen == [0, 1, 2, 3]
+    (slow_stats,) = stats.subscribers
+    assert (slow_stats.delivered, slow_stats.dropped, slow_stats.abandoned) == (4, 0, 0)
