@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import shutil
 import signal
 import threading
 from collections import Counter
@@ -122,6 +123,9 @@ def run_ppo(options: RunOptions, console: Console) -> RunOutcome:
         _subscribe_all(hub, options, run_dir, anomalies)
     except Exception as exc:  # a backend refused to start: say why in one line
         hub.close(timeout=options.close_timeout)
+        # Nothing was trained: leave no half-made run behind, so the run id stays free.
+        # (The directory did not exist before this call; see the check above.)
+        shutil.rmtree(run_dir, ignore_errors=True)
         return RunOutcome(EXIT_NOT_STARTED, str(exc), run_dir=run_dir)
 
     if options.tui:
@@ -215,7 +219,11 @@ def _subscribe_all(
     hub.subscribe(AnalyticsCollector(run_dir, fsync="flush"))
     hub.subscribe(StructlogBackend(run_dir / "log.jsonl"))
     for backend in options.backends:
-        hub.subscribe(backend)
+        try:
+            hub.subscribe(backend)
+        except Exception as exc:
+            name = getattr(backend, "name", None) or type(backend).__name__
+            raise RuntimeError(f"backend {name!r} refused to start: {exc}") from exc
 
 
 def _verdict(result: TrainResult, stats: HubStats) -> tuple[int, str]:

@@ -28,9 +28,7 @@ from tests.faulty_lstm import FaultyLSTM
 
 NON_FINITE = ("NaN", "Infinity", "-Infinity")
 #: TelemetryLevel fields coerce like lax pydantic: JSON true, "1" and 1.0 read as MINIMAL.
-#: A gap in contracts/ (outside this suite's remit), pinned by the strict xfail below.
-LAX_LEVEL_FIELDS = frozenset({"level", "previous"})
-LAX_LEVEL_VALUES = ("1", True, 1.0)
+LEVEL_WRONG_VALUES = ("1", True, 1.0)
 
 
 def fails(event: TelemetryEvent) -> None:
@@ -123,8 +121,6 @@ def test_every_field_refuses_a_wrong_json_type_naming_the_field(name: str) -> No
     misses = []
     for field in model.model_fields:
         for wrong in wrong_values(field, data[field]):
-            if field in LAX_LEVEL_FIELDS and wrong in LAX_LEVEL_VALUES:
-                continue
             try:
                 model.model_validate_json(json.dumps({**data, field: wrong}))
             except ValidationError as exc:
@@ -164,12 +160,7 @@ def test_an_unknown_field_is_refused_by_name(name: str) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='TelemetryLevel fields accept JSON true, "1" and 1.0 (lax enum coercion in '
-    "contracts/levels.py); remove LAX_LEVEL_* above once they are strict",
-)
-@pytest.mark.parametrize("wrong", LAX_LEVEL_VALUES, ids=repr)
+@pytest.mark.parametrize("wrong", LEVEL_WRONG_VALUES, ids=repr)
 def test_level_fields_refuse_bools_numeric_strings_and_floats(wrong: object) -> None:
     """A telemetry level is an int in JSON: true, "1" and 1.0 are not levels."""
     data = json.loads(samples()["TelemetryEvent"].model_dump_json())

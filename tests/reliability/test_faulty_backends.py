@@ -250,11 +250,6 @@ def test_a_slow_backend_that_falls_behind_never_slows_training_and_is_named_at_c
     assert (len(logged), bad) == (events, [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_ppo (run.py) reports only the exception text of a backend that refuses in "
-    "on_subscribe, not its name, and leaves the run directory behind",
-)
 def test_a_backend_that_refuses_to_subscribe_is_named_and_leaves_no_run_behind(
     tmp_path: Path,
 ) -> None:

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
+from esper_telemetry.contracts.levels import TelemetryLevel
+
 _NON_FINITE_JSON = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 
 
@@ -33,6 +35,18 @@ Float = Annotated[
     Annotated[float, Strict()] | Annotated[float, BeforeValidator(_real_number)],
     Field(union_mode="left_to_right"),
 ]
+
+
+def _level_number(value: Any) -> Any:
+    # An IntEnum field would take True, "1" and 1.0 as levels; only ints are levels.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected a telemetry level (an int 0-3), got {value!r}")
+    return value
+
+
+#: A telemetry level: a TelemetryLevel or its int value, nothing else.
+Level = Annotated[TelemetryLevel, BeforeValidator(_level_number)]
+
 #: A float for settings (thresholds): refuses bools and strings; constraints apply to it.
 StrictFloat = Annotated[float, Strict()]
 #: An int that refuses bools, floats and strings.

@@ -26,7 +26,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, JsonValue, ValidationError, model_validator
 from pydantic_core import InitErrorDetails
 
-from esper_telemetry.contracts._base import Bool, Contract, Float, Int, Str, json_safe
+from esper_telemetry.contracts._base import Bool, Contract, Float, Int, Level, Str, json_safe
 from esper_telemetry.contracts.anomaly import AnomalyType, Severity
 from esper_telemetry.contracts.health import LSTMHealthDetail, LSTMHealthMetrics
 from esper_telemetry.contracts.levels import TelemetryLevel
@@ -136,8 +136,8 @@ class TelemetryLevelChangedPayload(Contract):
 
     event_type: ClassVar[EventType] = EventType.TELEMETRY_LEVEL_CHANGED
 
-    previous: TelemetryLevel = Field(description="Level before the change.")
-    level: TelemetryLevel = Field(description="Level from now on.")
+    previous: Level = Field(description="Level before the change.")
+    level: Level = Field(description="Level from now on.")
     reason: Str = Field(default="", description="Why it changed (e.g. the anomaly).")
 
 
@@ -195,7 +195,7 @@ class TelemetryEvent(Contract):
     update: Int = Field(ge=0, description="PPO update index: the x-axis of every backend.")
     timestamp: datetime = Field(default_factory=_utc_now, description="When it was built (UTC).")
     rank: Int = Field(default=0, ge=0, description="Process rank that emitted it.")
-    level: TelemetryLevel = Field(
+    level: Level = Field(
         default=TelemetryLevel.NORMAL, description="Hub level when emitted (stamped by the hub)."
     )
     payload: EventPayload = Field(description="The typed payload for event_type.")

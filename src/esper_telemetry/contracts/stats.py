@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from esper_telemetry.contracts._base import Bool, Contract, Float, Int, Str
-from esper_telemetry.contracts.levels import TelemetryLevel
+from esper_telemetry.contracts._base import Bool, Contract, Float, Int, Level, Str
 
 
 class SubscriberStats(Contract):
@@ -36,7 +35,7 @@ class HubStats(Contract):
 
     run_id: Str = Field(description="The hub's run id.")
     state: Literal["open", "closing", "closed"] = Field(description="Lifecycle state.")
-    level: TelemetryLevel = Field(description="The current telemetry level.")
+    level: Level = Field(description="The current telemetry level.")
     emitted: Int = Field(description="Events accepted by emit() so far.")
     subscribers: tuple[SubscriberStats, ...] = Field(description="One entry per subscriber.")
 
