@@ -131,9 +131,11 @@ def run_ppo(options: RunOptions, console: Console) -> RunOutcome:
     if options.tui:
         result, stats = _train_in_panel(hub, options, console)
     else:
-        with _stop_on_sigterm() as stop, _progress(options, console) as on_update:
-            result = train(options.config, hub, on_update=on_update, should_stop=stop.is_set)
-        stats = hub.close(timeout=options.close_timeout)
+        try:
+            with _stop_on_sigterm() as stop, _progress(options, console) as on_update:
+                result = train(options.config, hub, on_update=on_update, should_stop=stop.is_set)
+        finally:  # flushed even when training raised
+            stats = hub.close(timeout=options.close_timeout)
     outcome = RunOutcome(
         *_verdict(result, stats), run_dir=run_dir, result=result, stats=stats, anomalies=anomalies
     )
