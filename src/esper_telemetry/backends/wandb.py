@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from esper_telemetry.contracts import (
+    PPO_STATISTICS,
     AnomalyDetectedPayload,
     PPOUpdatePayload,
     RunFinishedPayload,
@@ -87,17 +88,7 @@ _MODES: tuple[str, ...] = get_args(Mode)
 # W&B's older spellings of the modes, still accepted in WANDB_MODE.
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 _BAD_PROJECT_CHARS = frozenset("/\\#?%:")
-_PPO_STATS = (
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "approx_kl",
-    "clip_fraction",
-    "explained_variance",
-    "grad_norm",
-    "learning_rate",
-    "env_steps",
-)
+_PPO_STATS = (*PPO_STATISTICS, "env_steps")
 _LSTM_FIELDS = tuple(name for name in PPOUpdatePayload.model_fields if name.startswith("lstm_"))
 _LSTM_METRICS = tuple(n for n in _LSTM_FIELDS if n not in ("lstm_detail", "lstm_outlier_envs"))
 # Key prefixes under a glob; lstm/ keys are declared one by one (see _declare_max).

@@ -7,6 +7,8 @@ from esper_telemetry.contracts._base import json_safe
 from esper_telemetry.contracts.anomaly import Anomaly, AnomalyReport, AnomalyType, Severity
 from esper_telemetry.contracts.events import (
     PAYLOAD_MODELS,
+    PPO_REQUIRED,
+    PPO_STATISTICS,
     SCHEMA_VERSION,
     AnomalyDetectedPayload,
     EventPayload,
@@ -29,6 +31,8 @@ from esper_telemetry.contracts.stats import HubStats, SubscriberStats
 
 __all__ = [
     "PAYLOAD_MODELS",
+    "PPO_REQUIRED",
+    "PPO_STATISTICS",
     "SCHEMA_VERSION",
     "Anomaly",
     "AnomalyDetectedPayload",

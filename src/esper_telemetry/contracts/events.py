@@ -154,6 +154,19 @@ class RunFinishedPayload(Contract):
     hub_stats: HubStats | None = Field(default=None, description="The hub's counters at the end.")
 
 
+#: The PPO statistics of ``PPOUpdatePayload``, in field order; the first three are required.
+PPO_STATISTICS: tuple[str, ...] = (
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
+    "grad_norm",
+    "learning_rate",
+)
+PPO_REQUIRED: tuple[str, ...] = PPO_STATISTICS[:3]
+
 EventPayload = (
     RunStartedPayload
     | PPOUpdatePayload

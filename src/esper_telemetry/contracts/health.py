@@ -15,21 +15,6 @@ from pydantic import Field, model_validator
 
 from esper_telemetry.contracts._base import Bool, Contract, Float, StrictFloat
 
-_METRIC_FIELDS = (
-    "h_l2_total",
-    "c_l2_total",
-    "h_rms",
-    "c_rms",
-    "h_env_rms_mean",
-    "h_env_rms_max",
-    "c_env_rms_mean",
-    "c_env_rms_max",
-    "h_max",
-    "c_max",
-    "has_nan",
-    "has_inf",
-)
-
 
 class LSTMHealthMetrics(Contract):
     """Health of one LSTM state ``(h, c)`` (the 12 fields of record TELE-340).
@@ -59,7 +44,7 @@ class LSTMHealthMetrics(Contract):
 
     def to_dict(self) -> dict[str, float | bool]:
         """Return the 12 values under ``lstm_``-prefixed keys (``lstm_h_rms``, ...)."""
-        return {f"lstm_{name}": getattr(self, name) for name in _METRIC_FIELDS}
+        return {f"lstm_{name}": getattr(self, name) for name in type(self).model_fields}
 
 
 class LSTMHealthDetail(Contract):

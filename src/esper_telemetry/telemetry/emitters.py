@@ -6,6 +6,8 @@ import numbers
 from collections.abc import Mapping
 
 from esper_telemetry.contracts import (
+    PPO_REQUIRED,
+    PPO_STATISTICS,
     HealthThresholds,
     LSTMHealthDetail,
     LSTMHealthMetrics,
@@ -15,14 +17,8 @@ from esper_telemetry.contracts import (
 )
 from esper_telemetry.hub import TelemetryHub
 
-_REQUIRED = ("policy_loss", "value_loss", "entropy")
-_OPTIONAL = (
-    "approx_kl",
-    "clip_fraction",
-    "explained_variance",
-    "grad_norm",
-    "learning_rate",
-)
+_REQUIRED = PPO_REQUIRED
+_OPTIONAL = PPO_STATISTICS[len(PPO_REQUIRED) :]
 
 LSTMHealth = LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail]
 

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from esper_telemetry.analytics import BadLine
 from esper_telemetry.contracts import (
+    PPO_STATISTICS,
     AnomalyDetectedPayload,
     HealthStatus,
     HealthThresholds,
@@ -28,16 +29,7 @@ from esper_telemetry.contracts import (
 from esper_telemetry.tui._format import tensor_status
 
 #: PPO statistics shown first, in this order; ``extra`` scalars follow by name.
-PPO_FIELDS = (
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "approx_kl",
-    "clip_fraction",
-    "explained_variance",
-    "grad_norm",
-    "learning_rate",
-)
+PPO_FIELDS = PPO_STATISTICS
 
 
 @dataclass(frozen=True, slots=True)
