@@ -11,7 +11,8 @@ Measured:
    from a template of a real event line (not timed). Then, each in a fresh
    interpreter so that its peak RSS (``VmHWM`` of ``/proc/self/status``; ``getrusage``'s
    ``ru_maxrss`` would include the parent's peak) is its own:
-   ``read_events`` over the whole file (count only); ``connect()`` (all four tables)
+   ``read_events`` over the whole file (count only); the same through an
+   ``EventCursor`` 2,000 lines a read (``esper watch``'s path); ``connect()`` (all four tables)
    and ``connect(tables=["ppo_updates"])``, each followed by
    ``SELECT count(*), max(lstm_h_rms) FROM ppo_updates``. The baseline RSS of an
    interpreter that imported the same modules is printed next to them.
@@ -39,16 +40,17 @@ from importlib.metadata import version
 from pathlib import Path
 
 FLUSH_EVERY = 100
+#: The steps measured in a fresh interpreter each.
+PHASES = ("baseline", "read", "follow", "connect", "connect-ppo")
 
 
 def ingest(n: int, fsync: str, flush_every: int | None) -> float:
     """Events per second through AnalyticsCollector.handle (+ flush) for n events."""
     from esper_telemetry.backends.analytics import AnalyticsCollector
-    from esper_telemetry.contracts import EventType, PPOUpdatePayload, TelemetryEvent
+    from esper_telemetry.contracts import PPOUpdateCompleted, PPOUpdatePayload
 
     events = [
-        TelemetryEvent(
-            event_type=EventType.PPO_UPDATE_COMPLETED,
+        PPOUpdateCompleted(
             run_id="bench",
             seq=k,
             update=k,
@@ -71,16 +73,18 @@ def ingest(n: int, fsync: str, flush_every: int | None) -> float:
 def write_log(path: Path, n: int) -> None:
     """Write n events (strict JSON lines) quickly from a template of a real event."""
     from esper_telemetry.contracts import (
+        Anomaly,
+        AnomalyDetected,
         AnomalyDetectedPayload,
-        EventType,
+        EventBase,
+        PPOUpdateCompleted,
         PPOUpdatePayload,
-        TelemetryEvent,
         TelemetryLevel,
+        TelemetryLevelChanged,
         TelemetryLevelChangedPayload,
     )
 
-    template = TelemetryEvent(
-        event_type=EventType.PPO_UPDATE_COMPLETED,
+    template = PPOUpdateCompleted(
         run_id="bench",
         seq=0,
         update=0,
@@ -102,21 +106,21 @@ def write_log(path: Path, n: int) -> None:
             )
             seq += 1
             if k % 10_000 == 9_999 and seq < n:
-                for extra in (
-                    TelemetryEvent(
-                        event_type=EventType.ANOMALY_DETECTED,
+                extras: tuple[EventBase, ...] = (
+                    AnomalyDetected(
                         run_id="bench",
                         seq=seq,
                         update=k,
                         payload=AnomalyDetectedPayload(
-                            anomaly_type="lstm_nan",
-                            severity="critical",
-                            observed=math.nan,
-                            message="NaN in the LSTM state.",
+                            anomaly=Anomaly(
+                                type="lstm_nan",
+                                severity="critical",
+                                observed=math.nan,
+                                message="NaN in the LSTM state.",
+                            )
                         ),
                     ),
-                    TelemetryEvent(
-                        event_type=EventType.TELEMETRY_LEVEL_CHANGED,
+                    TelemetryLevelChanged(
                         run_id="bench",
                         seq=seq + 1,
                         update=k,
@@ -124,7 +128,8 @@ def write_log(path: Path, n: int) -> None:
                             previous=TelemetryLevel.NORMAL, level=TelemetryLevel.DEBUG
                         ),
                     ),
-                ):
+                )
+                for extra in extras:
                     f.write(extra.model_dump_json() + "\n")
                 seq += 2
     # The template loop writes n PPO updates plus the extras; trim to exactly n lines.
@@ -136,6 +141,20 @@ def phase_read(path: Path) -> dict[str, float]:
 
     start = time.perf_counter()
     count = sum(1 for _ in read_events(path))
+    return {"seconds": time.perf_counter() - start, "events": count, "rss_mib": _peak_rss_mib()}
+
+
+def phase_follow(path: Path) -> dict[str, float]:
+    from esper_telemetry.analytics import EventCursor
+
+    cursor = EventCursor(path)
+    start = time.perf_counter()
+    count = 0
+    more = True
+    while more:
+        batch = cursor.read(max_lines=2000)
+        count += len(batch.events)
+        more = batch.more
     return {"seconds": time.perf_counter() - start, "events": count, "rss_mib": _peak_rss_mib()}
 
 
@@ -164,7 +183,7 @@ def phase_connect(path: Path, tables: list[str] | None) -> dict[str, float]:
 
 def phase_baseline() -> dict[str, float]:
     import duckdb  # noqa: F401
-    import pyarrow  # noqa: F401
+    import pyarrow  # type: ignore[import-untyped]  # noqa: F401
 
     import esper_telemetry.analytics  # noqa: F401
 
@@ -178,14 +197,13 @@ def main() -> None:
     parser.add_argument("--ingest", type=int, default=None, help="events for the ingest rate")
     parser.add_argument("--skip-ingest", action="store_true", help="only the query part")
     parser.add_argument("--log", type=Path, help="events file to use (written if missing)")
-    parser.add_argument(
-        "--phase", choices=["read", "connect", "connect-ppo", "baseline"], help=argparse.SUPPRESS
-    )
+    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
         result = {
             "read": lambda: phase_read(args.file),
+            "follow": lambda: phase_follow(args.file),
             "connect": lambda: phase_connect(args.file, None),
             "connect-ppo": lambda: phase_connect(args.file, ["ppo_updates"]),
             "baseline": phase_baseline,
@@ -199,17 +217,7 @@ def main() -> None:
         f"pyarrow {version('pyarrow')}, pydantic {version('pydantic')}, {os.cpu_count()} CPUs"
     )
     if not args.skip_ingest:
-        print(f"\n## ingest ({n_ingest} events)\n")
-        print("| fsync | flush | events | events/s | µs/event |")
-        print("|---|---|---:|---:|---:|")
-        for fsync, every, n in (
-            ("flush", FLUSH_EVERY, n_ingest),
-            ("never", FLUSH_EVERY, n_ingest),
-            ("every_event", None, max(n_ingest // 10, 1)),
-        ):
-            rate = ingest(n, fsync, every)
-            flush = f"every {every}" if every else "-"
-            print(f"| {fsync} | {flush} | {n} | {rate:,.0f} | {1e6 / rate:.1f} |")
+        _print_ingest(n_ingest)
 
     with tempfile.TemporaryDirectory() as tmp:
         log = args.log or Path(tmp) / "events.jsonl"
@@ -223,16 +231,37 @@ def main() -> None:
             f"\n## query ({n_log} events, {size / 2**20:.0f} MiB, "
             f"ready in {time.perf_counter() - start:.1f} s)\n"
         )
-        base = _run_phase("baseline", log)
-        read = _run_phase("read", log)
-        all_tables = _run_phase("connect", log)
-        ppo = _run_phase("connect-ppo", log)
+        phases = {phase: _run_phase(phase, log) for phase in PHASES}
+    _print_query(n_log, phases)
+
+
+def _print_ingest(n_ingest: int) -> None:
+    print(f"\n## ingest ({n_ingest} events)\n")
+    print("| fsync | flush | events | events/s | µs/event |")
+    print("|---|---|---:|---:|---:|")
+    for fsync, every, n in (
+        ("flush", FLUSH_EVERY, n_ingest),
+        ("never", FLUSH_EVERY, n_ingest),
+        ("every_event", None, max(n_ingest // 10, 1)),
+    ):
+        rate = ingest(n, fsync, every)
+        flush = f"every {every}" if every else "-"
+        print(f"| {fsync} | {flush} | {n} | {rate:,.0f} | {1e6 / rate:.1f} |")
+
+
+def _print_query(n_log: int, phases: dict[str, dict[str, float]]) -> None:
+    base, read, follow = phases["baseline"], phases["read"], phases["follow"]
+    all_tables, ppo = phases["connect"], phases["connect-ppo"]
     print("| step | time | events/s | peak RSS |")
     print("|---|---:|---:|---:|")
     print(f"| interpreter + imports (baseline) | - | - | {base['rss_mib']:.0f} MiB |")
     print(
         f"| read_events, count only | {read['seconds']:.1f} s | "
         f"{read['events'] / read['seconds']:,.0f} | {read['rss_mib']:.0f} MiB |"
+    )
+    print(
+        f"| EventCursor.read(max_lines=2000) until done | {follow['seconds']:.1f} s | "
+        f"{follow['events'] / follow['seconds']:,.0f} | {follow['rss_mib']:.0f} MiB |"
     )
     for label, con in (
         ("connect() (all 4 tables)", all_tables),

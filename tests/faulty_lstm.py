@@ -6,13 +6,17 @@ import math
 
 import torch
 
-from esper_telemetry import TelemetryHub, TelemetryLevel, compute_lstm_health, emit_ppo_update_event
+from esper_telemetry import TelemetryHub, compute_lstm_health, emit_ppo_update_event
 
 PPO_STATS = {"policy_loss": 0.0, "value_loss": 0.1, "entropy": 0.6}
 
 
 class FaultyLSTM:
-    """Publishes one PPO update per call, with ``faults[update]`` applied to the state."""
+    """Publishes one PPO update per call, with ``faults[update]`` applied to the state.
+
+    Like the reference trainer, it always computes the detail and leaves it to the emitter
+    to publish it (at DEBUG, and on an update whose state is CRITICAL).
+    """
 
     def __init__(self, hub: TelemetryHub, faults: dict[int, str] | None = None) -> None:
         torch.manual_seed(0)
@@ -35,10 +39,10 @@ class FaultyLSTM:
             c.mul_(1e-9)
         elif fault is not None:
             raise ValueError(f"unknown fault {fault!r}")
-        debug = self.hub.level >= TelemetryLevel.DEBUG
+        # Detail always: the emitter publishes it at DEBUG and on an unhealthy update.
         emit_ppo_update_event(
             self.hub,
             update=k,
             metrics=PPO_STATS,
-            lstm_health=compute_lstm_health((h, c), detail=debug),
+            lstm_health=compute_lstm_health((h, c), detail=True),
         )

@@ -1,41 +1,61 @@
-"""esper_telemetry.analytics: read_events, connect (DuckDB tables) and export_parquet."""
+"""esper_telemetry.analytics: the line parser, the cursor reader, read_events, connect
+(DuckDB tables), export_parquet, and SQL results as text (run_query, render_result)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import struct
 import subprocess
 import sys
 import textwrap
 import tracemalloc
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
-import pyarrow.parquet as pq
+import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no type hints
 import pytest
 
 from esper_telemetry import TelemetryHub, TelemetryLevel, emit_ppo_update_event
 from esper_telemetry.analytics import (
+    QUERY_FORMATS,
     TABLES,
     BadLine,
+    EventBatch,
+    EventCursor,
+    QueryFormat,
     _reader,
     connect,
     events_file,
     export_parquet,
     find_event_files,
+    parse_line,
     read_events,
+    render_result,
+    run_query,
+    tables_in,
 )
-from esper_telemetry.backends.analytics import EVENTS_FILE, AnalyticsCollector
+from esper_telemetry.backends.analytics import AnalyticsCollector
 from esper_telemetry.contracts import (
+    EVENTS_FILE,
     SCHEMA_VERSION,
+    Anomaly,
+    AnomalyDetected,
     AnomalyDetectedPayload,
-    EventType,
     LSTMHealthDetail,
     LSTMHealthMetrics,
+    PPOUpdateCompleted,
     PPOUpdatePayload,
+    RunFinished,
+    RunFinishedPayload,
+    RunStarted,
+    RunStartedPayload,
     TelemetryEvent,
+    TelemetryLevelChanged,
+    TelemetryLevelChangedPayload,
 )
 
 H_RMS = [0.5, math.nan, math.inf, -0.0, 1e-310]
@@ -69,18 +89,14 @@ def write_run(run_dir: Path, run_id: str) -> list[TelemetryEvent]:
         for k, h_rms in enumerate(H_RMS):
             if k == 1:
                 out.append(hub.set_level("debug", reason="lstm_nan at update 1"))
+                anomaly = Anomaly(
+                    type="lstm_nan", severity="critical", observed=math.nan, message="NaN in h."
+                )
                 out.append(
                     hub.emit(
-                        TelemetryEvent(
-                            event_type=EventType.ANOMALY_DETECTED,
+                        AnomalyDetected(
                             update=k,
-                            payload=AnomalyDetectedPayload(
-                                anomaly_type="lstm_nan",
-                                severity="critical",
-                                observed=math.nan,
-                                message="NaN in h.",
-                                outlier_envs=(1,),
-                            ),
+                            payload=AnomalyDetectedPayload(anomaly=anomaly, outlier_envs=(1,)),
                         )
                     )
                 )
@@ -104,12 +120,215 @@ def write_run(run_dir: Path, run_id: str) -> list[TelemetryEvent]:
     return events
 
 
+def ppo_line(update: int, seq: int | None = None) -> bytes:
+    """One line of an events file: a PPO update, as the analytics collector writes it."""
+    event = PPOUpdateCompleted(
+        run_id="r",
+        seq=update if seq is None else seq,
+        update=update,
+        timestamp=V1_TIME,
+        payload=PPOUpdatePayload(policy_loss=0.1, value_loss=0.2, entropy=0.3),
+    )
+    return event.model_dump_json().encode() + b"\n"
+
+
 def dumps(events: list[TelemetryEvent]) -> list[str]:
     return [e.model_dump_json() for e in events]
 
 
+def updates(batch: EventBatch) -> list[int]:
+    return [e.update for e in batch.events]
+
+
 def bits(x: float) -> bytes:
     return b"NaN" if math.isnan(x) else struct.pack("<d", x)
+
+
+#: Lines written by esper-telemetry with schema_version 1 (the anomaly's fields flat in
+#: its payload), one of each event type: they must load for as long as version 1 reads.
+V1_LINES = (
+    b'{"event_type":"RUN_STARTED","schema_version":1,"run_id":"v1","seq":0,"update":0,'
+    b'"timestamp":"2026-01-02T03:04:05.678901Z","rank":0,"level":2,"payload":{"config":'
+    b'{"lr":0.001,"envs":8,"nested":{"x":[1,2]}},"description":"demo"}}\n',
+    b'{"event_type":"PPO_UPDATE_COMPLETED","schema_version":1,"run_id":"v1","seq":1,'
+    b'"update":1,"timestamp":"2026-01-02T03:04:05.678901Z","rank":0,"level":2,"payload":'
+    b'{"policy_loss":-0.01,"value_loss":0.5,"entropy":0.69,"approx_kl":0.01,'
+    b'"clip_fraction":null,"explained_variance":null,"grad_norm":null,"learning_rate":null,'
+    b'"env_steps":256,"lstm_h_l2_total":2.0,"lstm_c_l2_total":4.0,"lstm_h_rms":"NaN",'
+    b'"lstm_c_rms":1.0,"lstm_h_env_rms_mean":0.5,"lstm_h_env_rms_max":"Infinity",'
+    b'"lstm_c_env_rms_mean":1.0,"lstm_c_env_rms_max":1.2,"lstm_h_max":0.9,"lstm_c_max":2.5,'
+    b'"lstm_has_nan":true,"lstm_has_inf":true,"lstm_detail":null,"lstm_outlier_envs":[1],'
+    b'"extra":{"mean_reward":1.5}}}\n',
+    b'{"event_type":"ANOMALY_DETECTED","schema_version":1,"run_id":"v1","seq":2,"update":1,'
+    b'"timestamp":"2026-01-02T03:04:05.678901Z","rank":0,"level":3,"payload":{"anomaly_type":'
+    b'"lstm_nan","severity":"critical","observed":"NaN","threshold":null,"message":'
+    b'"NaN in h.","outlier_envs":[1]}}\n',
+    b'{"event_type":"TELEMETRY_LEVEL_CHANGED","schema_version":1,"run_id":"v1","seq":3,'
+    b'"update":1,"timestamp":"2026-01-02T03:04:05.678901Z","rank":0,"level":3,"payload":'
+    b'{"previous":2,"level":3,"reason":"lstm_nan at update 1"}}\n',
+    b'{"event_type":"RUN_FINISHED","schema_version":1,"run_id":"v1","seq":4,"update":1,'
+    b'"timestamp":"2026-01-02T03:04:05.678901Z","rank":0,"level":3,"payload":{"status":'
+    b'"halted","message":"critical anomaly","summary":{"return":12.5},"hub_stats":null}}\n',
+)
+V1_TIME = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+# -- parse_line -----------------------------------------------------------------------
+
+
+def test_parse_line_reads_a_line_with_or_without_its_newline() -> None:
+    """A line as bytes (newline or not, LF or CRLF) or str gives the event, no reason."""
+    line = ppo_line(4)
+    expected = PPOUpdateCompleted.model_validate_json(line)
+    results = [parse_line(x) for x in (line, line[:-1], line[:-1] + b"\r\n", line.decode())]
+    assert results == [(expected, "")] * 4
+
+
+def test_parse_line_gives_one_reason_per_kind_of_bad_line() -> None:
+    """Unknown or missing event_type, a wrong field and a newer schema each get one sentence."""
+    good = json.loads(ppo_line(0))
+    newer_kind = {**good, "event_type": "SOMETHING_NEW", "schema_version": SCHEMA_VERSION + 1}
+    wrong_field = {**good, "update": -1}
+    lines = [
+        json.dumps({k: v for k, v in good.items() if k != "event_type"}),
+        json.dumps({**good, "event_type": "NOPE"}),
+        json.dumps(newer_kind),
+        json.dumps(wrong_field),
+        json.dumps({**good, "surprise": 1}),
+        "",
+    ]
+    assert [parse_line(line) for line in lines] == [
+        (None, "not a valid event: event_type: Field required"),
+        (None, "not a valid event: event_type: unknown event type 'NOPE'"),
+        (
+            None,
+            f"schema_version {SCHEMA_VERSION + 1} is newer than this reader understands "
+            f"({SCHEMA_VERSION}); upgrade esper-telemetry to read it",
+        ),
+        (None, "not a valid event: update: Input should be greater than or equal to 0"),
+        (None, "not a valid event: surprise: Extra inputs are not permitted"),
+        (None, "Invalid JSON: EOF while parsing a value at line 1 column 0"),
+    ]
+
+
+# -- EventCursor ----------------------------------------------------------------------
+
+
+def test_the_cursor_reads_only_the_lines_added_since_the_last_read(tmp_path: Path) -> None:
+    """Each read returns the new complete lines; a read with nothing new returns nothing."""
+    path = tmp_path / EVENTS_FILE
+    path.write_bytes(ppo_line(0) + ppo_line(1))
+    cursor = EventCursor(tmp_path)
+    reads = [updates(cursor.read())]
+    with path.open("ab") as f:
+        f.write(ppo_line(2))
+    reads += [updates(cursor.read()), updates(cursor.read())]
+    assert reads == [[0, 1], [2], []]
+    assert (cursor.path, cursor.line_number, cursor.offset) == (path, 3, path.stat().st_size)
+
+
+def test_the_cursor_leaves_a_torn_last_line_until_its_newline_arrives(tmp_path: Path) -> None:
+    """An unterminated last line is neither read nor reported; once complete, it is read."""
+    path = tmp_path / EVENTS_FILE
+    whole = ppo_line(1)
+    path.write_bytes(ppo_line(0) + whole[:30])
+    cursor = EventCursor(path)
+    first = cursor.read()
+    waiting = (cursor.line_number, cursor.pending_bytes)
+    with path.open("ab") as f:
+        f.write(whole[30:])
+    second = cursor.read()
+    assert [first, second] == [
+        EventBatch(events=(PPOUpdateCompleted.model_validate_json(ppo_line(0)),)),
+        EventBatch(events=(PPOUpdateCompleted.model_validate_json(whole),)),
+    ]
+    assert (waiting, cursor.pending_bytes) == ((1, 30), 0)
+
+
+def test_the_cursor_reports_complete_bad_lines_by_number(tmp_path: Path) -> None:
+    """A complete line that is not an event is a BadLine with its number, never torn."""
+    path = tmp_path / EVENTS_FILE
+    path.write_bytes(ppo_line(0) + b"\n" + b'{"not": "an event"}\n' + ppo_line(1))
+    batch = EventCursor(path).read()
+    assert updates(batch) == [0, 1]
+    assert batch.bad_lines == (
+        BadLine(path, 3, "not a valid event: event_type: Field required", torn=False),
+    )
+
+
+def test_the_cursor_starts_over_when_the_file_shrinks(tmp_path: Path) -> None:
+    """A truncated, shorter file is read again from its start, flagged as a restart."""
+    path = tmp_path / EVENTS_FILE
+    path.write_bytes(ppo_line(0) + ppo_line(1))
+    cursor = EventCursor(path)
+    first = cursor.read()
+    path.write_bytes(ppo_line(7))
+    second = cursor.read()
+    third = cursor.read()
+    assert [(updates(b), b.restarted) for b in (first, second, third)] == [
+        ([0, 1], False),
+        ([7], True),
+        ([], False),
+    ]
+    assert (cursor.restarts, cursor.line_number) == (1, 1)
+
+
+def test_the_cursor_starts_over_when_the_file_is_replaced(tmp_path: Path) -> None:
+    """A file renamed over the one being read (even a longer one) is read from its start."""
+    path = tmp_path / EVENTS_FILE
+    path.write_bytes(ppo_line(0))
+    cursor = EventCursor(path)
+    first = cursor.read()
+    keep_inode_busy = path.open("rb")  # so that the new file cannot reuse its inode
+    try:
+        (tmp_path / "new.jsonl").write_bytes(ppo_line(5) + ppo_line(6))
+        os.replace(tmp_path / "new.jsonl", path)
+        second = cursor.read()
+    finally:
+        keep_inode_busy.close()
+    assert [(updates(b), b.restarted) for b in (first, second)] == [([0], False), ([5, 6], True)]
+
+
+def test_the_cursor_skips_an_over_long_line_written_in_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line over MAX_LINE_BYTES is skipped as it grows and reported once it ends."""
+    monkeypatch.setattr(_reader, "MAX_LINE_BYTES", 2000)
+    path = tmp_path / EVENTS_FILE
+    path.write_bytes(ppo_line(0) + b"x" * 3000)
+    cursor = EventCursor(path)
+    first = cursor.read()
+    waiting = cursor.pending_bytes
+    with path.open("ab") as f:
+        f.write(b"x" * 3000 + b"\n" + ppo_line(2))
+    second = cursor.read()
+    assert [(updates(b), b.bad_lines) for b in (first, second)] == [
+        ([0], ()),
+        ([2], (BadLine(path, 2, "line longer than 2000 bytes"),)),
+    ]
+    assert (waiting, cursor.line_number) == (0, 3)
+
+
+def test_max_lines_bounds_one_read_and_the_next_read_goes_on(tmp_path: Path) -> None:
+    """read(max_lines=2) takes two lines and says there may be more; the rest follow."""
+    path = tmp_path / EVENTS_FILE
+    path.write_bytes(b"".join(ppo_line(k) for k in range(5)))
+    cursor = EventCursor(path)
+    reads = [cursor.read(max_lines=2) for _ in range(3)]
+    assert [(updates(b), b.more) for b in reads] == [([0, 1], True), ([2, 3], True), ([4], False)]
+    with pytest.raises(ValueError, match="max_lines must be None or an int >= 1, got 0"):
+        cursor.read(max_lines=0)
+
+
+def test_a_file_that_does_not_exist_yet_reads_as_empty(tmp_path: Path) -> None:
+    """A cursor on a run directory without events reads nothing until the file appears."""
+    cursor = EventCursor(tmp_path)
+    before = cursor.read()
+    (tmp_path / EVENTS_FILE).write_bytes(ppo_line(0))
+    after = cursor.read()
+    assert [(updates(b), b.restarted) for b in (before, after)] == [([], False), ([0], False)]
+    with pytest.raises(FileNotFoundError, match="no such run directory or events file"):
+        EventCursor(tmp_path / "nope")
 
 
 # -- read_events ----------------------------------------------------------------------
@@ -148,26 +367,29 @@ def test_bad_lines_are_skipped_and_reported_with_their_line_numbers(
         good_lines[2][:-30],  # torn tail
     ]
     (tmp_path / EVENTS_FILE).write_bytes(b"".join(lines))
+    _, torn_reason = parse_line(lines[-1])
     bad: list[BadLine] = []
     with caplog.at_level(logging.WARNING, logger="esper_telemetry.analytics"):
         events = list(read_events(tmp_path, on_bad_line=bad.append))
     assert dumps(events) == dumps(good)
-    last = len(lines)
-    assert [(b.line_number, b.torn) for b in bad] == [
-        *((n, False) for n in (2, 3, 4, 5, 6, 7, 8, 9)),
-        (last, True),
+    newer_reason = (
+        f"schema_version {SCHEMA_VERSION + 1} is newer than this reader understands "
+        f"({SCHEMA_VERSION}); upgrade esper-telemetry to read it"
+    )
+    path = tmp_path / EVENTS_FILE
+    assert bad == [
+        BadLine(path, 2, "invalid UTF-8 at byte offset 127"),
+        BadLine(path, 3, "Invalid JSON: EOF while parsing a value at line 1 column 40"),
+        BadLine(path, 4, f"invalid UTF-8 at byte offset {good_lines[1].index(b'r1') + 1}"),
+        BadLine(path, 5, newer_reason),
+        BadLine(path, 6, newer_reason),
+        BadLine(path, 7, "not a valid event: line: Input should be an object"),
+        BadLine(
+            path, 8, "not a valid event: payload.policy_loss: Field required (and 2 more errors)"
+        ),
+        BadLine(path, 9, "not an event as logged: missing timestamp"),
+        BadLine(path, len(lines), f"torn last line (no newline at the end): {torn_reason}", True),
     ]
-    reasons = {b.line_number: b.reason for b in bad}
-    assert reasons[2].startswith("invalid UTF-8")
-    assert reasons[3].startswith("Invalid JSON: EOF while parsing")
-    assert reasons[4] == f"invalid UTF-8 at byte offset {good_lines[1].index(b'r1') + 1}"
-    assert "newer than this reader" in reasons[5]
-    assert reasons[6] == reasons[5]
-    assert reasons[7] == "not a valid event: line: Input should be an object"
-    assert reasons[8].startswith("not a valid event: payload.policy_loss: Field required")
-    assert reasons[9] == "not an event as logged: missing timestamp"
-    assert reasons[last].startswith("torn last line (no newline at the end): Invalid JSON")
-    assert all(b.path == tmp_path / EVENTS_FILE for b in bad)
     assert [r.getMessage() for r in caplog.records] == [
         f"skipped a bad line of an events file: {b}" for b in bad
     ]
@@ -180,9 +402,12 @@ def test_more_than_ten_bad_lines_log_ten_warnings_then_a_count(
     (tmp_path / EVENTS_FILE).write_bytes(b"garbage\n" * 25)
     with caplog.at_level(logging.WARNING, logger="esper_telemetry.analytics"):
         assert list(read_events(tmp_path)) == []
-    messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 11
-    assert messages[-1].endswith("25 bad lines skipped in all (the first 10 were logged)")
+    path = tmp_path / EVENTS_FILE
+    reason = "Invalid JSON: expected value at line 1 column 1"
+    assert [r.getMessage() for r in caplog.records] == [
+        *(f"skipped a bad line of an events file: {path}:{n}: {reason}" for n in range(1, 11)),
+        f"{path}: 25 bad lines skipped in all (the first 10 were logged)",
+    ]
 
 
 def test_a_line_over_the_limit_is_skipped_without_being_held(
@@ -195,20 +420,30 @@ def test_a_line_over_the_limit_is_skipped_without_being_held(
     (tmp_path / EVENTS_FILE).write_bytes(b"x" * 9000 + b"\n" + good)
     bad: list[BadLine] = []
     assert dumps(list(read_events(tmp_path, on_bad_line=bad.append))) == dumps(events)
-    assert [(b.line_number, b.reason) for b in bad] == [(1, "line longer than 2000 bytes")]
+    assert bad == [BadLine(tmp_path / EVENTS_FILE, 1, "line longer than 2000 bytes")]
+
+
+def test_read_events_takes_the_end_of_the_file_as_the_end_of_its_last_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished file's unterminated last line is read when valid, reported when not."""
+    monkeypatch.setattr(_reader, "MAX_LINE_BYTES", 2000)
+    path = tmp_path / EVENTS_FILE
+    results = []
+    for tail in (ppo_line(1)[:-1], b"x" * 3000, b"   "):
+        path.write_bytes(ppo_line(0) + tail)
+        bad: list[BadLine] = []
+        results.append(([e.update for e in read_events(path, on_bad_line=bad.append)], bad))
+    assert results == [
+        ([0, 1], []),
+        ([0], [BadLine(path, 2, "line longer than 2000 bytes", torn=False)]),
+        ([0], []),
+    ]
 
 
 def test_read_events_streams_in_bounded_memory(tmp_path: Path) -> None:
     """Reading 10,000 events keeps Python's peak allocation far below the file's size."""
-    line = (
-        TelemetryEvent(
-            event_type=EventType.PPO_UPDATE_COMPLETED,
-            update=0,
-            payload=PPOUpdatePayload(policy_loss=0.1, value_loss=0.2, entropy=0.3),
-        ).model_dump_json()
-        + "\n"
-    )
-    (tmp_path / EVENTS_FILE).write_text(line * 10_000, encoding="utf-8")
+    (tmp_path / EVENTS_FILE).write_bytes(ppo_line(0) * 10_000)
     size = (tmp_path / EVENTS_FILE).stat().st_size
     tracemalloc.start()
     try:
@@ -344,7 +579,8 @@ def test_json_columns_hold_the_strict_json_of_the_contracts(tmp_path: Path) -> N
     ((detail,),) = con.execute("SELECT lstm_detail FROM ppo_updates WHERE update = 1").fetchall()
     assert json.loads(detail)["h_layer_rms"] == ["NaN"]
     assert con.execute(
-        "SELECT payload->>'$.observed', level FROM events WHERE event_type = 'ANOMALY_DETECTED'"
+        "SELECT payload->>'$.anomaly.observed', level FROM events "
+        "WHERE event_type = 'ANOMALY_DETECTED'"
     ).fetchall() == [("NaN", "DEBUG")]
 
 
@@ -386,8 +622,86 @@ def test_connect_reports_bad_lines_and_loads_the_rest(tmp_path: Path) -> None:
         f.write(b'{"event_type": "PPO_UPD')
     bad: list[BadLine] = []
     con = connect(tmp_path, on_bad_line=bad.append, chunk_rows=2)
-    assert con.execute("SELECT count(*) FROM ppo_updates").fetchall() == [(5,)]
-    assert [(b.line_number, b.torn) for b in bad] == [(8, True)]
+    assert con.execute("SELECT update FROM ppo_updates ORDER BY seq").fetchall() == [
+        (0,),
+        (1,),
+        (2,),
+        (3,),
+        (4,),
+    ]
+    reason = "torn last line (no newline at the end): Invalid JSON: EOF while parsing a string"
+    assert bad == [BadLine(tmp_path / EVENTS_FILE, 8, f"{reason} at line 1 column 23", torn=True)]
+
+
+def test_version_1_lines_of_every_event_type_still_load(tmp_path: Path) -> None:
+    """A log written with schema_version 1 reads into the new classes and fills each table."""
+    (tmp_path / EVENTS_FILE).write_bytes(b"".join(V1_LINES))
+    envelope = {"run_id": "v1", "timestamp": V1_TIME, "schema_version": 1}
+    anomaly = Anomaly(type="lstm_nan", severity="critical", observed=math.nan, message="NaN in h.")
+    expected: list[TelemetryEvent] = [
+        RunStarted(
+            **envelope,
+            seq=0,
+            update=0,
+            payload=RunStartedPayload(
+                config={"lr": 0.001, "envs": 8, "nested": {"x": [1, 2]}}, description="demo"
+            ),
+        ),
+        PPOUpdateCompleted.model_validate_json(V1_LINES[1]),
+        AnomalyDetected(
+            **envelope,
+            seq=2,
+            update=1,
+            level=TelemetryLevel.DEBUG,
+            payload=AnomalyDetectedPayload(anomaly=anomaly, outlier_envs=(1,)),
+        ),
+        TelemetryLevelChanged(
+            **envelope,
+            seq=3,
+            update=1,
+            level=TelemetryLevel.DEBUG,
+            payload=TelemetryLevelChangedPayload(
+                previous=TelemetryLevel.NORMAL,
+                level=TelemetryLevel.DEBUG,
+                reason="lstm_nan at update 1",
+            ),
+        ),
+        RunFinished(
+            **envelope,
+            seq=4,
+            update=1,
+            level=TelemetryLevel.DEBUG,
+            payload=RunFinishedPayload(
+                status="halted", message="critical anomaly", summary={"return": 12.5}
+            ),
+        ),
+    ]
+    bad: list[BadLine] = []
+    assert dumps(list(read_events(tmp_path, on_bad_line=bad.append))) == dumps(expected)
+    assert bad == []
+    con = connect(tmp_path)
+    assert con.execute(
+        "SELECT seq, event_type, level, schema_version FROM events ORDER BY seq"
+    ).fetchall() == [
+        (0, "RUN_STARTED", "NORMAL", 1),
+        (1, "PPO_UPDATE_COMPLETED", "NORMAL", 1),
+        (2, "ANOMALY_DETECTED", "DEBUG", 1),
+        (3, "TELEMETRY_LEVEL_CHANGED", "DEBUG", 1),
+        (4, "RUN_FINISHED", "DEBUG", 1),
+    ]
+    assert con.execute(
+        "SELECT seq, update, isnan(lstm_h_rms), lstm_h_env_rms_max, env_steps, lstm_has_nan, "
+        "lstm_outlier_envs, extra FROM ppo_updates"
+    ).fetchall() == [(1, 1, True, math.inf, 256, True, [1], {"mean_reward": 1.5})]
+    assert con.execute(
+        "SELECT run_id, seq, update, timestamp, level, anomaly_type, severity, "
+        "isnan(observed), threshold, message, outlier_envs FROM anomalies"
+    ).fetchall() == [
+        ("v1", 2, 1, V1_TIME, "DEBUG", "lstm_nan", "critical", True, None, "NaN in h.", [1])
+    ]
+    assert con.execute("SELECT seq, previous, level, reason FROM level_changes").fetchall() == [
+        (3, "NORMAL", "DEBUG", "lstm_nan at update 1")
+    ]
 
 
 def test_tables_selects_what_is_loaded(tmp_path: Path) -> None:
@@ -440,43 +754,49 @@ def test_missing_duckdb_names_the_extra_to_install(
     write_run(tmp_path, "r1")
     monkeypatch.setitem(sys.modules, "duckdb", None)
     monkeypatch.delitem(sys.modules, "esper_telemetry.analytics._duckdb")
-    with pytest.raises(ImportError, match=r"pip install 'esper-telemetry\[analytics\]'"):
-        connect(tmp_path)
-    with pytest.raises(ImportError, match=r"pip install 'esper-telemetry\[analytics\]'"):
-        export_parquet(tmp_path, tmp_path / "x.parquet")
+    messages = []
+    for call in (
+        lambda: connect(tmp_path),
+        lambda: export_parquet(tmp_path, tmp_path / "x.parquet"),
+        lambda: run_query(tmp_path, "SELECT 1"),
+        lambda: tables_in("SELECT 1"),
+    ):
+        with pytest.raises(ImportError) as info:
+            call()
+        messages.append(str(info.value))
+    hint = "needs duckdb: pip install 'esper-telemetry[analytics]'"
+    assert messages == [
+        f"esper_telemetry.analytics.{name} {hint}"
+        for name in ("connect", "export_parquet", "run_query", "tables_in")
+    ]
     assert len(list(read_events(tmp_path))) == 7
 
 
 def test_importing_analytics_and_reading_need_no_duckdb(tmp_path: Path) -> None:
-    """esper_telemetry.analytics imports and reads without duckdb or pyarrow installed."""
+    """esper_telemetry.analytics reads without duckdb or pyarrow, and loads no torch, hub
+    or backend."""
     write_run(tmp_path, "r1")
     code = textwrap.dedent(
         f"""
-        import importlib.util, pathlib, sys, types
+        import sys
         sys.modules["duckdb"] = sys.modules["pyarrow"] = None  # as if not installed
-        root = pathlib.Path(importlib.util.find_spec("esper_telemetry").origin).parent
-        for name, path in (
-            ("esper_telemetry", root),
-            ("esper_telemetry.backends", root / "backends"),
-        ):
-            pkg = types.ModuleType(name)
-            pkg.__path__ = [str(path)]
-            sys.modules[name] = pkg
         from esper_telemetry.analytics import connect, read_events
         print(len(list(read_events({str(tmp_path)!r}))))
         try:
             connect({str(tmp_path)!r})
         except ImportError as exc:
             print(exc)
+        loaded = ("torch", "esper_telemetry.hub", "esper_telemetry.backends")
+        print([name for name in loaded if name in sys.modules])
         """
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.splitlines() == [
         "7",
-        "esper_telemetry.analytics needs duckdb for SQL and Parquet: "
-        "pip install 'esper-telemetry[analytics]'",
+        "esper_telemetry.analytics.connect needs duckdb: pip install 'esper-telemetry[analytics]'",
+        "[]",
     ]
 
 
@@ -511,7 +831,7 @@ def test_exported_nan_is_found_by_duckdb_isnan(tmp_path: Path) -> None:
 
 
 def test_export_other_tables_and_refuse_bad_destinations(tmp_path: Path) -> None:
-    """Any table exports; an unknown table or writing over the log raises ValueError."""
+    """Any table exports, into a new folder too; a bad table or destination is refused."""
     write_run(tmp_path / "run", "r1")
     assert export_parquet(tmp_path / "run", tmp_path / "e.parquet", table="events") == 7
     assert export_parquet(tmp_path / "run", tmp_path / "a.parquet", table="anomalies") == 1
@@ -521,6 +841,198 @@ def test_export_other_tables_and_refuse_bad_destinations(tmp_path: Path) -> None
         export_parquet(tmp_path / "run", tmp_path / "run" / EVENTS_FILE)
     with pytest.raises(ValueError, match="is a directory"):
         export_parquet(tmp_path / "run", tmp_path)
-    with pytest.raises(OSError, match="No such file or directory"):
-        export_parquet(tmp_path / "run", tmp_path / "missing" / "x.parquet")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.parquet", "e.parquet", "run"]
+    with pytest.raises(OSError, match="File exists"):
+        export_parquet(tmp_path / "run", tmp_path / "e.parquet" / "x.parquet")
+    assert export_parquet(tmp_path / "run", tmp_path / "new" / "p.parquet") == 5
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet")) == [
+        "a.parquet",
+        "e.parquet",
+        "new/p.parquet",
+    ]
+
+
+def test_a_failed_export_leaves_the_old_file_and_no_temporary_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export that fails while writing keeps the destination as it was, with no leftover."""
+    write_run(tmp_path / "run", "r1")
+    dest = tmp_path / "ppo.parquet"
+    dest.write_bytes(b"old")
+
+    class FailingWriter(pq.ParquetWriter):  # type: ignore[misc]
+        def write_batch(self, *args: object, **kwargs: object) -> None:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "ParquetWriter", FailingWriter)
+    with pytest.raises(OSError, match="disk full"):
+        export_parquet(tmp_path / "run", dest)
+    assert (sorted(p.name for p in tmp_path.iterdir()), dest.read_bytes()) == (
+        ["ppo.parquet", "run"],
+        b"old",
+    )
+
+
+# -- tables_in, render_result, run_query ----------------------------------------------
+
+
+def test_tables_in_names_the_tables_a_statement_reads() -> None:
+    """Only the analytics tables named are listed, in TABLES order; none or unparsable: None."""
+    statements = [
+        "SELECT * FROM ppo_updates",
+        "SELECT * FROM LEVEL_CHANGES l JOIN events e USING (run_id, seq)",
+        "WITH a AS (SELECT * FROM anomalies) SELECT * FROM a, other",
+        "SELECT 1; SELECT * FROM main.events",
+        "DESCRIBE ppo_updates",
+        "SHOW TABLES",
+        "SELEC 1",
+        "PRAGMA table_info('events')",
+    ]
+    assert [tables_in(sql) for sql in statements] == [
+        ["ppo_updates"],
+        ["events", "level_changes"],
+        ["anomalies"],
+        ["events"],
+        ["ppo_updates"],
+        None,
+        None,
+        None,
+    ]
+
+
+VALUES_SQL = (
+    "SELECT * FROM (VALUES "
+    "(1, 0.25, 'a', true, '{\"x\": \"NaN\"}'::JSON, TIMESTAMPTZ '2026-01-02 03:04:05+00', "
+    "[1, 2], map(['k'], [1.5]), 1.50::DECIMAL(4, 2)), "
+    "(NULL, 'NaN'::DOUBLE, 'two\nlines\tand a tab', false, NULL, NULL, NULL, NULL, NULL), "
+    "(3, 'Infinity'::DOUBLE, NULL, NULL, '[1]'::JSON, NULL, [], map(['n'], ['-inf'::DOUBLE]), "
+    "-2.00)"
+    ") AS t(n, x, s, b, j, ts, l, m, d)"
+)
+
+
+def render(sql: str, fmt: QueryFormat, batch_rows: int = 1024) -> list[str]:
+    con = duckdb.connect()
+    try:
+        return list(render_result(con.execute(sql), fmt, batch_rows=batch_rows))
+    finally:
+        con.close()
+
+
+def test_render_result_as_an_aligned_table() -> None:
+    """Numbers right-aligned, NULL and non-finite floats spelled out, control chars escaped."""
+    assert render(VALUES_SQL, "table") == [
+        "   n         x  s                      b      j             ts                       "
+        "  l      m                      d\n"
+        "----  --------  ---------------------  -----  ------------  -------------------------"
+        "  -----  -----------------  -----\n"
+        '   1      0.25  a                      true   {"x": "NaN"}  2026-01-02T03:04:05+00:00'
+        '  [1,2]  {"k":1.5}           1.50\n'
+        "NULL       NaN  two\\nlines\\tand a tab  false  NULL          NULL                     "
+        "  NULL   NULL                NULL\n"
+        "   3  Infinity  NULL                   NULL   [1]           NULL                     "
+        '  []     {"n":"-Infinity"}  -2.00\n'
+        "(3 rows)\n"
+    ]
+
+
+def test_render_result_as_csv_in_batches() -> None:
+    """A header, then batch_rows rows per piece; NULL is an empty field."""
+    pieces = render(VALUES_SQL, "csv", batch_rows=2)
+    assert pieces == [
+        "n,x,s,b,j,ts,l,m,d\n"
+        '1,0.25,a,true,"{""x"": ""NaN""}",2026-01-02T03:04:05+00:00,"[1,2]","{""k"":1.5}",1.50\n'
+        ',NaN,"two\nlines\tand a tab",false,,,,,\n',
+        '3,Infinity,,,[1],,[],"{""n"":""-Infinity""}",-2.00\n',
+    ]
+
+
+def test_render_result_as_strict_json_lines() -> None:
+    """One strict JSON object per row: JSON columns nest, non-finite floats are strings."""
+    (text,) = render(VALUES_SQL, "json")
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"non-strict JSON token {token}")
+
+    assert [json.loads(line, parse_constant=refuse) for line in text.splitlines()] == [
+        {
+            "n": 1,
+            "x": 0.25,
+            "s": "a",
+            "b": True,
+            "j": {"x": "NaN"},
+            "ts": "2026-01-02T03:04:05+00:00",
+            "l": [1, 2],
+            "m": {"k": 1.5},
+            "d": 1.5,
+        },
+        {
+            "n": None,
+            "x": "NaN",
+            "s": "two\nlines\tand a tab",
+            "b": False,
+            "j": None,
+            "ts": None,
+            "l": None,
+            "m": None,
+            "d": None,
+        },
+        {
+            "n": 3,
+            "x": "Infinity",
+            "s": None,
+            "b": None,
+            "j": [1],
+            "ts": None,
+            "l": [],
+            "m": {"n": "-Infinity"},
+            "d": -2.0,
+        },
+    ]
+
+
+def test_an_empty_result_renders_its_columns() -> None:
+    """No rows: the table has its header and (0 rows), CSV its header, JSON nothing."""
+    sql = "SELECT 1 AS a, 'x' AS b WHERE false"
+    assert [render(sql, fmt) for fmt in QUERY_FORMATS] == [
+        ["a  b\n-  -\n(0 rows)\n"],
+        ["a,b\n"],
+        [],
+    ]
+    with pytest.raises(ValueError, match="fmt must be one of table, csv, json, got 'xml'"):
+        render(sql, "xml")  # type: ignore[arg-type]
+
+
+def test_run_query_renders_sql_over_a_run(tmp_path: Path) -> None:
+    """run_query loads the run, runs the statement and yields its rows as text."""
+    write_run(tmp_path, "r1")
+    sql = "SELECT update, lstm_h_rms FROM ppo_updates ORDER BY update"
+    assert list(run_query(tmp_path, sql, fmt="csv")) == [
+        "update,lstm_h_rms\n0,0.5\n1,NaN\n2,Infinity\n3,-0.0\n4,1e-310\n"
+    ]
+
+
+def test_run_query_loads_only_the_tables_the_statement_names(tmp_path: Path) -> None:
+    """A statement over ppo_updates runs on a database that holds only ppo_updates."""
+    write_run(tmp_path, "r1")
+    sql = (
+        "SELECT (SELECT list(table_name ORDER BY table_name) FROM duckdb_tables()) AS loaded, "
+        "count(*) AS n FROM ppo_updates"
+    )
+    assert list(run_query(tmp_path, sql, fmt="json")) == ['{"loaded":["ppo_updates"],"n":5}\n']
+
+
+def test_run_query_reports_bad_sql_and_file_access_as_value_errors(tmp_path: Path) -> None:
+    """DuckDB's refusal (bad SQL, a table not there, a file write) is a ValueError."""
+    write_run(tmp_path, "r1")
+    messages = []
+    for sql in ("SELEC 1", "SELECT * FROM nope", f"COPY events TO '{tmp_path}/x.csv'"):
+        with pytest.raises(ValueError, match="Error: ") as info:
+            run_query(tmp_path, sql)
+        messages.append(str(info.value).splitlines()[0])
+    assert messages == [
+        'Parser Error: syntax error at or near "SELEC"',
+        "Catalog Error: Table with name nope does not exist!",
+        "Permission Error: Cannot access file "
+        f'"{tmp_path}/x.csv" - file system operations are disabled by configuration',
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [EVENTS_FILE]

@@ -19,12 +19,14 @@ from hypothesis import strategies as st
 
 from esper_telemetry import TelemetryHub, emit_ppo_update_event
 from esper_telemetry.analytics import BadLine, read_events
-from esper_telemetry.backends.analytics import EVENTS_FILE, AnalyticsCollector
+from esper_telemetry.backends.analytics import AnalyticsCollector
 from esper_telemetry.contracts import (
-    EventType,
+    EVENTS_FILE,
     LSTMHealthMetrics,
+    PPOUpdateCompleted,
     PPOUpdatePayload,
     TelemetryEvent,
+    parse_event,
 )
 
 SPECIAL_FLOATS = [
@@ -41,18 +43,13 @@ SPECIAL_FLOATS = [
     1 / 3,
 ]
 
-# Children import only what they need: the bare packages skip esper_telemetry/__init__
-# and backends/__init__, which import torch (about 2 s per child on this machine).
+# Importing esper is lazy: a child that needs the collector loads neither torch nor the hub's
+# other backends.
 CHILD_PRELUDE = textwrap.dedent(
     """
-    import importlib.util, pathlib, sys, types
-    root = pathlib.Path(importlib.util.find_spec("esper_telemetry").origin).parent
-    for name, path in (("esper_telemetry", root), ("esper_telemetry.backends", root / "backends")):
-        pkg = types.ModuleType(name)
-        pkg.__path__ = [str(path)]
-        sys.modules[name] = pkg
+    import sys
     from esper_telemetry.backends.analytics import AnalyticsCollector
-    from esper_telemetry.contracts import PPOUpdatePayload, TelemetryEvent
+    from esper_telemetry.contracts import PPOUpdateCompleted, PPOUpdatePayload
     """
 )
 
@@ -130,12 +127,11 @@ def test_lines_are_strict_json_and_floats_round_trip_bit_exact(tmp_path: Path) -
 @given(st.floats(allow_nan=True, allow_infinity=True))
 def test_any_float_round_trips_bit_exact(value: float) -> None:
     """Any float written by the collector reads back with the same bits (NaN as NaN)."""
-    event = TelemetryEvent(
-        event_type=EventType.PPO_UPDATE_COMPLETED,
+    event = PPOUpdateCompleted(
         update=0,
         payload=PPOUpdatePayload(policy_loss=value, value_loss=0.0, entropy=0.0),
     )
-    back = TelemetryEvent.model_validate_json(event.model_dump_json())
+    back = parse_event(event.model_dump_json())
     assert isinstance(back.payload, PPOUpdatePayload)
     assert bits(back.payload.policy_loss) == bits(value)
 
@@ -203,8 +199,7 @@ def test_close_is_idempotent_and_handle_after_close_raises(tmp_path: Path) -> No
     collector.close()
     collector.close()
     collector.flush()
-    event = TelemetryEvent(
-        event_type=EventType.PPO_UPDATE_COMPLETED,
+    event = PPOUpdateCompleted(
         update=0,
         payload=PPOUpdatePayload(policy_loss=0.0, value_loss=0.0, entropy=0.0),
     )
@@ -244,8 +239,7 @@ def test_fsync_calls_follow_the_policy(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", counting_fsync)
-    event = TelemetryEvent(
-        event_type=EventType.PPO_UPDATE_COMPLETED,
+    event = PPOUpdateCompleted(
         update=0,
         payload=PPOUpdatePayload(policy_loss=0.0, value_loss=0.0, entropy=0.0),
     )
@@ -269,7 +263,7 @@ KILL_CHILD = CHILD_PRELUDE + textwrap.dedent(
             payload = PPOUpdatePayload(
                 policy_loss=k * 0.1, value_loss=float("nan"), entropy=-0.0,
                 lstm_h_rms=float("inf"), extra={"k": float(k)})
-            collector.handle(TelemetryEvent(run_id="kill", seq=k, update=k, payload=payload))
+            collector.handle(PPOUpdateCompleted(run_id="kill", seq=k, update=k, payload=payload))
             k += 1
         collector.flush()
         print(f"flushed {k}", flush=True)
@@ -327,7 +321,7 @@ FSIZE_CHILD = CHILD_PRELUDE + textwrap.dedent(
 
     logging.disable(logging.CRITICAL)  # the hub logs each failure with a traceback
     def event(k):
-        return TelemetryEvent(update=k, payload=PPOUpdatePayload(
+        return PPOUpdateCompleted(update=k, payload=PPOUpdatePayload(
             policy_loss=float(k), value_loss=float("nan"), entropy=0.5))
 
     hub = TelemetryHub("fsize")

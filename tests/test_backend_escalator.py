@@ -10,7 +10,6 @@ import torch
 
 from esper_telemetry import (
     AnomalyType,
-    EventType,
     HealthThresholds,
     TelemetryHub,
     TrainingHalted,
@@ -18,7 +17,12 @@ from esper_telemetry import (
     emit_ppo_update_event,
 )
 from esper_telemetry.backends.escalator import AnomalyEscalator
-from esper_telemetry.contracts import AnomalyDetectedPayload, Severity
+from esper_telemetry.contracts import (
+    AnomalyDetected,
+    PPOUpdateCompleted,
+    Severity,
+    TelemetryLevelChanged,
+)
 from esper_telemetry.telemetry import AnomalyDetector
 from esper_telemetry.testing import RecordingBackend
 from tests.faulty_lstm import PPO_STATS, FaultyLSTM
@@ -43,14 +47,19 @@ def run(
 def timeline(rec: RecordingBackend) -> list[tuple[int, str, str]]:
     out = []
     for e in rec.events:
-        p = e.payload
-        what = (
-            p.anomaly_type.value
-            if isinstance(p, AnomalyDetectedPayload)
-            else getattr(p, "level", None) and p.level.name  # type: ignore[union-attr]
-        )
-        out.append((e.update, e.event_type.value, what or e.level.name))
+        match e:
+            case AnomalyDetected(payload=p):
+                what = p.anomaly.type.value
+            case TelemetryLevelChanged(payload=p):
+                what = p.level.name
+            case _:
+                what = e.level.name
+        out.append((e.update, e.event_type.value, what))
     return out
+
+
+def anomalies(rec: RecordingBackend) -> list[AnomalyDetected]:
+    return [e for e in rec.events if isinstance(e, AnomalyDetected)]
 
 
 def test_nan_escalates_for_n_updates_then_restores() -> None:
@@ -83,29 +92,40 @@ def test_nan_escalates_for_n_updates_then_restores() -> None:
 def test_each_fault_gives_its_anomaly_events(fault: str, expected: list[AnomalyType]) -> None:
     """Each injected fault yields exactly its anomaly types, typed and critical."""
     rec, _ = run({1: fault}, updates=3)
-    anomalies = rec.payloads(EventType.ANOMALY_DETECTED)
-    assert [a.anomaly_type for a in anomalies] == expected  # type: ignore[union-attr]
-    assert {
-        (a.severity, e.update)
-        for a, e in zip(anomalies, rec.of_type("ANOMALY_DETECTED"), strict=True)
-    } == {(Severity.CRITICAL, 1)}  # type: ignore[union-attr]
+    assert [
+        (e.update, e.payload.anomaly.type, e.payload.anomaly.severity) for e in anomalies(rec)
+    ] == [(1, kind, Severity.CRITICAL) for kind in expected]
 
 
 def test_anomaly_during_escalation_extends_it_without_new_level_events() -> None:
     """A second anomaly while at DEBUG keeps DEBUG, counted from the last anomaly."""
     rec, _ = run({1: "nan", 3: "explode"}, updates=8, escalate_for=2)
-    changes = [(e.update, e.payload.level.name) for e in rec.of_type("TELEMETRY_LEVEL_CHANGED")]  # type: ignore[union-attr]
+    changes = [
+        (e.update, e.payload.level.name) for e in rec.events if isinstance(e, TelemetryLevelChanged)
+    ]
     assert changes == [(1, "DEBUG"), (5, "NORMAL")]
 
 
-def test_outlier_envs_are_reported_at_debug() -> None:
-    """An anomaly found while already at DEBUG carries the indices of the outlier envs."""
+def test_every_anomaly_carries_its_outlier_envs() -> None:
+    """The first anomaly (found at NORMAL level) names its outlier envs, and so do later ones."""
     rec, _ = run({1: "nan", 2: "explode"}, updates=3)
-    explosion = rec.payloads(EventType.ANOMALY_DETECTED)[-1]
-    assert isinstance(explosion, AnomalyDetectedPayload)
-    assert (explosion.anomaly_type, explosion.outlier_envs) == (
-        AnomalyType.LSTM_C_EXPLOSION,
-        (0, 1, 2, 3, 4, 5),
+    assert [(e.payload.anomaly.type, e.payload.outlier_envs) for e in anomalies(rec)] == [
+        (AnomalyType.LSTM_NAN, (2,)),
+        (AnomalyType.LSTM_C_EXPLOSION, (0, 1, 2, 3, 4, 5)),
+    ]
+
+
+def test_the_update_that_trips_an_anomaly_carries_its_own_detail() -> None:
+    """The anomalous update has per-layer detail although the level rises only after it."""
+    rec, _ = run({2: "explode"}, updates=4, escalate_for=5)
+    updates = [e for e in rec.events if isinstance(e, PPOUpdateCompleted)]
+    detail = [(e.update, e.level.name, e.payload.lstm_detail is not None) for e in updates]
+    spike = updates[2].payload
+    assert spike.lstm_detail is not None
+    assert spike.lstm_c_rms is not None
+    assert (detail, spike.lstm_detail.c_layer_rms) == (
+        [(0, "NORMAL", False), (1, "NORMAL", False), (2, "NORMAL", True), (3, "DEBUG", True)],
+        (spike.lstm_c_rms,),
     )
 
 
@@ -138,7 +158,7 @@ def test_custom_thresholds_apply() -> None:
         HealthThresholds(vanishing_rms=1e-9, warning_rms=1e-4, critical_rms=1e-3)
     )
     rec, _ = run({}, updates=1, detector=detector)
-    assert [p.anomaly_type for p in rec.payloads("ANOMALY_DETECTED")] == [  # type: ignore[union-attr]
+    assert [e.payload.anomaly.type for e in anomalies(rec)] == [
         AnomalyType.LSTM_H_EXPLOSION,
         AnomalyType.LSTM_C_EXPLOSION,
     ]

@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 import structlog
 
-from esper_telemetry import EventType, TelemetryEvent, TelemetryHub
+from esper_telemetry import TelemetryHub
 from esper_telemetry.backends.log import StructlogBackend
 from esper_telemetry.contracts import (
+    Anomaly,
+    AnomalyDetected,
     AnomalyDetectedPayload,
     AnomalyType,
+    PPOUpdateCompleted,
     PPOUpdatePayload,
     Severity,
 )
@@ -28,19 +31,21 @@ def strict(line: str) -> dict:
     return parsed
 
 
-def ppo(update: int, **fields: float) -> TelemetryEvent:
+def ppo(update: int, **fields: float) -> PPOUpdateCompleted:
     payload = PPOUpdatePayload(policy_loss=0.1, value_loss=0.2, entropy=0.3, **fields)
-    return TelemetryEvent(event_type=EventType.PPO_UPDATE_COMPLETED, update=update, payload=payload)
+    return PPOUpdateCompleted(update=update, payload=payload)
 
 
-def anomaly(update: int, severity: Severity) -> TelemetryEvent:
-    payload = AnomalyDetectedPayload(
-        anomaly_type=AnomalyType.LSTM_INF,
+def anomaly(update: int, severity: Severity) -> AnomalyDetected:
+    found = Anomaly(
+        type=AnomalyType.LSTM_INF,
         severity=severity,
         observed=math.inf,
         message="LSTM state holds Inf",
     )
-    return TelemetryEvent(event_type=EventType.ANOMALY_DETECTED, update=update, payload=payload)
+    return AnomalyDetected(
+        update=update, payload=AnomalyDetectedPayload(anomaly=found, outlier_envs=(1,))
+    )
 
 
 def test_json_lines_are_strict_and_carry_the_payload(tmp_path: Path) -> None:
@@ -83,12 +88,36 @@ def test_anomalies_log_at_warning_or_error_and_level_changes_at_info() -> None:
         ("ANOMALY_DETECTED", "error", "Infinity"),
         ("TELEMETRY_LEVEL_CHANGED", "info", None),
     ]
-    change = records[2]
-    assert (change["previous"], change["payload_level"], change["reason"]) == (
-        "NORMAL",
-        "DEBUG",
-        "anomaly",
-    )
+    for record in records:
+        record.pop("timestamp")
+    assert [records[1], records[2]] == [
+        {
+            "event": "ANOMALY_DETECTED",
+            "level": "error",
+            "run_id": "levels",
+            "seq": 1,
+            "update": 2,
+            "rank": 0,
+            "telemetry_level": "NORMAL",
+            "anomaly_type": "lstm_inf",
+            "severity": "critical",
+            "observed": "Infinity",
+            "message": "LSTM state holds Inf",
+            "outlier_envs": [1],
+        },
+        {
+            "event": "TELEMETRY_LEVEL_CHANGED",
+            "level": "info",
+            "run_id": "levels",
+            "seq": 2,
+            "update": 2,
+            "rank": 0,
+            "telemetry_level": "DEBUG",
+            "previous": "NORMAL",
+            "payload_level": "DEBUG",
+            "reason": "anomaly",
+        },
+    ]
 
 
 def test_console_format_is_readable_and_appends(tmp_path: Path) -> None:

@@ -25,20 +25,23 @@ import wandb
 
 from esper_telemetry import (
     AnomalyType,
-    EventType,
     HubStats,
     Severity,
-    TelemetryEvent,
     TelemetryHub,
     compute_lstm_health,
     emit_ppo_update_event,
 )
 from esper_telemetry.backends.wandb import WandBBackend
 from esper_telemetry.contracts import (
+    Anomaly,
+    AnomalyDetected,
     AnomalyDetectedPayload,
     LSTMHealthMetrics,
+    PPOUpdateCompleted,
     PPOUpdatePayload,
+    RunFinished,
     RunFinishedPayload,
+    RunStarted,
     RunStartedPayload,
 )
 from tests.wandb_offline import (
@@ -98,23 +101,19 @@ def anomaly(
     observed: float,
     threshold: float | None,
     message: str,
-) -> TelemetryEvent:
-    payload = AnomalyDetectedPayload(
-        anomaly_type=kind,
-        severity=severity,
-        observed=observed,
-        threshold=threshold,
-        message=message,
+) -> AnomalyDetected:
+    found = Anomaly(
+        type=kind, severity=severity, observed=observed, threshold=threshold, message=message
     )
-    return TelemetryEvent(event_type=EventType.ANOMALY_DETECTED, update=update, payload=payload)
+    return AnomalyDetected(update=update, payload=AnomalyDetectedPayload(anomaly=found))
 
 
-def ppo_event(update: int) -> TelemetryEvent:
+def ppo_event(update: int) -> PPOUpdateCompleted:
     payload = PPOUpdatePayload(policy_loss=0.1, value_loss=0.2, entropy=0.3)
-    return TelemetryEvent(event_type=EventType.PPO_UPDATE_COMPLETED, update=update, payload=payload)
+    return PPOUpdateCompleted(update=update, payload=payload)
 
 
-def ppo_row(event: TelemetryEvent) -> dict[str, Any]:
+def ppo_row(event: PPOUpdateCompleted) -> dict[str, Any]:
     """The history row one PPO_UPDATE_COMPLETED event should produce, written by hand."""
     p = event.payload
     assert isinstance(p, PPOUpdatePayload)
@@ -206,7 +205,7 @@ def drive_scenario() -> tuple[WandBBackend, dict[str, Any], HubStats]:
         },
         description="offline test run",
     )
-    hub.emit(TelemetryEvent(event_type=EventType.RUN_STARTED, update=0, payload=started))
+    hub.emit(RunStarted(update=0, payload=started))
     ppo = {"policy_loss": 0.1, "value_loss": 0.5, "entropy": 0.69, "approx_kl": 0.01}
     events["u0"] = emit_ppo_update_event(
         hub,
@@ -272,7 +271,7 @@ def drive_scenario() -> tuple[WandBBackend, dict[str, Any], HubStats]:
         )
     )
     finished = RunFinishedPayload(status="completed", summary={"mean_return": 1.5, "worst_kl": NAN})
-    hub.emit(TelemetryEvent(event_type=EventType.RUN_FINISHED, update=2, payload=finished))
+    hub.emit(RunFinished(update=2, payload=finished))
     return backend, events, hub.close(timeout=30)
 
 
@@ -415,15 +414,18 @@ def test_metrics_are_declared_against_the_update(scenario: Scenario) -> None:
     ]
 
 
-def test_the_hub_delivered_every_event_to_the_backend(scenario: Scenario) -> None:
-    """The backend handled all 11 events without a failure, drop or stuck close."""
+def test_the_two_rows_w_and_b_would_drop_are_counted_as_lost(scenario: Scenario) -> None:
+    """The backend handled all 11 events; the 2 late rows it could not log are lost in stats."""
     (sub,) = scenario.stats.subscribers
-    assert (sub.name, sub.delivered, scenario.stats.lossless, sub.stuck) == (
-        "wandb",
-        11,
-        True,
-        False,
-    )
+    assert (
+        sub.name,
+        sub.delivered,
+        sub.failed,
+        sub.undelivered,
+        sub.lost,
+        scenario.stats.lossless,
+        sub.stuck,
+    ) == ("wandb", 11, 0, 2, 2, False, False)
 
 
 # --------------------------------------------------------------------------- other runs
@@ -664,3 +666,25 @@ def test_importing_without_wandb_names_the_extra(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delitem(sys.modules, "esper_telemetry.backends.wandb")
     with pytest.raises(ImportError, match=r"pip install 'esper-telemetry\[wandb\]'"):
         importlib.import_module("esper_telemetry.backends.wandb")
+
+
+def test_per_layer_maxima_include_the_update_that_exploded(wandb_dir: Path) -> None:
+    """With the escalator, the exploding update itself logs per-layer RMS, so W&B's per-layer
+    max summary holds the spike (before, detail only started with the next update)."""
+    from esper_telemetry.backends.escalator import AnomalyEscalator
+    from tests.faulty_lstm import FaultyLSTM
+
+    with TelemetryHub("explode-run") as hub:
+        hub.subscribe(AnomalyEscalator(escalate_for=1), mode="inline")
+        hub.subscribe(WandBBackend("esper-tests"))
+        trainer = FaultyLSTM(hub, {3: "explode"})
+        for k in range(5):
+            trainer.update(k)
+    summary = inspect_summary(run_dir_of(wandb_dir, "explode-run"))["summary"]
+    rows = history(inspect_run(run_dir_of(wandb_dir, "explode-run")))
+    spike = rows[3]
+    assert (
+        [("lstm/layer0/c_rms" in row) for row in rows],
+        spike["lstm/layer0/c_rms"] == spike["lstm/c_rms"],  # one layer: the layer is the state
+        summary["lstm/layer0/c_rms"]["max"] == summary["lstm/c_rms"]["max"] == spike["lstm/c_rms"],
+    ) == ([False, False, False, True, True], True, True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from esper_telemetry import __version__
@@ -74,3 +75,21 @@ def test_ppo_help_documents_the_options_and_exit_statuses() -> None:
         "--inject-fault",
     } <= options
     assert "130 interrupted" in " ".join(result.output.split())
+
+
+def test_ppo_refuses_a_bogus_fault_with_one_usage_error_and_trains_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """esper ppo --inject-fault bogus: exit 2, click's usage error naming --inject-fault and
+    what it expects (no traceback), and no run directory."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["ppo", "--inject-fault", "bogus"], prog_name="esper")
+    assert (result.exit_code, type(result.exception)) == (2, SystemExit)
+    assert result.output.splitlines() == [
+        "Usage: esper ppo [OPTIONS]",
+        "Try 'esper ppo --help' for help.",
+        "",
+        "Error: Invalid value for --inject-fault: expected KIND@UPDATE with KIND one of nan, "
+        "inf, explode, vanish and UPDATE an int >= 0 (e.g. nan@3), got 'bogus'",
+    ]
+    assert list(tmp_path.iterdir()) == []

@@ -6,16 +6,19 @@ import csv
 import json
 import math
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no type hints
 import pytest
 from click.testing import CliRunner
 
 from esper_telemetry import TelemetryHub, emit_ppo_update_event
-from esper_telemetry.backends.analytics import EVENTS_FILE, AnalyticsCollector
+from esper_telemetry.backends.analytics import AnalyticsCollector
 from esper_telemetry.cli import main
-from esper_telemetry.contracts import LSTMHealthMetrics
+from esper_telemetry.contracts import EVENTS_FILE, LSTMHealthMetrics
 
 H_RMS = [0.25, math.nan, math.inf]
 
@@ -91,14 +94,15 @@ def test_query_csv_over_a_glob(runs: Path) -> None:
     sql = "SELECT run_id, update, lstm_h_rms, approx_kl FROM ppo_updates ORDER BY run_id, update"
     code, out, _ = invoke("query", str(runs / "*"), sql, "--format", "csv")
     assert code == 0
-    rows = list(csv.reader(out.splitlines()))
-    assert rows[0] == ["run_id", "update", "lstm_h_rms", "approx_kl"]
-    assert rows[1:4] == [
+    assert list(csv.reader(out.splitlines())) == [
+        ["run_id", "update", "lstm_h_rms", "approx_kl"],
         ["run-a", "0", "0.25", ""],
         ["run-a", "1", "NaN", ""],
         ["run-a", "2", "Infinity", ""],
+        ["run-b", "0", "0.25", ""],
+        ["run-b", "1", "NaN", ""],
+        ["run-b", "2", "Infinity", ""],
     ]
-    assert [r[0] for r in rows[4:]] == ["run-b"] * 3
 
 
 def test_query_json_is_strict_json_lines(runs: Path) -> None:
@@ -140,10 +144,11 @@ def test_query_warns_about_skipped_lines_on_stderr(runs: Path) -> None:
     with (runs / "a" / EVENTS_FILE).open("ab") as f:
         f.write(b"not json\n")
     code, out, err = invoke("query", str(runs / "a"), "SELECT count(*) AS n FROM ppo_updates")
-    assert code == 0
-    assert out.splitlines()[2].strip() == "3"
-    assert err.startswith("warning: skipped 1 bad line; the first: ")
-    assert f"{EVENTS_FILE}:4: Invalid JSON" in err
+    assert (code, out.splitlines()) == (0, ["n", "-", "3", "(1 row)"])
+    assert err == (
+        f"warning: skipped 1 bad line; the first: {runs / 'a' / EVENTS_FILE}:4: "
+        "Invalid JSON: expected ident at line 1 column 2\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -212,3 +217,34 @@ def test_a_query_naming_no_table_sees_every_table(runs: Path) -> None:
     code, out, _ = invoke("query", str(runs / "a"), "SHOW TABLES", "--format", "csv")
     assert code == 0
     assert out.splitlines() == ["name", "anomalies", "events", "level_changes", "ppo_updates"]
+
+
+def test_query_names_the_extra_when_duckdb_is_missing(
+    runs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without duckdb, esper query fails with one line that says what to install."""
+    monkeypatch.setitem(sys.modules, "duckdb", None)
+    assert invoke("query", str(runs / "a"), "SELECT 1") == (
+        1,
+        "",
+        "Error: esper query needs duckdb: pip install 'esper-telemetry[analytics]'\n",
+    )
+
+
+def test_esper_query_loads_neither_torch_nor_gymnasium(runs: Path) -> None:
+    """A query, run in a fresh interpreter, prints its rows without importing the trainer."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from esper_telemetry.cli import main
+        try:
+            main(["query", {str(runs / "a")!r}, "SELECT count(*) AS n FROM ppo_updates"])
+        except SystemExit as exit:
+            assert exit.code in (0, None), exit.code
+        print(sorted(m for m in ("torch", "gymnasium") if m in sys.modules))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.splitlines() == ["n", "-", "3", "(1 row)", "[]"]

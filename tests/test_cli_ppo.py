@@ -7,14 +7,22 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from esper_telemetry import TelemetryEvent
 from esper_telemetry.analytics import read_events
+from esper_telemetry.contracts import (
+    AnomalyDetected,
+    AnomalyType,
+    PPOUpdateCompleted,
+    RunFinished,
+    RunLayout,
+    Severity,
+    TelemetryEvent,
+)
+from tests.reliability.children import finish, wait_for_updates
 from tests.wandb_offline import history, inspect_run, of_type
 
 SMALL = ["--envs", "2", "--episode-length", "8", "--hidden", "16", "--no-progress"]
@@ -53,12 +61,17 @@ def kinds(events: list[TelemetryEvent]) -> list[tuple[int, str]]:
 
 
 def log_lines(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [json.loads(x) for x in RunLayout(run_dir).log.read_text().splitlines()]
 
 
 def wandb_run(run_dir: Path) -> Path:
-    (found,) = (run_dir / "wandb").glob("offline-run-*")
+    (found,) = RunLayout(run_dir).wandb.glob("offline-run-*")
     return found
+
+
+def finished_status(events: list[TelemetryEvent]) -> list[str]:
+    """The status of every RunFinished event."""
+    return [e.payload.status for e in events if isinstance(e, RunFinished)]
 
 
 def test_a_run_writes_every_output_with_the_same_updates(tmp_path: Path) -> None:
@@ -73,11 +86,9 @@ def test_a_run_writes_every_output_with_the_same_updates(tmp_path: Path) -> None
         *[(k, "PPO_UPDATE_COMPLETED") for k in range(5)],
         (4, "RUN_FINISHED"),
     ]
-    for e in events[1:-1]:
-        health = e.payload.health()  # type: ignore[union-attr]
-        assert health is not None
-        assert len(health.to_dict()) == 12
-    assert events[-1].payload.status == "completed"  # type: ignore[union-attr]
+    healths = [e.payload.health() for e in events if isinstance(e, PPOUpdateCompleted)]
+    assert [len(h.to_dict()) if h is not None else None for h in healths] == [12] * 5
+    assert finished_status(events) == ["completed"]
     logged = [r["update"] for r in log_lines(run_dir) if r["event"] == "PPO_UPDATE_COMPLETED"]
     assert logged == [0, 1, 2, 3, 4]
     rows = history(inspect_run(wandb_run(run_dir)))
@@ -87,7 +98,8 @@ def test_a_run_writes_every_output_with_the_same_updates(tmp_path: Path) -> None
 
 
 def test_an_injected_nan_is_detected_escalated_alerted_and_logged(tmp_path: Path) -> None:
-    """nan@3: an lstm_nan anomaly at update 3, DEBUG afterwards, a W&B alert, an error line."""
+    """nan@3: one lstm_nan anomaly at update 3 naming env 0, DEBUG afterwards, one W&B alert,
+    one error line in the structured log with the anomaly's fields flat."""
     result = esper(
         tmp_path, "--episodes", "6", "--run-id", "nan", "--inject-fault", "nan@3", *SMALL
     )
@@ -95,19 +107,31 @@ def test_an_injected_nan_is_detected_escalated_alerted_and_logged(tmp_path: Path
     run_dir = tmp_path / "runs" / "nan"
     events = events_of(run_dir)
     anomalies = [
-        (e.update, e.payload.anomaly_type.value)
+        (e.update, e.payload.anomaly.type, e.payload.anomaly.severity, e.payload.outlier_envs)
         for e in events
-        if e.event_type.value == "ANOMALY_DETECTED"
-    ]  # type: ignore[union-attr]
-    assert anomalies[0] == (3, "lstm_nan")
-    levels = {
-        e.update: e.level.name for e in events if e.event_type.value == "PPO_UPDATE_COMPLETED"
-    }
-    assert [levels[k] for k in range(6)] == ["NORMAL"] * 4 + ["DEBUG"] * 2
+        if isinstance(e, AnomalyDetected)
+    ]
+    assert anomalies == [(3, AnomalyType.LSTM_NAN, Severity.CRITICAL, (0,))]
+    levels = [(e.update, e.level.name) for e in events if isinstance(e, PPOUpdateCompleted)]
+    assert levels == [(k, "NORMAL") for k in range(4)] + [(k, "DEBUG") for k in (4, 5)]
     alerts = of_type(inspect_run(wandb_run(run_dir)), "alert")
-    assert alerts[0]["title"] == "esper: lstm_nan"
-    errors = [(r["update"], r["anomaly_type"]) for r in log_lines(run_dir) if r["level"] == "error"]
-    assert errors[0] == (3, "lstm_nan")
+    assert [(a["title"], a["level"]) for a in alerts] == [("esper: lstm_nan", "ERROR")]
+    errors = [
+        {k: r[k] for k in ("update", "anomaly_type", "severity", "observed", "message")}
+        | {"outlier_envs": r["outlier_envs"]}
+        for r in log_lines(run_dir)
+        if r["level"] == "error"
+    ]
+    assert errors == [
+        {
+            "update": 3,
+            "anomaly_type": "lstm_nan",
+            "severity": "critical",
+            "observed": "NaN",
+            "message": "LSTM state holds NaN",
+            "outlier_envs": [0],
+        }
+    ]
 
 
 def test_halt_on_critical_exits_non_zero_naming_the_anomaly_with_everything_flushed(
@@ -133,7 +157,7 @@ def test_halt_on_critical_exits_non_zero_naming_the_anomaly_with_everything_flus
         (2, "TELEMETRY_LEVEL_CHANGED"),
         (2, "RUN_FINISHED"),
     ]
-    assert events[-1].payload.status == "halted"  # type: ignore[union-attr]
+    assert finished_status(events) == ["halted"]
 
 
 def test_sigterm_stops_cleanly_and_marks_the_run_interrupted(tmp_path: Path) -> None:
@@ -162,23 +186,22 @@ def test_sigterm_stops_cleanly_and_marks_the_run_interrupted(tmp_path: Path) -> 
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        events_file = run_dir / "events.jsonl"
-        while time.monotonic() < deadline:
-            if events_file.exists() and events_file.read_text().count("PPO_UPDATE_COMPLETED") >= 3:
-                break
-            time.sleep(0.1)
+        wait_for_updates(proc, RunLayout(run_dir).events, 3)
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = finish(proc, timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr
     events = events_of(run_dir)
-    assert events[-1].event_type.value == "RUN_FINISHED"
-    assert events[-1].payload.status == "interrupted"  # type: ignore[union-attr]
-    updates = [e.update for e in events if e.event_type.value == "PPO_UPDATE_COMPLETED"]
-    assert updates == list(range(len(updates)))
+    updates = [e.update for e in events if isinstance(e, PPOUpdateCompleted)]
     assert len(updates) >= 3
+    assert kinds(events) == [
+        (0, "RUN_STARTED"),
+        *[(k, "PPO_UPDATE_COMPLETED") for k in updates],
+        (updates[-1], "RUN_FINISHED"),
+    ]
+    assert updates == list(range(len(updates)))
+    assert finished_status(events) == ["interrupted"]
     logged = [r["update"] for r in log_lines(run_dir) if r["event"] == "PPO_UPDATE_COMPLETED"]
     assert logged == updates
 
@@ -188,7 +211,8 @@ def test_wandb_online_without_credentials_fails_before_training(tmp_path: Path) 
     result = esper(tmp_path, "--episodes", "3", "--run-id", "online", "--wandb", "online", *SMALL)
     assert result.returncode == 2
     assert "wandb login" in result.stderr
-    assert not (tmp_path / "runs" / "online" / "events.jsonl").exists()
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs" / "online").exists()
 
 
 @pytest.mark.parametrize(
@@ -202,8 +226,10 @@ def test_wandb_online_without_credentials_fails_before_training(tmp_path: Path) 
 def test_bad_options_are_refused_before_training(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
-    """A bad option exits 2 with a message naming it, and leaves no run behind."""
+    """A bad option exits 2 with one error line naming it (no traceback), and leaves no run
+    behind."""
     result = esper(tmp_path, *args, "--wandb", "disabled", *SMALL, timeout=60)
     assert result.returncode == 2
-    assert message in result.stderr
-    assert not list((tmp_path / "runs").glob("*/events.jsonl"))
+    assert len([line for line in result.stderr.splitlines() if message in line]) == 1
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -4,29 +4,45 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from esper_telemetry.contracts import (
-    PAYLOAD_MODELS,
+    EVENT_CLASSES,
+    STATUS_COLOUR,
+    Anomaly,
+    AnomalyDetected,
     AnomalyDetectedPayload,
     AnomalyType,
+    EventBase,
     EventType,
+    FrozenDict,
+    HealthStatus,
     HealthThresholds,
     HubStats,
     LSTMHealthDetail,
     LSTMHealthMetrics,
+    PPOUpdateCompleted,
     PPOUpdatePayload,
     RunFinishedPayload,
+    RunLayout,
+    RunStarted,
     RunStartedPayload,
     Severity,
     SubscriberStats,
-    TelemetryEvent,
     TelemetryLevel,
     TelemetryLevelChangedPayload,
+    event_class,
+    format_value,
+    health_status,
+    parse_event,
+    validate_event,
 )
 
 NAN, INF = math.nan, math.inf
@@ -115,11 +131,13 @@ def sample_payloads() -> dict[EventType, BaseModel]:
             extra=AWKWARD,
         ),
         EventType.ANOMALY_DETECTED: AnomalyDetectedPayload(
-            anomaly_type=AnomalyType.LSTM_NAN,
-            severity=Severity.CRITICAL,
-            observed=NAN,
-            threshold=-INF,
-            message="LSTM state holds NaN",
+            anomaly=Anomaly(
+                type=AnomalyType.LSTM_NAN,
+                severity=Severity.CRITICAL,
+                observed=NAN,
+                threshold=-INF,
+                message="LSTM state holds NaN",
+            ),
             outlier_envs=(3,),
         ),
         EventType.TELEMETRY_LEVEL_CHANGED: TelemetryLevelChangedPayload(
@@ -143,9 +161,9 @@ def sample_payloads() -> dict[EventType, BaseModel]:
     }
 
 
-def sample_event(event_type: EventType) -> TelemetryEvent:
+def sample_event(event_type: EventType) -> EventBase:
     """A fully stamped event of the given type around its sample payload."""
-    return TelemetryEvent(
+    return event_class(event_type)(
         update=7,
         run_id="run-1",
         seq=41,
@@ -162,7 +180,7 @@ def canonical(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return ("float", repr(value))
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {k: canonical(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return type(value)(canonical(v) for v in value)
@@ -188,8 +206,8 @@ ALL_TYPES = list(EventType)
 def test_event_round_trips_bit_exact_through_json(event_type: EventType) -> None:
     """Every event, NaN/±Inf included, reads back from its JSON with identical values."""
     event = sample_event(event_type)
-    restored = TelemetryEvent.model_validate_json(event.model_dump_json())
-    assert type(restored.payload) is type(event.payload)
+    restored = parse_event(event.model_dump_json())
+    assert (type(restored), type(restored.payload)) == (type(event), type(event.payload))
     assert canonical(restored.model_dump()) == canonical(event.model_dump())
 
 
@@ -210,7 +228,9 @@ def test_non_finite_floats_are_written_as_strings() -> None:
 def test_extra_round_trips_bit_exact() -> None:
     """Each awkward float in `extra` comes back as the same float (NaN as NaN, -0.0 as -0.0)."""
     event = sample_event(EventType.PPO_UPDATE_COMPLETED)
-    extra = TelemetryEvent.model_validate_json(event.model_dump_json()).payload.extra
+    restored = parse_event(event.model_dump_json())
+    assert isinstance(restored.payload, PPOUpdatePayload)
+    extra = restored.payload.extra
     assert math.isnan(extra["nan"])
     assert {k: repr(v) for k, v in extra.items()} == {k: repr(v) for k, v in AWKWARD.items()}
     assert [extra[k] for k in AWKWARD if k != "nan"] == [
@@ -222,17 +242,18 @@ def test_run_config_with_non_finite_floats_round_trips() -> None:
     """NaN and ±Inf in a run's config are stored as their strict-JSON strings, so the config
     reads back exactly as it was stored."""
     config = {"clip": INF, "target_kl": NAN, "nested": {"low": -INF, "values": [INF, 1.5]}}
-    event = TelemetryEvent(update=0, payload=RunStartedPayload(config=config))
+    event = RunStarted(update=0, payload=RunStartedPayload(config=config))
     stored = {
         "clip": "Infinity",
         "target_kl": "NaN",
         "nested": {"low": "-Infinity", "values": ["Infinity", 1.5]},
     }
-    assert event.payload.config == stored
+    assert event.payload.config.to_dict() == stored
     text = event.model_dump_json()
     strict_loads(text)
-    restored = TelemetryEvent.model_validate_json(text)
-    assert restored.payload.config == stored
+    restored = parse_event(text)
+    assert isinstance(restored, RunStarted)
+    assert restored.payload.config.to_dict() == stored
 
 
 # --------------------------------------------------------------------------- payload typing
@@ -244,11 +265,18 @@ def _mismatches() -> list[tuple[EventType, EventType]]:
 
 @pytest.mark.parametrize(("own", "other"), _mismatches())
 def test_payload_cannot_travel_under_another_type(own: EventType, other: EventType) -> None:
-    """Building an event whose event_type does not fit its payload raises, naming payload."""
+    """Building an event class around another kind's payload raises, naming payload."""
     with pytest.raises(ValidationError, match="payload") as info:
-        TelemetryEvent(event_type=other, update=0, payload=sample_payloads()[own])
+        event_class(other)(update=0, payload=sample_payloads()[own])
     assert isinstance(info.value, ValueError)
-    assert PAYLOAD_MODELS[other].__name__ in str(info.value)
+    assert {e["loc"][0] for e in info.value.errors()} == {"payload"}
+
+
+@pytest.mark.parametrize(("own", "other"), _mismatches())
+def test_event_type_is_fixed_by_the_class(own: EventType, other: EventType) -> None:
+    """An event class refuses another kind's event_type, naming event_type."""
+    with pytest.raises(ValidationError, match="event_type"):
+        event_class(own)(event_type=other, update=0, payload=sample_payloads()[own])
 
 
 @pytest.mark.parametrize(("own", "other"), _mismatches())
@@ -257,15 +285,25 @@ def test_json_with_changed_event_type_is_rejected(own: EventType, other: EventTy
     data = json.loads(sample_event(own).model_dump_json())
     data["event_type"] = other.value
     with pytest.raises(ValidationError, match="payload") as info:
-        TelemetryEvent.model_validate_json(json.dumps(data))
-    assert all(e["loc"][:1] == ("payload",) or not e["loc"] for e in info.value.errors())
+        parse_event(json.dumps(data))
+    assert all(e["loc"][1:2] == ("payload",) for e in info.value.errors())
 
 
 @pytest.mark.parametrize("event_type", ALL_TYPES)
-def test_event_type_follows_from_payload(event_type: EventType) -> None:
-    """Without event_type, the envelope takes the payload's own type."""
-    event = TelemetryEvent(update=0, payload=sample_payloads()[event_type])
+def test_event_type_follows_from_the_class(event_type: EventType) -> None:
+    """Each class carries its own event_type; the classes cover EventType in order."""
+    event = event_class(event_type)(update=0, payload=sample_payloads()[event_type])
     assert event.event_type is event_type
+    assert [c.model_fields["event_type"].default for c in EVENT_CLASSES] == list(EventType)
+
+
+@pytest.mark.parametrize("event_type", ALL_TYPES)
+def test_validate_event_picks_the_class_from_python_data(event_type: EventType) -> None:
+    """validate_event reads a dumped event back into its own class."""
+    event = sample_event(event_type)
+    restored = validate_event(event.model_dump())
+    assert type(restored) is type(event)
+    assert canonical(restored.model_dump()) == canonical(event.model_dump())
 
 
 # --------------------------------------------------------------------------- validation
@@ -275,7 +313,7 @@ def test_unknown_envelope_field_is_rejected() -> None:
     """An unknown field on the envelope raises, naming that field."""
     payload = sample_payloads()[EventType.RUN_STARTED]
     with pytest.raises(ValidationError, match="Extra inputs are not permitted") as info:
-        TelemetryEvent(update=0, payload=payload, colour="red")
+        RunStarted(update=0, payload=payload, colour="red")  # type: ignore[call-arg]
     assert [e["loc"] for e in info.value.errors()] == [("colour",)]
 
 
@@ -284,9 +322,9 @@ def test_unknown_envelope_field_in_json_is_rejected() -> None:
     data = json.loads(sample_event(EventType.RUN_STARTED).model_dump_json())
     data["colour"] = "red"
     with pytest.raises(ValidationError) as info:
-        TelemetryEvent.model_validate_json(json.dumps(data))
+        parse_event(json.dumps(data))
     assert [(e["loc"], e["type"]) for e in info.value.errors()] == [
-        (("colour",), "extra_forbidden")
+        (("RUN_STARTED", "colour"), "extra_forbidden")
     ]
 
 
@@ -303,9 +341,9 @@ def test_unknown_payload_field_is_rejected(event_type: EventType) -> None:
     data = json.loads(sample_event(event_type).model_dump_json())
     data["payload"]["surprise"] = 1.0
     with pytest.raises(ValidationError, match=r"payload\.surprise") as nested:
-        TelemetryEvent.model_validate_json(json.dumps(data))
+        parse_event(json.dumps(data))
     assert [(e["loc"], e["type"]) for e in nested.value.errors()] == [
-        (("payload", "surprise"), "extra_forbidden")
+        ((event_type.value, "payload", "surprise"), "extra_forbidden")
     ]
 
 
@@ -368,7 +406,7 @@ def test_wrong_envelope_types_are_rejected(changes: dict[str, Any], field: str) 
     """A float, string or bool for an int envelope field, or a number for run_id, raises."""
     payload = sample_payloads()[EventType.RUN_STARTED]
     with pytest.raises(ValidationError, match=field) as info:
-        TelemetryEvent(**{"update": 0, "payload": payload, **changes})
+        RunStarted(**{"update": 0, "payload": payload, **changes})
     assert {e["loc"][0] for e in info.value.errors()} == {field}
 
 
@@ -379,8 +417,8 @@ def test_wrong_types_in_json_payload_are_rejected(value: str, field: str) -> Non
     data = json.loads(text)
     data["payload"][field] = json.loads(value)
     with pytest.raises(ValidationError, match=rf"payload\.{field}") as info:
-        TelemetryEvent.model_validate_json(json.dumps(data))
-    assert {e["loc"][:2] for e in info.value.errors()} == {("payload", field)}
+        parse_event(json.dumps(data))
+    assert {e["loc"][1:3] for e in info.value.errors()} == {("payload", field)}
 
 
 def test_float_fields_take_ints_and_non_finite_strings() -> None:
@@ -397,7 +435,7 @@ def test_float_fields_take_ints_and_non_finite_strings() -> None:
         (sample_event(EventType.RUN_STARTED), "update", 8),
         (sample_event(EventType.RUN_STARTED), "payload", None),
         (sample_payloads()[EventType.PPO_UPDATE_COMPLETED], "policy_loss", 0.0),
-        (sample_payloads()[EventType.ANOMALY_DETECTED], "observed", 1.0),
+        (sample_payloads()[EventType.ANOMALY_DETECTED], "anomaly", None),
         (
             LSTMHealthMetrics(
                 **dict.fromkeys(LSTMHealthMetrics.model_fields, 0.0)
@@ -505,3 +543,314 @@ def test_parse_rejects_unknown_levels_listing_names(value: Any) -> None:
     """An unknown level raises ValueError that lists every valid name."""
     with pytest.raises(ValueError, match=r"use one of off, minimal, normal, debug$"):
         TelemetryLevel.parse(value)
+
+
+# --------------------------------------------------------------------------- read-only
+
+
+@pytest.mark.parametrize(
+    ("mapping", "key"),
+    [
+        (PPOUpdatePayload(**_PPO_BASE, extra={"fps": 900.0}).extra, "fps"),
+        (RunFinishedPayload(status="completed", summary={"updates": 3.0}).summary, "updates"),
+        (RunStartedPayload(config={"net": {"sizes": [64]}}).config, "net"),
+    ],
+    ids=["extra", "summary", "config"],
+)
+def test_payload_mappings_are_read_only(mapping: Mapping[str, Any], key: str) -> None:
+    """extra, summary and config refuse every kind of change."""
+    before = dict(mapping)
+    attempts = [
+        lambda: mapping.__setitem__(key, 1.0),  # type: ignore[attr-defined]
+        lambda: mapping.__delitem__(key),  # type: ignore[attr-defined]
+        lambda: mapping.update({key: 1.0}),  # type: ignore[attr-defined]
+        lambda: mapping.pop(key),  # type: ignore[attr-defined]
+        lambda: mapping.clear(),  # type: ignore[attr-defined]
+    ]
+    refused = 0
+    for attempt in attempts:
+        with pytest.raises((TypeError, AttributeError)):
+            attempt()
+        refused += 1
+    assert (refused, dict(mapping)) == (len(attempts), before)
+
+
+def test_nested_config_is_read_only_too() -> None:
+    """A config's nested mappings and lists cannot be changed either."""
+    config = RunStartedPayload(config={"net": {"sizes": [64, 64]}}).config
+    net = config["net"]
+    assert isinstance(net, FrozenDict)
+    with pytest.raises(TypeError):
+        net["sizes"] = [1]  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        net["sizes"].append(1)  # type: ignore[union-attr]
+    assert config.to_dict() == {"net": {"sizes": [64, 64]}}
+
+
+def test_frozen_mappings_pickle_and_compare_like_dicts() -> None:
+    """A FrozenDict pickles, equals the dict it holds, and to_dict() gives a mutable copy."""
+    import pickle
+
+    payload = PPOUpdatePayload(**_PPO_BASE, extra={"a": 1.0})
+    copy = pickle.loads(pickle.dumps(payload))
+    plain = payload.extra.to_dict()
+    plain["a"] = 2.0
+    assert (copy == payload, payload.extra == {"a": 1.0}, plain) == (True, True, {"a": 2.0})
+
+
+def test_an_inline_subscriber_cannot_rewrite_what_others_see() -> None:
+    """One subscriber trying to change payload.extra fails; the next one sees the original."""
+    from esper_telemetry.hub import TelemetryHub
+
+    seen: list[dict[str, float]] = []
+    errors: list[str] = []
+
+    def vandal(event: Any) -> None:
+        try:
+            event.payload.extra["fps"] = -1.0
+        except TypeError as exc:
+            errors.append(type(exc).__name__)
+
+    with TelemetryHub("frozen") as hub:
+        hub.subscribe(vandal, mode="inline")
+        hub.subscribe(lambda e: seen.append(dict(e.payload.extra)), mode="inline")
+        hub.emit(
+            PPOUpdateCompleted(update=0, payload=PPOUpdatePayload(**_PPO_BASE, extra={"fps": 9.0}))
+        )
+    assert (errors, seen) == (["TypeError"], [{"fps": 9.0}])
+
+
+# --------------------------------------------------------------------------- versions
+
+
+V1_ANOMALY = (
+    '{"event_type":"ANOMALY_DETECTED","schema_version":1,"run_id":"r","seq":4,"update":3,'
+    '"timestamp":"2026-11-05T12:30:15Z","rank":0,"level":3,"payload":{"anomaly_type":'
+    '"lstm_c_explosion","severity":"critical","observed":260.9,"threshold":10.0,'
+    '"message":"c_rms = 260.9 is above critical_rms = 10","outlier_envs":[2]}}'
+)
+
+
+def test_version_1_anomaly_lines_still_read() -> None:
+    """An anomaly line of schema_version 1 (flat fields) reads into the nested shape."""
+    event = parse_event(V1_ANOMALY)
+    assert isinstance(event, AnomalyDetected)
+    assert (event.schema_version, event.payload.model_dump(mode="json")) == (
+        1,
+        {
+            "anomaly": {
+                "type": "lstm_c_explosion",
+                "severity": "critical",
+                "observed": 260.9,
+                "threshold": 10.0,
+                "message": "c_rms = 260.9 is above critical_rms = 10",
+            },
+            "outlier_envs": [2],
+        },
+    )
+
+
+def test_new_anomaly_lines_nest_the_anomaly_and_carry_version_2() -> None:
+    """A new anomaly line holds the Anomaly itself under payload.anomaly."""
+    data = json.loads(sample_event(EventType.ANOMALY_DETECTED).model_dump_json())
+    assert (data["schema_version"], sorted(data["payload"])) == (2, ["anomaly", "outlier_envs"])
+
+
+# --------------------------------------------------------------------------- redaction marks
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    """``annotation`` and every type inside it (Optional, tuple, Annotated unwrapped)."""
+    from typing import get_args, get_origin
+
+    inner = get_args(annotation) if get_origin(annotation) is not None else ()
+    return [annotation, *(a for arg in inner for a in _flatten(arg))]
+
+
+def _text_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, bool]]:
+    """(path, marked) for every str or mapping field of ``model`` and its sub-models."""
+    from typing import get_origin
+
+    from esper_telemetry.contracts import Redact
+
+    found: list[tuple[str, bool]] = []
+    for name, info in model.model_fields.items():
+        types = _flatten(info.annotation)
+        for sub in {t for t in types if isinstance(t, type) and issubclass(t, BaseModel)}:
+            found += _text_fields(sub, f"{prefix}{name}.")
+        marked = any(isinstance(m, Redact) for t in types for m in getattr(t, "__metadata__", ()))
+        marked = marked or any(isinstance(m, Redact) for m in info.metadata)
+        if str in types or any(get_origin(t) is Mapping for t in types):
+            found.append((f"{prefix}{name}", marked))
+    return found
+
+
+def test_free_text_fields_are_marked_for_redaction() -> None:
+    """Every free-text field of every event is marked Redact, except the envelope's run_id."""
+    fields = sorted({f for cls in EVENT_CLASSES for f in _text_fields(cls)})
+    assert fields == [
+        ("payload.anomaly.message", True),
+        ("payload.config", True),
+        ("payload.description", True),
+        ("payload.extra", False),
+        ("payload.hub_stats.run_id", False),
+        ("payload.hub_stats.subscribers.last_error", True),
+        ("payload.hub_stats.subscribers.name", False),
+        ("payload.message", True),
+        ("payload.reason", True),
+        ("payload.summary", False),
+        ("run_id", False),
+    ]
+
+
+def test_redact_marked_walks_every_marked_field() -> None:
+    """redact_marked replaces exactly the marked fields, at any depth, and leaves the input."""
+    from esper_telemetry.contracts import redact_marked
+
+    def shout(value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else dict.fromkeys(value, "X")
+
+    anomaly = sample_event(EventType.ANOMALY_DETECTED)
+    started = RunStarted(update=0, payload=RunStartedPayload(config={"a": 1}, description="d"))
+    ppo = sample_event(EventType.PPO_UPDATE_COMPLETED)
+    redacted = redact_marked(anomaly, shout)
+    assert isinstance(redacted, AnomalyDetected)
+    assert (
+        redacted.payload.anomaly.message,
+        redact_marked(started, shout).payload.model_dump(),
+        redact_marked(ppo, shout) is ppo,
+        anomaly.payload.model_dump()["anomaly"]["message"],
+    ) == (
+        "LSTM STATE HOLDS NAN",
+        {"config": {"a": "X"}, "description": "D"},
+        True,
+        "LSTM state holds NaN",
+    )
+
+
+# --------------------------------------------------------------------------- the health rule
+
+_values = st.one_of(
+    st.floats(min_value=0.0, max_value=1e6, allow_nan=False),
+    st.sampled_from([0.0, 1e-6, 5.0, 10.0, NAN, INF]),
+)
+
+
+@pytest.mark.parametrize(
+    ("rms", "env_max", "top", "expected"),
+    [
+        (0.5, 0.6, 0.9, HealthStatus.HEALTHY),
+        (5.0, 5.0, 9.0, HealthStatus.HEALTHY),  # strict: exactly warning_rms is not a warning
+        (5.5, 6.0, 9.0, HealthStatus.WARNING),
+        (10.0, 10.0, 30.0, HealthStatus.WARNING),  # strict: exactly critical_rms is not critical
+        (9.0, 10.5, 30.0, HealthStatus.CRITICAL),  # one env above critical_rms
+        (1e-7, 1e-7, 1e-7, HealthStatus.CRITICAL),  # vanishing
+        (1e-6, 1e-6, 1e-6, HealthStatus.HEALTHY),  # strict: exactly vanishing_rms is not
+        (0.5, 0.6, NAN, HealthStatus.CRITICAL),  # NaN somewhere in the tensor
+        (0.5, 0.6, INF, HealthStatus.CRITICAL),
+    ],
+)
+def test_the_rule_for_one_tensor(rms: float, env_max: float, top: float, expected: Any) -> None:
+    """HealthThresholds.status applies the one rule, strictly, to one tensor's numbers."""
+    assert HealthThresholds().status(rms, env_max, top) is expected
+
+
+@given(h=st.tuples(_values, _values, _values), c=st.tuples(_values, _values, _values))
+def test_health_status_is_the_worse_of_the_two_tensors(
+    h: tuple[float, float, float], c: tuple[float, float, float]
+) -> None:
+    """health_status is exactly the worse of the rule applied to h and to c."""
+    metrics = LSTMHealthMetrics(
+        h_l2_total=1.0,
+        c_l2_total=1.0,
+        h_rms=h[0],
+        h_env_rms_mean=h[0],
+        h_env_rms_max=h[1],
+        h_max=h[2],
+        c_rms=c[0],
+        c_env_rms_mean=c[0],
+        c_env_rms_max=c[1],
+        c_max=c[2],
+        has_nan=any(math.isnan(v) for v in (*h, *c)),
+        has_inf=any(math.isinf(v) for v in (*h, *c)),
+    )
+    t = HealthThresholds()
+    worst = max(t.status(*h), t.status(*c), key=lambda s: s.rank)
+    assert (health_status(metrics, t), metrics.status_of("h", t), metrics.status_of("c", t)) == (
+        worst,
+        t.status(*h),
+        t.status(*c),
+    )
+
+
+def test_every_status_has_one_colour() -> None:
+    """The colour map covers every status, one distinct colour each."""
+    assert STATUS_COLOUR == {
+        HealthStatus.HEALTHY: "green",
+        HealthStatus.WARNING: "yellow",
+        HealthStatus.CRITICAL: "red",
+    }
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def _stats(when_full: Any, **counts: int) -> SubscriberStats:
+    base = dict.fromkeys(("delivered", "failed", "dropped", "queue_depth"), 0)
+    return SubscriberStats(
+        name="s",
+        mode="thread",
+        when_full=when_full,
+        queue_size=8,
+        latency_p50_ms=0.0,
+        latency_p99_ms=0.0,
+        latency_max_ms=0.0,
+        **{**base, **counts},
+    )
+
+
+@pytest.mark.parametrize(
+    ("when_full", "counts", "lost"),
+    [
+        ("block", {"delivered": 9}, 0),
+        ("drop_oldest", {"dropped": 5}, 0),  # a view asked for recent events only
+        ("block", {"dropped": 5}, 5),  # a stuck lossless subscriber lost them
+        ("block", {"failed": 2}, 2),
+        ("drop_oldest", {"abandoned": 3}, 3),
+        ("drop_oldest", {"undelivered": 4}, 4),  # rows the backend could not write
+        ("block", {"failed": 1, "dropped": 1, "abandoned": 1, "undelivered": 1}, 4),
+    ],
+)
+def test_lost_has_one_definition(when_full: Any, counts: dict[str, int], lost: int) -> None:
+    """Lost = failed + abandoned + undelivered + the drops of a block subscriber."""
+    stats = _stats(when_full, **counts)
+    hub = HubStats(run_id="r", state="open", level=2, emitted=9, subscribers=(stats, stats))
+    assert (stats.lost, hub.lost, hub.lossless) == (lost, 2 * lost, lost == 0)
+
+
+# --------------------------------------------------------------------------- layout, numbers
+
+
+def test_the_run_layout_names_every_file_once() -> None:
+    """RunLayout puts each file of a run where every reader looks for it."""
+    layout = RunLayout("runs/r1")
+    assert [str(p) for p in (layout.events, layout.log, layout.wandb, layout.report)] == [
+        "runs/r1/events.jsonl",
+        "runs/r1/log.jsonl",
+        "runs/r1/wandb",
+        "runs/r1/report.png",
+    ]
+
+
+def test_format_value_spells_non_finite_values_exactly() -> None:
+    """The one number formatter never rounds a broken value into a plausible one."""
+    values = [NAN, INF, -INF, 1e308, 5e-324, 0.0, None]
+    assert [format_value(v) for v in values] == [
+        "nan",
+        "inf",
+        "-inf",
+        "1.000e+308",
+        "4.941e-324",
+        "0.000",
+        "—",
+    ]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from esper_telemetry import (
+    HealthThresholds,
     PPOUpdatePayload,
     TelemetryHub,
     TelemetryLevel,
@@ -161,14 +162,37 @@ def test_debug_level_carries_detail_and_outlier_envs() -> None:
     assert len(p.lstm_detail.c_env_rms) == 4
 
 
-def test_normal_level_drops_the_detail() -> None:
-    """Below DEBUG the detail is not published even when it was computed."""
+def test_normal_level_drops_the_detail_of_a_healthy_state() -> None:
+    """Below DEBUG a healthy state's detail is not published even when it was computed."""
     health = compute_lstm_health(lstm_state(), detail=True)
     with TelemetryHub("normal") as hub:
         event = emit_ppo_update_event(hub, update=0, metrics=PPO, lstm_health=health)
     assert event is not None
     assert (event.payload.lstm_detail, event.payload.lstm_outlier_envs) == (None, None)
     assert event.payload.lstm_h_rms == health[0].h_rms  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "published"),
+    [(None, True), (HealthThresholds(warning_rms=100.0, critical_rms=1000.0), False)],
+    ids=["critical-by-default", "healthy-under-looser-thresholds"],
+)
+def test_a_critical_state_carries_its_detail_at_normal_level(
+    thresholds: HealthThresholds | None, published: bool
+) -> None:
+    """At NORMAL, a state the thresholds call CRITICAL carries its detail and outlier envs."""
+    h, c = lstm_state(batch=4)
+    c = c.clone()
+    c[:, 1, :] = 50.0  # env 1 explodes: critical under the default rule (env RMS > 10)
+    health = compute_lstm_health((h, c), detail=True)
+    assert health is not None
+    with TelemetryHub("spike") as hub:
+        event = emit_ppo_update_event(
+            hub, update=0, metrics=PPO, lstm_health=health, thresholds=thresholds
+        )
+    assert event is not None
+    expected = (health[1], (1,)) if published else (None, None)
+    assert (event.payload.lstm_detail, event.payload.lstm_outlier_envs) == expected
 
 
 def test_a_requested_halt_stops_the_next_emit_and_publishes_nothing(hub: TelemetryHub) -> None:

@@ -8,11 +8,16 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from esper_telemetry.contracts import LSTMHealthDetail, LSTMHealthMetrics
+from esper_telemetry.contracts import (
+    HealthStatus,
+    LSTMHealthDetail,
+    LSTMHealthMetrics,
+    health_status,
+)
 from esper_telemetry.telemetry import compute_lstm_health
 
 ONE_DNN_PROJ_WARNING = "ignore:LSTM with projections is not supported with oneDNN:UserWarning"
@@ -42,19 +47,25 @@ def _scalar(x: torch.Tensor) -> float:
 
 
 def _ref_one(x: torch.Tensor) -> dict[str, Any]:
-    """Reference numbers of one [layers, batch, hidden] tensor, all in float64."""
+    """Reference numbers of one [layers, batch, hidden] tensor, all in float64.
+
+    Finite values are first scaled by a power of two (exact) near 1/max|x|, so that
+    squares of float64 values as large as 1e200 or as small as 1e-200 stay in range.
+    """
     x = x.detach().to(torch.float64)
     layers, batch, size = x.shape
-    sq = x.square()
-    l2 = math.sqrt(_scalar(sq.sum()))
-    env_rms = (sq.sum(dim=(0, 2)) / (layers * size)).sqrt()
-    layer_rms = (sq.sum(dim=(1, 2)) / (batch * size)).sqrt()
+    amax = _scalar(x.abs().max())
+    power = 2.0 ** -max(-1000, min(1000, math.frexp(amax)[1])) if math.isfinite(amax) else 1.0
+    sq = (x * power).square()
+    l2 = math.sqrt(_scalar(sq.sum())) / power
+    env_rms = (sq.sum(dim=(0, 2)) / (layers * size)).sqrt() / power
+    layer_rms = (sq.sum(dim=(1, 2)) / (batch * size)).sqrt() / power
     return {
         "l2": l2,
         "rms": l2 / math.sqrt(x.numel()),
         "env_rms_mean": _scalar(env_rms.mean()),
         "env_rms_max": _scalar(env_rms.max()),
-        "max": _scalar(x.abs().max()),
+        "max": amax,
         "has_nan": bool(torch.isnan(x).any().item()),
         "has_inf": bool(torch.isinf(x).any().item()),
         "layer_rms": tuple(layer_rms.tolist()),
@@ -101,7 +112,7 @@ def _close(actual: Any, expected: Any, rel: float) -> bool:
     if math.isnan(expected):
         return math.isnan(actual)
     if math.isinf(expected):
-        return actual == expected
+        return bool(actual == expected)
     return math.isclose(actual, expected, rel_tol=rel, abs_tol=0.0)
 
 
@@ -112,6 +123,20 @@ def assert_model_close(actual: BaseModel, expected: BaseModel, rel: float) -> No
     assert got.keys() == want.keys()
     mismatches = {k: (got[k], want[k]) for k in want if not _close(got[k], want[k], rel)}
     assert mismatches == {}
+
+
+def measure(h: torch.Tensor, c: torch.Tensor) -> LSTMHealthMetrics:
+    """``compute_lstm_health((h, c))``, typed for a state that is not None."""
+    metrics = compute_lstm_health((h, c))
+    assert metrics is not None
+    return metrics
+
+
+def measure_detail(h: torch.Tensor, c: torch.Tensor) -> tuple[LSTMHealthMetrics, LSTMHealthDetail]:
+    """``compute_lstm_health((h, c), detail=True)``, typed for a state that is not None."""
+    result = compute_lstm_health((h, c), detail=True)
+    assert result is not None
+    return result
 
 
 # --------------------------------------------------------------------------- strategies
@@ -145,6 +170,28 @@ def lstm_states(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
     return h.to(dtype), c.to(dtype)
 
 
+@st.composite
+def broken_lstm_states(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor]:
+    """lstm_states with a few NaN and ±Inf put at random places in h, c or both."""
+    h, c = (t.clone() for t in draw(lstm_states()))
+    for value in draw(st.lists(st.sampled_from((math.nan, math.inf, -math.inf)), max_size=3)):
+        x = draw(st.sampled_from((h, c)))
+        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = value
+    return h, c
+
+
+@st.composite
+def shapes(draw: st.DrawFn) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of h and c: [layers, batch, hidden] or [batch, hidden]; c may be wider."""
+    layers = draw(st.integers(1, 4))
+    batch = draw(st.integers(1, 80))
+    h_size = draw(st.integers(1, 80))
+    c_size = draw(st.one_of(st.just(h_size), st.integers(1, 80)))
+    if layers == 1 and draw(st.booleans()):
+        return (batch, h_size), (batch, c_size)
+    return (layers, batch, h_size), (layers, batch, c_size)
+
+
 def _state(
     layers: int, batch: int, h_size: int, c_size: int | None = None, *, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +223,7 @@ def test_tiny_finite_values_are_measured_exactly(dtype: torch.dtype, value: floa
     h = torch.full((2, 3, 4), value, dtype=dtype)
     c = torch.full((2, 3, 6), -value, dtype=dtype)
     expected, _ = reference(h, c)
-    assert_model_close(compute_lstm_health((h, c)), expected, REL_TOL[dtype])
+    assert_model_close(measure(h, c), expected, REL_TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
@@ -199,7 +246,97 @@ def test_huge_finite_values_are_exact_and_not_inf(dtype: torch.dtype) -> None:
         has_nan=False,
         has_inf=False,
     )
-    assert_model_close(compute_lstm_health((h, c)), expected, 1e-12)
+    assert_model_close(measure(h, c), expected, 1e-12)
+
+
+@settings(max_examples=200)
+@given(
+    shape=shapes(),
+    dtype=st.sampled_from(DTYPES),
+    values=st.tuples(st.floats(allow_nan=False), st.floats(allow_nan=False)),
+)
+@example(shape=((2, 3, 5), (2, 3, 7)), dtype=torch.float64, values=(0.5, 10.0))
+@example(shape=((1, 9, 3), (1, 9, 3)), dtype=torch.float32, values=(0.1, -1e30))
+@example(shape=((4, 7, 11), (4, 7, 6)), dtype=torch.float64, values=(1e-200, 1e300))
+def test_constant_state_measures_exactly_its_value(
+    shape: tuple[tuple[int, ...], tuple[int, ...]],
+    dtype: torch.dtype,
+    values: tuple[float, float],
+) -> None:
+    """A state constant in h and in c gives exactly |value| for every RMS, L2 to 1e-12."""
+    h = torch.full(shape[0], values[0], dtype=torch.float64).to(dtype)
+    c = torch.full(shape[1], values[1], dtype=torch.float64).to(dtype)
+    h_value, c_value = abs(float(h.flatten()[0])), abs(float(c.flatten()[0]))
+    assume(math.isfinite(h_value) and math.isfinite(c_value))
+    metrics, detail = measure_detail(h, c)
+    layers = 1 if h.dim() == 2 else h.shape[0]
+    batch = h.shape[-2]
+    h_l2, c_l2 = h_value * math.sqrt(h.numel()), c_value * math.sqrt(c.numel())
+    assert math.isclose(metrics.h_l2_total, h_l2, rel_tol=1e-12, abs_tol=0.0)
+    assert math.isclose(metrics.c_l2_total, c_l2, rel_tol=1e-12, abs_tol=0.0)
+    assert metrics == LSTMHealthMetrics(
+        h_l2_total=metrics.h_l2_total,  # checked above, to 1e-12
+        c_l2_total=metrics.c_l2_total,
+        h_rms=h_value,
+        c_rms=c_value,
+        h_env_rms_mean=h_value,
+        h_env_rms_max=h_value,
+        c_env_rms_mean=c_value,
+        c_env_rms_max=c_value,
+        h_max=h_value,
+        c_max=c_value,
+        has_nan=False,
+        has_inf=False,
+    )
+    assert detail == LSTMHealthDetail(
+        h_layer_rms=(h_value,) * layers,
+        c_layer_rms=(c_value,) * layers,
+        h_env_rms=(h_value,) * batch,
+        c_env_rms=(c_value,) * batch,
+    )
+
+
+@settings(max_examples=50)
+@given(shape=shapes(), dtype=st.sampled_from((torch.float32, torch.float64)))
+@pytest.mark.parametrize(
+    ("c_value", "status"), [(10.0, HealthStatus.WARNING), (5.0, HealthStatus.HEALTHY)]
+)
+def test_rms_exactly_at_a_threshold_is_not_above_it(
+    shape: tuple[tuple[int, ...], tuple[int, ...]],
+    dtype: torch.dtype,
+    c_value: float,
+    status: HealthStatus,
+) -> None:
+    """c = 10 (critical_rms) everywhere is a WARNING, c = 5 (warning_rms) HEALTHY; h = 0.5."""
+    h = torch.full(shape[0], 0.5, dtype=dtype)
+    c = torch.full(shape[1], c_value, dtype=dtype)
+    metrics = measure(h, c)
+    assert (metrics.c_rms, metrics.c_env_rms_max, metrics.h_rms) == (c_value, c_value, 0.5)
+    assert health_status(metrics) is status
+
+
+@settings(max_examples=50)
+@given(
+    shape=shapes(),
+    dtype=st.sampled_from((torch.float32, torch.float64)),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_rms_of_plus_minus_a_value_never_exceeds_it(
+    shape: tuple[tuple[int, ...], tuple[int, ...]], dtype: torch.dtype, seed: int
+) -> None:
+    """h = ±0.5 and c = ±10 with random signs: no RMS figure exceeds max|x|, so no CRITICAL."""
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randint(0, 2, shape[0], generator=gen).to(dtype) - 0.5
+    c = (torch.randint(0, 2, shape[1], generator=gen).to(dtype) * 2 - 1) * 10.0
+    metrics, detail = measure_detail(h, c)
+    expected, expected_detail = reference(h, c)
+    assert_model_close(metrics, expected, REL_TOL[dtype])
+    assert_model_close(detail, expected_detail, REL_TOL[dtype])
+    h_figures = (metrics.h_rms, metrics.h_env_rms_mean, metrics.h_env_rms_max)
+    c_figures = (metrics.c_rms, metrics.c_env_rms_mean, metrics.c_env_rms_max)
+    assert max(h_figures + detail.h_layer_rms + detail.h_env_rms) <= 0.5 == metrics.h_max
+    assert max(c_figures + detail.c_layer_rms + detail.c_env_rms) <= 10.0 == metrics.c_max
+    assert health_status(metrics) is HealthStatus.WARNING
 
 
 def test_zero_state_gives_zero_metrics_and_no_flags() -> None:
@@ -228,7 +365,7 @@ def test_nan_only_sets_has_nan(where: str) -> None:
     h, c = _state(2, 4, 8, 5)
     (h if where == "h" else c)[1, 2, 3] = math.nan
     expected, _ = reference(h, c)
-    actual = compute_lstm_health((h, c))
+    actual = measure(h, c)
     assert (actual.has_nan, actual.has_inf) == (True, False)
     assert_model_close(actual, expected, REL_TOL[torch.float32])
 
@@ -240,7 +377,7 @@ def test_inf_only_sets_has_inf(where: str, sign: float) -> None:
     h, c = _state(2, 4, 8, 5)
     (h if where == "h" else c)[0, 1, 2] = sign * math.inf
     expected, _ = reference(h, c)
-    actual = compute_lstm_health((h, c))
+    actual = measure(h, c)
     assert (actual.has_nan, actual.has_inf) == (False, True)
     assert_model_close(actual, expected, REL_TOL[torch.float32])
 
@@ -253,9 +390,74 @@ def test_nan_and_inf_together_set_both_flags(nan_in: str, inf_in: str, sign: flo
     (h if nan_in == "h" else c)[1, 1, 1] = math.nan
     (h if inf_in == "h" else c)[0, 3, 4] = sign * math.inf
     expected, _ = reference(h, c)
-    actual = compute_lstm_health((h, c))
+    actual = measure(h, c)
     assert (actual.has_nan, actual.has_inf) == (True, True)
     assert_model_close(actual, expected, REL_TOL[torch.float32])
+
+
+@settings(max_examples=200)
+@given(state=broken_lstm_states())
+@example(state=(torch.tensor([[[math.nan, 1.0]]]), torch.full((1, 1, 3), 1e30)))
+@example(state=(torch.full((1, 1, 3), -1e-30), torch.tensor([[[1.0, math.nan]]])))
+def test_broken_states_match_float64_reference(state: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """With NaN and ±Inf placed anywhere, metrics and detail match the float64 reference."""
+    h, c = state
+    expected_metrics, expected_detail = reference(h, c)
+    metrics, detail = measure_detail(h, c)
+    assert_model_close(metrics, expected_metrics, REL_TOL[h.dtype])
+    assert_model_close(detail, expected_detail, REL_TOL[h.dtype])
+
+
+#: (dtype, magnitude) whose squares leave the range the dtype's norms run in.
+OUT_OF_RANGE = [
+    (torch.float32, 1e30),
+    (torch.float32, 1e-30),
+    (torch.float64, 1e200),
+    (torch.float64, 1e-200),
+]
+
+
+@pytest.mark.parametrize(("dtype", "value"), OUT_OF_RANGE, ids=str)
+@pytest.mark.parametrize("nan_in", ["h", "c"])
+@pytest.mark.parametrize("with_inf", [False, True], ids=["nan", "nan-and-inf"])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (3, 40, 8, 5)], ids=["few-rows", "many-rows"])
+def test_nan_in_one_tensor_leaves_the_other_exact(
+    dtype: torch.dtype, value: float, nan_in: str, with_inf: bool, shape: tuple[int, ...]
+) -> None:
+    """A NaN (and maybe -Inf) in one tensor: the other's huge or tiny values stay exact."""
+    broken, other = _state(*shape, seed=1)
+    broken, other = broken.to(dtype), (other.double() * value).to(dtype)
+    broken[1, 2, 3] = math.nan
+    if with_inf:
+        broken[0, 1, 2] = -math.inf
+    h, c = (broken, other) if nan_in == "h" else (other, broken)
+    expected, expected_detail = reference(h, c)
+    metrics, detail = measure_detail(h, c)
+    assert (metrics.has_nan, metrics.has_inf) == (True, with_inf)
+    assert_model_close(metrics, expected, REL_TOL[dtype])
+    assert_model_close(detail, expected_detail, REL_TOL[dtype])
+    # The measured tensor went through the float64 rescaling: far tighter than float32.
+    side = "c" if nan_in == "h" else "h"
+    got, want = metrics.model_dump(), expected.model_dump()
+    for name in ("l2_total", "rms", "env_rms_mean", "env_rms_max", "max"):
+        key = f"{side}_{name}"
+        assert math.isclose(got[key], want[key], rel_tol=1e-12), key
+
+
+@pytest.mark.parametrize(("dtype", "value"), OUT_OF_RANGE, ids=str)
+def test_nan_in_h_with_constant_c_gives_c_exactly(dtype: torch.dtype, value: float) -> None:
+    """NaN in h, c = 1e30 (or 1e-30, ...) everywhere: c_rms is exactly c's value, no Inf."""
+    h = torch.randn(2, 3, 4, dtype=dtype)
+    h[0, 0, 0] = math.nan
+    c = torch.full((2, 3, 6), value, dtype=dtype)
+    stored = float(c[0, 0, 0])
+    metrics = measure(h, c)
+    assert (metrics.c_rms, metrics.c_env_rms_mean, metrics.c_env_rms_max, metrics.c_max) == (
+        (stored,) * 4
+    )
+    assert math.isclose(metrics.c_l2_total, stored * math.sqrt(c.numel()), rel_tol=1e-12)
+    assert math.isnan(metrics.h_rms)
+    assert (metrics.has_nan, metrics.has_inf) == (True, False)
 
 
 def test_two_dimensional_state_is_one_layer() -> None:
@@ -283,7 +485,7 @@ def test_detail_matches_float64_reference(state: tuple[torch.Tensor, torch.Tenso
 def test_detail_does_not_change_the_metrics() -> None:
     """The metrics returned with detail=True equal those returned without it."""
     h, c = _state(3, 16, 32, 12)
-    metrics, _ = compute_lstm_health((h, c), detail=True)
+    metrics, _ = measure_detail(h, c)
     assert metrics == compute_lstm_health((h, c))
 
 
@@ -293,7 +495,7 @@ def test_detail_of_huge_values_is_exact() -> None:
     h[1] *= 2.0
     c = torch.full((2, 3, 6), -3e25)
     expected_metrics, expected_detail = reference(h, c)
-    metrics, detail = compute_lstm_health((h, c), detail=True)
+    metrics, detail = measure_detail(h, c)
     assert_model_close(metrics, expected_metrics, 1e-12)
     assert_model_close(detail, expected_detail, 1e-12)
 
@@ -341,6 +543,19 @@ def test_nan_and_inf_take_exactly_two_transfers(transfers: Counter[str], detail:
     assert dict(transfers) == {"tolist": 2}
 
 
+@pytest.mark.parametrize("detail", [False, True])
+def test_nan_and_out_of_range_values_take_exactly_two_transfers(
+    transfers: Counter[str], detail: bool
+) -> None:
+    """NaN in h and huge c: one second tolist() both rescales c and asks for Inf."""
+    h, c = _state(2, 8, 16, 8)
+    h[0, 0, 0] = math.nan
+    c *= 1e30
+    transfers.clear()
+    compute_lstm_health((h, c), detail=detail)
+    assert dict(transfers) == {"tolist": 2}
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -348,7 +563,7 @@ def test_works_under_inference_mode() -> None:
     """Inference tensors measured inside torch.inference_mode() match the reference."""
     with torch.inference_mode():
         h, c = _state(2, 8, 16, 8)
-        actual = compute_lstm_health((h, c))
+        actual = measure(h, c)
     expected, _ = reference(h, c)
     assert_model_close(actual, expected, REL_TOL[torch.float32])
 
@@ -374,8 +589,8 @@ def test_non_leaf_state_keeps_its_graph() -> None:
     x = torch.randn(2, 8, 16, requires_grad=True)
     h, c = x * 2.0, x * 3.0
     expected, _ = reference(h, c)
-    actual = compute_lstm_health((h, c))
-    (h.sum() + c.sum()).backward()
+    actual = measure(h, c)
+    torch.autograd.backward(h.sum() + c.sum())
     assert x.grad is not None
     assert torch.equal(x.grad, torch.full_like(x, 5.0))
     assert_model_close(actual, expected, REL_TOL[torch.float32])
@@ -409,7 +624,7 @@ def test_non_contiguous_views_match_reference(make: Any) -> None:
     h, c = make()
     assert not (h.is_contiguous() and c.is_contiguous())
     expected, expected_detail = reference(h.contiguous(), c.contiguous())
-    metrics, detail = compute_lstm_health((h, c), detail=True)
+    metrics, detail = measure_detail(h, c)
     assert_model_close(metrics, expected, REL_TOL[torch.float32])
     assert_model_close(detail, expected_detail, REL_TOL[torch.float32])
 
@@ -427,7 +642,7 @@ def test_real_lstm_state_goes_through(num_layers: int, proj_size: int) -> None:
     assert h.shape == (num_layers, 4, proj_size or 8)
     assert c.shape == (num_layers, 4, 8)
     expected, expected_detail = reference(h, c)
-    metrics, detail = compute_lstm_health((h, c), detail=True)
+    metrics, detail = measure_detail(h, c)
     assert_model_close(metrics, expected, REL_TOL[torch.float32])
     assert_model_close(detail, expected_detail, REL_TOL[torch.float32])
 

@@ -3,27 +3,52 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
 
-from esper_telemetry import EventType, TelemetryHub
+from esper_telemetry import TelemetryHub
 from esper_telemetry.backends.escalator import AnomalyEscalator
-from esper_telemetry.contracts import PPOUpdatePayload, RunFinishedPayload
-from esper_telemetry.testing import RecordingBackend
+from esper_telemetry.contracts import (
+    AnomalyDetected,
+    AnomalyType,
+    HealthThresholds,
+    PPOUpdateCompleted,
+    PPOUpdatePayload,
+    RunFinished,
+    RunStarted,
+    TelemetryEvent,
+    TelemetryLevelChanged,
+)
+from esper_telemetry.testing import RecordingBackend, capture_events
+from esper_telemetry.training import FaultKind, PPOConfig, TrainResult, train
 from esper_telemetry.training.ppo import (
-    PPOConfig,
     RecurrentActorCritic,
+    RecurrentState,
     compute_gae,
     sample_actions,
     select_envs,
-    train,
 )
 
-TINY = {"envs": 2, "steps": 8, "epochs": 2, "hidden": 8}
+#: How much the mean return must rise over 30 updates (seed 0 gains about 49; a learning
+#: rate of 1e-9, i.e. no learning, drifts by about 4).
+LEARNING_GAIN = 25.0
 
 
-def reference_gae(rewards, values, dones, last_value, gamma, lam):  # type: ignore[no-untyped-def]
+def tiny(updates: int, fault: tuple[FaultKind, int] | None = None) -> PPOConfig:
+    """A run small enough for a unit test: 2 envs, 8 steps, 2 epochs, 8 hidden units."""
+    return PPOConfig(updates=updates, envs=2, steps=8, epochs=2, hidden=8, fault=fault)
+
+
+def reference_gae(
+    rewards: list[list[float]],
+    values: list[list[float]],
+    dones: list[list[bool]],
+    last_value: list[float],
+    gamma: float,
+    lam: float,
+) -> list[list[float]]:
     """GAE as the sum over l of (gamma*lam)^l * delta_{t+l}, stopping after a done."""
     T, B = len(rewards), len(rewards[0])
     adv = [[0.0] * B for _ in range(T)]
@@ -72,7 +97,7 @@ def model() -> RecurrentActorCritic:
     return RecurrentActorCritic(2, 2, PPOConfig(hidden=8, layers=2))
 
 
-def random_state(batch: int, fill: float | None = None) -> tuple:
+def random_state(batch: int, fill: float | None = None) -> RecurrentState:
     def t() -> torch.Tensor:
         return torch.full((2, batch, 8), fill) if fill is not None else torch.randn(2, batch, 8)
 
@@ -122,74 +147,120 @@ def test_sampling_is_seeded_follows_softmax_and_survives_nan() -> None:
 
 
 def run_events(
-    config: PPOConfig, *, escalator: AnomalyEscalator | None = None
-) -> tuple[list, object]:
+    config: PPOConfig,
+    *,
+    escalator: AnomalyEscalator | None = None,
+    thresholds: HealthThresholds | None = None,
+) -> tuple[list[TelemetryEvent], TrainResult]:
     rec = RecordingBackend()
     with TelemetryHub("ppo-test") as hub:
         if escalator is not None:
             hub.subscribe(escalator, mode="inline")
         hub.subscribe(rec, mode="inline")
-        result = train(config, hub)
+        result = train(config, hub, thresholds=thresholds)
     return rec.events, result
 
 
+def updates_of(events: list[TelemetryEvent]) -> list[PPOUpdatePayload]:
+    return [e.payload for e in events if isinstance(e, PPOUpdateCompleted)]
+
+
 def test_a_run_frames_its_updates_and_is_deterministic() -> None:
-    """RUN_STARTED, one PPO update per update with 12 lstm fields, RUN_FINISHED; a second run
-    with the same seed publishes the same numbers."""
-    config = PPOConfig(updates=3, **TINY)
+    """RunStarted, one PPOUpdateCompleted per update with 12 lstm fields, RunFinished; a
+    second run with the same seed publishes the same numbers."""
+    config = tiny(3)
     first, result = run_events(config)
     second, _ = run_events(config)
-    assert [e.event_type.value for e in first] == [
-        "RUN_STARTED",
-        *["PPO_UPDATE_COMPLETED"] * 3,
-        "RUN_FINISHED",
-    ]
-    updates = [e.payload for e in first if isinstance(e.payload, PPOUpdatePayload)]
+    assert [type(e) for e in first] == [RunStarted, *[PPOUpdateCompleted] * 3, RunFinished]
+    updates = updates_of(first)
     assert [p.env_steps for p in updates] == [16, 32, 48]
-    assert all(p.health() is not None for p in updates)
-    assert [e.payload for e in first[1:-1]] == [e.payload for e in second[1:-1]]
-    finished = first[-1].payload
-    assert isinstance(finished, RunFinishedPayload)
-    assert (finished.status, finished.summary["updates"]) == ("completed", 3.0)
-    assert result.status == "completed"  # type: ignore[attr-defined]
+    assert [p.health() is not None for p in updates] == [True, True, True]
+    assert updates == updates_of(second)
+    finished = first[-1]
+    assert isinstance(finished, RunFinished)
+    assert (finished.payload.status, finished.payload.summary["updates"]) == ("completed", 3.0)
+    assert (result.status, result.updates, result.env_steps) == ("completed", 3, 48)
 
 
 def test_injected_nan_is_measured_and_training_goes_on() -> None:
-    """fault nan@1 makes update 1's state NaN; the run still completes (nothing resets it)."""
-    events, result = run_events(PPOConfig(updates=3, fault=("nan", 1), **TINY))
-    flags = [e.payload.lstm_has_nan for e in events if isinstance(e.payload, PPOUpdatePayload)]
-    assert flags[:2] == [False, True]
-    assert result.status == "completed"  # type: ignore[attr-defined]
+    """fault nan@1 makes update 1's state NaN (env 0, named in its detail); the run still
+    completes, and an episode start in env 0 clears the NaN by update 2."""
+    events, result = run_events(tiny(3, ("nan", 1)))
+    assert [(p.lstm_has_nan, p.lstm_outlier_envs) for p in updates_of(events)] == [
+        (False, None),
+        (True, (0,)),
+        (False, None),
+    ]
+    assert result.status == "completed"
+
+
+def test_only_the_critical_update_carries_detail_at_normal_level() -> None:
+    """At NORMAL level, the exploded update 1 carries its per-env detail; the healthy
+    updates around it carry none."""
+    events, _ = run_events(tiny(3, ("explode", 1)))
+    assert [(p.lstm_detail is not None, p.lstm_outlier_envs) for p in updates_of(events)] == [
+        (False, None),
+        (True, (0, 1)),
+        (False, None),
+    ]
+
+
+def test_the_thresholds_given_to_train_decide_which_updates_carry_detail() -> None:
+    """With thresholds that call every healthy state vanishing (critical), every update
+    carries its detail; with the default ones, none does."""
+    strict = HealthThresholds(vanishing_rms=1.0, warning_rms=2.0, critical_rms=3.0)
+    config = tiny(3)
+    with_strict, _ = run_events(config, thresholds=strict)
+    with_default, _ = run_events(config)
+    assert [p.lstm_detail is not None for p in updates_of(with_strict)] == [True] * 3
+    assert [p.lstm_detail is not None for p in updates_of(with_default)] == [False] * 3
 
 
 def test_halt_on_critical_stops_the_run_after_the_anomaly() -> None:
     """With an escalator halting on critical, the run stops after the faulty update and says so."""
     events, result = run_events(
-        PPOConfig(updates=5, fault=("explode", 1), **TINY),
+        tiny(5, ("explode", 1)),
         escalator=AnomalyEscalator(halt_on="critical"),
     )
-    assert [e.event_type.value for e in events] == [
-        "RUN_STARTED",
-        "PPO_UPDATE_COMPLETED",
-        "PPO_UPDATE_COMPLETED",
-        "ANOMALY_DETECTED",
-        "TELEMETRY_LEVEL_CHANGED",
-        "RUN_FINISHED",
+    assert [(type(e), e.update) for e in events] == [
+        (RunStarted, 0),
+        (PPOUpdateCompleted, 0),
+        (PPOUpdateCompleted, 1),
+        (AnomalyDetected, 1),
+        (TelemetryLevelChanged, 1),
+        (RunFinished, 1),
     ]
-    finished = events[-1].payload
-    assert (finished.status, result.status) == ("halted", "halted")  # type: ignore[attr-defined]
-    assert "lstm_c_explosion" in finished.message  # type: ignore[attr-defined]
+    anomalies = [e.payload.anomaly.type for e in events if isinstance(e, AnomalyDetected)]
+    assert anomalies == [AnomalyType.LSTM_C_EXPLOSION]
+    finished = events[-1]
+    assert isinstance(finished, RunFinished)
+    assert (finished.payload.status, result.status) == ("halted", "halted")
+    assert "lstm_c_explosion" in finished.payload.message
+    assert result.message == finished.payload.message
 
 
 def test_should_stop_interrupts_cleanly() -> None:
-    """should_stop() turning true ends the run as interrupted, with RUN_FINISHED emitted."""
+    """should_stop() turning true ends the run as interrupted, with RunFinished emitted."""
     calls = iter([False, True])
     rec = RecordingBackend()
     with TelemetryHub("stop") as hub:
         hub.subscribe(rec, mode="inline")
-        result = train(PPOConfig(updates=5, **TINY), hub, should_stop=lambda: next(calls))
+        result = train(tiny(5), hub, should_stop=lambda: next(calls))
     assert (result.status, result.updates) == ("interrupted", 1)
-    assert rec.of_type(EventType.RUN_FINISHED)[0].payload.status == "interrupted"  # type: ignore[union-attr]
+    assert [type(e) for e in rec.events] == [RunStarted, PPOUpdateCompleted, RunFinished]
+    assert [p.status for p in rec.payloads(RunFinished)] == ["interrupted"]  # type: ignore[union-attr]
+
+
+def test_the_reference_trainer_learns() -> None:
+    """Seed 0, default settings, 30 updates: the mean return of the last 5 updates is far
+    above that of the first ones (about 70 against 21; a learning rate of 1e-9 gives 25)."""
+    with TelemetryHub("learns") as hub, capture_events(hub, events=[PPOUpdateCompleted]) as rec:
+        result = train(PPOConfig(updates=30, seed=0), hub)
+    returns = [p.extra["return_mean"] for p in updates_of(rec.events)]
+    finite = [r for r in returns if math.isfinite(r)]
+    assert (result.status, len(returns), len(finite)) == ("completed", 30, 30)
+    early, late = statistics.mean(finite[:5]), statistics.mean(finite[-5:])
+    assert late - early > LEARNING_GAIN, (early, late, returns)
 
 
 @pytest.mark.parametrize(
@@ -202,7 +273,7 @@ def test_should_stop_interrupts_cleanly() -> None:
         ({"fault": ("melt", 1)}, "fault must be"),
     ],
 )
-def test_config_rejects_bad_values(kwargs: dict, message: str) -> None:
+def test_config_rejects_bad_values(kwargs: dict[str, object], message: str) -> None:
     """PPOConfig names the bad setting."""
     with pytest.raises(ValueError, match=message):
-        PPOConfig(**kwargs)
+        PPOConfig(**kwargs)  # type: ignore[arg-type]

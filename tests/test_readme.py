@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
-from esper_telemetry import EventType
-
 README = (Path(__file__).parents[1] / "README.md").read_text()
+#: How ``print(event)`` starts for a PPO update: the event's repr.
+PRINTED_EVENT = re.compile(
+    r"event_type=<EventType\.PPO_UPDATE_COMPLETED: 'PPO_UPDATE_COMPLETED'> schema_version=2 "
+    r"run_id='cartpole-lstm' seq=(?P<seq>\d+) update=(?P<update>\d+) "
+)
 
 
 def test_readme_gives_exactly_two_commands() -> None:
@@ -19,9 +23,13 @@ def test_readme_gives_exactly_two_commands() -> None:
     assert commands == ["make run", "make test"]
 
 
-def test_readme_example_runs_and_publishes_one_event_per_update(capsys) -> None:
-    """The trainer example, run with a stand-in ppo_update, prints every event and an alarm."""
+def test_readme_example_runs_and_publishes_one_event_per_update(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The trainer example, run with a stand-in ppo_update, prints every event in order and
+    one alarm, for the update whose cell state exploded."""
     (code,) = re.findall(r"```python\n(.*?)```", README, re.S)
+    torch.manual_seed(0)
     lstm = torch.nn.LSTM(input_size=2, hidden_size=4)
     calls = []
 
@@ -33,8 +41,8 @@ def test_readme_example_runs_and_publishes_one_event_per_update(capsys) -> None:
         return {"policy_loss": 0.1, "value_loss": 0.2, "entropy": 0.6}, (h, c)
 
     exec(compile(code, "README.md", "exec"), {"num_updates": 3, "ppo_update": ppo_update})
-    out = capsys.readouterr().out
-    printed = [line for line in out.splitlines() if line.startswith("event_type=")]
-    assert len(printed) == 3
-    assert "update 1: LSTM state CRITICAL" in out.splitlines()
-    assert all(EventType.PPO_UPDATE_COMPLETED.value in line for line in printed)
+    lines = capsys.readouterr().out.splitlines()
+    printed = [PRINTED_EVENT.match(line) for line in lines if line.startswith("event_type=")]
+    alarms = [line for line in lines if not line.startswith("event_type=")]
+    assert [m and (m["seq"], m["update"]) for m in printed] == [("0", "0"), ("1", "1"), ("2", "2")]
+    assert alarms == ["update 1: LSTM state CRITICAL"]

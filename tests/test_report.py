@@ -7,23 +7,37 @@ import math
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from matplotlib.axes import Axes
-from matplotlib.collections import PathCollection
+from matplotlib.collections import Collection, PathCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from rich.console import Console
 
-from esper_telemetry import HealthThresholds, PPOUpdatePayload, TelemetryHub
+import esper_telemetry.report
 from esper_telemetry.analytics import read_events
 from esper_telemetry.backends import AnalyticsCollector, AnomalyEscalator
 from esper_telemetry.cli import main
+from esper_telemetry.contracts import (
+    EVENTS_FILE,
+    REPORT_FILE,
+    Anomaly,
+    AnomalyDetected,
+    AnomalyDetectedPayload,
+    AnomalyType,
+    HealthThresholds,
+    PPOUpdateCompleted,
+    RunLayout,
+    Severity,
+    TelemetryLevel,
+)
+from esper_telemetry.hub import TelemetryHub
 from esper_telemetry.report import (
     FIGURE_DPI,
     FIGURE_SIZE,
-    AnomalyMark,
     ReportData,
     build_figure,
     collect,
@@ -48,7 +62,7 @@ def record_run(run_dir: Path, updates: int, faults: dict[int, str] | None = None
     run_dir.mkdir(parents=True, exist_ok=True)
     with AnalyticsCollector(run_dir) as collector:
         for event in recorder.events:
-            if isinstance(event.payload, PPOUpdatePayload):
+            if isinstance(event, PPOUpdateCompleted):
                 extra = {"return_mean": 10.0 * event.update}
                 event = event.model_copy(
                     update={"payload": event.payload.model_copy(update={"extra": extra})}
@@ -75,9 +89,19 @@ def lines_with(ax: Axes, gid: str) -> list[Line2D]:
     return [line for line in ax.get_lines() if line.get_gid() == gid]
 
 
+def floats(values: object) -> list[float]:
+    """Matplotlib's array-like data (a line's x or y, a column of offsets) as floats."""
+    return [float(v) for v in np.asarray(values, dtype=float).ravel()]
+
+
 def xs(lines: list[Line2D]) -> list[float]:
     """The x position of each (vertical) line."""
-    return [float(line.get_xdata()[0]) for line in lines]  # type: ignore[index]
+    return [floats(line.get_xdata())[0] for line in lines]
+
+
+def offsets_x(collection: Collection) -> list[float]:
+    """The x position of each marker of a scatter."""
+    return floats(np.asarray(collection.get_offsets(), dtype=float)[:, 0])
 
 
 def test_collect_gathers_the_numbers_behind_the_figure(tmp_path: Path) -> None:
@@ -86,10 +110,16 @@ def test_collect_gathers_the_numbers_behind_the_figure(tmp_path: Path) -> None:
     data = collect(events)
     assert data.updates == (0, 1, 2, 3, 4, 5)
     assert data.returns == (0.0, 10.0, 20.0, 30.0, 40.0, 50.0)
-    assert data.c_rms[2] > 10 > data.c_rms[1]
-    assert data.env_rms_max[2] >= data.c_rms[2]
-    assert [(a.update, a.anomaly_type) for a in data.anomalies] == [(2, "lstm_c_explosion")]
-    assert [(c.update, c.level) for c in data.level_changes] == [(2, "DEBUG"), (5, "NORMAL")]
+    assert [rms > 10 for rms in data.c_rms] == [False, False, True, False, False, False]
+    assert [m >= c for m, c in zip(data.env_rms_max, data.c_rms, strict=True)] == [True] * 6
+    assert data.anomalies == tuple(e for e in events if isinstance(e, AnomalyDetected))
+    assert [(a.update, a.payload.anomaly.type) for a in data.anomalies] == [
+        (2, AnomalyType.LSTM_C_EXPLOSION)
+    ]
+    assert [(c.update, c.payload.level) for c in data.level_changes] == [
+        (2, TelemetryLevel.DEBUG),
+        (5, TelemetryLevel.NORMAL),
+    ]
     assert data.non_finite_updates == ()
 
 
@@ -99,7 +129,7 @@ def test_a_healthy_run_renders_a_png_of_the_expected_size_without_anomalies(
     """A healthy run: the PNG is 1200×750 and the figure has no anomaly marker."""
     run_dir = record_run(tmp_path, 5)
     written = write_report(run_dir)
-    assert written == run_dir / "report.png"
+    assert written == RunLayout(run_dir).report
     assert png_size(written) == (WIDTH, HEIGHT)
     fig = build_figure(collect(read_events(run_dir)))
     assert lines_with(health_axes(fig), "anomaly") == []
@@ -110,24 +140,24 @@ def test_anomaly_markers_sit_at_the_anomalous_updates(tmp_path: Path) -> None:
     """Faults at updates 2 (explode) and 6 (nan): one red line at each, level changes marked."""
     run_dir = record_run(tmp_path, 8, {2: "explode", 6: "nan"})
     write_report(run_dir)
-    assert png_size(run_dir / "report.png") == (WIDTH, HEIGHT)
+    assert png_size(RunLayout(run_dir).report) == (WIDTH, HEIGHT)
     data = collect(read_events(run_dir))
     ax = health_axes(build_figure(data))
     assert xs(lines_with(ax, "anomaly")) == [2.0, 6.0]
     assert xs(lines_with(ax, "level-change")) == [2.0, 5.0, 6.0]
     (points,) = [c for c in ax.collections if c.get_gid() == "anomaly-points"]
     assert isinstance(points, PathCollection)
-    assert [float(x) for x, _ in points.get_offsets()] == [2.0]  # NaN has no height to mark
+    assert offsets_x(points) == [2.0]  # NaN has no height to mark
 
 
 def test_nan_updates_are_marked_along_the_top_edge(tmp_path: Path) -> None:
     """A NaN state has no point on a log scale; an X marks its update instead."""
     data = collect(read_events(record_run(tmp_path, 4, {1: "nan"})))
     assert data.non_finite_updates == (1,)
-    assert math.isnan(data.h_rms[1])
+    assert [math.isnan(v) for v in data.h_rms] == [False, True, False, False]
     ax = health_axes(build_figure(data))
     (marks,) = [c for c in ax.collections if c.get_gid() == "non-finite"]
-    assert [float(x) for x, _ in marks.get_offsets()] == [1.0]
+    assert offsets_x(marks) == [1.0]
 
 
 def test_thresholds_are_drawn_as_bands_from_the_thresholds_given() -> None:
@@ -159,12 +189,24 @@ def test_the_second_panel_plots_the_episode_return() -> None:
         c_rms=(0.5,) * 3,
         env_rms_max=(0.6,) * 3,
         returns=(math.nan, 12.0, 30.5),
-        anomalies=(AnomalyMark(1, "lstm_nan", "critical", math.nan),),
+        anomalies=(
+            AnomalyDetected(
+                update=1,
+                payload=AnomalyDetectedPayload(
+                    anomaly=Anomaly(
+                        type=AnomalyType.LSTM_NAN,
+                        severity=Severity.CRITICAL,
+                        observed=math.nan,
+                        message="NaN in the LSTM state",
+                    )
+                ),
+            ),
+        ),
     )
     fig = build_figure(data)
     (line,) = lines_with(fig.axes[1], "return")
-    assert list(line.get_xdata()) == [0, 1, 2]  # type: ignore[arg-type]
-    assert list(line.get_ydata())[1:] == [12.0, 30.5]  # type: ignore[arg-type]
+    assert floats(line.get_xdata()) == [0.0, 1.0, 2.0]
+    np.testing.assert_array_equal(floats(line.get_ydata()), [math.nan, 12.0, 30.5])
 
 
 def test_an_html_report_embeds_the_figure_and_lists_the_anomalies(tmp_path: Path) -> None:
@@ -174,6 +216,28 @@ def test_an_html_report_embeds_the_figure_and_lists_the_anomalies(tmp_path: Path
     assert page.startswith("<!DOCTYPE html>")
     assert "data:image/png;base64," in page
     assert "<td>1</td><td>lstm_inf</td><td>critical</td><td>inf</td>" in page
+
+
+def test_the_report_replaces_an_old_one_and_is_readable_by_others(tmp_path: Path) -> None:
+    """A second report replaces the first whole, and, like any file, others may read it."""
+    run_dir = record_run(tmp_path, 2)
+    target = RunLayout(run_dir).report
+    target.write_bytes(b"an old report")
+    write_report(run_dir)
+    assert (png_size(target), target.stat().st_mode & 0o777) == ((WIDTH, HEIGHT), 0o644)
+    assert sorted(p.name for p in run_dir.iterdir()) == [EVENTS_FILE, REPORT_FILE]
+
+
+def test_the_public_names_are_the_figure_size_the_data_and_three_steps() -> None:
+    """esper_telemetry.report exports exactly its six names (no row classes of its own)."""
+    assert esper_telemetry.report.__all__ == [
+        "FIGURE_DPI",
+        "FIGURE_SIZE",
+        "ReportData",
+        "build_figure",
+        "collect",
+        "write_report",
+    ]
 
 
 def test_an_output_that_is_neither_png_nor_html_is_refused(tmp_path: Path) -> None:
@@ -188,14 +252,14 @@ def test_esper_report_writes_the_png_into_the_run_directory(tmp_path: Path) -> N
     run_dir = record_run(tmp_path, 3)
     result = CliRunner().invoke(main, ["report", str(run_dir)])
     assert result.exit_code == 0, result.output
-    assert result.output == f"wrote {run_dir / 'report.png'}\n"
-    assert png_size(run_dir / "report.png") == (WIDTH, HEIGHT)
+    assert result.output == f"wrote {RunLayout(run_dir).report}\n"
+    assert png_size(RunLayout(run_dir).report) == (WIDTH, HEIGHT)
 
 
 def test_esper_report_warns_about_skipped_lines(tmp_path: Path) -> None:
     """A bad line in the events file is skipped, with one warning line naming it."""
     run_dir = record_run(tmp_path, 2)
-    with (run_dir / "events.jsonl").open("a") as f:
+    with RunLayout(run_dir).events.open("a") as f:
         f.write("not json\n")
     result = CliRunner().invoke(main, ["report", str(run_dir), "-o", str(tmp_path / "r.png")])
     assert result.exit_code == 0, result.output
@@ -230,7 +294,7 @@ def test_esper_ppo_report_writes_report_png_at_the_end_of_the_run(tmp_path: Path
         report=True,
     )
     outcome = run_ppo(options, Console(file=out, soft_wrap=True))
-    assert outcome.exit_code == EXIT_OK
-    assert outcome.report == tmp_path / "rep" / "report.png"
-    assert png_size(tmp_path / "rep" / "report.png") == (WIDTH, HEIGHT)
-    assert f"report           {tmp_path / 'rep' / 'report.png'}" in out.getvalue()
+    report = RunLayout(tmp_path / "rep").report
+    assert (outcome.exit_code, outcome.report) == (EXIT_OK, report)
+    assert png_size(report) == (WIDTH, HEIGHT)
+    assert f"report           {report}" in out.getvalue()

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from esper_telemetry import EventType, TelemetryEvent, TelemetryHub
-from esper_telemetry.contracts import PPOUpdatePayload, RunStartedPayload
+from esper_telemetry import EventType, TelemetryHub
+from esper_telemetry.contracts import (
+    PPOUpdateCompleted,
+    PPOUpdatePayload,
+    RunStarted,
+    RunStartedPayload,
+)
 from esper_telemetry.testing import RecordingBackend, capture_events
 
 
-def ppo(update: int) -> TelemetryEvent:
+def ppo(update: int) -> PPOUpdateCompleted:
     payload = PPOUpdatePayload(policy_loss=0.0, value_loss=0.0, entropy=0.0)
-    return TelemetryEvent(event_type=EventType.PPO_UPDATE_COMPLETED, update=update, payload=payload)
+    return PPOUpdateCompleted(update=update, payload=payload)
 
 
-def started() -> TelemetryEvent:
+def started() -> RunStarted:
     payload = RunStartedPayload(config={"lr": 0.01})
-    return TelemetryEvent(event_type=EventType.RUN_STARTED, update=0, payload=payload)
+    return RunStarted(update=0, payload=payload)
 
 
 def test_recording_backend_filters_by_type() -> None:
@@ -26,6 +31,7 @@ def test_recording_backend_filters_by_type() -> None:
     assert rec.events == [a, b, c]
     assert rec.of_type(EventType.PPO_UPDATE_COMPLETED) == [b, c]
     assert rec.of_type("RUN_STARTED", "PPO_UPDATE_COMPLETED") == [a, b, c]
+    assert rec.of_type(RunStarted) == [a]
     assert rec.payloads(EventType.RUN_STARTED) == [a.payload]
     assert (rec.flushes, rec.closed) == (1, True)
     rec.clear()
@@ -47,7 +53,7 @@ def test_capture_events_sees_only_the_block_and_unsubscribes() -> None:
 def test_capture_events_can_nest_and_filter() -> None:
     """Two captures at once get distinct names; an events filter is honoured."""
     with TelemetryHub("nest") as hub, capture_events(hub) as everything:
-        with capture_events(hub, events=[EventType.RUN_STARTED]) as starts:
+        with capture_events(hub, events=[RunStarted]) as starts:
             s = hub.emit(started())
             p = hub.emit(ppo(1))
         assert starts.events == [s]

@@ -2,37 +2,27 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from datetime import date, datetime, time
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
 
 from esper_telemetry import __version__
-from esper_telemetry.analytics import TABLES as ANALYTICS_TABLES
-from esper_telemetry.analytics import BadLine, connect, export_parquet
-from esper_telemetry.contracts import (
-    HealthStatus,
-    TelemetryLevel,
+from esper_telemetry._extras import is_installed, missing_message
+from esper_telemetry.analytics import (
+    QUERY_FORMATS,
+    TABLES,
+    BadLine,
+    QueryFormat,
+    export_parquet,
+    run_query,
 )
+from esper_telemetry.contracts import WANDB_MODES, TelemetryLevel
 from esper_telemetry.contracts.schema import export_schemas
-from esper_telemetry.training.ppo import FAULT_KINDS, FaultKind
-
-_STATUS_COLOUR = {
-    HealthStatus.HEALTHY: "green",
-    HealthStatus.WARNING: "yellow",
-    HealthStatus.CRITICAL: "red",
-}
+from esper_telemetry.training.faults import FAULT_KINDS, FaultKind, parse_fault
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,7 +71,7 @@ def main() -> None:
 @click.option(
     "--wandb",
     "wandb_mode",
-    type=click.Choice(["offline", "online", "disabled"]),
+    type=click.Choice(WANDB_MODES),
     default="offline",
     show_default=True,
     help="Weights & Biases mode; online needs `wandb login`.",
@@ -96,7 +86,7 @@ def main() -> None:
     "--inject-fault",
     metavar="KIND@UPDATE",
     default=None,
-    help="Demo tool: corrupt the LSTM state (nan, inf, explode, vanish) at one update.",
+    help=f"Demo tool: corrupt the LSTM state ({', '.join(FAULT_KINDS)}) at one update.",
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar (for logs and CI).")
 @click.option(
@@ -141,7 +131,7 @@ def ppo(
     import torch
 
     from esper_telemetry.run import RunOptions, run_ppo
-    from esper_telemetry.training.ppo import PPOConfig
+    from esper_telemetry.training import PPOConfig
 
     torch.set_num_threads(1)
     try:
@@ -197,15 +187,10 @@ def contracts_export(directory: Path) -> None:
 def _parse_fault(text: str | None) -> tuple[FaultKind, int] | None:
     if text is None:
         return None
-    kind, sep, at = text.partition("@")
-    for known in FAULT_KINDS:
-        if kind == known and sep and at.isdigit():
-            return known, int(at)
-    raise click.BadParameter(
-        f"expected KIND@UPDATE with KIND one of {', '.join(FAULT_KINDS)} and UPDATE an "
-        f"int >= 0 (e.g. nan@3), got {text!r}",
-        param_hint="--inject-fault",
-    )
+    try:
+        return parse_fault(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--inject-fault") from None
 
 
 @main.command()
@@ -214,12 +199,12 @@ def _parse_fault(text: str | None) -> tuple[FaultKind, int] | None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "csv", "json"]),
+    type=click.Choice(QUERY_FORMATS),
     default="table",
     show_default=True,
     help="table: aligned text; csv: with a header row; json: one JSON object per line.",
 )
-def query(runs: str, sql: str, fmt: str) -> None:
+def query(runs: str, sql: str, fmt: QueryFormat) -> None:
     """Run SQL over the events of a run, or of many runs (quote a glob: 'runs/*').
 
     Tables: events, ppo_updates, anomalies, level_changes (one row per event, with
@@ -231,30 +216,14 @@ def query(runs: str, sql: str, fmt: str) -> None:
     Example:
       esper query 'runs/*' "SELECT run_id, max(lstm_h_rms) FROM ppo_updates GROUP BY run_id"
     """
-    try:
-        import duckdb
-    except ImportError:
-        raise click.ClickException(
-            "esper query needs duckdb: pip install 'esper-telemetry[analytics]'"
-        ) from None
+    if not is_installed("duckdb"):
+        raise click.ClickException(missing_message("esper query", "duckdb"))
     bad: list[BadLine] = []
     try:
-        con = connect(runs, tables=_tables_in(sql), on_bad_line=bad.append)
+        for text in run_query(runs, sql, fmt=fmt, on_bad_line=bad.append):
+            click.echo(text, nl=False)
     except (ImportError, OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        result = con.execute(sql)
-        if result.description is not None:
-            names = [str(d[0]) for d in result.description]
-            is_json = [str(d[1]) == "JSON" for d in result.description]
-            if fmt == "table":
-                click.echo(_table_text(names, result.fetchall()))
-            else:
-                _stream_rows(result.fetchmany, names, is_json, fmt)
-    except duckdb.Error as exc:
         raise click.ClickException(_first_line(exc)) from None
-    finally:
-        con.close()
     _report_bad_lines(bad)
 
 
@@ -271,7 +240,7 @@ def query(runs: str, sql: str, fmt: str) -> None:
     "--table",
     "--view",
     "table",
-    type=click.Choice(list(ANALYTICS_TABLES)),
+    type=click.Choice(TABLES),
     default="ppo_updates",
     show_default=True,
     help="The table to export.",
@@ -366,22 +335,6 @@ def report_command(run_dir: Path, output: Path | None) -> None:
     click.echo(f"wrote {written}")
 
 
-def _tables_in(sql: str) -> list[str] | None:
-    """The analytics tables ``sql`` reads, so that only those are loaded; None: all.
-
-    All are loaded when it names none of them (``SHOW TABLES``, a catalog query) or
-    cannot be analysed alone (several statements, an error the real run will report).
-    """
-    import duckdb
-
-    try:
-        with duckdb.connect() as scratch:
-            names = {name.lower() for name in scratch.get_table_names(sql)}
-    except duckdb.Error:
-        return None
-    return [t for t in ANALYTICS_TABLES if t in names] or None
-
-
 def _first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return lines[0] if lines else type(exc).__name__
@@ -391,98 +344,6 @@ def _report_bad_lines(bad: list[BadLine]) -> None:
     if bad:
         s = "" if len(bad) == 1 else "s"
         click.echo(f"warning: skipped {len(bad)} bad line{s}; the first: {bad[0]}", err=True)
-
-
-def _stream_rows(
-    fetchmany: Callable[[int], list[tuple[Any, ...]]],
-    names: list[str],
-    is_json: list[bool],
-    fmt: str,
-) -> None:
-    header = fmt == "csv"
-    while (rows := fetchmany(1024)) or header:
-        buffer = io.StringIO()
-        if fmt == "csv":
-            writer = csv.writer(buffer, lineterminator="\n")
-            if header:
-                writer.writerow(names)
-                header = False
-            writer.writerows([_text(v, csv_null=True) for v in row] for row in rows)
-        else:
-            for row in rows:
-                record = {
-                    name: json.loads(v) if (j and isinstance(v, str)) else _jsonable(v)
-                    for name, v, j in zip(names, row, is_json, strict=True)
-                }
-                buffer.write(json.dumps(record, allow_nan=False, separators=(",", ":")) + "\n")
-        click.echo(buffer.getvalue(), nl=False)
-
-
-def _table_text(names: list[str], rows: list[tuple[Any, ...]]) -> str:
-    cells = [[_text(v).replace("\n", "\\n").replace("\t", "\\t") for v in row] for row in rows]
-    widths = [max([len(n), *(len(r[i]) for r in cells)]) for i, n in enumerate(names)]
-    numeric = [
-        bool(rows)
-        and all(_is_number(row[i]) or row[i] is None for row in rows)
-        and any(_is_number(row[i]) for row in rows)
-        for i in range(len(names))
-    ]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ).rstrip()
-
-    out = [line(names), "  ".join("-" * w for w in widths)]
-    out.extend(line(r) for r in cells)
-    out.append(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
-    return "\n".join(out)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
-
-
-def _text(value: object, *, csv_null: bool = False) -> str:
-    if value is None:
-        return "" if csv_null else "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return _float_text(value)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, dict | list | tuple):
-        return json.dumps(_jsonable(value), allow_nan=False, separators=(",", ":"))
-    return str(value)
-
-
-def _float_text(x: float) -> str:
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return "Infinity" if x > 0 else "-Infinity"
-    return repr(x)
-
-
-def _jsonable(value: object) -> object:
-    """A value as strict JSON can hold it: non-finite floats as their strict-JSON strings."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else _float_text(value)
-    if isinstance(value, Decimal):
-        return _jsonable(float(value))
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    return str(value)
 
 
 if __name__ == "__main__":

@@ -24,31 +24,39 @@ import html
 import io
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from esper_telemetry._extras import missing_message
 
+try:
+    from matplotlib.axes import Axes
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ModuleNotFoundError as exc:
+    raise ImportError(
+        missing_message("esper_telemetry.report", "matplotlib"), name="matplotlib"
+    ) from exc
+
+from esper_telemetry._files import atomic_write
 from esper_telemetry.analytics import BadLine, OnBadLine, read_events
 from esper_telemetry.contracts import (
-    AnomalyDetectedPayload,
+    AnomalyDetected,
     HealthThresholds,
-    PPOUpdatePayload,
-    RunFinishedPayload,
+    LSTMHealthMetrics,
+    PPOUpdateCompleted,
+    RunFinished,
+    RunLayout,
     TelemetryEvent,
-    TelemetryLevelChangedPayload,
+    TelemetryLevelChanged,
+    format_value,
 )
 
 __all__ = [
     "FIGURE_DPI",
     "FIGURE_SIZE",
-    "AnomalyMark",
-    "LevelMark",
     "ReportData",
     "build_figure",
     "collect",
@@ -62,26 +70,8 @@ FIGURE_DPI: Final = 100
 _FORMATS: Final = {".png": "png", ".html": "html"}
 _MAX_LABELS: Final = 30  # anomalous updates named on the figure; the rest only marked
 _COLOURS: Final = {"h_rms": "tab:blue", "c_rms": "tab:orange", "env_rms_max": "tab:purple"}
-
-
-@dataclass(frozen=True, slots=True)
-class AnomalyMark:
-    """An anomaly drawn on the figure: where, what, and the value seen."""
-
-    update: int
-    anomaly_type: str
-    severity: str
-    observed: float
-
-
-@dataclass(frozen=True, slots=True)
-class LevelMark:
-    """A change of telemetry level drawn on the figure."""
-
-    update: int
-    previous: str
-    level: str
-    reason: str
+_LABELS: Final = {"h_rms": "h_rms", "c_rms": "c_rms", "env_rms_max": "env-RMS max (h or c)"}
+_BOX: Final = {"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1}
 
 
 @dataclass(frozen=True)
@@ -95,8 +85,8 @@ class ReportData:
         c_rms: RMS of c.
         env_rms_max: The largest per-env RMS of h or c (NaN when either is NaN).
         returns: ``extra["return_mean"]`` (NaN before the first finished episode).
-        anomalies: Every anomaly, in file order.
-        level_changes: Every telemetry-level change, in file order.
+        anomalies: Every ``AnomalyDetected`` event, in file order.
+        level_changes: Every ``TelemetryLevelChanged`` event, in file order.
         non_finite_updates: The updates whose LSTM state held NaN or Inf (or whose
             RMS overflowed): they have no point on a log scale and are marked instead.
         status: How the run ended (RUN_FINISHED), or None when it has not.
@@ -110,8 +100,8 @@ class ReportData:
     c_rms: tuple[float, ...]
     env_rms_max: tuple[float, ...]
     returns: tuple[float, ...]
-    anomalies: tuple[AnomalyMark, ...] = ()
-    level_changes: tuple[LevelMark, ...] = ()
+    anomalies: tuple[AnomalyDetected, ...] = ()
+    level_changes: tuple[TelemetryLevelChanged, ...] = ()
     non_finite_updates: tuple[int, ...] = ()
     status: str | None = None
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
@@ -126,8 +116,8 @@ def collect(
 ) -> ReportData:
     """Gather the numbers of a report from a run's events.
 
-    >>> from esper_telemetry.contracts import PPOUpdatePayload, TelemetryEvent
-    >>> e = TelemetryEvent(update=0, payload=PPOUpdatePayload(policy_loss=0.1,
+    >>> from esper_telemetry.contracts import PPOUpdateCompleted, PPOUpdatePayload
+    >>> e = PPOUpdateCompleted(update=0, payload=PPOUpdatePayload(policy_loss=0.1,
     ...     value_loss=0.2, entropy=0.6, extra={"return_mean": 21.5}))
     >>> data = collect([e])
     >>> data.updates, data.returns, data.h_rms
@@ -136,65 +126,20 @@ def collect(
     t = thresholds if thresholds is not None else HealthThresholds()
     if not isinstance(t, HealthThresholds):
         raise TypeError(f"thresholds must be HealthThresholds, got {type(t).__name__}")
-    run_ids: dict[str, None] = {}
-    updates: list[int] = []
-    h_rms: list[float] = []
-    c_rms: list[float] = []
-    env_max: list[float] = []
-    returns: list[float] = []
-    anomalies: list[AnomalyMark] = []
-    levels: list[LevelMark] = []
-    non_finite: list[int] = []
-    status: str | None = None
+    series = _Series()
     for event in events:
-        run_ids.setdefault(event.run_id)
-        payload = event.payload
-        if isinstance(payload, PPOUpdatePayload):
-            updates.append(event.update)
-            health = payload.health()
-            if health is None:
-                h_rms.append(math.nan)
-                c_rms.append(math.nan)
-                env_max.append(math.nan)
-            else:
-                h_rms.append(health.h_rms)
-                c_rms.append(health.c_rms)
-                env_max.append(_max(health.h_env_rms_max, health.c_env_rms_max))
-                values = (health.h_rms, health.c_rms, env_max[-1])
-                if health.has_nan or health.has_inf or not all(map(math.isfinite, values)):
-                    non_finite.append(event.update)
-            returns.append(payload.extra.get("return_mean", math.nan))
-        elif isinstance(payload, AnomalyDetectedPayload):
-            anomalies.append(
-                AnomalyMark(
-                    update=event.update,
-                    anomaly_type=payload.anomaly_type.value,
-                    severity=payload.severity.value,
-                    observed=payload.observed,
-                )
-            )
-        elif isinstance(payload, TelemetryLevelChangedPayload):
-            levels.append(
-                LevelMark(
-                    update=event.update,
-                    previous=payload.previous.name,
-                    level=payload.level.name,
-                    reason=payload.reason,
-                )
-            )
-        elif isinstance(payload, RunFinishedPayload):
-            status = payload.status
+        series.add(event)
     return ReportData(
-        run_ids=tuple(run_ids),
-        updates=tuple(updates),
-        h_rms=tuple(h_rms),
-        c_rms=tuple(c_rms),
-        env_rms_max=tuple(env_max),
-        returns=tuple(returns),
-        anomalies=tuple(anomalies),
-        level_changes=tuple(levels),
-        non_finite_updates=tuple(non_finite),
-        status=status,
+        run_ids=tuple(series.run_ids),
+        updates=tuple(series.updates),
+        h_rms=tuple(series.h_rms),
+        c_rms=tuple(series.c_rms),
+        env_rms_max=tuple(series.env_rms_max),
+        returns=tuple(series.returns),
+        anomalies=tuple(series.anomalies),
+        level_changes=tuple(series.level_changes),
+        non_finite_updates=tuple(series.non_finite),
+        status=series.status,
         thresholds=t,
         bad_lines=tuple(bad_lines),
     )
@@ -243,8 +188,8 @@ def write_report(
     Args:
         run_dir: A run directory (its ``events.jsonl``) or an events file.
         output: A ``.png`` file or a ``.html`` page (the figure embedded, with tables of
-            the anomalies and level changes). Default: ``report.png`` in the run
-            directory. Replaced atomically if it exists.
+            the anomalies and level changes). Default: the run directory's
+            ``REPORT_FILE`` (``report.png``). Replaced atomically if it exists.
         thresholds: The thresholds to draw; pass the run's own (default: the defaults).
         on_bad_line: Called with each skipped line of the events file (the figure
             notes how many were skipped).
@@ -274,7 +219,7 @@ def write_report(
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=FIGURE_DPI)
     content = png.getvalue() if kind == "png" else _html(data, png.getvalue()).encode("utf-8")
-    _write_atomically(target, content)
+    atomic_write(target, content)
     return target
 
 
@@ -282,25 +227,49 @@ def write_report(
 
 
 def _draw_health(ax: Axes, data: ReportData) -> None:
-    t = data.thresholds
-    x = list(data.updates)
-    series = {"h_rms": data.h_rms, "c_rms": data.c_rms, "env_rms_max": data.env_rms_max}
-    labels = {"h_rms": "h_rms", "c_rms": "c_rms", "env_rms_max": "env-RMS max (h or c)"}
-    plotted = [v for values in series.values() for v in values if math.isfinite(v) and v > 0]
-    low = min([*plotted, t.warning_rms]) / 3
-    high = max([*plotted, t.critical_rms]) * 3
+    low, high = _rms_limits(data)
     ax.set_yscale("log")
-    for name, values in series.items():
+    _plot_rms(ax, data)
+    _draw_bands(ax, data.thresholds, low, high)
+    ax.set_ylim(low, high)
+    _mark_non_finite(ax, data.non_finite_updates)
+    _draw_anomalies(ax, data, low, high)
+    _draw_level_changes(ax, data.level_changes)
+    ax.set_ylabel("RMS (log scale)")
+    ax.set_title("LSTM state health", loc="left", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, ncols=3, framealpha=0.85)
+
+
+def _rms_series(data: ReportData) -> dict[str, tuple[float, ...]]:
+    return {"h_rms": data.h_rms, "c_rms": data.c_rms, "env_rms_max": data.env_rms_max}
+
+
+def _rms_limits(data: ReportData) -> tuple[float, float]:
+    """The y range: every drawable RMS and the warning and critical thresholds, with room."""
+    t = data.thresholds
+    values = _rms_series(data).values()
+    plotted = [v for series in values for v in series if math.isfinite(v) and v > 0]
+    return min([*plotted, t.warning_rms]) / 3, max([*plotted, t.critical_rms]) * 3
+
+
+def _plot_rms(ax: Axes, data: ReportData) -> None:
+    x = list(data.updates)
+    for name, values in _rms_series(data).items():
+        dashed = name == "env_rms_max"
         ax.plot(
             x,
             [v if math.isfinite(v) and v > 0 else math.nan for v in values],
             marker="." if len(x) < 60 else None,
-            linewidth=1.4 if name != "env_rms_max" else 1.0,
-            linestyle="-" if name != "env_rms_max" else "--",
+            linewidth=1.0 if dashed else 1.4,
+            linestyle="--" if dashed else "-",
             color=_COLOURS[name],
-            label=labels[name],
+            label=_LABELS[name],
             gid=name,
         )
+
+
+def _draw_bands(ax: Axes, t: HealthThresholds, low: float, high: float) -> None:
     ax.axhspan(
         t.warning_rms,
         t.critical_rms,
@@ -326,24 +295,28 @@ def _draw_health(ax: Axes, data: ReportData) -> None:
             label=f"vanishing (< {t.vanishing_rms:g})",
             gid="vanishing-band",
         )
-    ax.set_ylim(low, high)
-    top = ax.get_xaxis_transform()  # x in data, y in axes fraction
-    bad = data.non_finite_updates
-    if bad:
-        ax.scatter(
-            bad,
-            [0.97] * len(bad),
-            transform=top,
-            marker="X",
-            s=60,
-            color="black",
-            zorder=5,
-            label="NaN / Inf",
-            gid="non-finite",
-            clip_on=False,
-        )
-    _draw_anomalies(ax, data, low, high)
-    for i, change in enumerate(data.level_changes):
+
+
+def _mark_non_finite(ax: Axes, updates: tuple[int, ...]) -> None:
+    if not updates:
+        return
+    ax.scatter(
+        updates,
+        [0.97] * len(updates),
+        transform=ax.get_xaxis_transform(),  # x in data, y in axes fraction
+        marker="X",
+        s=60,
+        color="black",
+        zorder=5,
+        label="NaN / Inf",
+        gid="non-finite",
+        clip_on=False,
+    )
+
+
+def _draw_level_changes(ax: Axes, changes: tuple[TelemetryLevelChanged, ...]) -> None:
+    top = ax.get_xaxis_transform()
+    for i, change in enumerate(changes):
         ax.axvline(
             change.update,
             color="tab:gray",
@@ -355,19 +328,15 @@ def _draw_health(ax: Axes, data: ReportData) -> None:
         ax.text(
             change.update,
             0.02,
-            f"→ {change.level}",
+            f"→ {change.payload.level.name}",
             transform=top,
             rotation=90,
             fontsize=7,
             color="tab:gray",
             ha="right",
             va="bottom",
-            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+            bbox=_BOX,
         )
-    ax.set_ylabel("RMS (log scale)")
-    ax.set_title("LSTM state health", loc="left", fontsize=10)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8, ncols=3, framealpha=0.85)
 
 
 def _draw_anomalies(ax: Axes, data: ReportData, low: float, high: float) -> None:
@@ -385,7 +354,9 @@ def _draw_anomalies(ax: Axes, data: ReportData, low: float, high: float) -> None
         )
     top = ax.get_xaxis_transform()
     for update in updates[:_MAX_LABELS]:
-        kinds = dict.fromkeys(a.anomaly_type for a in data.anomalies if a.update == update)
+        kinds = dict.fromkeys(
+            e.payload.anomaly.type.value for e in data.anomalies if e.update == update
+        )
         ax.text(
             update,
             0.9,
@@ -397,25 +368,33 @@ def _draw_anomalies(ax: Axes, data: ReportData, low: float, high: float) -> None
             ha="left",
             va="top",
             gid="anomaly-label",
-            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+            bbox=_BOX,
         )
+    _mark_anomaly_values(ax, data.anomalies, low, high)
+
+
+def _mark_anomaly_values(
+    ax: Axes, anomalies: tuple[AnomalyDetected, ...], low: float, high: float
+) -> None:
+    """A circle at each value the detector saw, when it has a height on the log scale."""
     points = [
-        (a.update, min(max(a.observed, low), high))
-        for a in data.anomalies
-        if math.isfinite(a.observed) and a.observed > 0
+        (e.update, min(max(observed, low), high))
+        for e in anomalies
+        if math.isfinite(observed := e.payload.anomaly.observed) and observed > 0
     ]
-    if points:
-        ax.scatter(
-            [p[0] for p in points],
-            [p[1] for p in points],
-            marker="o",
-            s=50,
-            facecolors="none",
-            edgecolors="red",
-            linewidths=1.5,
-            zorder=6,
-            gid="anomaly-points",
-        )
+    if not points:
+        return
+    ax.scatter(
+        [p[0] for p in points],
+        [p[1] for p in points],
+        marker="o",
+        s=50,
+        facecolors="none",
+        edgecolors="red",
+        linewidths=1.5,
+        zorder=6,
+        gid="anomaly-points",
+    )
 
 
 def _draw_returns(ax: Axes, data: ReportData) -> None:
@@ -445,14 +424,11 @@ def _html(data: ReportData, png: bytes) -> str:
     esc = html.escape
     runs = esc(", ".join(data.run_ids) or "(no events)")
     image = base64.b64encode(png).decode("ascii")
-    anomaly_rows = "".join(
-        f"<tr><td>{a.update}</td><td>{esc(a.anomaly_type)}</td><td>{esc(a.severity)}</td>"
-        f"<td>{esc(_number(a.observed))}</td></tr>"
-        for a in data.anomalies
-    )
+    anomaly_rows = "".join(_anomaly_row(e) for e in data.anomalies)
     level_rows = "".join(
-        f"<tr><td>{c.update}</td><td>{esc(c.previous)} → {esc(c.level)}</td>"
-        f"<td>{esc(c.reason)}</td></tr>"
+        _table_row(
+            c.update, f"{c.payload.previous.name} → {c.payload.level.name}", c.payload.reason
+        )
         for c in data.level_changes
     )
     bad = "".join(f"<li>{esc(str(b))}</li>" for b in data.bad_lines)
@@ -475,12 +451,58 @@ thresholds: warning &gt; {data.thresholds.warning_rms:g}, critical &gt;
 """
 
 
-def _number(x: float) -> str:
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:.4g}"
+def _table_row(*cells: object) -> str:
+    """One HTML table row, each cell's text escaped."""
+    return "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
+
+
+def _anomaly_row(event: AnomalyDetected) -> str:
+    a = event.payload.anomaly
+    return _table_row(event.update, a.type.value, a.severity.value, format_value(a.observed))
+
+
+class _Series:
+    """The numbers of a report, gathered one event at a time."""
+
+    def __init__(self) -> None:
+        self.run_ids: dict[str, None] = {}  # insertion-ordered set
+        self.updates: list[int] = []
+        self.h_rms: list[float] = []
+        self.c_rms: list[float] = []
+        self.env_rms_max: list[float] = []
+        self.returns: list[float] = []
+        self.anomalies: list[AnomalyDetected] = []
+        self.level_changes: list[TelemetryLevelChanged] = []
+        self.non_finite: list[int] = []
+        self.status: str | None = None
+
+    def add(self, event: TelemetryEvent) -> None:
+        self.run_ids.setdefault(event.run_id)
+        match event:
+            case PPOUpdateCompleted(update=update, payload=payload):
+                self.updates.append(update)
+                self._add_health(update, payload.health())
+                self.returns.append(payload.extra.get("return_mean", math.nan))
+            case AnomalyDetected():
+                self.anomalies.append(event)
+            case TelemetryLevelChanged():
+                self.level_changes.append(event)
+            case RunFinished(payload=payload):
+                self.status = payload.status
+
+    def _add_health(self, update: int, health: LSTMHealthMetrics | None) -> None:
+        if health is None:
+            self.h_rms.append(math.nan)
+            self.c_rms.append(math.nan)
+            self.env_rms_max.append(math.nan)
+            return
+        env_max = _max(health.h_env_rms_max, health.c_env_rms_max)
+        self.h_rms.append(health.h_rms)
+        self.c_rms.append(health.c_rms)
+        self.env_rms_max.append(env_max)
+        values = (health.h_rms, health.c_rms, env_max)
+        if health.has_nan or health.has_inf or not all(map(math.isfinite, values)):
+            self.non_finite.append(update)
 
 
 def _max(a: float, b: float) -> float:
@@ -491,18 +513,4 @@ def _max(a: float, b: float) -> float:
 
 
 def _default_output(source: Path) -> Path:
-    directory = source if source.is_dir() else source.parent
-    return directory / "report.png"
-
-
-def _write_atomically(target: Path, content: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from the run's readers
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return RunLayout(source if source.is_dir() else source.parent).report

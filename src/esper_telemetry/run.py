@@ -12,16 +12,18 @@ a worker thread; quitting the panel stops training after the current update. Wit
 2     the run could not start (bad option, a backend refused, e.g. W&B online
       without credentials); nothing was trained
 3     a critical anomaly halted the run (``--halt-on critical``)
-4     a backend failed, dropped or abandoned events (``hub.stats()`` says which);
-      drops of a subscriber that asked for ``drop_oldest`` (the panel) do not count
+4     a backend lost events or got stuck (``hub.stats()`` says which)
 130   interrupted by Ctrl-C, SIGTERM or quitting the panel; everything emitted so
       far was flushed
+
+"Lost" has one definition, ``SubscriberStats.lost``: failed, abandoned and
+undelivered events (rows a backend reported it could not write), and the drops of a
+``block`` subscriber; a ``drop_oldest`` view's drops are not losses.
 ====  ==========================================================================
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import shutil
@@ -39,33 +41,29 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from esper_telemetry._extras import is_installed, missing_message
 from esper_telemetry.backends.analytics import AnalyticsCollector
 from esper_telemetry.backends.escalator import AnomalyEscalator
 from esper_telemetry.backends.log import StructlogBackend
 from esper_telemetry.contracts import (
-    AnomalyDetectedPayload,
-    EventType,
-    HealthStatus,
+    STATUS_COLOUR,
+    AnomalyDetected,
     HealthThresholds,
     HubStats,
+    RunLayout,
     TelemetryEvent,
     TelemetryLevel,
+    WandbMode,
+    format_value,
     health_status,
 )
 from esper_telemetry.hub import Subscriber, TelemetryHub
-from esper_telemetry.telemetry import AnomalyDetector
-from esper_telemetry.training.ppo import PPOConfig, TrainResult, UpdateInfo, train
+from esper_telemetry.telemetry.anomaly_detector import AnomalyDetector
+from esper_telemetry.training import PPOConfig, TrainResult, UpdateInfo, train
 
-WandbMode = Literal["offline", "online", "disabled"]
 _OnUpdate = Callable[[UpdateInfo], None]
 
 EXIT_OK, EXIT_NOT_STARTED, EXIT_HALTED, EXIT_BACKEND_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
-
-_COLOUR = {
-    HealthStatus.HEALTHY: "green",
-    HealthStatus.WARNING: "yellow",
-    HealthStatus.CRITICAL: "red",
-}
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,13 @@ def run_ppo(options: RunOptions, console: Console) -> RunOutcome:
     else:
         try:
             with _stop_on_sigterm() as stop, _progress(options, console) as on_update:
-                result = train(options.config, hub, on_update=on_update, should_stop=stop.is_set)
+                result = train(
+                    options.config,
+                    hub,
+                    on_update=on_update,
+                    should_stop=stop.is_set,
+                    thresholds=options.thresholds,
+                )
         finally:  # flushed even when training raised
             stats = hub.close(timeout=options.close_timeout)
     outcome = RunOutcome(
@@ -147,10 +151,10 @@ def run_ppo(options: RunOptions, console: Console) -> RunOutcome:
 
 def _missing_extra(options: RunOptions) -> str | None:
     """Refuse, before anything starts, an option whose optional dependency is missing."""
-    if options.tui and importlib.util.find_spec("textual") is None:
-        return "--tui needs textual: pip install 'esper-telemetry[tui]'"
-    if options.report and importlib.util.find_spec("matplotlib") is None:
-        return "--report needs matplotlib: pip install 'esper-telemetry[report]'"
+    if options.tui and not is_installed("textual"):
+        return missing_message("--tui", "textual")
+    if options.report and not is_installed("matplotlib"):
+        return missing_message("--report", "matplotlib")
     return None
 
 
@@ -171,7 +175,9 @@ def _train_in_panel(
 
         def work() -> tuple[TrainResult, HubStats]:
             try:
-                result = train(options.config, hub, should_stop=stop.is_set)
+                result = train(
+                    options.config, hub, should_stop=stop.is_set, thresholds=options.thresholds
+                )
             finally:  # flushed even when training raised
                 stats = hub.close(timeout=options.close_timeout)
             return result, stats
@@ -188,7 +194,7 @@ def _write_report(outcome: RunOutcome, options: RunOptions) -> None:
     assert outcome.run_dir is not None
     try:
         outcome.report = write_report(
-            outcome.run_dir, outcome.run_dir / "report.png", thresholds=options.thresholds
+            outcome.run_dir, RunLayout(outcome.run_dir).report, thresholds=options.thresholds
         )
     except (OSError, ValueError) as exc:
         outcome.report_error = str(exc)
@@ -204,12 +210,10 @@ def _subscribe_all(
     )
 
     def count_anomalies(event: TelemetryEvent) -> None:
-        if isinstance(event.payload, AnomalyDetectedPayload):
-            anomalies[event.payload.anomaly_type.value] += 1
+        if isinstance(event, AnomalyDetected):
+            anomalies[event.payload.anomaly.type.value] += 1
 
-    hub.subscribe(
-        count_anomalies, mode="inline", events=[EventType.ANOMALY_DETECTED], name="summary"
-    )
+    hub.subscribe(count_anomalies, mode="inline", events=[AnomalyDetected], name="summary")
     if options.wandb != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")  # our summary says where the run is
         # First of the threaded backends: W&B online without credentials fails here,
@@ -219,7 +223,7 @@ def _subscribe_all(
         run_dir.mkdir(parents=True)
         hub.subscribe(WandBBackend(options.wandb_project, mode=options.wandb, dir=run_dir))
     hub.subscribe(AnalyticsCollector(run_dir, fsync="flush"))
-    hub.subscribe(StructlogBackend(run_dir / "log.jsonl"))
+    hub.subscribe(StructlogBackend(RunLayout(run_dir).log))
     for backend in options.backends:
         try:
             hub.subscribe(backend)
@@ -231,16 +235,11 @@ def _subscribe_all(
 def _verdict(result: TrainResult, stats: HubStats) -> tuple[int, str]:
     if result.status == "halted":
         return EXIT_HALTED, f"halted: {result.message}"
-    # A subscriber that asked for drop_oldest (a view such as the panel) accepted losing
-    # old events when it falls behind: its drops are counted, not a failure.
-    broken = [
-        s
-        for s in stats.subscribers
-        if s.failed or s.abandoned or s.stuck or (s.dropped and s.when_full == "block")
-    ]
+    broken = [s for s in stats.subscribers if s.lost or s.stuck]
     if broken:
         parts = [
-            f"{s.name} (failed {s.failed}, dropped {s.dropped}, abandoned {s.abandoned}"
+            f"{s.name} ({'stuck, ' if s.stuck else ''}lost {s.lost}: failed {s.failed}, "
+            f"dropped {s.dropped}, abandoned {s.abandoned}, undelivered {s.undelivered}"
             + (f", last error: {s.last_error}" if s.last_error else "")
             + ")"
             for s in broken
@@ -295,19 +294,13 @@ def _line(info: UpdateInfo, thresholds: HealthThresholds) -> str:
     parts = [f"steps {info.env_steps:>7}", f"return {ret}"]
     if info.health is not None:
         status = health_status(info.health, thresholds)
-        colour = _COLOUR[status]
+        colour = STATUS_COLOUR[status]
         parts.append(
-            f"h_rms [{colour}]{_fmt(info.health.h_rms)}[/] c_rms [{colour}]"
-            f"{_fmt(info.health.c_rms)}[/] [{colour}]{status.value}[/]"
+            f"h_rms [{colour}]{format_value(info.health.h_rms)}[/] c_rms [{colour}]"
+            f"{format_value(info.health.c_rms)}[/] [{colour}]{status.value}[/]"
         )
     parts.append(f"level {info.level.name}")
     return "  ".join(parts)
-
-
-def _fmt(x: float) -> str:
-    if not math.isfinite(x):
-        return str(x)
-    return f"{x:.3e}" if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4) else f"{x:.3f}"
 
 
 def _summary(outcome: RunOutcome, options: RunOptions) -> str:
@@ -316,16 +309,17 @@ def _summary(outcome: RunOutcome, options: RunOptions) -> str:
     assert run_dir is not None
     assert result is not None
     assert stats is not None
+    layout = RunLayout(run_dir)
     lines = [
         "",
         f"[bold]run {stats.run_id}[/]: {result.status}, {result.updates} updates, "
         f"{result.env_steps} env steps, mean return (last 20 episodes) "
         f"{result.mean_return:.1f}",
         f"  run directory    {run_dir}",
-        f"  analytics log    {run_dir / 'events.jsonl'}",
-        f"  structured log   {run_dir / 'log.jsonl'}",
+        f"  analytics log    {layout.events}",
+        f"  structured log   {layout.log}",
         "  W&B              "
-        + (f"{run_dir / 'wandb'} ({options.wandb})" if options.wandb != "disabled" else "off"),
+        + (f"{layout.wandb} ({options.wandb})" if options.wandb != "disabled" else "off"),
     ]
     if options.report:
         if outcome.report is not None:

@@ -14,11 +14,20 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from esper_telemetry.contracts import EventPayload, EventType, TelemetryEvent
-from esper_telemetry.hub import TelemetryHub
+from esper_telemetry.contracts import (
+    EventBase,
+    EventPayload,
+    EventType,
+    TelemetryEvent,
+    event_class,
+)
+from esper_telemetry.hub import Backend, TelemetryHub
+
+#: An event kind as a filter: its class, its EventType, or the type's name.
+Kind = type[EventBase] | EventType | str
 
 
-class RecordingBackend:
+class RecordingBackend(Backend):
     """A backend that keeps every event it receives, in order. Thread-safe.
 
     Attributes:
@@ -49,14 +58,14 @@ class RecordingBackend:
         with self._lock:
             return list(self._events)
 
-    def of_type(self, *types: EventType | str) -> list[TelemetryEvent]:
-        """The events of the given types, in the order received."""
-        wanted = {EventType(t) for t in types}
-        return [e for e in self.events if e.event_type in wanted]
+    def of_type(self, *kinds: Kind) -> list[TelemetryEvent]:
+        """The events of the given kinds (classes or event types), in the order received."""
+        wanted = tuple(k if isinstance(k, type) else event_class(k) for k in kinds)
+        return [e for e in self.events if isinstance(e, wanted)]
 
-    def payloads(self, event_type: EventType | str) -> list[EventPayload]:
-        """The payloads of the events of one type, in the order received."""
-        return [e.payload for e in self.of_type(event_type)]
+    def payloads(self, kind: Kind) -> list[EventPayload]:
+        """The payloads of the events of one kind, in the order received."""
+        return [e.payload for e in self.of_type(kind)]
 
     def clear(self) -> None:
         """Forget what was received."""
@@ -66,7 +75,7 @@ class RecordingBackend:
 
 @contextmanager
 def capture_events(
-    hub: TelemetryHub, *, events: Iterable[EventType | str] | None = None
+    hub: TelemetryHub, *, events: Iterable[Kind] | None = None
 ) -> Iterator[RecordingBackend]:
     """Record what ``hub`` publishes inside the ``with`` block.
 

@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from esper_telemetry import EventType, TelemetryEvent
 from esper_telemetry.analytics import BadLine, read_events
+from esper_telemetry.contracts import RunLayout, TelemetryEvent
 
 #: The smallest `esper ppo` that still trains a real LSTM policy.
 SMALL = ("--envs", "2", "--episode-length", "8", "--hidden", "16", "--no-progress")
@@ -148,16 +148,11 @@ def kinds(events: Sequence[TelemetryEvent]) -> list[tuple[int, str, int]]:
     return [(e.seq, e.event_type.value, e.update) for e in events]
 
 
-def ppo_updates(events: Sequence[TelemetryEvent]) -> list[int]:
-    """The update index of each PPO_UPDATE_COMPLETED, in order."""
-    return [e.update for e in events if e.event_type is EventType.PPO_UPDATE_COMPLETED]
-
-
 def log_records(run_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The structured log's JSON records, and the lines that are not JSON."""
     records: list[dict[str, Any]] = []
     broken: list[str] = []
-    for line in (run_dir / "log.jsonl").read_text(errors="replace").splitlines():
+    for line in RunLayout(run_dir).log.read_text(errors="replace").splitlines():
         try:
             records.append(json.loads(line))
         except ValueError:

@@ -38,6 +38,7 @@ def peak_rss_mib() -> float:
 def main(root: Path, events: int, threads: int, with_wandb: bool) -> dict[str, object]:
     from esper_telemetry import LSTMHealthMetrics, TelemetryHub, emit_ppo_update_event
     from esper_telemetry.backends import AnalyticsCollector, AnomalyEscalator, StructlogBackend
+    from esper_telemetry.contracts import RunLayout
 
     run_dir = root / RUN_ID
     health = LSTMHealthMetrics(
@@ -61,7 +62,7 @@ def main(root: Path, events: int, threads: int, with_wandb: bool) -> dict[str, o
 
         hub.subscribe(WandBBackend("esper-load", mode="offline", dir=run_dir))
     hub.subscribe(AnalyticsCollector(run_dir))
-    hub.subscribe(StructlogBackend(run_dir / "log.jsonl"))
+    hub.subscribe(StructlogBackend(RunLayout(run_dir).log))
     per_thread = events // threads
     samples: list[float] = []
     start = time.perf_counter()
@@ -96,8 +97,10 @@ def main(root: Path, events: int, threads: int, with_wandb: bool) -> dict[str, o
     return {
         "emitted": stats.emitted,
         "subscribers": {
-            s.name: [s.delivered, s.failed, s.dropped, s.abandoned] for s in stats.subscribers
+            s.name: [s.delivered, s.failed, s.dropped, s.abandoned, s.undelivered, s.stuck]
+            for s in stats.subscribers
         },
+        "lost": stats.lost,
         "emit_s": emitted_s,
         "total_s": total_s,
         "rss_samples_mib": samples,

@@ -1,5 +1,6 @@
 """Every field of every contract refuses a wrong type, and every contract an unknown field,
-with an error that names the field: in JSON (how logs are read) and in Python.
+with an error that names the field: in JSON (how logs are read, by the event class and by
+``parse_event``) and in Python.
 
 The samples come from a real hub run (an LSTM pushed to explode at DEBUG level, a
 failing subscriber), so that every optional field is set as the system sets it.
@@ -8,19 +9,27 @@ failing subscriber), so that every optional field is set as the system sets it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from esper_telemetry import AnomalyDetector, EventType, TelemetryEvent, TelemetryHub
+from esper_telemetry import AnomalyDetector, TelemetryHub
 from esper_telemetry.backends import AnomalyEscalator
 from esper_telemetry.contracts import (
+    EVENT_CLASSES,
+    AnomalyDetected,
+    EventBase,
     HealthThresholds,
-    PPOUpdatePayload,
+    PPOUpdateCompleted,
+    RunFinished,
     RunFinishedPayload,
+    RunStarted,
     RunStartedPayload,
+    TelemetryEvent,
+    parse_event,
 )
 from esper_telemetry.contracts._base import Contract
 from esper_telemetry.testing import capture_events
@@ -43,29 +52,31 @@ def samples() -> dict[str, Contract]:
     hub.subscribe(fails, mode="inline")
     with capture_events(hub) as rec:
         config = {"lr": 0.1, "layers": [1, 2], "nested": {"a": "b"}, "off": None}
-        hub.emit(
-            TelemetryEvent(update=0, payload=RunStartedPayload(config=config, description="d"))
-        )
+        hub.emit(RunStarted(update=0, payload=RunStartedPayload(config=config, description="d")))
         model = FaultyLSTM(hub, {1: "explode", 2: "explode"})
         for k in (0, 1, 2):
             model.update(k)
         payload = RunFinishedPayload(
             status="interrupted", message="m", summary={"x": 1.0}, hub_stats=hub.stats()
         )
-        hub.emit(TelemetryEvent(update=2, payload=payload))
+        hub.emit(RunFinished(update=2, payload=payload))
     hub.close()
-    last = {e.event_type: e for e in rec.events}
-    update = last[EventType.PPO_UPDATE_COMPLETED].payload
-    assert isinstance(update, PPOUpdatePayload)
-    health, detail, stats = update.health(), update.lstm_detail, payload.hub_stats
+    last = {type(e): e for e in rec.events}
+    assert set(last) == set(EVENT_CLASSES)  # every kind of event
+    update = last[PPOUpdateCompleted]
+    assert isinstance(update, PPOUpdateCompleted)
+    health, detail, stats = update.payload.health(), update.payload.lstm_detail, payload.hub_stats
     assert health is not None
     assert detail is not None
     assert stats is not None
     report = AnomalyDetector().check_lstm_health(health)
+    envelope = EventBase.model_validate(last[AnomalyDetected].model_dump(exclude={"payload"}))
     found: dict[str, Contract] = {
         type(c).__name__: c
         for c in (
+            *last.values(),
             *(e.payload for e in last.values()),
+            envelope,
             health,
             detail,
             HealthThresholds(),
@@ -75,7 +86,6 @@ def samples() -> dict[str, Contract]:
             next(s for s in stats.subscribers if s.name == "fails"),
         )
     }
-    found["TelemetryEvent"] = last[EventType.ANOMALY_DETECTED]
     return found
 
 
@@ -93,8 +103,20 @@ def wrong_values(field: str, sample: Any) -> list[Any]:
     return values
 
 
-def error_fields(exc: ValidationError) -> set[object]:
-    return {err["loc"][0] for err in exc.errors()}
+def error_fields(exc: ValidationError, *, union: bool = False) -> set[object]:
+    """The top-level fields the errors are about; through the event union (``parse_event``)
+    the location starts with the event type, and a bad tag is about ``event_type``."""
+    if not union:
+        return {err["loc"][0] for err in exc.errors()}
+    return {err["loc"][1] if err["loc"] else "event_type" for err in exc.errors()}
+
+
+def json_readers(model: type[Contract]) -> list[tuple[Callable[[str], object], bool]]:
+    """How a JSON line of this contract is read: its own class, and for an event the union."""
+    readers: list[tuple[Callable[[str], object], bool]] = [(model.model_validate_json, False)]
+    if model in EVENT_CLASSES:
+        readers.append((parse_event, True))
+    return readers
 
 
 CONTRACTS = sorted(samples())
@@ -115,19 +137,21 @@ def test_every_contract_is_sampled() -> None:
 
 @pytest.mark.parametrize("name", CONTRACTS)
 def test_every_field_refuses_a_wrong_json_type_naming_the_field(name: str) -> None:
-    """Each field, given JSON of another type, fails validation under its own name."""
+    """Each field, given JSON of another type, fails validation under its own name (an event
+    read through parse_event too)."""
     model = type(samples()[name])
     data = json.loads(samples()[name].model_dump_json())
     misses = []
-    for field in model.model_fields:
-        for wrong in wrong_values(field, data[field]):
-            try:
-                model.model_validate_json(json.dumps({**data, field: wrong}))
-            except ValidationError as exc:
-                if error_fields(exc) != {field} or field not in str(exc):
-                    misses.append((field, wrong, str(exc)))
-            else:
-                misses.append((field, wrong, "accepted"))
+    for read, union in json_readers(model):
+        for field in model.model_fields:
+            for wrong in wrong_values(field, data[field]):
+                try:
+                    read(json.dumps({**data, field: wrong}))
+                except ValidationError as exc:
+                    if error_fields(exc, union=union) != {field} or field not in str(exc):
+                        misses.append((union, field, wrong, str(exc)))
+                else:
+                    misses.append((union, field, wrong, "accepted"))
     assert misses == []
 
 
@@ -152,17 +176,21 @@ def test_every_field_refuses_a_wrong_python_type_naming_the_field(name: str) -> 
 @pytest.mark.parametrize("name", CONTRACTS)
 def test_an_unknown_field_is_refused_by_name(name: str) -> None:
     """A field the contract does not declare is an error naming it, not silently kept."""
+    model = type(samples()[name])
     data = json.loads(samples()[name].model_dump_json())
-    with pytest.raises(ValidationError, match="from_a_newer_version") as info:
-        type(samples()[name]).model_validate_json(json.dumps({**data, "from_a_newer_version": 1}))
-    assert [(e["loc"], e["type"]) for e in info.value.errors()] == [
-        (("from_a_newer_version",), "extra_forbidden")
-    ]
+    tag = (data["event_type"],) if model in EVENT_CLASSES else ()
+    for read, union in json_readers(model):
+        with pytest.raises(ValidationError, match="from_a_newer_version") as info:
+            read(json.dumps({**data, "from_a_newer_version": 1}))
+        assert [(e["loc"], e["type"]) for e in info.value.errors()] == [
+            ((*(tag if union else ()), "from_a_newer_version"), "extra_forbidden")
+        ]
 
 
 @pytest.mark.parametrize("wrong", LEVEL_WRONG_VALUES, ids=repr)
 def test_level_fields_refuse_bools_numeric_strings_and_floats(wrong: object) -> None:
     """A telemetry level is an int in JSON: true, "1" and 1.0 are not levels."""
-    data = json.loads(samples()["TelemetryEvent"].model_dump_json())
-    with pytest.raises(ValidationError, match="level"):
-        TelemetryEvent.model_validate_json(json.dumps({**data, "level": wrong}))
+    data = json.loads(samples()["AnomalyDetected"].model_dump_json())
+    with pytest.raises(ValidationError) as info:
+        parse_event(json.dumps({**data, "level": wrong}))
+    assert [e["loc"] for e in info.value.errors()] == [("ANOMALY_DETECTED", "level")]

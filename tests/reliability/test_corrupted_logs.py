@@ -1,6 +1,7 @@
 """Corrupted analytics logs: random bytes inserted, lines cut short, invalid UTF-8, events
-of a newer schema, a torn tail. Read by ``read_events`` and by ``esper watch``'s
-follower (``LogFollower``), fed the file in random pieces as if it were being written.
+of a newer schema, a torn tail. Read by ``read_events``, by the public cursor
+(``EventCursor``) and by ``esper watch``'s follower built on it (``LogFollower``), the
+last two fed the file in random pieces as if it were being written.
 
 Every line is accounted for exactly once (read as an event, or skipped and reported with
 its line number); every line left untouched reads back as the event it was.
@@ -19,9 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from esper_telemetry import TelemetryHub
-from esper_telemetry.analytics import BadLine, read_events
+from esper_telemetry.analytics import BadLine, EventCursor, read_events
 from esper_telemetry.backends import AnalyticsCollector, AnomalyEscalator
-from esper_telemetry.contracts import SCHEMA_VERSION
+from esper_telemetry.contracts import EVENTS_FILE, SCHEMA_VERSION, TelemetryEvent
 from esper_telemetry.tui import LogFollower
 from tests.faulty_lstm import FaultyLSTM
 
@@ -36,7 +37,7 @@ def clean_log() -> bytes:
             model = FaultyLSTM(hub, {3: "nan"})
             for k in range(8):
                 model.update(k)
-        return (Path(run_dir) / "events.jsonl").read_bytes()
+        return (Path(run_dir) / EVENTS_FILE).read_bytes()
 
 
 def newer(line: bytes) -> bytes:
@@ -114,7 +115,7 @@ def expected(original: bytes, data: bytes) -> Expected:
 def original_events(original: bytes) -> dict[bytes, str]:
     """Each original line -> the JSON of the event it holds."""
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "events.jsonl"
+        path = Path(d) / EVENTS_FILE
         path.write_bytes(original)
         events = list(read_events(path))
     return dict(zip(original.split(b"\n")[:-1], (e.model_dump_json() for e in events), strict=True))
@@ -122,7 +123,7 @@ def original_events(original: bytes) -> dict[bytes, str]:
 
 def read_file(data: bytes) -> tuple[list[str], list[BadLine]]:
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "events.jsonl"
+        path = Path(d) / EVENTS_FILE
         path.write_bytes(data)
         bad: list[BadLine] = []
         events = [e.model_dump_json() for e in read_events(path, on_bad_line=bad.append)]
@@ -159,59 +160,100 @@ def test_read_events_accounts_for_every_line_and_reads_every_untouched_one(
     )
 
 
+class Growing:
+    """One of the two incremental readers, polled after each piece is written."""
+
+    def __init__(self, kind: str, path: Path) -> None:
+        self.kind = kind
+        self.follower = LogFollower(path) if kind == "LogFollower" else None
+        self.cursor = EventCursor(path) if kind == "EventCursor" else None
+
+    def poll(self) -> tuple[list[TelemetryEvent], list[BadLine]]:
+        if self.follower is not None:
+            chunk = self.follower.poll()
+            return list(chunk.events), list(chunk.bad_lines)
+        assert self.cursor is not None
+        batch = self.cursor.read()
+        assert not batch.restarted  # the file only grew
+        return list(batch.events), list(batch.bad_lines)
+
+    def waiting(self) -> str | int | None:
+        """What is left of an unterminated last line (LogFollower's sentence, the cursor's
+        byte count), or None."""
+        if self.follower is not None:
+            return self.follower.waiting_for
+        assert self.cursor is not None
+        return self.cursor.pending_bytes or None
+
+
+@pytest.mark.parametrize("kind", ["LogFollower", "EventCursor"])
 @given(
     changes=st.lists(corruptions, min_size=1, max_size=6),
     torn=st.one_of(st.none(), st.floats(0, 0.99)),
     cuts=st.lists(st.floats(0, 1), max_size=8),
 )
-def test_the_watch_follower_reads_a_growing_corrupted_log_like_read_events(
-    changes: list[Corruption], torn: float | None, cuts: list[float]
+def test_a_follower_reads_a_growing_corrupted_log_like_read_events(
+    kind: str, changes: list[Corruption], torn: float | None, cuts: list[float]
 ) -> None:
-    """Fed the same file in random pieces, LogFollower yields the same events and bad
-    lines as read_events, and waits on the unterminated last line instead of reporting it."""
+    """Fed the same file in random pieces, the watch follower and the cursor yield the same
+    events and bad lines as read_events, and wait on the unterminated last line instead of
+    reporting it."""
     data = corrupt(clean_log(), changes, torn)
     want_events, want_bad = read_file(data)
     events: list[str] = []
     bad: list[BadLine] = []
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "events.jsonl"
+        path = Path(d) / EVENTS_FILE
         path.touch()
-        follower = LogFollower(path)
+        reader = Growing(kind, path)
         offsets = [*sorted(int(c * len(data)) for c in cuts), len(data)]
         written = 0
         for end in offsets:
             with path.open("ab") as f:
                 f.write(data[written:end])
             written = end
-            chunk = follower.poll()
-            events += [e.model_dump_json() for e in chunk.events]
-            bad += chunk.bad_lines
-        waiting = follower.waiting_for
+            new_events, new_bad = reader.poll()
+            events += [e.model_dump_json() for e in new_events]
+            bad += new_bad
+        waiting = reader.waiting()
     assert events == want_events
     assert [(b.line_number, b.reason) for b in bad] == [
         (b.line_number, b.reason) for b in want_bad if not b.torn
     ]
+    tail = data.rsplit(b"\n", 1)[-1]
     complete_lines = data.count(b"\n")
-    if data.endswith(b"\n"):
+    if not tail:
         assert waiting is None
+    elif kind == "EventCursor":
+        assert waiting == len(tail)
     else:
-        assert waiting is not None
+        assert isinstance(waiting, str)
         assert waiting.startswith(f"waiting for the rest of line {complete_lines + 1} ")
 
 
-@pytest.mark.parametrize("reader", ["read_events", "LogFollower"])
+READERS = ["read_events", "LogFollower", "EventCursor"]
+
+
+def read_with(reader: str, path: Path) -> tuple[list[TelemetryEvent], list[BadLine]]:
+    """Every event and bad line of a finished file, by one of the readers."""
+    if reader == "read_events":
+        bad: list[BadLine] = []
+        return list(read_events(path, on_bad_line=bad.append)), bad
+    if reader == "LogFollower":
+        chunk = LogFollower(path).poll()
+        return list(chunk.events), list(chunk.bad_lines)
+    batch = EventCursor(path).read()
+    return list(batch.events), list(batch.bad_lines)
+
+
+@pytest.mark.parametrize("reader", READERS)
 def test_an_event_of_a_newer_schema_is_skipped_naming_both_versions(
     tmp_path: Path, reader: str
 ) -> None:
     """A line written by a newer esper is reported on its line, with an upgrade hint."""
     lines = clean_log().split(b"\n")
-    (tmp_path / "events.jsonl").write_bytes(b"\n".join([lines[0], newer(lines[1]), lines[2], b""]))
-    if reader == "read_events":
-        bad: list[BadLine] = []
-        events = list(read_events(tmp_path, on_bad_line=bad.append))
-    else:
-        chunk = LogFollower(tmp_path).poll()
-        events, bad = list(chunk.events), list(chunk.bad_lines)
+    (tmp_path / EVENTS_FILE).write_bytes(b"\n".join([lines[0], newer(lines[1]), lines[2], b""]))
+    events, bad = read_with(reader, tmp_path)
     assert [e.seq for e in events] == [0, 2]
     assert [(b.line_number, b.reason, b.torn) for b in bad] == [
         (
@@ -221,3 +263,39 @@ def test_an_event_of_a_newer_schema_is_skipped_naming_both_versions(
             False,
         )
     ]
+
+
+def version_1(line: bytes) -> bytes:
+    """An anomaly line as schema_version 1 wrote it: the anomaly's fields flat in the payload."""
+    data = json.loads(line)
+    payload = data["payload"]
+    anomaly = payload.pop("anomaly")
+    data["schema_version"] = 1
+    data["payload"] = {"anomaly_type": anomaly.pop("type"), **anomaly, **payload}
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_an_anomaly_line_of_schema_version_1_reads_as_the_anomaly_it_was(
+    tmp_path: Path, reader: str
+) -> None:
+    """Every line of the clean log, its anomaly rewritten in the flat version-1 shape, reads
+    back: the anomaly event the same as the version-2 one but for its schema_version."""
+    lines = clean_log().split(b"\n")[:-1]
+    (i,) = [n for n, line in enumerate(lines) if b'"ANOMALY_DETECTED"' in line]
+    old = [*lines[:i], version_1(lines[i]), *lines[i + 1 :]]
+    (tmp_path / EVENTS_FILE).write_bytes(b"".join(line + b"\n" for line in old))
+    events, bad = read_with(reader, tmp_path)
+    expected = list(read_events(run_holding(tmp_path / "v2", clean_log())))
+    versions = [SCHEMA_VERSION] * len(lines)
+    versions[i] = 1
+    assert bad == []
+    assert [e.schema_version for e in events] == versions
+    assert [e.model_copy(update={"schema_version": SCHEMA_VERSION}) for e in events] == expected
+
+
+def run_holding(folder: Path, data: bytes) -> Path:
+    """A run directory whose events file holds ``data``."""
+    folder.mkdir()
+    (folder / EVENTS_FILE).write_bytes(data)
+    return folder

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from esper_telemetry import EventType
+from esper_telemetry.contracts import RunLayout
 from tests.reliability.children import (
     SMALL,
     esper_ppo,
     finish,
+    kinds,
     log_kinds,
     log_records,
     read_back,
@@ -54,23 +55,23 @@ def test_a_full_disk_is_reported_damages_nothing_written_and_training_goes_on(
     events, bad = read_back(run_dir)
     written = len(events)
     assert 0 < written < EMITTED
-    assert [(e.seq, e.update) for e in events[1:]] == [(k + 1, k) for k in range(written - 1)]
-    assert events[0].event_type is EventType.RUN_STARTED
+    assert kinds(events) == [
+        (0, "RUN_STARTED", 0),
+        *[(k + 1, "PPO_UPDATE_COMPLETED", k) for k in range(written - 1)],
+    ]
     assert [(b.line_number, b.torn) for b in bad] in ([], [(written + 1, True)])
-    assert (run_dir / "events.jsonl").stat().st_size <= LIMIT
+    assert RunLayout(run_dir).events.stat().st_size <= LIMIT
     records, broken = log_records(run_dir)
-    assert (
-        log_kinds(records)
-        == [(e.seq, e.event_type.value, e.update) for e in events][: len(records)]
-    )
+    assert log_kinds(records) == kinds(events)[: len(records)]
     assert len(broken) <= 1
 
     # The structured log's file buffer still holds the line it could not write, so its
     # flush() and close() fail too: two more failures than events.
     structlog_failed = EMITTED - len(records) + 2
-    failures = (
-        f"analytics (failed {EMITTED - written}, dropped 0, abandoned 0, last error: {EFBIG}); "
-        f"structlog (failed {structlog_failed}, dropped 0, abandoned 0, last error: {EFBIG})"
+    failures = "; ".join(
+        f"{name} (lost {failed}: failed {failed}, dropped 0, abandoned 0, undelivered 0, "
+        f"last error: {EFBIG})"
+        for name, failed in (("analytics", EMITTED - written), ("structlog", structlog_failed))
     )
     assert f"esper ppo: backend failed to deliver everything: {failures}" in err.splitlines()
     assert f"full: completed, {UPDATES} updates" in out
@@ -91,7 +92,7 @@ def test_wandb_offline_past_the_limit_loses_rows_without_telling_anyone(tmp_path
     out, err = finish(proc, timeout=120)
     assert proc.returncode == 4, err
     assert f"wandb            delivered {EMITTED}, failed 0, dropped 0" in out
-    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    (wandb_run,) = RunLayout(run_dir).wandb.glob("offline-run-*")
     assert (wandb_run / "run-full.wandb").stat().st_size == LIMIT
     internal = (wandb_run / "logs" / "debug-internal.log").read_text()
     assert "file too large" in internal

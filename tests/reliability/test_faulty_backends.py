@@ -1,9 +1,10 @@
-"""A backend that raises on every event, at start, at close, is slow or hangs forever.
+"""A backend that raises on every event, at start, at close, reports rows it could not
+write, is slow or hangs forever.
 
 Each runs beside the built-in backends in a real ``run_ppo`` (the function behind
 ``esper ppo``), in-process: training finishes, the analytics log and the structured log
-still hold every event, ``close`` returns within its timeout naming the culprit, and the
-exit status (4) and the summary say which backend failed.
+still hold every event, ``close`` gives up on a stuck one after its timeout naming the
+culprit, and the exit status (4) and the summary say which backend lost what.
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from esper_telemetry import EventType, TelemetryEvent
-from esper_telemetry.hub import Subscriber
+from esper_telemetry.contracts import RunFinished, RunStarted, TelemetryEvent
+from esper_telemetry.hub import Backend, Subscriber
 from esper_telemetry.run import RunOptions, RunOutcome, run_ppo
-from esper_telemetry.training.ppo import PPOConfig
+from esper_telemetry.training import PPOConfig
 from tests.reliability.children import kinds, log_kinds, log_records, read_back
 
 CLOSE_TIMEOUT = 2.0
+#: How long run_ppo may take before the test calls it hung: a bound on a hang (close()
+#: waiting forever on a stuck backend), not a measure of speed.
+HANG_BOUND_S = 300.0
 SMALL = PPOConfig(updates=5, envs=2, steps=8, hidden=16, epochs=2)
-#: Events of a run: RUN_STARTED, one per update, RUN_FINISHED.
+#: Events of a run: RunStarted, one per update, RunFinished.
 EVENTS = SMALL.updates + 2
 SLEEP_S = 0.1
 
@@ -43,7 +47,7 @@ class RaisesAtStart:
     name = "faulty"
 
     def handle(self, event: TelemetryEvent) -> None:
-        if event.event_type is EventType.RUN_STARTED:
+        if isinstance(event, RunStarted):
             raise RuntimeError("faulty backend cannot start")
 
 
@@ -67,11 +71,52 @@ class RefusesToSubscribe:
         pass
 
 
+class WritesOnlyTheFirstTwo(Backend):
+    """Handles every event without raising, but says it could not write all but two (as W&B
+    does for a row whose step went backwards)."""
+
+    name = "faulty"
+
+    def __init__(self) -> None:
+        self.handled = 0
+
+    def handle(self, event: TelemetryEvent) -> None:
+        self.handled += 1
+
+    def undelivered(self) -> int:
+        return max(self.handled - 2, 0)
+
+
 class SleepsOnEveryEvent:
     name = "faulty"
 
     def handle(self, event: TelemetryEvent) -> None:
         time.sleep(SLEEP_S)
+
+
+class SleepsOnceTrainingEnded:
+    """Holds its first event until the run's RunFinished reached another backend (a gate:
+    training has ended), then takes SLEEP_S per event."""
+
+    name = "faulty"
+
+    def __init__(self) -> None:
+        self.training_ended = threading.Event()
+
+    def handle(self, event: TelemetryEvent) -> None:
+        self.training_ended.wait()
+        time.sleep(SLEEP_S)
+
+
+class OpensTheGateAtRunFinished:
+    name = "gate"
+
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
+
+    def handle(self, event: TelemetryEvent) -> None:
+        if isinstance(event, RunFinished):
+            self.gate.set()
 
 
 class BlocksForever:
@@ -92,19 +137,28 @@ class Run:
     """From RUN_FINISHED (built right before the hub's close) to run_ppo's return."""
 
 
-def run_with(root: Path, backend: Subscriber, config: PPOConfig = SMALL) -> Run:
+def run_with(root: Path, *backends: Subscriber, config: PPOConfig = SMALL) -> Run:
+    """run_ppo with ``backends`` added, on a worker thread that must end within the hang bound."""
     out = io.StringIO()
     options = RunOptions(
         config=config,
         run_root=root,
         run_id="faulty",
         wandb="disabled",
-        backends=(backend,),
+        backends=backends,
         progress=False,
         close_timeout=CLOSE_TIMEOUT,
     )
-    outcome = run_ppo(options, Console(file=out, width=200))
-    returned = datetime.now(UTC)
+    outcomes: list[tuple[RunOutcome, datetime]] = []
+
+    def work() -> None:
+        outcomes.append((run_ppo(options, Console(file=out, width=200)), datetime.now(UTC)))
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(HANG_BOUND_S)
+    assert not worker.is_alive(), "run_ppo hung: close() waited on a stuck backend"
+    ((outcome, returned),) = outcomes
     assert outcome.run_dir is not None
     events, _ = read_back(outcome.run_dir)
     close_s = (returned - events[-1].timestamp).total_seconds()
@@ -172,11 +226,36 @@ def test_a_raising_backend_is_named_in_the_exit_status_and_the_others_get_everyt
     assert faulty.last_error.startswith(error)
     assert run.outcome.exit_code == 4
     assert run.outcome.message == (
-        f"backend failed to deliver everything: faulty (failed {failed}, dropped 0, "
-        f"abandoned 0, last error: {faulty.last_error})"
+        f"backend failed to deliver everything: faulty (lost {failed}: failed {failed}, "
+        f"dropped 0, abandoned 0, undelivered 0, last error: {faulty.last_error})"
     )
     assert f"faulty           delivered {delivered}, failed {failed}, dropped 0\n" in run.console
-    assert run.close_s < CLOSE_TIMEOUT
+
+
+def test_a_backend_that_reports_rows_it_could_not_write_is_a_loss_named_in_the_exit_status(
+    tmp_path: Path,
+) -> None:
+    """A backend that raised nothing but reports undelivered rows: exit 4 naming it with its
+    count; the others hold every event."""
+    run = run_with(tmp_path, WritesOnlyTheFirstTwo())
+    assert_the_others_got_everything(run)
+    stats = run.outcome.stats
+    assert stats is not None
+    (faulty,) = [s for s in stats.subscribers if s.name == "faulty"]
+    lost = EVENTS - 2
+    assert (faulty.delivered, faulty.failed, faulty.undelivered, faulty.lost, faulty.stuck) == (
+        EVENTS,
+        0,
+        lost,
+        lost,
+        False,
+    )
+    assert not stats.lossless
+    assert (run.outcome.exit_code, run.outcome.message) == (
+        4,
+        f"backend failed to deliver everything: faulty (lost {lost}: failed 0, dropped 0, "
+        f"abandoned 0, undelivered {lost})",
+    )
 
 
 def test_a_backend_that_blocks_forever_is_named_stuck_within_the_close_timeout(
@@ -198,14 +277,16 @@ def test_a_backend_that_blocks_forever_is_named_stuck_within_the_close_timeout(
     )
     assert run.outcome.exit_code == 4
     assert run.outcome.message == (
-        f"backend failed to deliver everything: faulty (failed 0, dropped 0, abandoned {EVENTS})"
+        f"backend failed to deliver everything: faulty (stuck, lost {EVENTS}: failed 0, "
+        f"dropped 0, abandoned {EVENTS}, undelivered 0)"
     )
     assert f"faulty           delivered 0, failed 0, dropped 0, abandoned {EVENTS}" in run.console
-    assert CLOSE_TIMEOUT <= run.close_s < CLOSE_TIMEOUT + 1.0
+    assert run.close_s >= CLOSE_TIMEOUT  # it waited its timeout for the backend, then gave up
 
 
 def test_a_slow_backend_that_keeps_up_delays_nothing_and_loses_nothing(tmp_path: Path) -> None:
-    """100 ms per event on a short run: it finishes within the close timeout; exit 0."""
+    """100 ms per event on a short run (0.7 s): it catches up within the close timeout;
+    exit 0."""
     run = run_with(tmp_path, SleepsOnEveryEvent())
     assert_the_others_got_everything(run)
     stats = run.outcome.stats
@@ -217,34 +298,37 @@ def test_a_slow_backend_that_keeps_up_delays_nothing_and_loses_nothing(tmp_path:
         0,
         False,
     )
+    assert stats.lossless
     assert (run.outcome.exit_code, run.outcome.message) == (0, "completed")
 
 
 def test_a_slow_backend_that_falls_behind_never_slows_training_and_is_named_at_close(
     tmp_path: Path,
 ) -> None:
-    """100 ms per event over 60 updates (6.2 s of work): training does not wait for it,
-    close() gives up after its timeout, names it and counts what it abandoned; exit 4."""
+    """A backend held until training has ended (the run's RunFinished reached another
+    backend), then 100 ms per event over 60 updates (6.2 s of work): training completes
+    without it, close() gives up after its timeout, names it stuck and counts what it
+    abandoned; exit 4."""
     config = PPOConfig(updates=60, envs=2, steps=8, hidden=16, epochs=2)
     events = config.updates + 2
-    started = time.monotonic()
-    run = run_with(tmp_path, SleepsOnEveryEvent(), config)
-    elapsed = time.monotonic() - started
-    assert elapsed < events * SLEEP_S  # the run did not wait for the slow backend
+    slow = SleepsOnceTrainingEnded()
+    run = run_with(tmp_path, slow, OpensTheGateAtRunFinished(slow.training_ended), config=config)
     outcome = run.outcome
     assert outcome.stats is not None
     assert outcome.result is not None
     assert (outcome.result.status, outcome.result.updates) == ("completed", 60)
     assert outcome.stats.stuck == ("faulty",)
-    (faulty,) = [s for s in outcome.stats.subscribers if s.name == "faulty"]
+    subscribers = {s.name: s for s in outcome.stats.subscribers}
+    faulty, gate = subscribers["faulty"], subscribers["gate"]
+    assert (gate.delivered, gate.lost) == (events, 0)
     assert faulty.abandoned > 0
     assert faulty.delivered + faulty.abandoned == events
     assert outcome.exit_code == 4
     assert outcome.message == (
-        "backend failed to deliver everything: faulty (failed 0, dropped 0, "
-        f"abandoned {faulty.abandoned})"
+        f"backend failed to deliver everything: faulty (stuck, lost {faulty.abandoned}: "
+        f"failed 0, dropped 0, abandoned {faulty.abandoned}, undelivered 0)"
     )
-    assert CLOSE_TIMEOUT <= run.close_s < CLOSE_TIMEOUT + 1.0
+    assert run.close_s >= CLOSE_TIMEOUT
     assert outcome.run_dir is not None
     logged, bad = read_back(outcome.run_dir)
     assert (len(logged), bad) == (events, [])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from esper_telemetry import EventType, PPOUpdatePayload
+from esper_telemetry.contracts import PPOUpdateCompleted, RunLayout, RunStarted
 from tests.reliability.children import (
     LSTM_FIELDS,
     SMALL,
@@ -49,7 +49,7 @@ HUB_CHILD = CHILD_PRELUDE + textwrap.dedent(
             payload = PPOUpdatePayload(
                 policy_loss=k * 0.1, value_loss=float("nan"), entropy=-0.0,
                 lstm_h_rms=float("inf"), extra={"k": float(k)})
-            hub.emit(TelemetryEvent(update=k, payload=payload))
+            hub.emit(PPOUpdateCompleted(update=k, payload=payload))
             k += 1
         print(f"flushed {k}" if hub.flush(timeout=30) else "flush failed", flush=True)
     """
@@ -85,12 +85,21 @@ def test_kill_9_of_an_emitting_hub_loses_nothing_a_completed_flush_covered(
     assert len(events) >= flushed > 0
     assert [(e.seq, e.update) for e in events] == [(k, k) for k in range(len(events))]
     assert [(b.line_number, b.torn) for b in bad] in ([], [(len(events) + 1, True)])
-    for e in events:
-        p = e.payload
-        assert isinstance(p, PPOUpdatePayload)
-        assert (p.policy_loss, p.lstm_h_rms, p.extra) == (e.update * 0.1, math.inf, {"k": e.update})
-        assert math.isnan(p.value_loss)
-        assert math.copysign(1.0, p.entropy) == -1.0
+    assert [
+        (
+            type(e),
+            e.payload.policy_loss,
+            math.isnan(e.payload.value_loss),
+            math.copysign(1.0, e.payload.entropy),
+            e.payload.lstm_h_rms,
+            dict(e.payload.extra),
+        )
+        for e in events
+        if isinstance(e, PPOUpdateCompleted)
+    ] == [
+        (PPOUpdateCompleted, k * 0.1, True, -1.0, math.inf, {"k": float(k)})
+        for k in range(len(events))
+    ]
 
 
 @pytest.mark.parametrize("trial", TRIALS)
@@ -105,7 +114,7 @@ def test_kill_9_of_esper_ppo_leaves_a_readable_log_of_every_update_written(
     args = ("--wandb", "disabled", "--episodes", "10000", *SMALL)
     proc = start(esper_ppo(tmp_path, run_id, *args), tmp_path)
     try:
-        seen = wait_for_updates(proc, run_dir / "events.jsonl", rng.randint(1, 4))
+        seen = wait_for_updates(proc, RunLayout(run_dir).events, rng.randint(1, 4))
         time.sleep(rng.random() * 0.3)  # anywhere inside the next update
         proc.send_signal(signal.SIGKILL)
         finish(proc, timeout=30)
@@ -116,13 +125,12 @@ def test_kill_9_of_esper_ppo_leaves_a_readable_log_of_every_update_written(
     events, bad = read_back(run_dir)
     n = len(events) - 1
     assert n >= seen
-    assert [(e.seq, e.event_type, e.update) for e in events] == [
-        (0, EventType.RUN_STARTED, 0),
-        *[(k + 1, EventType.PPO_UPDATE_COMPLETED, k) for k in range(n)],
+    assert [(e.seq, type(e), e.update) for e in events] == [
+        (0, RunStarted, 0),
+        *[(k + 1, PPOUpdateCompleted, k) for k in range(n)],
     ]
-    for e in events[1:]:
-        fields = e.payload.model_dump()
-        assert [f for f in LSTM_FIELDS if fields[f] is None] == []
+    missing = [[f for f in LSTM_FIELDS if getattr(e.payload, f) is None] for e in events[1:]]
+    assert missing == [[]] * n
     assert [(b.line_number, b.torn) for b in bad] in ([], [(len(events) + 1, True)])
 
     records, broken = log_records(run_dir)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from esper_telemetry.analytics import BadLine, read_events
+from esper_telemetry.contracts import PPOUpdateCompleted, RunLayout
 from tests.reliability import load_child
 from tests.reliability.children import child_env
 
@@ -48,7 +49,8 @@ def test_events_from_four_threads_reach_every_backend_once_in_order(
     (tmp_path / "report.json").write_text(json.dumps(report))  # the figures, kept with the run
     assert report["emitted"] == events
     backends = ("anomaly-escalator", "wandb", "analytics", "structlog")
-    assert report["subscribers"] == {name: [events, 0, 0, 0] for name in backends}
+    assert report["subscribers"] == {name: [events, 0, 0, 0, 0, False] for name in backends}
+    assert report["lost"] == 0
     samples = report["rss_samples_mib"]
     assert report["peak_rss_mib"] - samples[0] < MAX_GROWTH_MIB
 
@@ -56,14 +58,21 @@ def test_events_from_four_threads_reach_every_backend_once_in_order(
     bad: list[BadLine] = []
     next_i = [0] * THREADS
     seq = -1
+    out_of_order = []
     for seq, event in enumerate(read_events(run_dir, on_bad_line=bad.append)):
-        assert event.seq == seq
-        extra = event.payload.extra  # type: ignore[union-attr]
+        assert isinstance(event, PPOUpdateCompleted)
+        extra = event.payload.extra
         thread, i = int(extra["thread"]), int(extra["i"])
-        assert i == next_i[thread], (seq, thread, i)
+        if (event.seq, i) != (seq, next_i[thread]):
+            out_of_order.append((seq, event.seq, thread, i))
         next_i[thread] += 1
-    assert (seq + 1, next_i, bad) == (events, [events // THREADS] * THREADS, [])
+    assert (seq + 1, next_i, bad, out_of_order) == (
+        events,
+        [events // THREADS] * THREADS,
+        [],
+        [],
+    )
 
-    with (run_dir / "log.jsonl").open() as log:
+    with RunLayout(run_dir).log.open() as log:
         logged = [json.loads(line)["seq"] for line in log]
     assert logged == list(range(events))

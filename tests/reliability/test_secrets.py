@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from esper_telemetry import AnomalyType, Severity, TelemetryEvent, TelemetryHub, TelemetryLevel
+from esper_telemetry import TelemetryHub
+from esper_telemetry.analytics import read_events
 from esper_telemetry.backends import (
     AnalyticsCollector,
     AnomalyEscalator,
@@ -21,11 +22,21 @@ from esper_telemetry.backends import (
     WandBBackend,
 )
 from esper_telemetry.contracts import (
+    Anomaly,
+    AnomalyDetected,
     AnomalyDetectedPayload,
+    AnomalyType,
+    RunFinished,
     RunFinishedPayload,
+    RunLayout,
+    RunStarted,
     RunStartedPayload,
+    Severity,
+    TelemetryLevel,
+    TelemetryLevelChanged,
     TelemetryLevelChangedPayload,
 )
+from esper_telemetry.hub import REDACTED
 from tests.faulty_lstm import FaultyLSTM
 from tests.reliability.children import SMALL, child_env, esper_ppo, finish, start
 from tests.wandb_offline import offline_wandb
@@ -64,7 +75,7 @@ def test_the_wandb_api_key_of_the_environment_reaches_no_output_of_esper_ppo(
     proc = start(argv, tmp_path, env=env)
     out, err = finish(proc, timeout=120)
     assert proc.returncode == 0, err
-    assert (tmp_path / "runs" / "secret" / "wandb").is_dir()
+    assert RunLayout(tmp_path / "runs" / "secret").wandb.is_dir()
     assert leaks(tmp_path, out, err) == []
 
 
@@ -83,7 +94,7 @@ def test_planted_secrets_reach_no_backend_file_log_line_or_terminal(
         hub.subscribe(AnomalyEscalator(), mode="inline")
         hub.subscribe(WandBBackend("esper-secrets", mode="offline", dir=run_dir))
         hub.subscribe(AnalyticsCollector(run_dir))
-        hub.subscribe(StructlogBackend(run_dir / "log.jsonl"))
+        hub.subscribe(StructlogBackend(RunLayout(run_dir).log))
         hub.subscribe(StructlogBackend(stream=sys.stderr, format="console"), name="terminal")
         config = {
             "lr": 3e-4,
@@ -93,26 +104,45 @@ def test_planted_secrets_reach_no_backend_file_log_line_or_terminal(
             "note": f"the key is {ENV_API_KEY}",
         }
         said = f"key {ENV_API_KEY} and {HEX_API_KEY}"
-        hub.emit(
-            TelemetryEvent(update=0, payload=RunStartedPayload(config=config, description=said))
-        )
+        hub.emit(RunStarted(update=0, payload=RunStartedPayload(config=config, description=said)))
         FaultyLSTM(hub, {1: "nan"}).update(0)
-        payloads = [
-            AnomalyDetectedPayload(
-                anomaly_type=AnomalyType.LSTM_NAN,
-                severity=Severity.CRITICAL,
-                observed=1.0,
-                message=said,
-            ),
-            TelemetryLevelChangedPayload(
-                previous=TelemetryLevel.NORMAL, level=TelemetryLevel.DEBUG, reason=said
-            ),
-            RunFinishedPayload(status="failed", message=said),
-        ]
-        for payload in payloads:
-            hub.emit(TelemetryEvent(update=1, payload=payload))
+        anomaly = Anomaly(
+            type=AnomalyType.LSTM_NAN, severity=Severity.CRITICAL, observed=1.0, message=said
+        )
+        hub.emit(AnomalyDetected(update=1, payload=AnomalyDetectedPayload(anomaly=anomaly)))
+        hub.emit(
+            TelemetryLevelChanged(
+                update=1,
+                payload=TelemetryLevelChangedPayload(
+                    previous=TelemetryLevel.NORMAL, level=TelemetryLevel.DEBUG, reason=said
+                ),
+            )
+        )
+        hub.emit(RunFinished(update=1, payload=RunFinishedPayload(status="failed", message=said)))
         stats = hub.close(timeout=60)
     captured = capfd.readouterr()
     assert stats.lossless
-    assert {s.name: s.delivered for s in stats.subscribers}["wandb"] == 5
+    assert {s.name: s.delivered for s in stats.subscribers} == {
+        "anomaly-escalator": 5,
+        "wandb": 5,
+        "analytics": 5,
+        "structlog": 5,
+        "terminal": 5,
+    }
     assert leaks(tmp_path, captured.out, captured.err, caplog.text) == []
+    # Redacted where they were, not dropped: every free-text field arrived as the marker.
+    texts: list[object] = []
+    for event in read_events(run_dir):
+        match event:
+            case RunStarted(payload=p):
+                keys = (*CONFIG_SECRETS, "commit", "note")
+                texts += [p.description, *(p.config[k] for k in keys)]
+                config = p.model_dump(mode="json")["config"]
+                assert (config["lr"], config["nested"]) == (3e-4, [{"access_token": REDACTED}])
+            case AnomalyDetected(payload=p):
+                texts.append(p.anomaly.message)
+            case TelemetryLevelChanged(payload=p):
+                texts.append(p.reason)
+            case RunFinished(payload=p):
+                texts.append(p.message)
+    assert texts == [REDACTED] * 10

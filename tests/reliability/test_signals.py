@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from esper_telemetry import TelemetryEvent, TelemetryHub
+from esper_telemetry import TelemetryHub
 from esper_telemetry import emit_ppo_update_event as emit_update
-from esper_telemetry.contracts import RunFinishedPayload
+from esper_telemetry.contracts import RunFinished, RunFinishedPayload, RunLayout, TelemetryEvent
 from esper_telemetry.testing import RecordingBackend
 from tests.reliability.children import (
     SMALL,
@@ -36,6 +37,8 @@ from tests.reliability.children import (
 from tests.wandb_offline import history, inspect_run
 
 STATS = {"policy_loss": 0.0, "value_loss": 0.1, "entropy": 0.6}
+#: How long a gate may wait for what it waits on: a bound on a hang, not a measure of speed.
+GATE_BOUND_S = 60.0
 
 
 @pytest.fixture
@@ -63,7 +66,7 @@ def test_a_signal_mid_run_reaches_every_backend_and_marks_the_run_interrupted(
     argv = esper_ppo(tmp_path, "sig", "--wandb", "offline", "--episodes", "10000", *SMALL)
     proc = start(argv, tmp_path, new_session=True)  # its own group, as under a shell
     try:
-        wait_for_updates(proc, run_dir / "events.jsonl", 3)
+        wait_for_updates(proc, RunLayout(run_dir).events, 3)
         send_like_a_terminal(proc.pid, signum)
         out, err = finish(proc, timeout=60)
     finally:
@@ -80,12 +83,10 @@ def test_a_signal_mid_run_reaches_every_backend_and_marks_the_run_interrupted(
         *[(k + 1, "PPO_UPDATE_COMPLETED", k) for k in range(n)],
         (n + 1, "RUN_FINISHED", n - 1),
     ]
-    finished = events[-1].payload
-    assert isinstance(finished, RunFinishedPayload)
-    assert finished.status == "interrupted"
+    assert [e.payload.status for e in events if isinstance(e, RunFinished)] == ["interrupted"]
     records, broken = log_records(run_dir)
     assert (log_kinds(records), broken) == (kinds(events), [])
-    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    (wandb_run,) = RunLayout(run_dir).wandb.glob("offline-run-*")
     assert [row["_step"] for row in history(inspect_run(wandb_run))] == list(range(n))
 
 
@@ -101,7 +102,7 @@ def test_ctrl_c_at_a_random_moment_leaves_both_logs_identical_and_the_run_interr
     argv = esper_ppo(tmp_path, "int", "--wandb", "disabled", "--episodes", "10000", *SMALL)
     proc = start(argv, tmp_path, new_session=True)
     try:
-        wait_for_updates(proc, run_dir / "events.jsonl", rng.randint(1, 4))
+        wait_for_updates(proc, RunLayout(run_dir).events, rng.randint(1, 4))
         time.sleep(rng.random() * 0.3)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = finish(proc, timeout=60)
@@ -116,7 +117,7 @@ def test_ctrl_c_at_a_random_moment_leaves_both_logs_identical_and_the_run_interr
         *[(k + 1, "PPO_UPDATE_COMPLETED", k) for k in range(n)],
         (n + 1, "RUN_FINISHED", max(n - 1, 0)),
     ]
-    assert events[-1].payload.status == "interrupted"  # type: ignore[union-attr]
+    assert [e.payload.status for e in events if isinstance(e, RunFinished)] == ["interrupted"]
     records, broken = log_records(run_dir)
     assert (log_kinds(records), broken) == (kinds(events), [])
 
@@ -168,14 +169,52 @@ def test_ctrl_c_while_emit_waits_for_a_full_queue_loses_nothing() -> None:
     hub.subscribe(slow, queue_size=1)
     emit_update(hub, update=0, metrics=STATS)  # in its hands
     emit_update(hub, update=1, metrics=STATS)  # fills its queue
-    timer = threading.Timer(0.3, os.kill, args=(os.getpid(), signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        emit_update(hub, update=2, metrics=STATS)  # waits for room; Ctrl-C lands here
-    timer.join()
+    pressed: list[bool] = []
+    emitted = threading.Event()
+    ctrl_c = threading.Thread(
+        target=lambda: pressed.append(press_ctrl_c_once_waiting(threading.main_thread(), emitted))
+    )
+    ctrl_c.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            emit_update(hub, update=2, metrics=STATS)  # waits for room; Ctrl-C lands here
+    finally:
+        emitted.set()
+        ctrl_c.join()
     release.set()
-    hub.emit(TelemetryEvent(update=3, payload=RunFinishedPayload(status="interrupted")))
+    hub.emit(RunFinished(update=3, payload=RunFinishedPayload(status="interrupted")))
     stats = hub.close(timeout=10)
+    assert pressed == [True]
     assert seen == [0, 1, 2, 3]
-    (slow_stats,) = stats.subscribers
-    assert (slow_stats.delivered, slow_stats.dropped, slow_stats.abandoned) == (4, 0, 0)
+    assert [(s.name, s.delivered, s.dropped, s.abandoned, s.lost) for s in stats.subscribers] == [
+        ("slow", 4, 0, 0, 0)
+    ]
+
+
+def press_ctrl_c_once_waiting(thread: threading.Thread, emitted: threading.Event) -> bool:
+    """Send SIGINT to this process once ``thread`` is blocked in a wait inside the hub (a
+    gate on what the thread is doing, not a delay); False if it never got there, or if
+    ``emitted`` says the emit ended first."""
+    deadline = time.monotonic() + GATE_BOUND_S
+    while not emitted.is_set():
+        if blocked_in_hub(thread):
+            os.kill(os.getpid(), signal.SIGINT)
+            return True
+        if time.monotonic() > deadline:
+            os.kill(os.getpid(), signal.SIGINT)  # free an emit stuck elsewhere, and fail
+            return False
+        time.sleep(0.001)
+    return False
+
+
+def blocked_in_hub(thread: threading.Thread) -> bool:
+    """Whether ``thread``'s innermost Python frame is a ``wait`` (Condition, Event) that
+    code of the hub called."""
+    assert thread.ident is not None
+    frame = sys._current_frames().get(thread.ident)
+    stack = []
+    while frame is not None:
+        stack.append(frame)
+        frame = frame.f_back
+    in_hub = any(f"esper_telemetry{os.sep}hub{os.sep}" in f.f_code.co_filename for f in stack)
+    return bool(stack) and stack[0].f_code.co_name == "wait" and in_hub

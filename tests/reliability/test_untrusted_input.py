@@ -6,16 +6,16 @@ from __future__ import annotations
 import io
 import json
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from esper_telemetry import TelemetryEvent
-from esper_telemetry.analytics import BadLine, connect, read_events
-from esper_telemetry.contracts import RunStartedPayload
+from esper_telemetry.analytics import BadLine, EventCursor, connect, read_events
+from esper_telemetry.contracts import EVENTS_FILE, RunStarted, RunStartedPayload
 from esper_telemetry.run import RunOptions, run_ppo
-from esper_telemetry.training.ppo import PPOConfig
+from esper_telemetry.training import PPOConfig
 from esper_telemetry.tui import LogFollower
 
 ESCAPES = [
@@ -95,16 +95,16 @@ def hostile_log(tmp_path: Path, marker: Path) -> tuple[Path, int, dict[str, obje
         "class": json.loads(planted[3]),
         "pickle": planted[0].hex(),
     }
-    valid = TelemetryEvent(
+    valid = RunStarted(
         run_id="hostile", seq=0, update=0, payload=RunStartedPayload(config=config)
     ).model_dump_json()
     data = b"\n".join(planted) + b"\n"
-    path = tmp_path / "events.jsonl"
+    path = tmp_path / EVENTS_FILE
     path.write_bytes(data + valid.encode() + b"\n")
     return path, data.count(b"\n"), config
 
 
-@pytest.mark.parametrize("reader", ["read_events", "LogFollower", "connect"])
+@pytest.mark.parametrize("reader", ["read_events", "EventCursor", "LogFollower", "connect"])
 def test_reading_a_log_of_pickles_and_class_tags_executes_nothing(
     tmp_path: Path, reader: str
 ) -> None:
@@ -113,17 +113,30 @@ def test_reading_a_log_of_pickles_and_class_tags_executes_nothing(
     marker = tmp_path / "executed"
     path, lure_lines, config = hostile_log(tmp_path, marker)
     bad: list[BadLine] = []
-    if reader == "read_events":
-        events = list(read_events(path, on_bad_line=bad.append))
-        configs = [e.payload.config for e in events]  # type: ignore[union-attr]
-    elif reader == "LogFollower":
-        chunk = LogFollower(path).poll()
-        bad = list(chunk.bad_lines)
-        configs = [e.payload.config for e in chunk.events]  # type: ignore[union-attr]
-    else:
+    configs: list[object]
+    if reader == "connect":
         con = connect(path, on_bad_line=bad.append)
         rows = con.execute("SELECT payload FROM events").fetchall()
         configs = [json.loads(payload)["config"] for (payload,) in rows]
+    else:
+        if reader == "read_events":
+            events = list(read_events(path, on_bad_line=bad.append))
+        elif reader == "EventCursor":
+            batch = EventCursor(path).read()
+            events, bad = list(batch.events), list(batch.bad_lines)
+        else:
+            chunk = LogFollower(path).poll()
+            events, bad = list(chunk.events), list(chunk.bad_lines)
+        configs = [plain(e.payload.config) if isinstance(e, RunStarted) else e for e in events]
     assert [b.line_number for b in bad] == list(range(1, lure_lines + 1))
     assert configs == [config]
     assert not marker.exists()
+
+
+def plain(value: object) -> object:
+    """A read-only config (FrozenDict, tuples) as the plain JSON data it stands for."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    return value

@@ -12,7 +12,7 @@ import re
 import signal
 from pathlib import Path
 
-from esper_telemetry.contracts import RunFinishedPayload
+from esper_telemetry.contracts import RunFinished, RunLayout
 from tests.reliability.children import (
     SMALL,
     children_of,
@@ -29,8 +29,8 @@ from tests.reliability.children import (
 UPDATES = 12
 EMITTED = UPDATES + 2
 FAILURE = re.compile(
-    r"esper ppo: backend failed to deliver everything: wandb \(failed (\d+), dropped 0, "
-    r"abandoned 0, last error: (\w+): (.+)\)"
+    r"esper ppo: backend failed to deliver everything: wandb \(lost (\d+): failed (\d+), "
+    r"dropped 0, abandoned 0, undelivered 0, last error: (\w+): (.+)\)"
 )
 
 
@@ -43,7 +43,7 @@ def test_killing_wandb_core_mid_run_is_a_reported_backend_failure_and_nothing_el
     argv = esper_ppo(tmp_path, "wb", "--wandb", "offline", "--episodes", str(UPDATES), *SMALL)
     proc = start(argv, tmp_path)
     try:
-        wait_for_updates(proc, run_dir / "events.jsonl", 3)
+        wait_for_updates(proc, RunLayout(run_dir).events, 3)
         (core,) = [pid for pid, exe in children_of(proc.pid) if exe.endswith("wandb-core")]
         os.kill(core, signal.SIGKILL)
         out, err = finish(proc, timeout=120)
@@ -58,17 +58,16 @@ def test_killing_wandb_core_mid_run_is_a_reported_backend_failure_and_nothing_el
         *[(k + 1, "PPO_UPDATE_COMPLETED", k) for k in range(UPDATES)],
         (UPDATES + 1, "RUN_FINISHED", UPDATES - 1),
     ]
-    finished = events[-1].payload
-    assert isinstance(finished, RunFinishedPayload)
-    assert finished.status == "completed"
+    assert [e.payload.status for e in events if isinstance(e, RunFinished)] == ["completed"]
     records, broken = log_records(run_dir)
     assert (log_kinds(records), broken) == (kinds(events), [])
 
     (line,) = [x for x in err.splitlines() if x.startswith("esper ppo:")]
     match = FAILURE.fullmatch(line)
     assert match is not None, line
-    failed = int(match[1])
-    assert match[2] in ("ConnectionResetError", "BrokenPipeError")
+    lost, failed = int(match[1]), int(match[2])
+    assert lost == failed
+    assert match[3] in ("ConnectionResetError", "BrokenPipeError")
     # Every event after the kill failed, and so did close() (run.finish()): one more.
     delivered = EMITTED + 1 - failed
     assert 0 < delivered < EMITTED

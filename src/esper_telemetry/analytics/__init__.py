@@ -1,16 +1,21 @@
 """Read a run's ``events.jsonl`` back, and query one or many runs with SQL (DuckDB).
 
 The file is written by :class:`esper_telemetry.backends.analytics.AnalyticsCollector`
-and is the run's source of truth. Two ways in:
+and is the run's source of truth. Its layout (``EVENTS_FILE``) comes from
+:mod:`esper_telemetry.contracts`, and every reader here goes through one line parser,
+:func:`parse_line`. The ways in:
 
-* :func:`read_events` streams validated ``TelemetryEvent`` objects (no third-party
+* :func:`read_events` streams the validated events of a finished file (no third-party
   library needed);
+* :class:`EventCursor` reads, each time it is asked, the complete lines a growing file
+  gained since (``esper watch`` follows a live run with it);
 * :func:`connect` loads one run directory, or a glob of them (``runs/*``), into an
   in-memory DuckDB database with four tables: ``events``, ``ppo_updates``,
   ``anomalies`` and ``level_changes``; :func:`export_parquet` writes one of them to a
-  Parquet file. Both need the ``analytics`` extra:
-  ``pip install 'esper-telemetry[analytics]'``; this module imports duckdb only when
-  one of them is called.
+  Parquet file; :func:`run_query` runs SQL and renders its result as text
+  (:func:`tables_in`, :func:`render_result`: what ``esper query`` prints). These need
+  the ``analytics`` extra: ``pip install 'esper-telemetry[analytics]'``; this module
+  imports duckdb only when one of them is called.
 
 Bad lines (a torn last line, invalid JSON, a newer ``schema_version``...) are skipped
 everywhere, never fatal: pass ``on_bad_line`` to receive each as a :class:`BadLine`,
@@ -23,13 +28,23 @@ each line is parsed as JSON and validated against the contracts.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
+from esper_telemetry._extras import require
+from esper_telemetry.analytics._parse import BadLine, parse_line
+from esper_telemetry.analytics._query import (
+    QUERY_FORMATS,
+    TABLES,
+    QueryFormat,
+    render_result,
+    run_query,
+    tables_in,
+)
 from esper_telemetry.analytics._reader import (
     MAX_LINE_BYTES,
-    BadLine,
+    EventBatch,
+    EventCursor,
     OnBadLine,
     events_file,
     find_event_files,
@@ -41,20 +56,23 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "QUERY_FORMATS",
     "TABLES",
     "BadLine",
+    "EventBatch",
+    "EventCursor",
     "OnBadLine",
+    "QueryFormat",
     "connect",
     "events_file",
     "export_parquet",
     "find_event_files",
+    "parse_line",
     "read_events",
+    "render_result",
+    "run_query",
+    "tables_in",
 ]
-
-#: The tables :func:`connect` creates.
-TABLES: Final = ("events", "ppo_updates", "anomalies", "level_changes")
-
-_INSTALL_HINT: Final = "pip install 'esper-telemetry[analytics]'"
 
 
 def connect(
@@ -82,7 +100,9 @@ def connect(
       severity, observed, threshold, message, outlier_envs;
     * ``level_changes``: run_id, seq, update, timestamp, rank, previous, level, reason.
 
-    The events are streamed and loaded ``chunk_rows`` at a time, so Python's memory
+    Logs of every ``schema_version`` this package reads load into the same columns
+    (version-1 anomaly lines included). The events are streamed through
+    :func:`read_events` and loaded ``chunk_rows`` at a time, so Python's memory
     stays bounded whatever the size of the logs (DuckDB holds the tables). The events
     files are only ever opened for reading. Unless ``allow_file_access``, the returned
     connection can read or write no file and load no extension (DuckDB's
@@ -105,8 +125,9 @@ def connect(
         FileNotFoundError: no events file is found at ``path_or_glob``.
         ValueError: an unknown name in ``tables``, or a bad ``chunk_rows``.
     """
-    with _analytics_extra():
-        from esper_telemetry.analytics._duckdb import connect as connect_
+    _require_sql("esper_telemetry.analytics.connect")
+    from esper_telemetry.analytics._duckdb import connect as connect_
+
     return connect_(
         path_or_glob,
         tables=tables,
@@ -126,9 +147,10 @@ def export_parquet(
     """Write one table of :func:`connect` to a Parquet file; return the number of rows.
 
     Rows are ordered by ``run_id, seq`` and streamed in batches. The file is written
-    beside ``destination`` and renamed onto it when complete, so a failed export leaves
-    no partial file. Float columns are written without Parquet statistics: DuckDB 2.0
-    misses NaN in ``isnan`` filters over such statistics.
+    beside ``destination`` (whose folder is created if missing) and renamed onto it when
+    complete, so a failed export leaves no partial file. Float columns are written
+    without Parquet statistics: DuckDB 2.0 misses NaN in ``isnan`` filters over such
+    statistics.
 
     Args:
         path_or_glob: As for :func:`connect`.
@@ -143,19 +165,12 @@ def export_parquet(
             one of the events files being read.
         OSError: the file cannot be written.
     """
-    with _analytics_extra():
-        from esper_telemetry.analytics._duckdb import export_parquet as export_parquet_
+    _require_sql("esper_telemetry.analytics.export_parquet")
+    from esper_telemetry.analytics._duckdb import export_parquet as export_parquet_
+
     return export_parquet_(path_or_glob, destination, table=table, on_bad_line=on_bad_line)
 
 
-@contextmanager
-def _analytics_extra() -> Iterator[None]:
-    try:
-        yield
-    except ImportError as exc:
-        if exc.name not in ("duckdb", "pyarrow", "pyarrow.parquet"):
-            raise
-        raise ImportError(
-            f"esper_telemetry.analytics needs {exc.name} for SQL and Parquet: {_INSTALL_HINT}",
-            name=exc.name,
-        ) from exc
+def _require_sql(what: str) -> None:
+    for module in ("duckdb", "pyarrow"):
+        require(what, module)

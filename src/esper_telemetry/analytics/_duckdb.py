@@ -1,19 +1,21 @@
 """Load events files into an in-memory DuckDB database, and export its tables to Parquet.
 
 The events are streamed through :func:`read_events` (so bad lines are skipped and
-reported the same way everywhere), turned into Arrow record batches of
-``chunk_rows`` rows and appended to typed DuckDB tables, so Python holds at most one
-chunk per table at a time. Needs the ``analytics`` extra (duckdb, pyarrow).
+reported the same way everywhere, and lines of every schema_version this package reads,
+version 1 included, load), routed by event class to the tables that hold them, turned
+into Arrow record batches of ``chunk_rows`` rows and appended to typed DuckDB tables, so
+Python holds at most one chunk per table at a time. Needs the ``analytics`` extra
+(duckdb, pyarrow).
 """
 
 from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import duckdb
 import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type hints
@@ -21,15 +23,18 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-from esper_telemetry.analytics import TABLES
+from esper_telemetry._files import atomic_path
+from esper_telemetry.analytics._query import TABLES
 from esper_telemetry.analytics._reader import OnBadLine, find_event_files, read_events
 from esper_telemetry.contracts import (
-    AnomalyDetectedPayload,
-    EventType,
+    EVENT_CLASSES,
+    AnomalyDetected,
+    EventBase,
+    PPOUpdateCompleted,
     PPOUpdatePayload,
     TelemetryEvent,
     TelemetryLevel,
-    TelemetryLevelChangedPayload,
+    TelemetryLevelChanged,
 )
 
 DEFAULT_CHUNK_ROWS: Final = 16_384
@@ -62,13 +67,13 @@ def connect(
         con.execute(f"CREATE TYPE {_LEVEL_TYPE} AS ENUM ({levels})")
         specs = [spec for spec in _table_specs() if spec.name in wanted]
         loaders = [_Loader(con, spec, chunk_rows) for spec in specs]
-        routes: dict[EventType, list[_Loader]] = {et: [] for et in EventType}
+        routes: dict[type[EventBase], list[_Loader[Any]]] = {cls: [] for cls in EVENT_CLASSES}
         for loader in loaders:
-            for et in loader.spec.event_types:
-                routes[et].append(loader)
+            for cls in loader.spec.classes:
+                routes[cls].append(loader)
         for file in files if loaders else ():
             for event in read_events(file, on_bad_line=on_bad_line):
-                for loader in routes[event.event_type]:
+                for loader in routes[type(event)]:
                     loader.add(event)
         for loader in loaders:
             loader.flush()
@@ -100,7 +105,6 @@ def export_parquet(
         raise ValueError(f"destination: {str(dest)!r} is an events file being read")
     if dest.is_dir():
         raise ValueError(f"destination: {str(dest)!r} is a directory")
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     rows = 0
     con = connect(path_or_glob, tables=[table], on_bad_line=on_bad_line)
     try:
@@ -110,14 +114,13 @@ def export_parquet(
         # DuckDB (2.0) misses NaN in isnan() filters over Parquet float statistics
         # written by pyarrow, so float columns go without statistics.
         with_stats = [f.name for f in reader.schema if not _holds_float(f.type)]
-        try:
-            with pq.ParquetWriter(tmp, reader.schema, write_statistics=with_stats) as writer:
-                for batch in reader:
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with (
+            atomic_path(dest) as tmp,
+            pq.ParquetWriter(tmp, reader.schema, write_statistics=with_stats) as writer,
+        ):
+            for batch in reader:
+                writer.write_batch(batch)
+                rows += batch.num_rows
     finally:
         con.close()
     return rows
@@ -138,24 +141,27 @@ def _checked_tables(tables: Iterable[str] | None) -> frozenset[str]:
 # -- tables ---------------------------------------------------------------------------
 
 Row = tuple[object, ...]
+E = TypeVar("E")
 
 
 @dataclass(frozen=True)
-class _TableSpec:
+class _TableSpec(Generic[E]):
     name: str
-    event_types: tuple[EventType, ...]
+    classes: tuple[type[EventBase], ...]  # the events that make its rows
     columns: tuple[tuple[str, str, pa.DataType], ...]  # name, DuckDB type, Arrow type
-    row: Callable[[TelemetryEvent], Row]
+    row: Callable[[E], Row]
 
     def ddl(self) -> str:
         body = ", ".join(f'"{name}" {sql}' for name, sql, _ in self.columns)
         return f"CREATE TABLE {self.name} ({body})"
 
 
-class _Loader:
+class _Loader(Generic[E]):
     """Buffers one table's rows and appends them to DuckDB one Arrow batch at a time."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, spec: _TableSpec, chunk_rows: int) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, spec: _TableSpec[E], chunk_rows: int
+    ) -> None:
         self.spec = spec
         self._con = con
         self._chunk_rows = chunk_rows
@@ -163,7 +169,7 @@ class _Loader:
         self._schema = pa.schema([pa.field(name, arrow) for name, _, arrow in spec.columns])
         con.execute(spec.ddl())
 
-    def add(self, event: TelemetryEvent) -> None:
+    def add(self, event: E) -> None:
         self._rows.append(self.spec.row(event))
         if len(self._rows) >= self._chunk_rows:
             self.flush()
@@ -187,7 +193,7 @@ class _Loader:
             self._con.unregister(_CHUNK_VIEW)
 
 
-def _table_specs() -> list[_TableSpec]:
+def _table_specs() -> list[_TableSpec[Any]]:
     level = (_LEVEL_TYPE, pa.string())
     head: list[tuple[str, str, pa.DataType]] = [
         ("run_id", "VARCHAR", pa.string()),
@@ -213,9 +219,9 @@ def _table_specs() -> list[_TableSpec]:
             e.payload.model_dump_json(),
         )
 
-    events = _TableSpec(
+    events = _TableSpec[TelemetryEvent](
         "events",
-        tuple(EventType),
+        EVENT_CLASSES,
         (
             *head,
             ("event_type", "VARCHAR", pa.string()),
@@ -230,28 +236,30 @@ def _table_specs() -> list[_TableSpec]:
 
     ppo_columns, ppo_values = _ppo_payload_columns()
 
-    def ppo_row(e: TelemetryEvent) -> Row:
-        return (e.run_id, e.seq, e.update, e.timestamp, e.rank, e.level.name, *ppo_values(e))
+    def ppo_row(e: PPOUpdateCompleted) -> Row:
+        return (
+            *(e.run_id, e.seq, e.update, e.timestamp, e.rank, e.level.name),
+            *ppo_values(e.payload),
+        )
 
     ppo = _TableSpec(
         "ppo_updates",
-        (EventType.PPO_UPDATE_COMPLETED,),
+        (PPOUpdateCompleted,),
         (*head, *stamp, ("level", *level), *ppo_columns),
         ppo_row,
     )
 
-    def anomaly_row(e: TelemetryEvent) -> Row:
-        p = e.payload
-        assert isinstance(p, AnomalyDetectedPayload)
+    def anomaly_row(e: AnomalyDetected) -> Row:
+        a = e.payload.anomaly
         return (
             *(e.run_id, e.seq, e.update, e.timestamp, e.rank, e.level.name),
-            *(p.anomaly_type.value, p.severity.value, p.observed, p.threshold, p.message),
-            p.outlier_envs,
+            *(a.type.value, a.severity.value, a.observed, a.threshold, a.message),
+            e.payload.outlier_envs,
         )
 
     anomalies = _TableSpec(
         "anomalies",
-        (EventType.ANOMALY_DETECTED,),
+        (AnomalyDetected,),
         (
             *head,
             *stamp,
@@ -266,9 +274,8 @@ def _table_specs() -> list[_TableSpec]:
         anomaly_row,
     )
 
-    def level_row(e: TelemetryEvent) -> Row:
+    def level_row(e: TelemetryLevelChanged) -> Row:
         p = e.payload
-        assert isinstance(p, TelemetryLevelChangedPayload)
         return (
             *(e.run_id, e.seq, e.update, e.timestamp, e.rank),
             *(p.previous.name, p.level.name, p.reason),
@@ -276,7 +283,7 @@ def _table_specs() -> list[_TableSpec]:
 
     level_changes = _TableSpec(
         "level_changes",
-        (EventType.TELEMETRY_LEVEL_CHANGED,),
+        (TelemetryLevelChanged,),
         (
             *head,
             *stamp,
@@ -290,7 +297,7 @@ def _table_specs() -> list[_TableSpec]:
 
 
 def _ppo_payload_columns() -> tuple[
-    list[tuple[str, str, pa.DataType]], Callable[[TelemetryEvent], Sequence[object]]
+    list[tuple[str, str, pa.DataType]], Callable[[PPOUpdatePayload], Sequence[object]]
 ]:
     """One typed column per ``PPOUpdatePayload`` field, derived from its JSON Schema.
 
@@ -300,22 +307,26 @@ def _ppo_payload_columns() -> tuple[
     """
     columns: list[tuple[str, str, pa.DataType]] = []
     as_json: list[int] = []
+    as_map: list[int] = []
     properties: dict[str, Any] = PPOUpdatePayload.model_json_schema()["properties"]
     for index, (name, prop) in enumerate(properties.items()):
         sql, arrow = _column_type(prop)
         columns.append((name, sql, arrow))
         if sql == "JSON":
             as_json.append(index)
+        elif sql.startswith("MAP("):
+            as_map.append(index)  # a read-only FrozenDict, which pyarrow does not take
     getter = operator.attrgetter(*(name for name, _, _ in columns))
 
-    def values(e: TelemetryEvent) -> Sequence[object]:
-        row: tuple[object, ...] = getter(e.payload)
-        if not as_json:
-            return row
-        out = list(row)
+    def values(payload: PPOUpdatePayload) -> Sequence[object]:
+        out: list[object] = list(getter(payload))
         for i in as_json:
             if out[i] is not None:
                 out[i] = _json_text(out[i])
+        for i in as_map:
+            value = out[i]
+            if isinstance(value, Mapping):
+                out[i] = dict(value)
         return out
 
     return columns, values

@@ -1,13 +1,16 @@
-"""Stream validated events out of an ``events.jsonl`` file, skipping and reporting bad lines.
+"""Read the events of an ``events.jsonl`` file: all at once, or as the file grows.
 
-Only JSON parsing and contract validation touch the file's bytes: nothing is executed,
-evaluated or unpickled.
+:class:`EventCursor` is the one reader: it remembers how far it has read and, each
+time, parses the complete lines added since with :func:`parse_line`. A last line
+without its newline is left for later (its writer may be in the middle of it), a
+line over :data:`MAX_LINE_BYTES` is skipped without being held in memory, and a file
+that shrank or was replaced is read again from its start. :func:`read_events` runs
+one cursor over a finished file, where an unterminated last line is a torn one.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -15,58 +18,211 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from pydantic import ValidationError
-
-from esper_telemetry.backends.analytics import EVENTS_FILE
-from esper_telemetry.contracts import SCHEMA_VERSION, TelemetryEvent
+from esper_telemetry.analytics._parse import BadLine, parse_line
+from esper_telemetry.contracts import EVENTS_FILE, TelemetryEvent
 
 logger = logging.getLogger("esper_telemetry.analytics")
 
 #: A line longer than this is skipped (and reported) without being held in memory.
 MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 
-#: The envelope fields every collector has written since schema_version 1. Each must be
-#: in the line itself: a default (a timestamp of "now", seq -1) would silently invent
-#: data the log never held.
-_ENVELOPE_FIELDS: Final = frozenset(
-    {
-        "event_type",
-        "schema_version",
-        "run_id",
-        "seq",
-        "update",
-        "timestamp",
-        "rank",
-        "level",
-        "payload",
-    }
-)
-
 #: Bad lines logged one by one per file; the rest are counted in one last warning.
 _LOGGED_PER_FILE: Final = 10
 
-OnBadLine = Callable[["BadLine"], object]
+OnBadLine = Callable[[BadLine], object]
 
 
 @dataclass(frozen=True, slots=True)
-class BadLine:
-    """A line of an events file that was skipped, and why.
+class EventBatch:
+    """What one read of an events file found.
 
     Attributes:
-        path: The events file.
-        line_number: 1-based number of the line in the file.
-        reason: One sentence: what is wrong with the line.
-        torn: True for a last line without its newline (a writer that was killed or
-            failed mid-write, or one that is writing it right now).
+        events: The valid events of the complete lines read, in file order.
+        bad_lines: The complete lines that could not be read, in file order.
+        restarted: True when the file shrank or was replaced and was read again from
+            its start: forget what the earlier batches said.
+        more: True when ``max_lines`` was reached: there may be lines left for the
+            next read.
     """
 
-    path: Path
-    line_number: int
-    reason: str
-    torn: bool = False
+    events: tuple[TelemetryEvent, ...] = ()
+    bad_lines: tuple[BadLine, ...] = ()
+    restarted: bool = False
+    more: bool = False
 
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line_number}: {self.reason}"
+
+class EventCursor:
+    """Reads the complete lines an events file gained since the last read.
+
+    The file may not exist yet (it reads as empty) and may grow between reads; each
+    :meth:`read` opens it, seeks to where the last one stopped and parses each new
+    complete line with :func:`parse_line`. Blank lines are skipped silently.
+
+    Args:
+        path: A run directory (its ``events.jsonl``, which may not exist yet) or an
+            events file.
+
+    Raises:
+        FileNotFoundError: ``path`` is neither an existing directory nor a file.
+
+    >>> import tempfile, pathlib
+    >>> from esper_telemetry.contracts import PPOUpdateCompleted, PPOUpdatePayload
+    >>> line = PPOUpdateCompleted(update=0, run_id="r", seq=0, payload=PPOUpdatePayload(
+    ...     policy_loss=0.1, value_loss=0.2, entropy=0.6)).model_dump_json().encode()
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     f = pathlib.Path(d) / "events.jsonl"
+    ...     _ = f.write_bytes(line[:20])            # the writer is half-way through
+    ...     cursor = EventCursor(d)
+    ...     first = cursor.read()
+    ...     with f.open("ab") as out:
+    ...         _ = out.write(line[20:] + b"\\n")  # ... and finishes the line
+    ...     second = cursor.read()
+    >>> len(first.events), first.bad_lines, cursor.pending_bytes, len(second.events)
+    (0, (), 0, 1)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        p = Path(path)
+        if p.is_dir():
+            p = p / EVENTS_FILE
+        elif not p.is_file():
+            raise FileNotFoundError(f"no such run directory or events file: {str(p)!r}")
+        self._path = p
+        self._restarts = 0
+        self._start_over()
+
+    @property
+    def path(self) -> Path:
+        """The events file read."""
+        return self._path
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the file read so far: where the next read starts."""
+        return self._offset
+
+    @property
+    def line_number(self) -> int:
+        """Lines read so far (the number of the last one; blank and bad lines count)."""
+        return self._line_number
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of a last line without its newline, seen by the last read and left for
+        the next; 0 when there was none."""
+        return self._pending
+
+    @property
+    def restarts(self) -> int:
+        """Times the file was found shrunk or replaced, and read again from its start."""
+        return self._restarts
+
+    def read(self, max_lines: int | None = None) -> EventBatch:
+        """Read the complete lines added since the last read (at most ``max_lines``).
+
+        Never raises because of the file's content; a file that does not exist yet
+        reads as empty.
+
+        Raises:
+            ValueError: ``max_lines`` is below 1.
+            OSError: the file exists but cannot be read.
+        """
+        if max_lines is not None and max_lines < 1:
+            raise ValueError(f"max_lines must be None or an int >= 1, got {max_lines!r}")
+        restarts = self._restarts
+        events: list[TelemetryEvent] = []
+        bad: list[BadLine] = []
+        for item in self._items(max_lines, final=False):
+            if isinstance(item, BadLine):
+                bad.append(item)
+            else:
+                events.append(item)
+        return EventBatch(
+            tuple(events),
+            tuple(bad),
+            restarted=self._restarts > restarts,
+            more=max_lines is not None and self._lines_read_now >= max_lines,
+        )
+
+    # -- internals --------------------------------------------------------------------
+
+    def _start_over(self) -> None:
+        self._offset = 0
+        self._line_number = 0
+        self._lines_read_now = 0  # complete lines taken by the current (or last) read
+        self._skipping_from: int | None = None  # number of an over-long line being skipped
+        self._pending = 0
+        self._file_id: tuple[int, int] | None = None
+
+    def _items(self, max_lines: int | None, *, final: bool) -> Iterator[TelemetryEvent | BadLine]:
+        """The events and bad lines of the lines after the cursor, one line at a time.
+
+        The cursor moves past each line before its item is yielded. With ``final``,
+        the file is taken as complete: an unterminated last line is read (as an
+        event, or a torn :class:`BadLine`) instead of being left for later.
+        """
+        self._lines_read_now = 0
+        try:
+            f = self._path.open("rb")
+        except FileNotFoundError:
+            return
+        with f:
+            self._check_same_file(f)
+            self._pending = 0
+            f.seek(self._offset)
+            yield from self._lines(f, max_lines, final=final)
+
+    def _check_same_file(self, f: BinaryIO) -> None:
+        st = os.fstat(f.fileno())
+        file_id = (st.st_dev, st.st_ino)
+        replaced = self._file_id is not None and file_id != self._file_id
+        if replaced or st.st_size < self._offset:
+            self._start_over()
+            self._restarts += 1
+        self._file_id = file_id
+
+    def _lines(
+        self, f: BinaryIO, max_lines: int | None, *, final: bool
+    ) -> Iterator[TelemetryEvent | BadLine]:
+        limit = MAX_LINE_BYTES
+        while max_lines is None or self._lines_read_now < max_lines:
+            line = f.readline(limit + 1)
+            if not line:
+                if final and self._skipping_from is not None:
+                    yield self._end_skipped_line(limit)  # over-long, and the last line
+                return
+            complete = line.endswith(b"\n")
+            if self._skipping_from is None and len(line) > limit and not complete:
+                self._skipping_from = self._line_number + 1  # over-long: skip, never hold
+            if self._skipping_from is not None:
+                self._offset += len(line)
+                if complete:
+                    yield self._end_skipped_line(limit)
+            elif complete or final:
+                self._offset += len(line)
+                self._line_number += 1
+                self._lines_read_now += 1
+                if line.strip():
+                    yield self._item(line, torn=not complete)
+            else:
+                self._pending = len(line)  # the writer may be writing it: wait
+                return
+
+    def _item(self, line: bytes, *, torn: bool) -> TelemetryEvent | BadLine:
+        event, reason = parse_line(line)
+        if event is not None:
+            return event
+        if torn:
+            reason = f"torn last line (no newline at the end): {reason}"
+        return BadLine(self._path, self._line_number, reason, torn=torn)
+
+    def _end_skipped_line(self, limit: int) -> BadLine:
+        # An over-long line is over: it counts as one line, reported by its number.
+        assert self._skipping_from is not None
+        number, self._skipping_from = self._skipping_from, None
+        self._line_number += 1
+        self._lines_read_now += 1
+        return BadLine(self._path, number, f"line longer than {limit} bytes")
 
 
 def read_events(
@@ -74,14 +230,17 @@ def read_events(
 ) -> Iterator[TelemetryEvent]:
     """Yield every valid event of a run's events file, in file order, one line at a time.
 
-    Memory stays bounded by one line, whatever the size of the file. Each line is
-    decoded as UTF-8, parsed as JSON and validated into a ``TelemetryEvent``; floats
-    come back bit-exact, NaN and ±Inf included. A line that fails (a torn last line,
-    invalid UTF-8 or JSON, a wrong shape, a missing envelope field, a ``schema_version``
-    newer than this package understands, a line over ``MAX_LINE_BYTES``) is skipped:
-    ``on_bad_line`` receives a :class:`BadLine` for it and a warning goes to the
-    ``esper_telemetry.analytics`` logger (the first 10 per file one by one, then a
-    count). Blank lines are skipped silently.
+    Memory stays bounded by one line, whatever the size of the file. Each line goes
+    through :func:`parse_line` (UTF-8, strict JSON, contract validation; floats come
+    back bit-exact, NaN and ±Inf included). A line that fails (a torn last line,
+    invalid UTF-8 or JSON, a wrong shape, a missing envelope field, a
+    ``schema_version`` newer than this package understands, a line over
+    ``MAX_LINE_BYTES``) is skipped: ``on_bad_line`` receives a :class:`BadLine` for it
+    and a warning goes to the ``esper_telemetry.analytics`` logger (the first 10 per
+    file one by one, then a count). Blank lines are skipped silently. The file is
+    taken as finished: a last line without its newline is read if it is a valid event,
+    and reported as torn otherwise (to follow a file being written, use
+    :class:`EventCursor`).
 
     Args:
         path: A run directory (its ``events.jsonl`` is read) or an events file.
@@ -101,7 +260,7 @@ def read_events(
     ...     list(read_events(d, on_bad_line=bad.append)), bad[0].line_number, bad[0].torn
     ([], 1, True)
     """
-    return _iter_file(events_file(path), on_bad_line)
+    return _logged(EventCursor(events_file(path)), on_bad_line)
 
 
 def events_file(path: str | os.PathLike[str]) -> Path:
@@ -153,93 +312,21 @@ def find_event_files(path_or_glob: str | os.PathLike[str]) -> list[Path]:
 # -- internals ------------------------------------------------------------------------
 
 
-def _iter_file(path: Path, on_bad_line: OnBadLine | None) -> Iterator[TelemetryEvent]:
+def _logged(cursor: EventCursor, on_bad_line: OnBadLine | None) -> Iterator[TelemetryEvent]:
     bad_count = 0
-
-    def skip(number: int, reason: str, *, torn: bool = False) -> None:
-        nonlocal bad_count
+    for item in cursor._items(None, final=True):
+        if not isinstance(item, BadLine):
+            yield item
+            continue
         bad_count += 1
-        bad = BadLine(path=path, line_number=number, reason=reason, torn=torn)
         if bad_count <= _LOGGED_PER_FILE:
-            logger.warning("skipped a bad line of an events file: %s", bad)
+            logger.warning("skipped a bad line of an events file: %s", item)
         if on_bad_line is not None:
-            on_bad_line(bad)
-
-    with path.open("rb") as f:
-        number = 0
-        while line := f.readline(MAX_LINE_BYTES + 1):
-            number += 1
-            complete = line.endswith(b"\n")
-            if not complete and len(line) > MAX_LINE_BYTES:
-                _skip_rest_of_line(f)
-                skip(number, f"line longer than {MAX_LINE_BYTES} bytes")
-                continue
-            if not line.strip():
-                continue
-            event, reason = _parse(line.rstrip(b"\r\n"))
-            if event is not None:
-                yield event
-            elif complete:
-                skip(number, reason)
-            else:
-                skip(number, f"torn last line (no newline at the end): {reason}", torn=True)
+            on_bad_line(item)
     if bad_count > _LOGGED_PER_FILE:
         logger.warning(
             "%s: %d bad lines skipped in all (the first %d were logged)",
-            path,
+            cursor.path,
             bad_count,
             _LOGGED_PER_FILE,
         )
-
-
-def _parse(line: bytes) -> tuple[TelemetryEvent | None, str]:
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"invalid UTF-8 at byte offset {exc.start}"
-    try:
-        event = TelemetryEvent.model_validate_json(text)
-    except ValidationError as exc:
-        return None, _explain(text, exc)
-    if event.schema_version > SCHEMA_VERSION:
-        return None, _newer(event.schema_version)
-    missing = _ENVELOPE_FIELDS - event.model_fields_set
-    if missing:
-        return None, f"not an event as logged: missing {', '.join(sorted(missing))}"
-    return event, ""
-
-
-def _explain(text: str, exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0]
-    if first["type"] == "json_invalid":
-        return str(first["msg"])
-    version = _schema_version_of(text)
-    if version is not None and version > SCHEMA_VERSION:
-        return _newer(version)
-    where = ".".join(str(part) for part in first["loc"]) or "line"
-    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
-    return f"not a valid event: {where}: {first['msg']}{more}"
-
-
-def _schema_version_of(text: str) -> int | None:
-    # Only on the failure path: tells "written by a newer esper" from "garbage".
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
-
-
-def _newer(version: int) -> str:
-    return (
-        f"schema_version {version} is newer than this reader understands "
-        f"({SCHEMA_VERSION}); upgrade esper-telemetry to read it"
-    )
-
-
-def _skip_rest_of_line(f: BinaryIO) -> None:
-    while chunk := f.readline(MAX_LINE_BYTES):
-        if chunk.endswith(b"\n"):
-            return

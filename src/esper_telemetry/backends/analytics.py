@@ -22,10 +22,10 @@ and after it stays intact. The same applies to a file whose last line a killed
 process left torn.
 
 >>> import tempfile
->>> from esper_telemetry.contracts import PPOUpdatePayload, TelemetryEvent
+>>> from esper_telemetry.contracts import PPOUpdateCompleted, PPOUpdatePayload
 >>> with tempfile.TemporaryDirectory() as run_dir:
 ...     with AnalyticsCollector(run_dir) as collector:
-...         collector.handle(TelemetryEvent(update=0, payload=PPOUpdatePayload(
+...         collector.handle(PPOUpdateCompleted(update=0, payload=PPOUpdatePayload(
 ...             policy_loss=0.1, value_loss=float("nan"), entropy=0.7)))
 ...     text = collector.path.read_text(encoding="utf-8")
 >>> '"value_loss":"NaN"' in text, text.count("\\n")
@@ -40,12 +40,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self, get_args
 
-from esper_telemetry.contracts import TelemetryEvent
+from esper_telemetry.contracts import EventBase, RunLayout, TelemetryEvent
+from esper_telemetry.hub import Backend
 
-__all__ = ["EVENTS_FILE", "AnalyticsCollector", "FsyncPolicy"]
-
-#: Name of the events file inside a run directory.
-EVENTS_FILE: Final = "events.jsonl"
+__all__ = ["AnalyticsCollector", "FsyncPolicy"]
 
 #: When the collector calls ``os.fsync``: at ``flush()``, after every event, or never.
 FsyncPolicy = Literal["flush", "every_event", "never"]
@@ -53,7 +51,7 @@ FsyncPolicy = Literal["flush", "every_event", "never"]
 _POLICIES: Final[tuple[str, ...]] = get_args(FsyncPolicy)
 
 
-class AnalyticsCollector:
+class AnalyticsCollector(Backend):
     """A backend appending every event to ``run_dir/events.jsonl`` as one JSON line.
 
     Each line is ``event.model_dump_json()`` plus ``"\\n"``: strict JSON, with NaN and
@@ -89,7 +87,7 @@ class AnalyticsCollector:
             raise ValueError(f"run_dir: {str(directory)!r} exists and is not a directory")
         directory.mkdir(parents=True, exist_ok=True)
         self._dir = directory
-        self._path = directory / EVENTS_FILE
+        self._path = RunLayout(directory).events
         self._fsync: FsyncPolicy = fsync
         self._lock = threading.Lock()
         self._new_file = not self._path.exists()
@@ -139,7 +137,7 @@ class AnalyticsCollector:
                 already in the file are untouched; a fragment of this one may remain and
                 is isolated by the next write.
         """
-        if not isinstance(event, TelemetryEvent):
+        if not isinstance(event, EventBase):
             raise TypeError(f"event must be a TelemetryEvent, got {type(event).__name__}")
         line = event.model_dump_json().encode("utf-8") + b"\n"
         with self._lock:

@@ -1,8 +1,8 @@
 """AnomalyEscalator: turns unhealthy LSTM states into anomaly events, DEBUG detail and halts.
 
-Subscribed inline, it checks every ``PPO_UPDATE_COMPLETED`` with an
+Subscribed inline, it checks every :class:`PPOUpdateCompleted` with an
 :class:`~esper_telemetry.telemetry.AnomalyDetector`. For each anomaly it emits one
-``ANOMALY_DETECTED`` event and logs a warning; it raises the hub to DEBUG for
+:class:`AnomalyDetected` event and logs a warning; it raises the hub to DEBUG for
 ``escalate_for`` PPO updates after the last anomaly, then restores the level it found;
 with ``halt_on="critical"`` it asks the trainer to stop. It only ever talks to the rest
 of the system through the hub, and it never touches the hidden state: a broken
@@ -14,20 +14,20 @@ from __future__ import annotations
 import logging
 
 from esper_telemetry.contracts import (
+    AnomalyDetected,
     AnomalyDetectedPayload,
-    EventType,
-    PPOUpdatePayload,
+    PPOUpdateCompleted,
     Severity,
     TelemetryEvent,
     TelemetryLevel,
 )
-from esper_telemetry.hub import TelemetryHub
+from esper_telemetry.hub import Backend, TelemetryHub
 from esper_telemetry.telemetry.anomaly_detector import AnomalyDetector
 
 logger = logging.getLogger("esper_telemetry.hub")
 
 
-class AnomalyEscalator:
+class AnomalyEscalator(Backend):
     """Detects anomalies in each PPO update and escalates telemetry detail.
 
     Args:
@@ -78,19 +78,18 @@ class AnomalyEscalator:
 
     def handle(self, event: TelemetryEvent) -> None:
         """Check one event; only PPO updates carrying LSTM health are examined."""
-        payload = event.payload
-        if event.event_type is not EventType.PPO_UPDATE_COMPLETED:
+        if not isinstance(event, PPOUpdateCompleted):
             return
-        assert isinstance(payload, PPOUpdatePayload)
         hub = self._hub
         if hub is None:
             raise RuntimeError("AnomalyEscalator must be subscribed with TelemetryHub.subscribe")
-        metrics = payload.health()
+        metrics = event.payload.health()
         report = self.detector.check_lstm_health(metrics) if metrics is not None else None
         if report is None or not report.has_anomaly:
             self._maybe_restore(hub, event.update)
             return
-        outliers = payload.lstm_outlier_envs if event.level >= TelemetryLevel.DEBUG else None
+        # The update that trips an anomaly carries its own detail (see the emitter).
+        outliers = event.payload.lstm_outlier_envs
         for anomaly in report.anomalies:
             logger.warning(
                 "LSTM anomaly %s at update %d: %s",
@@ -99,17 +98,9 @@ class AnomalyEscalator:
                 anomaly.message,
             )
             hub.emit(
-                TelemetryEvent(
-                    event_type=EventType.ANOMALY_DETECTED,
+                AnomalyDetected(
                     update=event.update,
-                    payload=AnomalyDetectedPayload(
-                        anomaly_type=anomaly.type,
-                        severity=anomaly.severity,
-                        observed=anomaly.observed,
-                        threshold=anomaly.threshold,
-                        message=anomaly.message,
-                        outlier_envs=outliers,
-                    ),
+                    payload=AnomalyDetectedPayload(anomaly=anomaly, outlier_envs=outliers),
                 )
             )
         self._last_anomaly_update = event.update

@@ -21,12 +21,13 @@ from typing import Any, Literal, TextIO
 import structlog
 
 from esper_telemetry.contracts import (
-    EventType,
+    AnomalyDetected,
     Severity,
     TelemetryEvent,
-    TelemetryLevelChangedPayload,
+    TelemetryLevelChanged,
     json_safe,
 )
+from esper_telemetry.hub import Backend
 
 #: Keys the backend sets itself; a payload field of the same name is logged as payload_<name>.
 _RESERVED = frozenset(
@@ -35,7 +36,7 @@ _RESERVED = frozenset(
 _LEVEL_NUMBERS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
-class StructlogBackend:
+class StructlogBackend(Backend):
     """Writes each event as a structlog event named after its event type.
 
     Args:
@@ -47,7 +48,9 @@ class StructlogBackend:
     info. Keys: ``run_id``, ``seq``, ``update``, ``rank``, ``telemetry_level``,
     ``timestamp`` (the event's, UTC) and every payload field that is not None; a payload
     field whose name is one of those (or ``event``/``level``) is logged as
-    ``payload_<name>``, and telemetry levels are written by name.
+    ``payload_<name>``, and telemetry levels are written by name. An anomaly's fields
+    are logged flat: ``anomaly_type``, ``severity``, ``observed``, ``threshold``,
+    ``message``, ``outlier_envs``.
     """
 
     name = "structlog"
@@ -94,18 +97,20 @@ class StructlogBackend:
 
     def handle(self, event: TelemetryEvent) -> None:
         """Log one event at the level its type and severity call for."""
+        payload = event.payload.model_dump(mode="json")
+        level = "info"
+        match event:
+            case AnomalyDetected(payload=p):
+                anomaly = payload.pop("anomaly")
+                payload = {"anomaly_type": anomaly.pop("type"), **anomaly, **payload}
+                level = "error" if p.anomaly.severity is Severity.CRITICAL else "warning"
+            case TelemetryLevelChanged(payload=p):
+                payload.update(previous=p.previous.name, level=p.level.name)
         fields = {
             (f"payload_{k}" if k in _RESERVED else k): v
-            for k, v in event.payload.model_dump(mode="json").items()
+            for k, v in payload.items()
             if v is not None
         }
-        if isinstance(event.payload, TelemetryLevelChangedPayload):
-            fields["previous"] = event.payload.previous.name
-            fields["payload_level"] = event.payload.level.name
-        level = "info"
-        if event.event_type is EventType.ANOMALY_DETECTED:
-            critical = fields.get("severity") == Severity.CRITICAL.value
-            level = "error" if critical else "warning"
         with self._lock:
             getattr(self._log, level)(
                 event.event_type.value,

@@ -24,8 +24,9 @@ event                          W&B
 One x-axis: every ``run.log`` passes ``step=event.update`` and the key ``update``, which
 ``define_metric`` declares as the step metric of every key above. W&B merges logs of one step
 until the step advances and silently drops a lower step, so an event whose update is
-lower than one already logged is not logged: it is counted in :attr:`WandBBackend.skipped`
-and the first one is logged as a warning. NaN and Inf are logged as they are. Every
+lower than one already logged is not logged: it is counted in :attr:`WandBBackend.skipped`,
+reported to the hub as undelivered (so ``hub.stats()`` counts it as lost and ``esper ppo``
+exits 4), and the first one is logged as a warning. NaN and Inf are logged as they are. Every
 ``lstm/*`` key's summary is its maximum over the run, so the runs table shows the worst
 value; one NaN makes that summary NaN, which is the worst value there is.
 
@@ -48,28 +49,29 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
+from esper_telemetry._extras import missing_message
 from esper_telemetry.contracts import (
     PPO_STATISTICS,
-    AnomalyDetectedPayload,
+    WANDB_MODES,
+    AnomalyDetected,
+    PPOUpdateCompleted,
     PPOUpdatePayload,
-    RunFinishedPayload,
-    RunStartedPayload,
+    RunFinished,
+    RunStarted,
     Severity,
     TelemetryEvent,
-    TelemetryLevelChangedPayload,
+    TelemetryLevelChanged,
+    WandbMode,
 )
 
 try:
     import wandb
 except ImportError as err:  # pragma: no cover - exercised in a test that hides wandb
-    raise ImportError(
-        "esper_telemetry.backends.wandb needs the wandb package: "
-        "pip install 'esper-telemetry[wandb]'"
-    ) from err
+    raise ImportError(missing_message("esper_telemetry.backends.wandb", "wandb")) from err
 
-from esper_telemetry.hub import REDACTED, redact_secrets
+from esper_telemetry.hub import REDACTED, Backend, redact_secrets
 
 if TYPE_CHECKING:
     from esper_telemetry.hub import TelemetryHub
@@ -78,13 +80,13 @@ __all__ = ["REDACTED", "WandBBackend"]
 
 logger = logging.getLogger("esper_telemetry.backends.wandb")
 
-Mode = Literal["offline", "online", "disabled"]
+Mode = WandbMode
 
 
 #: How long ``close()`` waits for ``run.finish()`` by default, in seconds.
 DEFAULT_FINISH_TIMEOUT_S = 30.0
 
-_MODES: tuple[str, ...] = get_args(Mode)
+_MODES = WANDB_MODES
 # W&B's older spellings of the modes, still accepted in WANDB_MODE.
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 _BAD_PROJECT_CHARS = frozenset("/\\#?%:")
@@ -98,7 +100,7 @@ _LSTM_KEYS = tuple(f"lstm/{name.removeprefix('lstm_')}" for name in _LSTM_METRIC
 _ALERT_LEVELS = {Severity.WARNING: "WARN", Severity.CRITICAL: "ERROR"}
 
 
-class WandBBackend:
+class WandBBackend(Backend):
     """Publishes telemetry events to one W&B run, with the PPO update as the step.
 
     Args:
@@ -231,40 +233,48 @@ class WandBBackend:
             RuntimeError: the backend was never subscribed to a hub, or is closed.
         """
         run = self._live_run("handle")
-        payload = event.payload
-        if isinstance(payload, PPOUpdatePayload):
-            self._log(run, event, _ppo_row(event, payload))
-        elif isinstance(payload, AnomalyDetectedPayload):
-            kind = payload.anomaly_type.value
-            self._anomalies[kind] += 1
-            self._log(run, event, {f"anomaly/{kind}": self._anomalies[kind]})
-            if payload.severity in self._alert_on:
-                run.alert(
-                    title=f"esper: {kind}",
-                    text=_alert_text(event, payload),
-                    level=_ALERT_LEVELS[payload.severity],
-                )
-        elif isinstance(payload, TelemetryLevelChangedPayload):
-            self._log(run, event, {"telemetry/level": int(payload.level)})
-        elif isinstance(payload, RunStartedPayload):
-            config = _redacted(dict(payload.config))
-            _update_config(run, {k: v for k, v in config.items() if k not in self._config})
-            if payload.description:
-                run.notes = payload.description
-        elif isinstance(payload, RunFinishedPayload):
-            outcome: dict[str, str] = {"run/status": payload.status}
-            if payload.message:
-                outcome["run/message"] = payload.message
-            run.summary.update(outcome)
-            if payload.summary:
-                # Logged, not written to run.summary: W&B's summary path turns NaN into
-                # null, its history keeps it, and the run's summary takes the last row.
-                step = max(self._last_step, event.update)
-                self._log(
-                    run,
-                    event.model_copy(update={"update": step}),
-                    {f"final/{k}": v for k, v in payload.summary.items()},
-                )
+        match event:
+            case PPOUpdateCompleted(payload=p):
+                self._log(run, event, _ppo_row(event, p))
+            case AnomalyDetected(payload=p):
+                kind = p.anomaly.type.value
+                self._anomalies[kind] += 1
+                self._log(run, event, {f"anomaly/{kind}": self._anomalies[kind]})
+                if p.anomaly.severity in self._alert_on:
+                    run.alert(
+                        title=f"esper: {kind}",
+                        text=_alert_text(event),
+                        level=_ALERT_LEVELS[p.anomaly.severity],
+                    )
+            case TelemetryLevelChanged(payload=p):
+                self._log(run, event, {"telemetry/level": int(p.level)})
+            case RunStarted(payload=p):
+                config = _redacted(dict(p.config))
+                _update_config(run, {k: v for k, v in config.items() if k not in self._config})
+                if p.description:
+                    run.notes = p.description
+            case RunFinished(payload=p):
+                self._finish_row(run, event)
+
+    def _finish_row(self, run: wandb.Run, event: RunFinished) -> None:
+        p = event.payload
+        outcome: dict[str, str] = {"run/status": p.status}
+        if p.message:
+            outcome["run/message"] = p.message
+        run.summary.update(outcome)
+        if p.summary:
+            # Logged, not written to run.summary: W&B's summary path turns NaN into
+            # null, its history keeps it, and the run's summary takes the last row.
+            step = max(self._last_step, event.update)
+            self._log(
+                run,
+                event.model_copy(update={"update": step}),
+                {f"final/{k}": v for k, v in p.summary.items()},
+            )
+
+    def undelivered(self) -> int:
+        """Rows not logged because W&B would have dropped them (see :attr:`skipped`)."""
+        return self._skipped
 
     def flush(self) -> None:
         """Do nothing: W&B has no flush that makes a run durable.
@@ -353,7 +363,7 @@ class WandBBackend:
         self._max_keys.add(key)
 
 
-def _ppo_row(event: TelemetryEvent, payload: PPOUpdatePayload) -> dict[str, Any]:
+def _ppo_row(event: PPOUpdateCompleted, payload: PPOUpdatePayload) -> dict[str, Any]:
     # extra first: a known statistic wins over an extra of the same name.
     row: dict[str, Any] = {f"ppo/{k}": v for k, v in payload.extra.items()}
     for stat in _PPO_STATS:
@@ -377,14 +387,15 @@ def _ppo_row(event: TelemetryEvent, payload: PPOUpdatePayload) -> dict[str, Any]
     return row
 
 
-def _alert_text(event: TelemetryEvent, payload: AnomalyDetectedPayload) -> str:
-    threshold = "none" if payload.threshold is None else f"{payload.threshold:g}"
+def _alert_text(event: AnomalyDetected) -> str:
+    anomaly, envs = event.payload.anomaly, event.payload.outlier_envs
+    threshold = "none" if anomaly.threshold is None else f"{anomaly.threshold:g}"
     text = (
-        f"run {event.run_id}, update {event.update}: observed {payload.observed:g}, "
-        f"threshold {threshold}. {payload.message}"
+        f"run {event.run_id}, update {event.update}: observed {anomaly.observed:g}, "
+        f"threshold {threshold}. {anomaly.message}"
     )
-    if payload.outlier_envs:
-        text += f" Outlier envs: {', '.join(map(str, payload.outlier_envs))}."
+    if envs:
+        text += f" Outlier envs: {', '.join(map(str, envs))}."
     return text
 
 

@@ -1,58 +1,109 @@
 """Contracts: the typed, frozen, validated shapes every part of esper agrees on.
 
-Pydantic only: nothing here imports torch, blinker or a backend.
+Pydantic only: nothing here imports torch, blinker or a backend. The events are one
+class per kind (:class:`PPOUpdateCompleted`, :class:`AnomalyDetected`, ...) sharing the
+envelope :class:`EventBase`; :data:`TelemetryEvent` is their union and
+:func:`parse_event` reads one back from JSON.
 """
 
-from esper_telemetry.contracts._base import json_safe
+from esper_telemetry.contracts._base import (
+    FrozenDict,
+    Redact,
+    SecretText,
+    json_safe,
+    redact_marked,
+)
 from esper_telemetry.contracts.anomaly import Anomaly, AnomalyReport, AnomalyType, Severity
 from esper_telemetry.contracts.events import (
-    PAYLOAD_MODELS,
+    EVENT_CLASSES,
     PPO_REQUIRED,
     PPO_STATISTICS,
     SCHEMA_VERSION,
+    AnomalyDetected,
     AnomalyDetectedPayload,
+    EventBase,
     EventPayload,
     EventType,
+    PPOUpdateCompleted,
     PPOUpdatePayload,
+    RunFinished,
     RunFinishedPayload,
+    RunStarted,
     RunStartedPayload,
     TelemetryEvent,
+    TelemetryLevelChanged,
     TelemetryLevelChangedPayload,
+    event_class,
+    parse_event,
+    validate_event,
 )
+from esper_telemetry.contracts.format import format_value, json_float_text
 from esper_telemetry.contracts.health import (
+    STATUS_COLOUR,
     HealthStatus,
     HealthThresholds,
     LSTMHealthDetail,
     LSTMHealthMetrics,
     health_status,
 )
+from esper_telemetry.contracts.layout import (
+    EVENTS_FILE,
+    LOG_FILE,
+    REPORT_FILE,
+    WANDB_DIR,
+    RunLayout,
+)
 from esper_telemetry.contracts.levels import TelemetryLevel
+from esper_telemetry.contracts.modes import WANDB_MODES, WandbMode
 from esper_telemetry.contracts.stats import HubStats, SubscriberStats
 
 __all__ = [
-    "PAYLOAD_MODELS",
+    "EVENTS_FILE",
+    "EVENT_CLASSES",
+    "LOG_FILE",
     "PPO_REQUIRED",
     "PPO_STATISTICS",
+    "REPORT_FILE",
     "SCHEMA_VERSION",
+    "STATUS_COLOUR",
+    "WANDB_DIR",
+    "WANDB_MODES",
     "Anomaly",
+    "AnomalyDetected",
     "AnomalyDetectedPayload",
     "AnomalyReport",
     "AnomalyType",
+    "EventBase",
     "EventPayload",
     "EventType",
+    "FrozenDict",
     "HealthStatus",
     "HealthThresholds",
     "HubStats",
     "LSTMHealthDetail",
     "LSTMHealthMetrics",
+    "PPOUpdateCompleted",
     "PPOUpdatePayload",
+    "Redact",
+    "RunFinished",
     "RunFinishedPayload",
+    "RunLayout",
+    "RunStarted",
     "RunStartedPayload",
+    "SecretText",
     "Severity",
     "SubscriberStats",
     "TelemetryEvent",
     "TelemetryLevel",
+    "TelemetryLevelChanged",
     "TelemetryLevelChangedPayload",
+    "WandbMode",
+    "event_class",
+    "format_value",
     "health_status",
+    "json_float_text",
     "json_safe",
+    "parse_event",
+    "redact_marked",
+    "validate_event",
 ]

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from collections.abc import Mapping
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Annotated, Any, TypeVar, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    Strict,
+    WrapSerializer,
+)
 
 from esper_telemetry.contracts.levels import TelemetryLevel
+
+M = TypeVar("M", bound=BaseModel)
 
 _NON_FINITE_JSON = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 
@@ -87,4 +99,138 @@ class Contract(BaseModel):
         frozen=True,
         extra="forbid",
         ser_json_inf_nan="strings",
+        # Validators are built on first use, not at import: importing the contracts
+        # (and so ``esper --help``) stays cheap.
+        defer_build=True,
     )
+
+
+class FrozenDict(Mapping[str, Any]):
+    """A read-only mapping: what a frozen contract holds where it holds a dict.
+
+    Reads like a dict (``d[k]``, ``d.get``, iteration, ``dict(d)``, ``==`` with a dict);
+    offers no way to change it, so one subscriber can never rewrite what another sees.
+
+    >>> d = FrozenDict({"lr": 0.001})
+    >>> d["lr"], d == {"lr": 0.001}
+    (0.001, True)
+    >>> d["lr"] = 1.0
+    Traceback (most recent call last):
+    ...
+    TypeError: 'FrozenDict' object does not support item assignment
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        self._data: dict[str, Any] = dict(data) if data is not None else {}
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._data!r})"
+
+    def __reduce__(self) -> tuple[type[FrozenDict], tuple[dict[str, Any]]]:
+        return (FrozenDict, (self._data,))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, mutable copy: dicts and lists at every depth (tuples become lists)."""
+        plain: dict[str, Any] = _thaw(self)
+        return plain
+
+
+def _freeze(value: Any) -> Any:
+    """``value`` with every mapping, at any depth, made a FrozenDict and every list a tuple."""
+    if isinstance(value, Mapping):
+        return FrozenDict({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """The inverse of ``_freeze`` for serialisation: plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _serialize_frozen(value: Any, handler: SerializerFunctionWrapHandler) -> Any:
+    return handler(_thaw(value))
+
+
+#: Validates as ``dict[str, float]`` and holds the result read-only.
+FrozenFloats = Annotated[
+    Mapping[Str, Float], AfterValidator(_freeze), WrapSerializer(_serialize_frozen)
+]
+
+
+class Redact:
+    """Marks a contract field whose free text may carry a secret (``Annotated[str, Redact()]``).
+
+    The hub redacts every marked field (see :func:`redact_marked`) before any subscriber
+    sees an event; a new payload field is covered by marking it, not by editing the hub.
+    """
+
+    def __repr__(self) -> str:
+        return "Redact()"
+
+
+#: Free text a person or a subscriber fills in; redacted by the hub.
+SecretText = Annotated[Str, Redact()]
+
+
+def redact_marked(model: M, redact: Callable[[Any], Any]) -> M:
+    """``model`` with ``redact`` applied to every field marked :class:`Redact`, at any depth.
+
+    Sub-models are walked when their class holds a marked field somewhere; a model with
+    nothing marked is returned as it is (the same object, at no cost).
+    """
+    plan = _redaction_plan(type(model))
+    if not plan:
+        return model
+    changes: dict[str, Any] = {}
+    for name, marked in plan:
+        value = getattr(model, name)
+        if marked:
+            changes[name] = (
+                _freeze(redact(_thaw(value))) if isinstance(value, Mapping) else redact(value)
+            )
+        elif isinstance(value, BaseModel):
+            redacted = redact_marked(value, redact)
+            if redacted is not value:
+                changes[name] = redacted
+        elif isinstance(value, tuple):
+            items = tuple(
+                redact_marked(v, redact) if isinstance(v, BaseModel) else v for v in value
+            )
+            if any(a is not b for a, b in zip(items, value, strict=True)):
+                changes[name] = items
+    return model.model_copy(update=changes) if changes else model
+
+
+@functools.cache
+def _redaction_plan(cls: type[BaseModel]) -> tuple[tuple[str, bool], ...]:
+    """(field, marked) pairs: marked fields, then fields holding models with marks inside."""
+    plan: list[tuple[str, bool]] = []
+    for name, info in cls.model_fields.items():
+        if any(isinstance(m, Redact) for m in info.metadata):
+            plan.append((name, True))
+        elif any(_redaction_plan(sub) for sub in _models_in(info.annotation)):
+            plan.append((name, False))
+    return tuple(plan)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]

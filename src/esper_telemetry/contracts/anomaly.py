@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from esper_telemetry.contracts._base import Contract, Float, Str
+from esper_telemetry.contracts._base import Contract, Float, SecretText
 
 
 class AnomalyType(StrEnum):
@@ -36,7 +36,7 @@ class Anomaly(Contract):
     threshold: Float | None = Field(
         default=None, description="The threshold crossed; None for NaN and Inf, which need none."
     )
-    message: Str = Field(description="One sentence for a person reading a log.")
+    message: SecretText = Field(description="One sentence for a person reading a log.")
 
 
 class AnomalyReport(Contract):

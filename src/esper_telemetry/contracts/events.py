@@ -1,43 +1,82 @@
-"""The event envelope and one payload model per event type.
+"""The events: one frozen model per kind, sharing one envelope.
 
-A :class:`TelemetryEvent` carries exactly one payload, and the payload's model is
-fixed by ``event_type``: a PPO-update payload can only travel as
-``PPO_UPDATE_COMPLETED``. Reading JSON back picks the payload model from
-``event_type`` (a discriminated union keyed on the envelope).
+Every event has the envelope fields of :class:`EventBase` (``run_id``, ``seq``,
+``update``, ``timestamp``, ``rank``, ``level``, ``schema_version``), an ``event_type``
+fixed by its class, and a typed ``payload``:
 
->>> from esper_telemetry.contracts import PPOUpdatePayload, TelemetryEvent
->>> e = TelemetryEvent(update=3, payload=PPOUpdatePayload(
+==========================  =============================  ==============================
+class                       ``event_type``                 payload
+==========================  =============================  ==============================
+:class:`RunStarted`         ``RUN_STARTED``                :class:`RunStartedPayload`
+:class:`PPOUpdateCompleted` ``PPO_UPDATE_COMPLETED``       :class:`PPOUpdatePayload`
+:class:`AnomalyDetected`    ``ANOMALY_DETECTED``           :class:`AnomalyDetectedPayload`
+:class:`TelemetryLevelChanged` ``TELEMETRY_LEVEL_CHANGED`` :class:`TelemetryLevelChangedPayload`
+:class:`RunFinished`        ``RUN_FINISHED``               :class:`RunFinishedPayload`
+==========================  =============================  ==============================
+
+:data:`TelemetryEvent` is their union, discriminated by ``event_type``; :func:`parse_event`
+reads one back from JSON. A consumer matches on the class::
+
+    match event:
+        case PPOUpdateCompleted(payload=p): ...
+        case AnomalyDetected(payload=p): ...
+
+>>> e = PPOUpdateCompleted(update=3, payload=PPOUpdatePayload(
 ...     policy_loss=0.1, value_loss=float("nan"), entropy=0.6))
 >>> e.event_type
 <EventType.PPO_UPDATE_COMPLETED: 'PPO_UPDATE_COMPLETED'>
 >>> text = e.model_dump_json()
 >>> '"value_loss":"NaN"' in text
 True
->>> TelemetryEvent.model_validate_json(text).payload.value_loss
+>>> parse_event(text).payload.value_loss
 nan
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, JsonValue, ValidationError, model_validator
-from pydantic_core import InitErrorDetails
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    WrapSerializer,
+    model_validator,
+)
 
-from esper_telemetry.contracts._base import Bool, Contract, Float, Int, Level, Str, json_safe
-from esper_telemetry.contracts.anomaly import AnomalyType, Severity
+from esper_telemetry.contracts._base import (
+    Bool,
+    Contract,
+    Float,
+    FrozenDict,
+    FrozenFloats,
+    Int,
+    Level,
+    Redact,
+    SecretText,
+    Str,
+    _freeze,
+    _serialize_frozen,
+    json_safe,
+)
+from esper_telemetry.contracts.anomaly import Anomaly
 from esper_telemetry.contracts.health import LSTMHealthDetail, LSTMHealthMetrics
 from esper_telemetry.contracts.levels import TelemetryLevel
 from esper_telemetry.contracts.stats import HubStats
 
 #: Bumped when a change to a contract would make old readers misread new events.
-SCHEMA_VERSION = 1
+#: 2: the anomaly payload holds the ``Anomaly`` itself (version-1 lines still read).
+SCHEMA_VERSION = 2
 
 
 class EventType(StrEnum):
-    """Kinds of telemetry event; each has its own payload model."""
+    """Kinds of telemetry event; each has its own event class and payload model."""
 
     RUN_STARTED = "RUN_STARTED"
     PPO_UPDATE_COMPLETED = "PPO_UPDATE_COMPLETED"
@@ -46,21 +85,28 @@ class EventType(StrEnum):
     RUN_FINISHED = "RUN_FINISHED"
 
 
+# ---------------------------------------------------------------------------- payloads
+
+#: A run's configuration: JSON values, held read-only. Non-finite floats are stored as
+#: the strings "NaN", "Infinity", "-Infinity" (JsonValue cannot tell such a float from a
+#: string), so a config reads back exactly as it was stored.
+_Config = Annotated[
+    Mapping[Str, JsonValue],
+    BeforeValidator(json_safe),
+    Redact(),
+    AfterValidator(_freeze),
+    WrapSerializer(_serialize_frozen),
+]
+
+
 class RunStartedPayload(Contract):
     """A run begins: its configuration, for W&B's config and the analytics log."""
 
-    event_type: ClassVar[EventType] = EventType.RUN_STARTED
-
-    config: Annotated[dict[Str, JsonValue], BeforeValidator(json_safe)] = Field(
-        default_factory=dict,
-        # JsonValue cannot tell a float written as "Infinity" from a string, so non-finite
-        # floats are stored as those strings up front: the config then round-trips exactly.
-        description=(
-            "The run's configuration (JSON values). Non-finite floats are stored as the "
-            'strings "NaN", "Infinity", "-Infinity", so a config reads back as it was stored.'
-        ),
+    config: _Config = Field(
+        default_factory=FrozenDict,
+        description="The run's configuration (JSON values, read-only; secrets redacted).",
     )
-    description: Str = Field(default="", description="Free text shown next to the run.")
+    description: SecretText = Field(default="", description="Free text shown next to the run.")
 
 
 class PPOUpdatePayload(Contract):
@@ -68,8 +114,6 @@ class PPOUpdatePayload(Contract):
 
     The 12 ``lstm_*`` fields are None when the policy has no LSTM.
     """
-
-    event_type: ClassVar[EventType] = EventType.PPO_UPDATE_COMPLETED
 
     policy_loss: Float = Field(description="Clipped surrogate policy loss.")
     value_loss: Float = Field(description="Value-function loss.")
@@ -99,13 +143,15 @@ class PPOUpdatePayload(Contract):
     lstm_has_nan: Bool | None = Field(default=None, description="h or c holds a NaN.")
     lstm_has_inf: Bool | None = Field(default=None, description="h or c holds an Inf.")
     lstm_detail: LSTMHealthDetail | None = Field(
-        default=None, description="Per-layer and per-env detail; only at DEBUG level."
+        default=None,
+        description="Per-layer and per-env detail: at DEBUG level, and on an unhealthy update.",
     )
     lstm_outlier_envs: tuple[Int, ...] | None = Field(
-        default=None, description="Envs whose RMS is non-finite or above warning_rms (DEBUG)."
+        default=None,
+        description="Envs whose RMS is non-finite or above warning_rms (with lstm_detail).",
     )
-    extra: dict[Str, Float] = Field(
-        default_factory=dict, description="The trainer's own scalars, by name."
+    extra: FrozenFloats = Field(
+        default_factory=FrozenDict, description="The trainer's own scalars, by name (read-only)."
     )
 
     def health(self) -> LSTMHealthMetrics | None:
@@ -116,41 +162,54 @@ class PPOUpdatePayload(Contract):
         return LSTMHealthMetrics.model_validate(values)
 
 
+def _anomaly_v1(data: Any) -> Any:
+    # schema_version 1 spelled the anomaly's fields out flat in the payload.
+    if isinstance(data, Mapping) and "anomaly" not in data and "anomaly_type" in data:
+        flat = dict(data)
+        anomaly = {
+            "type": flat.pop("anomaly_type"),
+            **{
+                k: flat.pop(k)
+                for k in ("severity", "observed", "threshold", "message")
+                if k in flat
+            },
+        }
+        return {**flat, "anomaly": anomaly}
+    return data
+
+
 class AnomalyDetectedPayload(Contract):
     """An anomaly in the LSTM state of the update named by the envelope."""
 
-    event_type: ClassVar[EventType] = EventType.ANOMALY_DETECTED
-
-    anomaly_type: AnomalyType = Field(description="Kind of anomaly.")
-    severity: Severity = Field(description="How bad it is.")
-    observed: Float = Field(description="The value seen.")
-    threshold: Float | None = Field(default=None, description="The threshold crossed, if any.")
-    message: Str = Field(description="One sentence for a person reading a log.")
+    anomaly: Anomaly = Field(description="What was found: type, severity, value, threshold.")
     outlier_envs: tuple[Int, ...] | None = Field(
-        default=None, description="Indices of the envs involved (DEBUG level only)."
+        default=None, description="Indices of the envs involved (when the update had detail)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_v1(cls, data: Any) -> Any:
+        return _anomaly_v1(data)
 
 
 class TelemetryLevelChangedPayload(Contract):
     """The hub's telemetry level changed."""
 
-    event_type: ClassVar[EventType] = EventType.TELEMETRY_LEVEL_CHANGED
-
     previous: Level = Field(description="Level before the change.")
     level: Level = Field(description="Level from now on.")
-    reason: Str = Field(default="", description="Why it changed (e.g. the anomaly).")
+    reason: SecretText = Field(default="", description="Why it changed (e.g. the anomaly).")
 
 
 class RunFinishedPayload(Contract):
     """A run ended: how, a summary, and what the hub delivered."""
 
-    event_type: ClassVar[EventType] = EventType.RUN_FINISHED
-
     status: Literal["completed", "interrupted", "halted", "failed"] = Field(
         description="How the run ended."
     )
-    message: Str = Field(default="", description="Why, when it did not complete.")
-    summary: dict[Str, Float] = Field(default_factory=dict, description="Final scalars.")
+    message: SecretText = Field(default="", description="Why, when it did not complete.")
+    summary: FrozenFloats = Field(
+        default_factory=FrozenDict, description="Final scalars (read-only)."
+    )
     hub_stats: HubStats | None = Field(default=None, description="The hub's counters at the end.")
 
 
@@ -167,39 +226,22 @@ PPO_STATISTICS: tuple[str, ...] = (
 )
 PPO_REQUIRED: tuple[str, ...] = PPO_STATISTICS[:3]
 
-EventPayload = (
-    RunStartedPayload
-    | PPOUpdatePayload
-    | AnomalyDetectedPayload
-    | TelemetryLevelChangedPayload
-    | RunFinishedPayload
-)
 
-PAYLOAD_MODELS: dict[EventType, type[Contract]] = {
-    EventType.RUN_STARTED: RunStartedPayload,
-    EventType.PPO_UPDATE_COMPLETED: PPOUpdatePayload,
-    EventType.ANOMALY_DETECTED: AnomalyDetectedPayload,
-    EventType.TELEMETRY_LEVEL_CHANGED: TelemetryLevelChangedPayload,
-    EventType.RUN_FINISHED: RunFinishedPayload,
-}
-
-
-_EVENT_TYPE_OF = {model: et for et, model in PAYLOAD_MODELS.items()}
+# ---------------------------------------------------------------------------- events
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class TelemetryEvent(Contract):
-    """The envelope every event travels in.
+class EventBase(Contract):
+    """The envelope every event shares.
 
-    Build one from a payload and an update index; ``event_type`` follows from the
-    payload. The hub stamps ``run_id``, ``seq``, ``rank`` and ``level`` when it emits
-    the event, so leave them at their defaults.
+    The hub stamps ``run_id``, ``seq``, ``rank`` and ``level`` when it emits an event,
+    so leave them at their defaults when you build one.
     """
 
-    event_type: EventType = Field(description="Kind of event; fixes the payload model.")
+    event_type: EventType = Field(description="Kind of event; fixed by the event's class.")
     schema_version: Int = Field(default=SCHEMA_VERSION, ge=1, description="Contract version.")
     run_id: Str = Field(default="", description="The run (stamped by the hub).")
     seq: Int = Field(
@@ -211,57 +253,99 @@ class TelemetryEvent(Contract):
     level: Level = Field(
         default=TelemetryLevel.NORMAL, description="Hub level when emitted (stamped by the hub)."
     )
-    payload: EventPayload = Field(description="The typed payload for event_type.")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _payload_for_event_type(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        payload = data.get("payload")
-        raw_type = data.get("event_type")
-        if raw_type is None:
-            inferred = _EVENT_TYPE_OF.get(type(payload)) if isinstance(payload, Contract) else None
-            if inferred is not None:
-                return {**data, "event_type": inferred}
-            if isinstance(payload, dict):
-                raise ValueError("event_type is required when the payload is given as a mapping")
-            return data
-        try:
-            event_type = EventType(raw_type)
-        except ValueError:
-            return data  # the field validator reports the bad event_type
-        model = PAYLOAD_MODELS[event_type]
-        if isinstance(payload, Contract):
-            if type(payload) is not model:
-                raise ValueError(
-                    f"payload: a {type(payload).__name__} cannot travel as {event_type.value}; "
-                    f"that event type carries {model.__name__}"
-                )
-            return data
-        if isinstance(payload, dict):
-            try:
-                return {**data, "payload": model.model_validate(payload)}
-            except ValidationError as exc:
-                # Report the payload's errors under "payload.<field>", as a nested model would.
-                details: list[InitErrorDetails] = [
-                    {
-                        "type": err["type"],
-                        "loc": ("payload", *err["loc"]),
-                        "input": err["input"],
-                        "ctx": err.get("ctx", {}),
-                    }
-                    for err in exc.errors()
-                ]
-                raise ValidationError.from_exception_data(cls.__name__, details) from None
-        return data
 
-    @model_validator(mode="after")
-    def _payload_matches(self) -> TelemetryEvent:
-        expected = PAYLOAD_MODELS[self.event_type]
-        if type(self.payload) is not expected:
-            raise ValueError(
-                f"payload: a {type(self.payload).__name__} cannot travel as "
-                f"{self.event_type.value}; that event type carries {expected.__name__}"
-            )
-        return self
+class RunStarted(EventBase):
+    """A run begins (``RUN_STARTED``)."""
+
+    event_type: Literal[EventType.RUN_STARTED] = EventType.RUN_STARTED
+    payload: RunStartedPayload = Field(description="The run's configuration.")
+
+
+class PPOUpdateCompleted(EventBase):
+    """One PPO update finished (``PPO_UPDATE_COMPLETED``): statistics and LSTM health."""
+
+    event_type: Literal[EventType.PPO_UPDATE_COMPLETED] = EventType.PPO_UPDATE_COMPLETED
+    payload: PPOUpdatePayload = Field(description="Statistics and LSTM health of the update.")
+
+
+class AnomalyDetected(EventBase):
+    """An anomaly in the LSTM state of one update (``ANOMALY_DETECTED``)."""
+
+    event_type: Literal[EventType.ANOMALY_DETECTED] = EventType.ANOMALY_DETECTED
+    payload: AnomalyDetectedPayload = Field(description="The anomaly and the envs involved.")
+
+
+class TelemetryLevelChanged(EventBase):
+    """The hub's telemetry level changed (``TELEMETRY_LEVEL_CHANGED``)."""
+
+    event_type: Literal[EventType.TELEMETRY_LEVEL_CHANGED] = EventType.TELEMETRY_LEVEL_CHANGED
+    payload: TelemetryLevelChangedPayload = Field(description="The old and new level, and why.")
+
+
+class RunFinished(EventBase):
+    """A run ended (``RUN_FINISHED``)."""
+
+    event_type: Literal[EventType.RUN_FINISHED] = EventType.RUN_FINISHED
+    payload: RunFinishedPayload = Field(description="How it ended, a summary, the hub's counts.")
+
+
+#: Every event class, in the order of :class:`EventType`.
+EVENT_CLASSES: tuple[type[EventBase], ...] = (
+    RunStarted,
+    PPOUpdateCompleted,
+    AnomalyDetected,
+    TelemetryLevelChanged,
+    RunFinished,
+)
+
+#: Any event: the union of the event classes, discriminated by ``event_type``.
+TelemetryEvent = Annotated[
+    RunStarted | PPOUpdateCompleted | AnomalyDetected | TelemetryLevelChanged | RunFinished,
+    Field(discriminator="event_type"),
+]
+
+#: The payload of any event.
+EventPayload = (
+    RunStartedPayload
+    | PPOUpdatePayload
+    | AnomalyDetectedPayload
+    | TelemetryLevelChangedPayload
+    | RunFinishedPayload
+)
+
+#: Validates and serialises any event; built on first use.
+EVENT_ADAPTER: TypeAdapter[TelemetryEvent] = TypeAdapter(
+    TelemetryEvent, config=ConfigDict(defer_build=True)
+)
+
+
+def event_class(event_type: EventType | str) -> type[EventBase]:
+    """The event class of an event type (``"PPO_UPDATE_COMPLETED"`` → PPOUpdateCompleted).
+
+    Raises:
+        ValueError: ``event_type`` names no event type.
+    """
+    return EVENT_CLASSES[list(EventType).index(EventType(event_type))]
+
+
+def parse_event(data: str | bytes | bytearray) -> TelemetryEvent:
+    """Read one event from its JSON text (one line of ``events.jsonl``).
+
+    The class follows from ``event_type``; floats come back bit-exact, NaN and ±Inf
+    included; lines of ``schema_version`` 1 read too.
+
+    Raises:
+        pydantic.ValidationError: the text is not valid JSON or not a valid event (a
+            ``ValueError``); the errors name the fields.
+    """
+    return EVENT_ADAPTER.validate_json(data)
+
+
+def validate_event(data: object) -> TelemetryEvent:
+    """An event from a mapping (``event.model_dump()`` of any event) or an event itself.
+
+    Raises:
+        pydantic.ValidationError: ``data`` is not a valid event.
+    """
+    return EVENT_ADAPTER.validate_python(data)

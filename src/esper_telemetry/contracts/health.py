@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Self
+from typing import Final, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -46,6 +46,17 @@ class LSTMHealthMetrics(Contract):
         """Return the 12 values under ``lstm_``-prefixed keys (``lstm_h_rms``, ...)."""
         return {f"lstm_{name}": getattr(self, name) for name in type(self).model_fields}
 
+    def status_of(
+        self, tensor: Literal["h", "c"], thresholds: HealthThresholds | None = None
+    ) -> HealthStatus:
+        """The verdict on ``h`` or ``c`` alone, by :meth:`HealthThresholds.status`."""
+        t = thresholds if thresholds is not None else HealthThresholds()
+        if tensor == "h":
+            return t.status(self.h_rms, self.h_env_rms_max, self.h_max)
+        if tensor == "c":
+            return t.status(self.c_rms, self.c_env_rms_max, self.c_max)
+        raise ValueError(f"tensor must be 'h' or 'c', got {tensor!r}")
+
 
 class LSTMHealthDetail(Contract):
     """Debug-level detail of one LSTM state, from ``compute_lstm_health(..., detail=True)``."""
@@ -71,6 +82,21 @@ class HealthStatus(StrEnum):
     HEALTHY = "HEALTHY"
     WARNING = "WARNING"
     CRITICAL = "CRITICAL"
+
+    @property
+    def rank(self) -> int:
+        """0 for HEALTHY, 1 for WARNING, 2 for CRITICAL: ``max(..., key=...)`` picks the worst."""
+        return _RANK[self]
+
+
+_RANK: Final = {HealthStatus.HEALTHY: 0, HealthStatus.WARNING: 1, HealthStatus.CRITICAL: 2}
+
+#: The colour every view shows a status in (the word is always shown with it).
+STATUS_COLOUR: Final[dict[HealthStatus, str]] = {
+    HealthStatus.HEALTHY: "green",
+    HealthStatus.WARNING: "yellow",
+    HealthStatus.CRITICAL: "red",
+}
 
 
 class HealthThresholds(Contract):
@@ -114,11 +140,35 @@ class HealthThresholds(Contract):
         """True when the RMS is above ``warning_rms``."""
         return rms > self.warning_rms
 
+    def status(
+        self, rms: float, env_rms_max: float | None = None, max_abs: float | None = None
+    ) -> HealthStatus:
+        """The one health rule, for one tensor (h or c) or one RMS value.
+
+        CRITICAL when a value is NaN or infinite (max |x| carries the tensor's NaN/Inf:
+        NaN propagates through it), when the RMS or the largest per-env RMS is above
+        ``critical_rms``, or when the RMS is below ``vanishing_rms``; WARNING when the
+        RMS is above ``warning_rms``; HEALTHY otherwise. Comparisons are strict.
+
+        >>> t = HealthThresholds()
+        >>> [t.status(v).value for v in (0.5, 5.0, 5.5, 10.0, 10.5, 0.0, float("nan"))]
+        ['HEALTHY', 'HEALTHY', 'WARNING', 'WARNING', 'CRITICAL', 'CRITICAL', 'CRITICAL']
+        """
+        env_max = rms if env_rms_max is None else env_rms_max
+        top = rms if max_abs is None else max_abs
+        if not (math.isfinite(rms) and math.isfinite(env_max) and math.isfinite(top)):
+            return HealthStatus.CRITICAL
+        if self.is_exploding(rms, env_max) or self.is_vanishing(rms):
+            return HealthStatus.CRITICAL
+        if self.is_warning(rms):
+            return HealthStatus.WARNING
+        return HealthStatus.HEALTHY
+
 
 def health_status(
     metrics: LSTMHealthMetrics, thresholds: HealthThresholds | None = None
 ) -> HealthStatus:
-    """Classify one LSTM state; the rule every consumer uses.
+    """Classify one LSTM state: the worse of :meth:`HealthThresholds.status` on h and on c.
 
     CRITICAL when the state holds NaN or Inf, when h's or c's RMS or largest per-env
     RMS is above ``critical_rms``, or when an RMS is below ``vanishing_rms``. WARNING
@@ -140,13 +190,6 @@ def health_status(
     t = thresholds if thresholds is not None else HealthThresholds()
     if not isinstance(t, HealthThresholds):
         raise TypeError(f"thresholds must be HealthThresholds, got {type(t).__name__}")
-    m = metrics
-    if m.has_nan or m.has_inf:
+    if metrics.has_nan or metrics.has_inf:
         return HealthStatus.CRITICAL
-    if t.is_exploding(m.h_rms, m.h_env_rms_max) or t.is_exploding(m.c_rms, m.c_env_rms_max):
-        return HealthStatus.CRITICAL
-    if t.is_vanishing(m.h_rms) or t.is_vanishing(m.c_rms):
-        return HealthStatus.CRITICAL
-    if t.is_warning(m.h_rms) or t.is_warning(m.c_rms):
-        return HealthStatus.WARNING
-    return HealthStatus.HEALTHY
+    return max(metrics.status_of("h", t), metrics.status_of("c", t), key=lambda s: s.rank)

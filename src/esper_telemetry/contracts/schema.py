@@ -5,29 +5,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import TypeAdapter
 
 from esper_telemetry.contracts.anomaly import AnomalyReport
-from esper_telemetry.contracts.events import TelemetryEvent
+from esper_telemetry.contracts.events import EVENT_ADAPTER
 from esper_telemetry.contracts.health import HealthThresholds, LSTMHealthDetail, LSTMHealthMetrics
 from esper_telemetry.contracts.stats import HubStats
 
-#: File stem -> model. TelemetryEvent's schema holds every payload model.
-SCHEMA_MODELS: dict[str, type[BaseModel]] = {
-    "telemetry_event": TelemetryEvent,
-    "lstm_health_metrics": LSTMHealthMetrics,
-    "lstm_health_detail": LSTMHealthDetail,
-    "health_thresholds": HealthThresholds,
-    "anomaly_report": AnomalyReport,
-    "hub_stats": HubStats,
+#: File stem -> the type whose schema it holds. TelemetryEvent's holds every event class.
+SCHEMA_MODELS: dict[str, TypeAdapter[object]] = {
+    "telemetry_event": EVENT_ADAPTER,  # type: ignore[dict-item]  # an adapter of the union
+    "lstm_health_metrics": TypeAdapter(LSTMHealthMetrics),
+    "lstm_health_detail": TypeAdapter(LSTMHealthDetail),
+    "health_thresholds": TypeAdapter(HealthThresholds),
+    "anomaly_report": TypeAdapter(AnomalyReport),
+    "hub_stats": TypeAdapter(HubStats),
 }
 
 
 def schema_texts() -> dict[str, str]:
     """File name -> JSON Schema text (sorted keys, two-space indent, final newline)."""
     return {
-        f"{stem}.schema.json": json.dumps(model.model_json_schema(), indent=2, sort_keys=True)
-        + "\n"
+        f"{stem}.schema.json": json.dumps(model.json_schema(), indent=2, sort_keys=True) + "\n"
         for stem, model in SCHEMA_MODELS.items()
     }
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from esper_telemetry.contracts._base import Bool, Contract, Float, Int, Level, Str
+from esper_telemetry.contracts._base import Bool, Contract, Float, Int, Level, SecretText, Str
 
 
 class SubscriberStats(Contract):
@@ -19,15 +19,33 @@ class SubscriberStats(Contract):
     failed: Int = Field(description="Events on which it raised (counted, logged, isolated).")
     dropped: Int = Field(description="Events discarded by drop_oldest before it saw them.")
     abandoned: Int = Field(default=0, description="Events still queued when close() gave up on it.")
+    undelivered: Int = Field(
+        default=0,
+        description="Events it handled but reported it could not deliver or write (its own "
+        "count, e.g. W&B rows refused for a step that went backwards).",
+    )
     queue_depth: Int = Field(description="Events waiting in its queue now (0 when inline).")
     queue_size: Int = Field(description="Its queue's capacity (0 when inline).")
     latency_p50_ms: Float = Field(description="Median handling time, recent events, in ms.")
     latency_p99_ms: Float = Field(description="99th percentile handling time, recent events, ms.")
     latency_max_ms: Float = Field(description="Longest handling time since it subscribed, ms.")
-    last_error: Str | None = Field(default=None, description="The last exception it raised.")
+    last_error: SecretText | None = Field(
+        default=None, description="The last exception it raised (secrets redacted)."
+    )
     stuck: Bool = Field(
         default=False, description="True when close() or flush() timed out waiting for it."
     )
+
+    @property
+    def lost(self) -> int:
+        """Events that did not reach their destination: the one definition of a loss.
+
+        Failed, abandoned and undelivered events are lost, and so are the drops of a
+        ``block`` subscriber (it was declared stuck). The drops of a ``drop_oldest``
+        subscriber are not: a view that asked for recent events only accepted them.
+        """
+        dropped = self.dropped if self.when_full == "block" else 0
+        return self.failed + self.abandoned + self.undelivered + dropped
 
 
 class HubStats(Contract):
@@ -45,6 +63,11 @@ class HubStats(Contract):
         return tuple(s.name for s in self.subscribers if s.stuck)
 
     @property
+    def lost(self) -> int:
+        """Events lost across every subscriber (see :attr:`SubscriberStats.lost`)."""
+        return sum(s.lost for s in self.subscribers)
+
+    @property
     def lossless(self) -> bool:
-        """True when no subscriber failed, dropped or abandoned any event."""
-        return all(s.failed == s.dropped == s.abandoned == 0 for s in self.subscribers)
+        """True when no subscriber lost an event and none is stuck."""
+        return all(s.lost == 0 and not s.stuck for s in self.subscribers)

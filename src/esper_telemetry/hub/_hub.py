@@ -1,10 +1,20 @@
 """TelemetryHub: one typed event in, every subscriber served independently.
 
-Routing is blinker: the hub owns a private ``Namespace`` with one signal per event
-type, and a subscription is connected (strongly) to the signals of the events it
-asked for. Blinker's ``send`` calls receivers in set order and stops at the first
-exception, so the hub walks each signal's receivers itself, in connection order, and
-isolates every subscriber.
+Dispatch is blinker: the hub owns a private ``Namespace`` with one signal per event
+type, and each subscription is connected (``weak=False``) to the signals of the events
+it asked for; every event is delivered by ``Signal.send(hub, event=event)``. Two
+things make ``send`` fit a hub that must isolate its subscribers:
+
+- order: blinker calls receivers in the order of its ``set_class``; the hub's signals
+  use an insertion-ordered set, so delivery order is subscription order (pinned by a
+  test for the installed blinker);
+- isolation: ``send`` stops at the first exception, so a subscription never raises out
+  of it. A subscriber's ``Exception`` is counted and logged inside the subscription;
+  a ``BaseException`` (Ctrl-C landing in a subscriber) is *returned* as the receiver's
+  result, and the hub re-raises the first one once ``send`` has reached everyone.
+
+Threaded subscribers are woken through a chain (``_wake``): an emit costs the emitting
+thread at most one thread wake-up, however many threaded subscribers there are.
 
 Ordering: ``emit`` stamps ``seq`` under a lock and appends the event to one pending
 queue; a single dispatcher at a time delivers that queue in order. An event emitted
@@ -20,29 +30,30 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, MutableSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 import blinker
 
 from esper_telemetry.contracts import (
-    AnomalyDetectedPayload,
+    EventBase,
     EventType,
     HubStats,
-    RunFinishedPayload,
-    RunStartedPayload,
     TelemetryEvent,
     TelemetryLevel,
+    TelemetryLevelChanged,
     TelemetryLevelChangedPayload,
+    redact_marked,
 )
 from esper_telemetry.errors import HubClosedError, TrainingHalted
 from esper_telemetry.hub._protocol import Subscriber
 from esper_telemetry.hub._redact import redact_secrets
 from esper_telemetry.hub._subscription import (
+    EventSelector,
     Mode,
     Subscription,
     Token,
@@ -50,11 +61,13 @@ from esper_telemetry.hub._subscription import (
     current_subscription,
     parse_events,
 )
+from esper_telemetry.hub._wake import WakeChain
 
 logger = logging.getLogger("esper_telemetry.hub")
 
 _Handle = Callable[[TelemetryEvent], object]
 _Hook = Callable[[], object]
+_E = TypeVar("_E", bound=EventBase)
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 DEFAULT_QUEUE_SIZE = 1024
@@ -87,11 +100,11 @@ class TelemetryHub:
         level: The starting telemetry level.
         rank: The process rank stamped on every event.
 
-    >>> from esper_telemetry.contracts import PPOUpdatePayload, TelemetryEvent
+    >>> from esper_telemetry.contracts import PPOUpdateCompleted, PPOUpdatePayload
     >>> seen = []
     >>> with TelemetryHub("demo") as hub:
     ...     _ = hub.subscribe(seen.append, mode="inline")
-    ...     _ = hub.emit(TelemetryEvent(update=0, payload=PPOUpdatePayload(
+    ...     _ = hub.emit(PPOUpdateCompleted(update=0, payload=PPOUpdatePayload(
     ...         policy_loss=0.1, value_loss=0.5, entropy=0.69)))
     >>> [(e.run_id, e.seq, e.event_type.value) for e in seen]
     [('demo', 0, 'PPO_UPDATE_COMPLETED')]
@@ -109,13 +122,14 @@ class TelemetryHub:
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
             raise ValueError(f"rank must be an int >= 0, got {rank!r}")
         self._rank = rank
-        self._namespace = blinker.Namespace()
+        self._namespace = _OrderedNamespace()
         self._signals = {et: self._namespace.signal(et.value) for et in EventType}
-        self._routes: dict[EventType, tuple[Subscription, ...]] = dict.fromkeys(EventType, ())
+        self._wake_chain = WakeChain()
         self._subscriptions: list[Subscription] = []
         self._lock = threading.Lock()
         self._delivered_cv = threading.Condition(self._lock)
-        self._pending: deque[TelemetryEvent | _Barrier] = deque()
+        self._delivered_waiters = 0  # threads in _delivered_cv.wait(); skips idle notifies
+        self._pending: deque[EventBase | _Barrier] = deque()
         self._dispatcher: int | None = None
         self._next_seq = 0
         self._delivered_seq = -1
@@ -158,7 +172,7 @@ class TelemetryHub:
         self,
         subscriber: Subscriber,
         *,
-        events: Iterable[EventType | str] | EventType | None = None,
+        events: EventSelector | Iterable[EventSelector] | None = None,
         mode: Mode = "thread",
         queue_size: int = DEFAULT_QUEUE_SIZE,
         when_full: WhenFull = "block",
@@ -167,10 +181,15 @@ class TelemetryHub:
     ) -> str:
         """Deliver events to ``subscriber`` from now on.
 
+        Each event reaches the subscribers in the order they subscribed (threaded ones
+        get it queued in that order, then handle it on their own threads).
+
         Args:
-            subscriber: A callable taking one ``TelemetryEvent``, or an object with
-                ``handle(event)`` and optional ``flush()`` / ``close()`` (``Backend``).
-            events: The event types to receive; None for all.
+            subscriber: A :class:`Backend`, any object with ``handle(event)`` (its
+                ``flush()``, ``close()``, ``on_subscribe(hub)`` and ``undelivered()``
+                are used when present), or a callable taking one event.
+            events: What to receive: event classes (``PPOUpdateCompleted``),
+                ``EventType`` members or their values, one or an iterable; None for all.
             mode: ``"thread"`` (default): a worker thread and a bounded FIFO queue of its
                 own, so a slow subscriber never delays the emitter. ``"inline"``: called
                 on the emitting thread before ``emit`` returns; for cheap, deterministic
@@ -194,7 +213,7 @@ class TelemetryHub:
                 ``block_timeout`` or a ``name`` already taken.
             HubClosedError: the hub is closing or closed.
         """
-        handle, flush, close = _callables_of(subscriber)
+        handle, flush, close, undelivered = _callables_of(subscriber)
         chosen = parse_events(events)
         hook = getattr(subscriber, "on_subscribe", None)
         if mode not in ("thread", "inline"):
@@ -229,17 +248,18 @@ class TelemetryHub:
                 handle=handle,
                 flush=flush,
                 close=close,
+                undelivered=undelivered,
                 source=subscriber,
                 events=chosen,
                 mode=mode,
                 queue_size=queue_size,
                 when_full=when_full,
                 block_timeout=block_timeout,
+                wake_chain=self._wake_chain,
             )
             self._subscriptions.append(sub)
             for et in chosen:
-                self._signals[et].connect(sub, weak=False)
-            self._rebuild_routes()
+                self._signals[et].connect(sub.receive, weak=False)
         return unique
 
     def unsubscribe(self, subscriber: object, *, timeout: float | None = 10.0) -> bool:
@@ -267,38 +287,46 @@ class TelemetryHub:
                 return sub
         raise ValueError(f"subscriber: {subscriber!r} is not subscribed to this hub")
 
-    def _rebuild_routes(self) -> None:
-        # Blinker keeps receivers in a dict in connection order; snapshot it per event
-        # type so dispatch reads an immutable tuple while subscribe() may run elsewhere.
-        self._routes = {
-            et: tuple(r for r in signal.receivers.values() if isinstance(r, Subscription))
-            for et, signal in self._signals.items()
-        }
-
     # -- emitting -----------------------------------------------------------------------
 
-    def emit(self, event: TelemetryEvent) -> TelemetryEvent:
+    def emit(self, event: _E) -> _E:
         """Publish ``event`` to every subscriber of its type; return it as published.
 
-        The hub stamps ``run_id``, ``seq`` (strictly increasing), ``rank`` and
-        ``level``. Inline subscribers have run when this returns (events emitted by a
-        subscriber are delivered right after the one it is handling). A subscriber
-        that raises is counted and logged; it never makes ``emit`` raise.
+        The published event is a copy: its secret-marked text redacted (see
+        ``redact_secrets``), stamped with ``run_id``, ``seq`` (strictly increasing),
+        ``rank`` and ``level``. Inline subscribers have run when this returns (events
+        emitted by a subscriber are delivered right after the one it is handling);
+        threaded ones have it queued. A subscriber that raises is counted and logged;
+        it never makes ``emit`` raise.
 
         Raises:
-            TypeError: ``event`` is not a ``TelemetryEvent``.
+            TypeError: ``event`` is not an event (an ``EventBase`` instance such as
+                ``PPOUpdateCompleted``).
             HubClosedError: the hub is closing or closed; nobody received the event.
         """
-        if not isinstance(event, TelemetryEvent):
-            raise TypeError(f"event must be a TelemetryEvent, got {type(event).__name__}")
+        if not isinstance(event, EventBase):
+            raise TypeError(
+                "event must be an event (an EventBase instance such as PPOUpdateCompleted), "
+                f"got {type(event).__name__}"
+            )
+        # Redacting before the lock keeps it short; an event without marked text (every
+        # PPO update) is returned as it is, at the cost of one cached lookup.
+        clean = redact_marked(event, redact_secrets)
         with self._lock:
-            stamped, reentrant = self._enqueue(event, "emit")
-        if not reentrant:
+            stamped, reentrant = self._enqueue(clean, "emit")
+            # The common case: nobody is dispatching, so we do, without a second lock.
+            claimed = not reentrant and self._dispatcher is None
+            if claimed:
+                self._dispatcher = threading.get_ident()
+        if claimed:
+            self._drain()
+        elif not reentrant:
             self._run_pending_until(stamped)
         return stamped
 
-    def _enqueue(self, event: TelemetryEvent, what: str) -> tuple[TelemetryEvent, bool]:
-        """Stamp and queue ``event`` (lock held); True when the running dispatcher is us."""
+    def _enqueue(self, event: _E, what: str) -> tuple[_E, bool]:
+        """Stamp and queue ``event`` (lock held, secrets already redacted); True when the
+        running dispatcher is us."""
         me = threading.get_ident()
         inside = current_subscription() is not None or self._dispatcher == me
         if self._state is not _State.OPEN and not (self._state is _State.CLOSING and inside):
@@ -307,7 +335,7 @@ class TelemetryHub:
                 f"{event.event_type.value} (update {event.update}) was not published. "
                 "Emit before close(), or create a new TelemetryHub."
             )
-        stamped = _without_secrets(event).model_copy(
+        stamped = event.model_copy(
             update={
                 "run_id": self._run_id,
                 "seq": self._next_seq,
@@ -322,8 +350,10 @@ class TelemetryHub:
         # event after the current one; waiting here could wait on ourselves.
         return stamped, self._dispatcher is not None and inside
 
-    def set_level(self, level: TelemetryLevel | str, *, reason: str = "") -> TelemetryEvent | None:
-        """Change the telemetry level and emit ``TELEMETRY_LEVEL_CHANGED``.
+    def set_level(
+        self, level: TelemetryLevel | str, *, reason: str = ""
+    ) -> TelemetryLevelChanged | None:
+        """Change the telemetry level and emit a ``TelemetryLevelChanged`` event.
 
         Returns:
             The level-change event, or None when ``level`` is already the level.
@@ -340,8 +370,8 @@ class TelemetryHub:
             if new == previous:
                 return None
             payload = TelemetryLevelChangedPayload(previous=previous, level=new, reason=reason)
-            change = TelemetryEvent(
-                event_type=payload.event_type, update=self._last_update, payload=payload
+            change = redact_marked(
+                TelemetryLevelChanged(update=self._last_update, payload=payload), redact_secrets
             )
             self._level = new  # stamped on the change event and everything after it
             try:
@@ -384,7 +414,7 @@ class TelemetryHub:
 
     # -- dispatch -----------------------------------------------------------------------
 
-    def _run_pending_until(self, item: TelemetryEvent | _Barrier) -> None:
+    def _run_pending_until(self, item: EventBase | _Barrier) -> None:
         """Return once ``item`` has been dispatched, dispatching ourselves if nobody is."""
         me = threading.get_ident()
         with self._lock:
@@ -392,12 +422,16 @@ class TelemetryHub:
                 if self._dispatcher is None:
                     self._dispatcher = me
                     break
-                self._delivered_cv.wait()
+                self._delivered_waiters += 1
+                try:
+                    self._delivered_cv.wait()
+                finally:
+                    self._delivered_waiters -= 1
             else:
                 return
         self._drain()
 
-    def _dispatched(self, item: TelemetryEvent | _Barrier) -> bool:
+    def _dispatched(self, item: EventBase | _Barrier) -> bool:
         if isinstance(item, _Barrier):
             return item.dispatched.is_set()
         return self._delivered_seq >= item.seq
@@ -409,28 +443,30 @@ class TelemetryHub:
                 with self._lock:
                     if not self._pending:
                         self._dispatcher = None
-                        self._delivered_cv.notify_all()
+                        self._notify_delivered()
                         return
                     item = self._pending.popleft()
-                    routes = self._routes
                 if isinstance(item, _Barrier):
                     self._run_barrier(item)
                     with self._lock:
-                        self._delivered_cv.notify_all()
+                        self._notify_delivered()
                     continue
+                try:
+                    results = self._signals[item.event_type].send(self, event=item)
+                finally:
+                    # Wake the workers this event gave work to: one wake-up at most.
+                    self._wake_chain.release()
+                # Ctrl-C (KeyboardInterrupt) landing in one subscriber must not keep
+                # the event from the ones after it: each receiver returns what
+                # interrupted it instead of raising (see Subscription.receive); the
+                # first goes on once everyone had the event. Never partly delivered.
                 interrupted: BaseException | None = None
-                for sub in routes[item.event_type]:
-                    try:
-                        sub.offer(item)
-                    except BaseException as exc:
-                        # Ctrl-C (KeyboardInterrupt) landing in one subscriber must not
-                        # keep the event from the ones after it: offer it to all, then
-                        # let the interrupt go on. An event is never partly delivered.
-                        if interrupted is None:
-                            interrupted = exc
+                for _, result in results:
+                    if interrupted is None and isinstance(result, BaseException):
+                        interrupted = result
                 with self._lock:
                     self._delivered_seq = item.seq
-                    self._delivered_cv.notify_all()
+                    self._notify_delivered()
                 if interrupted is not None:
                     raise interrupted
         except BaseException:
@@ -438,8 +474,13 @@ class TelemetryHub:
             # role back so the events still pending go out with the next emit.
             with self._lock:
                 self._dispatcher = None
-                self._delivered_cv.notify_all()
+                self._notify_delivered()
             raise
+
+    def _notify_delivered(self) -> None:
+        """Wake the threads waiting for something to be dispatched (lock held)."""
+        if self._delivered_waiters:  # Condition.notify_all costs ~1 µs even with no waiter
+            self._delivered_cv.notify_all()
 
     def _run_barrier(self, barrier: _Barrier) -> None:
         if barrier.kind == "flush":
@@ -451,8 +492,7 @@ class TelemetryHub:
                 if sub in self._subscriptions:
                     self._subscriptions.remove(sub)
                     for signal in self._signals.values():
-                        signal.disconnect(sub)
-                    self._rebuild_routes()
+                        signal.disconnect(sub.receive)
             barrier.subs = [sub]
             barrier.tokens = [sub.send_token("stop")]
         barrier.dispatched.set()
@@ -500,15 +540,16 @@ class TelemetryHub:
         self._refuse_inside("close")
         deadline = time.monotonic() + max(0.0, float(timeout))
         with self._lock:
-            if self._state is not _State.OPEN:
-                final = self._final_stats
-                if final is not None:
-                    return final
-                return self._stats_locked()
-            self._state = _State.CLOSING
-            barrier = _Barrier("marker")  # everything emitted before close() is ahead of it
-            self._pending.append(barrier)
-            subs = list(self._subscriptions)
+            closing = self._state is not _State.OPEN
+            final = self._final_stats
+            if not closing:
+                self._state = _State.CLOSING
+                barrier = _Barrier("marker")  # all emitted before close() is ahead of it
+                self._pending.append(barrier)
+                subs = list(self._subscriptions)
+        if closing:
+            # Closed, or another thread is closing: its stats (the latter: live ones).
+            return final if final is not None else self.stats()
         for sub in subs:
             sub.set_close_deadline(deadline)  # a full queue must not outwait close()
         self._run_pending_until(barrier)
@@ -522,16 +563,17 @@ class TelemetryHub:
             sub.abandon_queue()
         for sub in subs:
             for signal in self._signals.values():
-                signal.disconnect(sub)
+                signal.disconnect(sub.receive)
         if stuck:
             logger.warning(
                 "TelemetryHub %r closed without waiting for stuck subscriber(s): %s",
                 self._run_id,
                 ", ".join(repr(s.name) for s in stuck),
             )
+        final = self.stats()  # each backend's final undelivered() count, after its close()
         with self._lock:
-            self._final_stats = self._stats_locked()
-            return self._final_stats
+            self._final_stats = final
+        return final
 
     def _close_one(self, sub: Subscription) -> Token:
         if sub.mode == "thread":
@@ -566,17 +608,20 @@ class TelemetryHub:
     # -- stats --------------------------------------------------------------------------
 
     def stats(self) -> HubStats:
-        """A snapshot of the hub's and every subscriber's counters."""
-        with self._lock:
-            return self._stats_locked()
+        """A snapshot of the hub's and every subscriber's counters.
 
-    def _stats_locked(self) -> HubStats:
+        Each subscriber's ``undelivered`` is its own ``undelivered()`` count, asked for
+        here, outside the hub's lock; a raise there is counted as a failure, never raised.
+        """
+        with self._lock:
+            subs = list(self._subscriptions)
+            state, level, emitted = self._state, self._level, self._next_seq
         return HubStats(
             run_id=self._run_id,
-            state=self._state.value,
-            level=self._level,
-            emitted=self._next_seq,
-            subscribers=tuple(s.stats() for s in self._subscriptions),
+            state=state.value,
+            level=level,
+            emitted=emitted,
+            subscribers=tuple(s.stats() for s in subs),
         )
 
     # -- helpers ------------------------------------------------------------------------
@@ -596,29 +641,6 @@ class TelemetryHub:
             )
 
 
-def _without_secrets(event: TelemetryEvent) -> TelemetryEvent:
-    """The event with secrets in its free-text fields redacted (see ``redact_secrets``).
-
-    Every payload field a person or a subscriber can fill with text is covered: the run's
-    config and description, the finish message, an anomaly's message and a level
-    change's reason. PPO updates carry numbers only and pass untouched (no cost).
-    """
-    payload = event.payload
-    changes: dict[str, object]
-    if isinstance(payload, RunStartedPayload):
-        changes = {
-            "config": redact_secrets(payload.config),
-            "description": redact_secrets(payload.description),
-        }
-    elif isinstance(payload, RunFinishedPayload | AnomalyDetectedPayload):
-        changes = {"message": redact_secrets(payload.message)}
-    elif isinstance(payload, TelemetryLevelChangedPayload):
-        changes = {"reason": redact_secrets(payload.reason)}
-    else:
-        return event
-    return event.model_copy(update={"payload": payload.model_copy(update=changes)})
-
-
 def _checked_run_id(run_id: str | None) -> str:
     if run_id is None:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -633,20 +655,17 @@ def _checked_run_id(run_id: str | None) -> str:
 
 def _callables_of(
     subscriber: object,
-) -> tuple[
-    _Handle,
-    _Hook | None,
-    _Hook | None,
-]:
+) -> tuple[_Handle, _Hook | None, _Hook | None, Callable[[], object] | None]:
+    """``handle``, and ``flush``, ``close``, ``undelivered`` where the subscriber has them."""
     handle = getattr(subscriber, "handle", None)
     if callable(handle):
-        flush = getattr(subscriber, "flush", None)
-        close = getattr(subscriber, "close", None)
-        return handle, flush if callable(flush) else None, close if callable(close) else None
+        optional = [getattr(subscriber, n, None) for n in ("flush", "close", "undelivered")]
+        flush, close, undelivered = (fn if callable(fn) else None for fn in optional)
+        return handle, flush, close, undelivered
     if callable(subscriber):
-        return subscriber, None, None
+        return subscriber, None, None, None
     raise TypeError(
-        "subscriber must be a callable taking one TelemetryEvent, or an object with a "
+        "subscriber must be a callable taking one event, a Backend, or an object with a "
         f"handle(event) method; got {type(subscriber).__name__}"
     )
 
@@ -683,3 +702,60 @@ def _wait_tokens(tokens: list[Token], deadline: float | None) -> bool:
         if not token.done.wait(remaining):
             return False
     return True
+
+
+# -- blinker, ordered ----------------------------------------------------------------------
+
+
+class _OrderedSet(MutableSet[Any]):
+    """A set that iterates in insertion order (a dict's keys): blinker's ``set_class``.
+
+    Blinker calls receivers in the iteration order of this set, copied (``copy()``) or
+    merged (``|``) per ``send``; both keep the order.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[Any] = ()) -> None:
+        self._items: dict[Any, None] = dict.fromkeys(items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, value: Any) -> None:
+        self._items[value] = None
+
+    def discard(self, value: Any) -> None:
+        self._items.pop(value, None)
+
+    def copy(self) -> _OrderedSet:
+        # dict.copy is one C call: atomic under the GIL while subscribe() adds elsewhere.
+        new = _OrderedSet()
+        new._items = self._items.copy()
+        return new
+
+    def __repr__(self) -> str:
+        return f"_OrderedSet({list(self._items)!r})"
+
+
+class _OrderedSignal(blinker.NamedSignal):
+    """A blinker signal that calls its receivers in the order they were connected."""
+
+    # blinker types set_class as type[set]; it only needs add, discard, copy, | and
+    # ordered iteration, which _OrderedSet provides (MutableSet gives |).
+    set_class = _OrderedSet  # type: ignore[assignment]
+
+
+class _OrderedNamespace(blinker.Namespace):
+    """The hub's own namespace of ordered signals (never blinker's global one)."""
+
+    def signal(self, name: str, doc: str | None = None) -> blinker.NamedSignal:
+        if name not in self:
+            self[name] = _OrderedSignal(name, doc)
+        return self[name]

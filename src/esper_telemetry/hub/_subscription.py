@@ -1,9 +1,15 @@
 """One subscriber on a hub: its callables, its counters and, in thread mode, its worker.
 
+A subscription's ``receive`` is the receiver the hub connects (strongly) to its blinker
+signals: called by ``Signal.send(hub, event=...)``, it never raises; an exception that got past
+the subscriber's own isolation (KeyboardInterrupt) is *returned* as its result, so that
+``send`` goes on to the other receivers and the hub re-raises it afterwards.
+
 A threaded subscription owns a FIFO queue and one worker thread. The hub's dispatcher
 is the only producer of events, so the queue order is the hub's ``seq`` order. Control
 tokens (flush, stop) travel in the same queue, behind the events before them, and
-never count toward the bound or get dropped.
+never count toward the bound or get dropped. An idle worker is not woken by the
+dispatcher directly but through the hub's wake-up chain (``_wake.WakeChain``).
 """
 
 from __future__ import annotations
@@ -14,9 +20,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
-from esper_telemetry.contracts import EventType, SubscriberStats, TelemetryEvent
+from esper_telemetry.contracts import (
+    EVENT_CLASSES,
+    EventBase,
+    EventType,
+    SubscriberStats,
+    TelemetryEvent,
+)
+from esper_telemetry.hub._wake import WakeChain
 
 logger = logging.getLogger("esper_telemetry.hub")
 
@@ -55,12 +68,14 @@ class Subscription:
         handle: Callable[[TelemetryEvent], object],
         flush: Callable[[], object] | None,
         close: Callable[[], object] | None,
+        undelivered: Callable[[], object] | None,
         source: object,
         events: frozenset[EventType],
         mode: Mode,
         queue_size: int,
         when_full: WhenFull,
         block_timeout: float | None,
+        wake_chain: WakeChain,
     ) -> None:
         self.name = name
         self.source = source
@@ -72,6 +87,9 @@ class Subscription:
         self._handle = handle
         self._flush = flush
         self._close = close
+        self._undelivered = undelivered
+        self._undelivered_seen = 0
+        self._wake_chain = wake_chain
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -82,13 +100,15 @@ class Subscription:
         self._latency_max_ns = 0
         self._last_failure_log = -float("inf")
         self._failures_unlogged = 0
-        self._queue: deque[TelemetryEvent | Token] = deque()
+        self._queue: deque[EventBase | Token] = deque()
         self._queued_events = 0
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
         self._close_deadline: float | None = None
         self._in_hand = False
+        self._waiting = False  # the worker is parked in _not_empty.wait()
+        self._marked = False  # on the wake chain's list, not yet taken off by ring()
         self._worker: threading.Thread | None = None
         if mode == "thread":
             self._worker = threading.Thread(
@@ -101,46 +121,84 @@ class Subscription:
 
     # -- called by the hub's dispatcher -------------------------------------------------
 
-    def offer(self, event: TelemetryEvent) -> None:
+    def receive(self, sender: object, /, *, event: EventBase) -> BaseException | None:
+        """The blinker receiver (connected as this bound method): offer ``event``; never raises.
+
+        A bound method rather than ``__call__``: blinker asks ``inspect`` whether each
+        receiver is a coroutine function on every send, and for a method that costs
+        about a third less than for a callable instance.
+
+        Returns:
+            None, or the exception (KeyboardInterrupt, SystemExit) that interrupted the
+            offer; the hub re-raises it once every other receiver has had the event.
+        """
+        try:
+            self.offer(event)
+        except BaseException as exc:
+            return exc
+        return None
+
+    def offer(self, event: EventBase) -> None:
         """Deliver inline, or queue for the worker under the full-queue policy."""
         if self.mode == "inline":
             self.handle(event)
             return
-        with self._lock:
-            if self._queued_events >= self.queue_size:
+        chain_released = False
+        while True:
+            with self._lock:
+                if self._queued_events < self.queue_size:
+                    self._put(event)
+                    return
                 if self.when_full == "drop_oldest" or self.stuck:
                     # A subscriber already declared stuck does not get to stall the
                     # emitter again until it handles an event.
                     self._drop_oldest_event()
-                elif current_subscription() is not self:
-                    # Lossless back-pressure. A subscriber emitting from its own worker
-                    # must not wait on itself: it overflows the bound instead.
+                    self._put(event)
+                    return
+                if current_subscription() is self:
+                    # A subscriber emitting from its own worker must not wait on
+                    # itself: it overflows the bound instead.
+                    self._put(event)
+                    return
+                if chain_released:
+                    # Lossless back-pressure: wait for room, for at most block_timeout.
                     try:
                         self._wait_for_room()
-                    except BaseException:
-                        # Ctrl-C while waiting: queue the event anyway, one over the
-                        # bound, so that the interrupt loses no event.
+                    finally:
+                        # Also on Ctrl-C while waiting: the event is queued anyway (one
+                        # over the bound) so that the interrupt loses no event.
                         self._put(event)
-                        raise
-            self._put(event)
+                    return
+            # The worker we are about to wait on, and those given this event before,
+            # may still be waiting for their wake-up: hand them to the chain first,
+            # with our lock released (ring() takes each worker's lock, ours included).
+            self._wake_chain.release()
+            chain_released = True
 
-    def _put(self, event: TelemetryEvent) -> None:
-        """Append ``event`` to the queue and wake the worker (lock held)."""
+    def _put(self, event: EventBase) -> None:
+        """Append ``event`` to the queue; mark a parked worker for a wake-up (lock held)."""
         self._queue.append(event)
         self._queued_events += 1
-        self._not_empty.notify()
+        if self._waiting and not self._marked:
+            # In this order: interrupted in between, it is at worst listed twice
+            # (harmless), never marked without being listed (it would never be woken).
+            self._wake_chain.defer(self)
+            self._marked = True
+
+    def ring(self) -> bool:
+        """Wake the worker if it is parked; True when it was (called by the wake chain)."""
+        with self._lock:
+            self._marked = False  # the chain has taken it off its list
+            if not self._waiting:
+                return False
+            self._not_empty.notify()
+            return True
 
     def set_close_deadline(self, deadline: float) -> None:
         """From now on a blocked put gives up at ``deadline`` (the hub is closing)."""
         with self._lock:
             self._close_deadline = deadline
             self._not_full.notify_all()
-
-    def __call__(self, sender: object, /, **kwargs: object) -> None:
-        # Lets the subscription sit in a blinker signal; blinker's send(event=...) works.
-        event = kwargs.get("event")
-        if isinstance(event, TelemetryEvent):
-            self.offer(event)
 
     def send_token(self, kind: Literal["flush", "stop", "close"]) -> Token:
         """Queue a control token behind everything queued so far (thread mode)."""
@@ -177,6 +235,11 @@ class Subscription:
             self._not_full.notify_all()
 
     @property
+    def parked(self) -> bool:
+        """True while the worker waits for work (or has been woken and not yet run)."""
+        return self._waiting
+
+    @property
     def queue_depth(self) -> int:
         return self._queued_events
 
@@ -185,6 +248,8 @@ class Subscription:
         return self._worker
 
     def stats(self) -> SubscriberStats:
+        """Its counters now; asks the subscriber for ``undelivered()`` (never under a hub lock)."""
+        undelivered = self._read_undelivered()
         lat = sorted(self._latencies)
         return SubscriberStats(
             name=self.name,
@@ -194,6 +259,7 @@ class Subscription:
             failed=self.failed,
             dropped=self.dropped,
             abandoned=self.abandoned,
+            undelivered=undelivered,
             queue_depth=self._queued_events,
             queue_size=self.queue_size,
             latency_p50_ms=_percentile(lat, 0.50) / 1e6,
@@ -205,11 +271,13 @@ class Subscription:
 
     # -- handling -------------------------------------------------------------------------
 
-    def handle(self, event: TelemetryEvent) -> None:
+    def handle(self, event: EventBase) -> None:
         """Run the subscriber on one event; a raise is counted and logged, never propagated."""
         start = time.perf_counter_ns()
         try:
-            self._handle(event)
+            # emit() accepts any EventBase; subscribers are typed with the union of the
+            # event classes, which is what every event in practice is.
+            self._handle(cast("TelemetryEvent", event))
         except Exception as exc:
             self.failed += 1
             self._record_failure(exc, f"handling {event.event_type.value} seq={event.seq}")
@@ -220,6 +288,28 @@ class Subscription:
         self._latencies.append(elapsed)
         if elapsed > self._latency_max_ns:
             self._latency_max_ns = elapsed
+
+    def _read_undelivered(self) -> int:
+        """The subscriber's own ``undelivered()`` count; its last good value if it raises.
+
+        A raise, or something other than an int >= 0, counts as a failure (logged, kept in
+        ``last_error``), each time: a backend that cannot say what it lost is not lossless.
+        A stuck subscriber is not asked (it may hold the lock its count is behind); its
+        last reported count stands.
+        """
+        fn = self._undelivered
+        if fn is None or self.stuck:
+            return self._undelivered_seen
+        try:
+            value = fn()
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise TypeError(f"undelivered() must return an int >= 0, got {value!r}")
+        except Exception as exc:
+            self.failed += 1
+            self._record_failure(exc, "in undelivered()")
+            return self._undelivered_seen
+        self._undelivered_seen = value
+        return value
 
     def _call_optional(self, fn: Callable[[], object] | None, what: str) -> bool:
         if fn is None:
@@ -258,13 +348,7 @@ class Subscription:
     def _run(self) -> None:
         _local.subscription = self
         while True:
-            with self._lock:
-                while not self._queue:
-                    self._not_empty.wait()
-                item = self._queue.popleft()
-                if isinstance(item, TelemetryEvent):
-                    self._queued_events -= 1
-                    self._not_full.notify()
+            item = self._next_item()
             if isinstance(item, Token):
                 self._act_on(item)
                 if item.kind in ("stop", "close"):
@@ -273,6 +357,24 @@ class Subscription:
                 self._in_hand = True
                 self.handle(item)
                 self._in_hand = False
+
+    def _next_item(self) -> EventBase | Token:
+        """The next queued item; parks the worker while the queue is empty."""
+        while True:
+            with self._lock:
+                if self._queue:
+                    item = self._queue.popleft()
+                    if not isinstance(item, Token):
+                        self._queued_events -= 1
+                        self._not_full.notify()
+                    return item
+                self._waiting = True
+                try:
+                    self._not_empty.wait()
+                finally:
+                    self._waiting = False
+            # Pass the wake-up chain on before handling anything (see _wake).
+            self._wake_chain.woken(self)
 
     def _act_on(self, token: Token) -> None:
         if token.kind == "flush" or token.kind == "stop":
@@ -283,7 +385,7 @@ class Subscription:
 
     def _drop_oldest_event(self) -> None:
         for i, item in enumerate(self._queue):
-            if isinstance(item, TelemetryEvent):
+            if not isinstance(item, Token):
                 del self._queue[i]
                 self._queued_events -= 1
                 self.dropped += 1
@@ -321,19 +423,52 @@ def _percentile(sorted_values: list[int], q: float) -> float:
     return float(sorted_values[index])
 
 
-def parse_events(events: Iterable[EventType | str] | None) -> frozenset[EventType]:
-    """The event types a subscriber asked for (None: all of them)."""
+#: What ``subscribe(events=...)`` takes: an event class, an EventType or its value.
+EventSelector = type[EventBase] | EventType | str
+
+
+def parse_events(
+    events: EventSelector | Iterable[EventSelector] | None,
+) -> frozenset[EventType]:
+    """The event types a subscriber asked for (None: all of them).
+
+    ``events`` is one selector or an iterable of them; a selector is an event class
+    (``PPOUpdateCompleted``), an ``EventType`` or its value (``"PPO_UPDATE_COMPLETED"``).
+
+    Raises:
+        ValueError: a selector names no event type, or the selection is empty.
+    """
     if events is None:
         return frozenset(EventType)
-    if isinstance(events, str | EventType):
-        events = [events]
-    chosen: set[EventType] = set()
-    for e in events:
-        try:
-            chosen.add(EventType(e))
-        except ValueError:
-            names = ", ".join(t.value for t in EventType)
-            raise ValueError(f"events: {e!r} is not an event type; use one of {names}") from None
+    selectors: Iterable[object]
+    if isinstance(events, str | EventType | type) or not isinstance(events, Iterable):
+        selectors = [events]
+    else:
+        selectors = events
+    chosen = {_event_type_of(e) for e in selectors}
     if not chosen:
         raise ValueError("events: an empty selection would deliver nothing; pass None for all")
     return frozenset(chosen)
+
+
+def _event_type_of(selector: object) -> EventType:
+    if isinstance(selector, type) and selector in EVENT_CLASSES:
+        return _EVENT_TYPE_OF_CLASS[selector]
+    if isinstance(selector, str | EventType):
+        try:
+            return EventType(selector)
+        except ValueError:
+            pass
+    classes = ", ".join(c.__name__ for c in EVENT_CLASSES)
+    values = ", ".join(t.value for t in EventType)
+    shown = selector.__name__ if isinstance(selector, type) else repr(selector)
+    raise ValueError(
+        f"events: {shown} is not an event type; use event classes ({classes}), "
+        f"EventType members or their values ({values}), or None for all"
+    )
+
+
+#: The event type of each event class, from the class's fixed ``event_type``.
+_EVENT_TYPE_OF_CLASS: dict[type[EventBase], EventType] = {
+    cls: EventType(cls.model_fields["event_type"].default) for cls in EVENT_CLASSES
+}

@@ -8,12 +8,14 @@ from collections.abc import Mapping
 from esper_telemetry.contracts import (
     PPO_REQUIRED,
     PPO_STATISTICS,
+    HealthStatus,
     HealthThresholds,
     LSTMHealthDetail,
     LSTMHealthMetrics,
+    PPOUpdateCompleted,
     PPOUpdatePayload,
-    TelemetryEvent,
     TelemetryLevel,
+    health_status,
 )
 from esper_telemetry.hub import TelemetryHub
 
@@ -31,8 +33,8 @@ def emit_ppo_update_event(
     lstm_health: LSTMHealth | None = None,
     env_steps: int | None = None,
     thresholds: HealthThresholds | None = None,
-) -> TelemetryEvent | None:
-    """Publish ``PPO_UPDATE_COMPLETED`` for one PPO update.
+) -> PPOUpdateCompleted | None:
+    """Publish a :class:`PPOUpdateCompleted` event for one PPO update.
 
     Args:
         hub: The hub to publish on.
@@ -43,10 +45,14 @@ def emit_ppo_update_event(
             ``learning_rate`` are known (None allowed); any other key goes to ``extra``.
             NaN and Inf are kept as they are.
         lstm_health: What ``compute_lstm_health`` returned: metrics, ``(metrics,
-            detail)`` or None for a policy without an LSTM. The detail is published
-            only at DEBUG level, with the outlier envs under ``thresholds``.
+            detail)`` or None for a policy without an LSTM. The detail (per-layer and
+            per-env RMS, and the outlier envs under ``thresholds``) is published at
+            DEBUG level, and on any update whose state ``thresholds`` calls CRITICAL:
+            the update that trips an anomaly carries its own detail, although the
+            level only rises after it. Pass ``compute_lstm_health(state,
+            detail=True)`` to have it at hand.
         env_steps: Environment steps so far, all envs together.
-        thresholds: The health rule for naming outlier envs at DEBUG (default rule).
+        thresholds: The health rule (the anomaly detector's); default rule if None.
 
     Returns:
         The event as published, or None at level OFF (nothing is built).
@@ -81,7 +87,9 @@ def emit_ppo_update_event(
     fields: dict[str, object] = {"env_steps": env_steps, **_ppo_fields(metrics)}
     fields.update(_health_fields(lstm_health, level, thresholds))
     payload = PPOUpdatePayload.model_validate(fields)
-    return hub.emit(TelemetryEvent(event_type=payload.event_type, update=update, payload=payload))
+    event = hub.emit(PPOUpdateCompleted(update=update, payload=payload))
+    assert isinstance(event, PPOUpdateCompleted)
+    return event
 
 
 def _ppo_fields(metrics: object) -> dict[str, object]:
@@ -141,7 +149,9 @@ def _health_fields(
             f"a (metrics, detail) tuple, or None), got {type(health).__name__}"
         )
     fields: dict[str, object] = dict(health.to_dict())
-    if detail is not None and level >= TelemetryLevel.DEBUG:
+    if detail is not None and (
+        level >= TelemetryLevel.DEBUG or health_status(health, thresholds) is HealthStatus.CRITICAL
+    ):
         fields["lstm_detail"] = detail
         fields["lstm_outlier_envs"] = detail.outlier_envs(thresholds)
     return fields

@@ -5,12 +5,22 @@ flags, since NaN propagates through it) and one ``vector_norm`` pass over the hi
 dimension; everything else works on the small ``[layers, batch]`` result. All numbers
 then cross to the host in a single ``tolist()``.
 
-Two rare paths take a second transfer, both only for states that are already broken:
-NaN and Inf present together (the NaN hides the Inf in max|x|, so ``isinf`` is asked
-explicitly), and finite values whose squares leave float32's range, either huge
-(|x| > ~1.8e19) or vanishingly small (max|x| < 1e-18). Those are reduced again in
-float64 after dividing by max|x|, so the reported norms stay exact instead of turning
-into a false ``inf`` or ``0``.
+Thresholds compare strictly, so a state whose RMS is exactly a threshold must measure
+exactly that. Two facts make this hold without another pass over the data: when a
+tensor's min equals its max, every element is that value and every RMS of it is |max|
+exactly (a constant state, where rounded sums of squares would land an ulp either
+side); and no RMS exceeds max|x|, so an RMS figure that rounding pushed above it is
+brought back to max|x| (a state of ±a gives a, never a + ulp).
+
+Rare paths take a second transfer, only for states that are already broken: NaN
+present (the NaN hides any Inf in max|x|, so ``isinf`` is asked explicitly); finite
+values whose squares leave the range of the dtype the norms run in, either huge
+(|x| > ~1.8e19 in float32) or vanishingly small (max|x| < 1e-18 in float32); and, with
+``detail``, a tensor holding NaN or Inf, whose other layers and envs may hold such
+values. Each such tensor is reduced again in float64 after dividing by its largest
+finite |x|, so its norms stay exact instead of turning into a false ``inf`` or ``0``.
+This is decided per tensor, so a NaN in h does not stop the rescaling of c, and one
+second transfer serves all of it.
 """
 
 from __future__ import annotations
@@ -85,19 +95,26 @@ def compute_lstm_health(
     if hidden is None:
         return None
     h, c = _validated(hidden)
-    scale = (1.0, 1.0)
     # h and c are detached views: nothing below records autograd history.
-    values = _reduce(h, c, detail=detail, scale=scale)
+    values = _reduce(h, c, detail=detail)
     h_amax, c_amax = _abs_max(values[0], values[1]), _abs_max(values[2], values[3])
     has_nan = math.isnan(h_amax) or math.isnan(c_amax)
-    if has_nan:
-        # NaN wins in max|x| and can hide an Inf: ask for Inf directly (second transfer).
-        has_inf = bool((torch.isinf(h).any() | torch.isinf(c).any()).tolist())
-    else:
-        has_inf = math.isinf(h_amax) or math.isinf(c_amax)
-        if _out_of_range(values, h, h_amax, c, c_amax):
-            scale = (_safe_scale(h_amax), _safe_scale(c_amax))
-            values = _reduce(h, c, detail=detail, scale=scale)
+    has_inf = not has_nan and (math.isinf(h_amax) or math.isinf(c_amax))
+    rescale = (
+        _needs_rescale(values[4], h_amax, h, detail=detail),
+        _needs_rescale(values[5], c_amax, c, detail=detail),
+    )
+    scale = (1.0, 1.0)
+    if any(rescale):
+        # NaN wins in max|x| and can hide an Inf: when NaN is present, the same second
+        # transfer asks for Inf directly.
+        values = _reduce(h, c, detail=detail, rescale=rescale, find_inf=has_nan)
+        if has_nan:
+            has_inf = values.pop() != 0.0
+        scale = (values[-2], values[-1])
+        del values[-2:]
+    elif has_nan:
+        has_inf = bool(_any_inf(h, c).tolist())
     return _unpack(values, h, c, scale=scale, has_nan=has_nan, has_inf=has_inf, detail=detail)
 
 
@@ -158,41 +175,53 @@ def _len_note(obj: object) -> str:
 
 
 def _reduce(
-    h: torch.Tensor, c: torch.Tensor, *, detail: bool, scale: tuple[float, float]
+    h: torch.Tensor,
+    c: torch.Tensor,
+    *,
+    detail: bool,
+    rescale: tuple[bool, bool] = (False, False),
+    find_inf: bool = False,
 ) -> list[float]:
     """All reductions of (h, c) on their device, moved to the host in one ``tolist``.
 
     Layout: [h_hi, h_lo, c_hi, c_lo, h_ss, c_ss, h_env_norm_mean, c_env_norm_mean,
     h_env_norm_max, c_env_norm_max], then with detail the per-layer sums of squares
-    (h then c) and the per-env norms (h then c). Values are of ``x / scale``. Few,
-    small ops: on small states the per-op overhead, not the arithmetic, is the cost.
+    (h then c) and the per-env norms (h then c). When ``rescale`` names a tensor, that
+    tensor is reduced as ``x / scale`` (see ``_rescaled``) and the two scales follow (h's,
+    c's; 1.0 for one not rescaled). Last, with ``find_inf``, a value that is nonzero
+    when h or c holds ±Inf. Few, small ops: on small states the per-op overhead, not
+    the arithmetic, is the cost.
     """
-    h, c = _scaled(h, scale[0]), _scaled(c, scale[1])
+    tail: list[torch.Tensor] = []
+    if any(rescale):
+        (h, h_scale), (c, c_scale) = _rescaled(h, rescale[0]), _rescaled(c, rescale[1])
+        tail.append(torch.stack((h_scale, c_scale)))
+    else:
+        h, c = _at_least_float32(h), _at_least_float32(c)
+    if find_inf:
+        tail.append(_any_inf(h, c).to(torch.float64).reshape(1))
     h_lo, h_hi = _min_max(h)
     c_lo, c_hi = _min_max(c)
     norms = torch.stack((torch.linalg.vector_norm(h, dim=2), torch.linalg.vector_norm(c, dim=2)))
+    head = torch.stack((h_hi, h_lo, c_hi, c_lo))
     layers, batch = norms.shape[1], norms.shape[2]
     if layers * batch <= _HOST_ROWS:
         # Few rows: ship the row norms and finish in Python, saving ~6 tiny torch ops.
-        raw: list[float] = torch.cat(
-            (torch.stack((h_hi, h_lo, c_hi, c_lo)), norms.flatten())
-        ).tolist()
-        return raw[:4] + _finish_on_host(raw[4:], layers, batch, detail=detail)
+        raw: list[float] = torch.cat((head, norms.flatten(), *tail)).tolist()
+        if not tail:
+            return raw[:4] + _finish_on_host(raw[4:], layers, batch, detail=detail)
+        end = len(raw) - sum(t.numel() for t in tail)
+        return raw[:4] + _finish_on_host(raw[4:end], layers, batch, detail=detail) + raw[end:]
     squares = norms.square()  # [2, layers, batch]
     if norms.shape[1] == 1:
         env_ss, env_norm = squares[:, 0], norms[:, 0]
     else:
         env_ss = squares.sum(dim=1)
         env_norm = env_ss.sqrt()
-    parts = [
-        torch.stack((h_hi, h_lo, c_hi, c_lo)),
-        env_ss.sum(dim=1),
-        env_norm.mean(dim=1),
-        env_norm.amax(dim=1),
-    ]
+    parts = [head, env_ss.sum(dim=1), env_norm.mean(dim=1), env_norm.amax(dim=1)]
     if detail:
         parts += [squares.sum(dim=2).flatten(), env_norm.flatten()]
-    values: list[float] = torch.cat(parts).tolist()
+    values: list[float] = torch.cat(parts + tail).tolist()
     return values
 
 
@@ -228,12 +257,28 @@ def _finish_on_host(norms: list[float], layers: int, batch: int, *, detail: bool
     return ss + means + maxes + (layer_ss + env_norms if detail else [])
 
 
-def _scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
-    if scale != 1.0:
-        return x.double() / scale
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return x.float()
-    return x
+def _any_inf(h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """0-d bool tensor: h or c holds +Inf or -Inf (slow: it builds a bool tensor)."""
+    return torch.isinf(h).any() | torch.isinf(c).any()
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _rescaled(x: torch.Tensor, on: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """x in float64 divided by its largest finite |x| (1.0 if none), and that divisor.
+
+    With ``on=False``: x itself (fp16/bf16 in float32), and 1.0.
+    """
+    one = torch.ones((), dtype=torch.float64, device=x.device)
+    if not on:
+        return _at_least_float32(x), one
+    x = x.double()
+    # The largest finite |x|, so that NaN and Inf leave the other values' scale alone.
+    top = torch.nan_to_num(x.abs(), nan=0.0, posinf=0.0).amax()
+    top = torch.where(top > 0.0, top, one)
+    return x / top, top
 
 
 def _abs_max(hi: float, lo: float) -> float:
@@ -243,31 +288,24 @@ def _abs_max(hi: float, lo: float) -> float:
     return max(hi, -lo)
 
 
-def _out_of_range(
-    values: list[float], h: torch.Tensor, h_amax: float, c: torch.Tensor, c_amax: float
-) -> bool:
-    """True when squaring lost the values although every one of them is finite.
+def _needs_rescale(ss: float, amax: float, x: torch.Tensor, *, detail: bool) -> bool:
+    """True when squaring may have lost finite values of x, so x must be reduced again.
 
-    Overflow: a sum of squares became inf (|x| beyond ~1.8e19 in float32). Underflow:
-    max|x| is so small that the squares are subnormal or zero (below ~1e-19 in float32),
-    so norms would read 0 while max|x| does not.
+    Overflow: the sum of squares became inf although max|x| is finite (|x| beyond
+    ~1.8e19 in float32). Underflow: max|x| is so small that the squares are subnormal
+    or zero (below ~1e-19 in float32), so norms would read 0 while max|x| does not. A
+    tensor holding NaN or Inf makes its whole-tensor figures NaN or Inf anyway, but
+    with ``detail`` its other layers and envs are reported too, and the same can
+    happen to them: it is always reduced again then.
     """
-    h_ss, c_ss = values[4], values[5]
-    for ss, amax, x in ((h_ss, h_amax, h), (c_ss, c_amax, c)):
-        if not math.isfinite(amax):
-            continue
-        if math.isinf(ss) or 0.0 < amax < _tiny(x):
-            return True
-    return False
+    if not math.isfinite(amax):
+        return detail
+    return math.isinf(ss) or 0.0 < amax < _tiny(x)
 
 
 def _tiny(x: torch.Tensor) -> float:
     # Below this max|x|, x * x leaves the normal range of the dtype the norm runs in.
     return 1e-150 if x.dtype == torch.float64 else 1e-18
-
-
-def _safe_scale(amax: float) -> float:
-    return amax if math.isfinite(amax) and amax > 0.0 else 1.0
 
 
 def _unpack(
@@ -280,41 +318,81 @@ def _unpack(
     has_inf: bool,
     detail: bool,
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail]:
-    layers, batch, h_size = h.shape
-    c_size = c.shape[2]
-    h_amax, c_amax = _abs_max(values[0], values[1]), _abs_max(values[2], values[3])
-    h_ss, c_ss, h_env_mean, c_env_mean, h_env_max, c_env_max = values[4:10]
-    # The device worked on x / scale; the scale goes back on here, in float64.
-    h_scale, c_scale = scale
-    h_env_div = math.sqrt(layers * h_size)
-    c_env_div = math.sqrt(layers * c_size)
-    h_l2 = math.sqrt(h_ss) * h_scale
-    c_l2 = math.sqrt(c_ss) * c_scale
+    layers, batch = h.shape[0], h.shape[1]
+    h_shape, c_shape = (layers, batch, h.shape[2]), (layers, batch, c.shape[2])
+    h_l2, h_rms, h_env_mean, h_env_max, h_max = _figures(values, 0, scale[0], h_shape)
+    c_l2, c_rms, c_env_mean, c_env_max, c_max = _figures(values, 1, scale[1], c_shape)
     metrics = LSTMHealthMetrics(
         h_l2_total=h_l2,
         c_l2_total=c_l2,
-        h_rms=h_l2 / math.sqrt(layers * batch * h_size),
-        c_rms=c_l2 / math.sqrt(layers * batch * c_size),
-        h_env_rms_mean=h_env_mean * h_scale / h_env_div,
-        h_env_rms_max=h_env_max * h_scale / h_env_div,
-        c_env_rms_mean=c_env_mean * c_scale / c_env_div,
-        c_env_rms_max=c_env_max * c_scale / c_env_div,
-        h_max=h_amax * h_scale,
-        c_max=c_amax * c_scale,
+        h_rms=h_rms,
+        c_rms=c_rms,
+        h_env_rms_mean=h_env_mean,
+        h_env_rms_max=h_env_max,
+        c_env_rms_mean=c_env_mean,
+        c_env_rms_max=c_env_max,
+        h_max=h_max,
+        c_max=c_max,
         has_nan=has_nan,
         has_inf=has_inf,
     )
     if not detail:
         return metrics
-    rest = values[10:]
-    h_layer_ss, c_layer_ss = rest[:layers], rest[layers : 2 * layers]
-    h_env, c_env = rest[2 * layers : 2 * layers + batch], rest[2 * layers + batch :]
-    h_layer_div = math.sqrt(batch * h_size)
-    c_layer_div = math.sqrt(batch * c_size)
+    h_layer, h_env = _detail_figures(values, 0, scale[0], h_shape)
+    c_layer, c_env = _detail_figures(values, 1, scale[1], c_shape)
     info = LSTMHealthDetail(
-        h_layer_rms=tuple(math.sqrt(v) * h_scale / h_layer_div for v in h_layer_ss),
-        c_layer_rms=tuple(math.sqrt(v) * c_scale / c_layer_div for v in c_layer_ss),
-        h_env_rms=tuple(v * h_scale / h_env_div for v in h_env),
-        c_env_rms=tuple(v * c_scale / c_env_div for v in c_env),
+        h_layer_rms=h_layer, c_layer_rms=c_layer, h_env_rms=h_env, c_env_rms=c_env
     )
     return metrics, info
+
+
+def _figures(
+    values: list[float], t: int, scale: float, shape: tuple[int, int, int]
+) -> tuple[float, float, float, float, float]:
+    """(l2, rms, env_rms_mean, env_rms_max, max) of h (t=0) or c (t=1) from ``_reduce``.
+
+    The reductions were taken of ``x / scale``; the scale goes back on here, in float64.
+    """
+    layers, batch, size = shape
+    lo, hi = values[2 * t + 1], values[2 * t]
+    amax = _abs_max(hi, lo) * scale
+    if lo == hi:
+        # Every element is hi: each RMS is |hi| exactly, where the sums would round.
+        return amax * math.sqrt(layers * batch * size), amax, amax, amax, amax
+    ss = values[4 + t]
+    env_div = math.sqrt(layers * size)
+    return (
+        math.sqrt(ss) * scale,
+        # sqrt(ss / n) rounds once less than sqrt(ss) / sqrt(n).
+        _at_most(math.sqrt(ss / (layers * batch * size)) * scale, amax),
+        _at_most(values[6 + t] * scale / env_div, amax),
+        _at_most(values[8 + t] * scale / env_div, amax),
+        amax,
+    )
+
+
+def _detail_figures(
+    values: list[float], t: int, scale: float, shape: tuple[int, int, int]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(per-layer RMS, per-env RMS) of h (t=0) or c (t=1), as ``_figures`` does."""
+    layers, batch, size = shape
+    lo, hi = values[2 * t + 1], values[2 * t]
+    amax = _abs_max(hi, lo) * scale
+    if lo == hi:
+        return (amax,) * layers, (amax,) * batch
+    # After the 10 metrics: per-layer sums of squares (h, c), then per-env norms (h, c).
+    layer_at, env_at = 10 + t * layers, 10 + 2 * layers + t * batch
+    layer_ss, env_norms = values[layer_at : layer_at + layers], values[env_at : env_at + batch]
+    env_div = math.sqrt(layers * size)
+    layer_rms = tuple(_at_most(math.sqrt(v / (batch * size)) * scale, amax) for v in layer_ss)
+    env_rms = tuple(v * scale / env_div for v in env_norms)
+    # values[8 + t] is the largest of env_norms, and rounding is monotonic: when it stays
+    # at or below max|x|, so does every env (and a pass over the batch is saved).
+    if values[8 + t] * scale / env_div > amax:
+        env_rms = tuple(_at_most(v, amax) for v in env_rms)
+    return layer_rms, env_rms
+
+
+def _at_most(rms: float, amax: float) -> float:
+    # An RMS never exceeds max|x|; only rounding can push it above. NaN stays NaN.
+    return amax if rms > amax else rms

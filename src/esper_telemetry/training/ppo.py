@@ -23,28 +23,28 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from esper_telemetry.contracts import (
-    EventType,
+    HealthThresholds,
     LSTMHealthMetrics,
+    RunFinished,
     RunFinishedPayload,
+    RunStarted,
     RunStartedPayload,
-    TelemetryEvent,
     TelemetryLevel,
 )
 from esper_telemetry.errors import TrainingHalted
 from esper_telemetry.hub import TelemetryHub
 from esper_telemetry.telemetry import compute_lstm_health, emit_ppo_update_event
 from esper_telemetry.training.envs import make_cartpole_novel
+from esper_telemetry.training.faults import FAULT_KINDS, FaultKind
 
-FaultKind = Literal["nan", "inf", "explode", "vanish"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("nan", "inf", "explode", "vanish")
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 #: (actor (h, c), critic (h, c)).
 RecurrentState = tuple[LSTMState, LSTMState]
@@ -308,32 +308,76 @@ class TrainResult:
         return sum(last) / len(last) if last else math.nan
 
 
+@dataclass
+class _Rollout:
+    """One rollout's buffers, ``[steps, envs]`` each, and what PPO needs besides."""
+
+    obs: torch.Tensor
+    starts: torch.Tensor
+    actions: torch.Tensor
+    logp: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    initial_state: RecurrentState
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The buffers in the order ``_ppo_epochs`` reads them."""
+        return (
+            self.obs,
+            self.starts,
+            self.actions,
+            self.logp,
+            self.values,
+            self.advantages,
+            self.returns,
+        )
+
+
+@dataclass
+class _Runner:
+    """The state a run carries from one update to the next."""
+
+    config: PPOConfig
+    envs: Any
+    model: RecurrentActorCritic
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    norm: Normalizer
+    obs: torch.Tensor
+    starts: torch.Tensor
+    state: RecurrentState
+    result: TrainResult
+    returns_window: deque[float]
+    episode_return: np.ndarray
+
+
 def train(
     config: PPOConfig,
     hub: TelemetryHub,
     *,
     on_update: Callable[[UpdateInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> TrainResult:
     """Train a recurrent PPO agent on CartPoleNoVel, publishing telemetry on ``hub``.
 
-    Emits RUN_STARTED, one PPO_UPDATE_COMPLETED per update and RUN_FINISHED. Stops early
-    when ``should_stop()`` turns true or on KeyboardInterrupt (status "interrupted"), or
-    when a subscriber requested a halt (status "halted"). Deterministic on CPU for a
-    given seed. Does not close the hub.
-    """
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    envs = make_cartpole_novel(config.envs)
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    assert obs_space.shape is not None
-    assert hasattr(act_space, "n")
-    model = RecurrentActorCritic(obs_space.shape[0], int(act_space.n), config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-5)
+    Emits ``RunStarted``, one ``PPOUpdateCompleted`` per update and ``RunFinished``.
+    Stops early when ``should_stop()`` turns true or on KeyboardInterrupt (status
+    "interrupted"), or when a subscriber requested a halt (status "halted").
+    Deterministic on CPU for a given seed. Does not close the hub.
 
+    Args:
+        config: The run's settings.
+        hub: Where the events go.
+        on_update: Called after each update is published (e.g. a progress bar).
+        should_stop: Polled before each update; True stops the run cleanly.
+        thresholds: The health rule (the anomaly detector's), used to decide which
+            updates carry per-layer and per-env detail.
+    """
+    runner = _start(config)
     hub.emit(
-        TelemetryEvent(
-            event_type=EventType.RUN_STARTED,
+        RunStarted(
             update=0,
             payload=RunStartedPayload(
                 config={k: _jsonable(v) for k, v in asdict(config).items()},
@@ -341,14 +385,7 @@ def train(
             ),
         )
     )
-    result = TrainResult(status="completed", updates=0, env_steps=0)
-    returns_window: deque[float] = deque(maxlen=20)
-    episode_return = np.zeros(config.envs)
-    norm = Normalizer(obs_space.shape[0], config.envs, config.gamma, config.normalize)
-    obs_np, _ = envs.reset(seed=config.seed)
-    obs = norm.observe(obs_np)
-    starts = torch.ones(config.envs, dtype=torch.bool)
-    state = model.initial_state(config.envs)
+    result = runner.result
     try:
         for update in range(config.updates):
             if should_stop is not None and should_stop():
@@ -357,96 +394,24 @@ def train(
             hub.raise_if_halted()
             began = time.perf_counter()
             progress = 1.0 - update / config.updates if config.anneal else 1.0
-            for group in optimizer.param_groups:
+            for group in runner.optimizer.param_groups:
                 group["lr"] = config.lr * progress
-
-            # -- 1. rollout ------------------------------------------------------------
-            T, B = config.steps, config.envs
-            buf_obs = torch.zeros((T, B, *obs.shape[1:]))
-            buf_starts = torch.zeros((T, B), dtype=torch.bool)
-            buf_actions = torch.zeros((T, B), dtype=torch.long)
-            buf_logp = torch.zeros((T, B))
-            buf_values = torch.zeros((T, B))
-            buf_rewards = torch.zeros((T, B))
-            buf_dones = torch.zeros((T, B), dtype=torch.bool)
-            initial_state = select_envs(state, torch.arange(B))
-            with torch.no_grad():
-                for t in range(T):
-                    buf_obs[t], buf_starts[t] = obs, starts
-                    logits, value, state = model.unroll(obs[None], starts[None], state)
-                    action = sample_actions(logits[0], generator)
-                    buf_actions[t] = action
-                    buf_logp[t] = torch.log_softmax(logits[0], -1).gather(1, action[:, None])[:, 0]
-                    buf_values[t] = value[0]
-                    obs_np, raw_reward, terminated, truncated, info = envs.step(action.numpy())
-                    done = terminated | truncated
-                    episode_return += raw_reward
-                    reward = norm.reward(raw_reward.astype(np.float64), done)
-                    # A time limit is not a failure: bootstrap the value of the last obs.
-                    cut = truncated & ~terminated
-                    if cut.any():
-                        final = norm.observe(np.stack(info["final_obs"][cut]), update=False)
-                        idx = torch.as_tensor(np.flatnonzero(cut))
-                        sub = select_envs(state, idx)
-                        no_start = torch.zeros(1, len(idx), dtype=torch.bool)
-                        _, v_final, _ = model.unroll(final[None], no_start, sub)
-                        reward[cut] += config.gamma * v_final[0].numpy()
-                    for i in np.flatnonzero(done):
-                        returns_window.append(float(episode_return[i]))
-                        result.episode_returns.append(float(episode_return[i]))
-                        episode_return[i] = 0.0
-                    buf_rewards[t] = torch.as_tensor(reward)
-                    buf_dones[t] = torch.as_tensor(done)
-                    obs, starts = norm.observe(obs_np), torch.as_tensor(done)
-                _, last_value, _ = model.unroll(obs[None], starts[None], state)
-            advantages, returns = compute_gae(
-                buf_rewards, buf_values, buf_dones, last_value[0], config.gamma, config.gae_lambda
-            )
-            result.env_steps += T * B
-
-            # -- 2. PPO epochs over whole sequences -----------------------------------
+            rollout = _rollout(runner)  # 1. play ``steps`` steps in every env
             clip = config.clip * progress if config.anneal else config.clip
-            stats = _ppo_epochs(
-                model,
-                optimizer,
+            stats = _ppo_epochs(  # 2. PPO epochs over whole sequences
+                runner.model,
+                runner.optimizer,
                 config,
                 clip,
-                generator,
-                (buf_obs, buf_starts, buf_actions, buf_logp, buf_values, advantages, returns),
-                initial_state,
+                runner.generator,
+                rollout.tensors(),
+                rollout.initial_state,
             )
-
-            # -- 3. telemetry ---------------------------------------------------------
-            if config.fault is not None and config.fault[1] == update:
-                state = (_corrupt(state[0], config.fault[0]), state[1])
-            level = hub.level
-            health = (  # at OFF, telemetry costs nothing: not even the health check
-                compute_lstm_health(state[0], detail=level >= TelemetryLevel.DEBUG)
-                if level > TelemetryLevel.OFF
-                else None
-            )
-            mean_return = sum(returns_window) / len(returns_window) if returns_window else math.nan
-            stats.update(
-                learning_rate=config.lr * progress,
-                return_mean=mean_return,
-                episodes=float(len(result.episode_returns)),
-            )
-            emit_ppo_update_event(
-                hub, update=update, metrics=stats, lstm_health=health, env_steps=result.env_steps
-            )
+            stats["learning_rate"] = config.lr * progress
+            info = _publish(runner, hub, update, stats, thresholds)  # 3. telemetry
             result.updates = update + 1
             if on_update is not None:
-                metrics = health[0] if isinstance(health, tuple) else health
-                on_update(
-                    UpdateInfo(
-                        update=update,
-                        env_steps=result.env_steps,
-                        mean_return=mean_return,
-                        health=metrics,
-                        level=hub.level,
-                        seconds=time.perf_counter() - began,
-                    )
-                )
+                on_update(replace(info, seconds=time.perf_counter() - began))
         else:
             hub.raise_if_halted()  # a halt requested by the last update still counts
     except TrainingHalted as halt:
@@ -454,9 +419,125 @@ def train(
     except KeyboardInterrupt:
         result.status, result.message = "interrupted", "interrupted by the user"
     finally:
-        envs.close()
+        runner.envs.close()
     _emit_finished(hub, result)
     return result
+
+
+def _start(config: PPOConfig) -> _Runner:
+    """Seed everything, build the envs, the model and its optimiser, reset the envs."""
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    envs = make_cartpole_novel(config.envs)
+    obs_space, act_space = envs.single_observation_space, envs.single_action_space
+    assert obs_space.shape is not None
+    assert hasattr(act_space, "n")
+    model = RecurrentActorCritic(obs_space.shape[0], int(act_space.n), config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-5)
+    norm = Normalizer(obs_space.shape[0], config.envs, config.gamma, config.normalize)
+    obs_np, _ = envs.reset(seed=config.seed)
+    return _Runner(
+        config=config,
+        envs=envs,
+        model=model,
+        optimizer=optimizer,
+        generator=generator,
+        norm=norm,
+        obs=norm.observe(obs_np),
+        starts=torch.ones(config.envs, dtype=torch.bool),
+        state=model.initial_state(config.envs),
+        result=TrainResult(status="completed", updates=0, env_steps=0),
+        returns_window=deque(maxlen=20),
+        episode_return=np.zeros(config.envs),
+    )
+
+
+def _rollout(r: _Runner) -> _Rollout:
+    """Play ``steps`` steps in every env, carrying the LSTM state; compute GAE."""
+    config, model, norm = r.config, r.model, r.norm
+    T, B = config.steps, config.envs
+    buf_obs = torch.zeros((T, B, *r.obs.shape[1:]))
+    buf_starts = torch.zeros((T, B), dtype=torch.bool)
+    buf_actions = torch.zeros((T, B), dtype=torch.long)
+    buf_logp = torch.zeros((T, B))
+    buf_values = torch.zeros((T, B))
+    buf_rewards = torch.zeros((T, B))
+    buf_dones = torch.zeros((T, B), dtype=torch.bool)
+    initial_state = select_envs(r.state, torch.arange(B))
+    obs, starts, state = r.obs, r.starts, r.state
+    with torch.no_grad():
+        for t in range(T):
+            buf_obs[t], buf_starts[t] = obs, starts
+            logits, value, state = model.unroll(obs[None], starts[None], state)
+            action = sample_actions(logits[0], r.generator)
+            buf_actions[t] = action
+            buf_logp[t] = torch.log_softmax(logits[0], -1).gather(1, action[:, None])[:, 0]
+            buf_values[t] = value[0]
+            obs_np, raw_reward, terminated, truncated, info = r.envs.step(action.numpy())
+            done = terminated | truncated
+            r.episode_return += raw_reward
+            reward = norm.reward(raw_reward.astype(np.float64), done)
+            # A time limit is not a failure: bootstrap the value of the last obs.
+            cut = truncated & ~terminated
+            if cut.any():
+                final = norm.observe(np.stack(info["final_obs"][cut]), update=False)
+                idx = torch.as_tensor(np.flatnonzero(cut))
+                no_start = torch.zeros(1, len(idx), dtype=torch.bool)
+                _, v_final, _ = model.unroll(final[None], no_start, select_envs(state, idx))
+                reward[cut] += config.gamma * v_final[0].numpy()
+            for i in np.flatnonzero(done):
+                r.returns_window.append(float(r.episode_return[i]))
+                r.result.episode_returns.append(float(r.episode_return[i]))
+                r.episode_return[i] = 0.0
+            buf_rewards[t] = torch.as_tensor(reward)
+            buf_dones[t] = torch.as_tensor(done)
+            obs, starts = norm.observe(obs_np), torch.as_tensor(done)
+        _, last_value, _ = model.unroll(obs[None], starts[None], state)
+    r.obs, r.starts, r.state = obs, starts, state
+    advantages, returns = compute_gae(
+        buf_rewards, buf_values, buf_dones, last_value[0], config.gamma, config.gae_lambda
+    )
+    r.result.env_steps += T * B
+    return _Rollout(
+        buf_obs, buf_starts, buf_actions, buf_logp, buf_values, advantages, returns, initial_state
+    )
+
+
+def _publish(
+    r: _Runner,
+    hub: TelemetryHub,
+    update: int,
+    stats: dict[str, float],
+    thresholds: HealthThresholds | None,
+) -> UpdateInfo:
+    """Measure the actor's LSTM state and emit the update's event (the demo fault first)."""
+    config = r.config
+    if config.fault is not None and config.fault[1] == update:
+        r.state = (_corrupt(r.state[0], config.fault[0]), r.state[1])
+    # At OFF, telemetry costs nothing: not even the health check. Detail is computed
+    # always (cheap next to an LSTM step); the emitter publishes it when it is due.
+    health = (
+        compute_lstm_health(r.state[0], detail=True) if hub.level > TelemetryLevel.OFF else None
+    )
+    window = r.returns_window
+    mean_return = sum(window) / len(window) if window else math.nan
+    stats.update(return_mean=mean_return, episodes=float(len(r.result.episode_returns)))
+    emit_ppo_update_event(
+        hub,
+        update=update,
+        metrics=stats,
+        lstm_health=health,
+        env_steps=r.result.env_steps,
+        thresholds=thresholds,
+    )
+    return UpdateInfo(
+        update=update,
+        env_steps=r.result.env_steps,
+        mean_return=mean_return,
+        health=health[0] if health is not None else None,
+        level=hub.level,
+        seconds=0.0,
+    )
 
 
 def _ppo_epochs(
@@ -532,8 +613,7 @@ def _emit_finished(hub: TelemetryHub, result: TrainResult) -> None:
         "return_mean_last20": result.mean_return,
     }
     hub.emit(
-        TelemetryEvent(
-            event_type=EventType.RUN_FINISHED,
+        RunFinished(
             update=max(result.updates - 1, 0),
             payload=RunFinishedPayload(
                 status=result.status,

@@ -9,12 +9,22 @@ Needs the ``tui`` extra: ``pip install 'esper-telemetry[tui]'`` (Textual).
   is writing (``esper watch``);
 * :func:`run_panel` shows the panel on the main thread while training runs on another
   (``esper ppo --tui``).
+
+:func:`format_value` is :func:`esper_telemetry.contracts.format_value`, the one way esper
+writes a number for a person, re-exported here for the panel's users.
 """
 
+from esper_telemetry._extras import missing_message
+
+try:
+    import textual  # noqa: F401  (only to name the extra when it is missing)
+except ModuleNotFoundError as exc:
+    raise ImportError(missing_message("esper_telemetry.tui", "textual"), name="textual") from exc
+
+from esper_telemetry.contracts import format_value
 from esper_telemetry.tui._app import HealthPanel
 from esper_telemetry.tui._backend import PANEL_QUEUE_SIZE, PanelBackend, subscribe_panel
 from esper_telemetry.tui._follow import Chunk, LogFollower
-from esper_telemetry.tui._format import format_value
 from esper_telemetry.tui._runner import run_panel
 
 __all__ = [

@@ -1,7 +1,8 @@
 """HealthPanel: the live terminal panel of one run's LSTM health (Textual).
 
 The panel shows what :class:`~esper_telemetry.tui._state.PanelState` holds: h_rms and
-c_rms with their verdicts (a word and a colour, by the one rule ``health_status`` and
+c_rms with their verdicts (a word and a colour from ``STATUS_COLOUR``, by the one rule:
+``LSTMHealthMetrics.status_of`` per tensor, ``health_status`` for the whole state, with
 the run's ``HealthThresholds``), env-RMS mean and max, max |h| and |c|, the NaN/Inf
 flags, sparklines of h_rms and c_rms, the last update's PPO statistics, the anomaly
 log (newest first), the telemetry level and when it changed, and each subscriber's
@@ -38,15 +39,19 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from esper_telemetry.analytics import BadLine
 from esper_telemetry.contracts import (
+    AnomalyDetected,
     HealthStatus,
     HealthThresholds,
     HubStats,
+    Severity,
+    SubscriberStats,
     TelemetryEvent,
     TelemetryLevel,
+    format_value,
 )
 from esper_telemetry.tui._follow import LogFollower
-from esper_telemetry.tui._format import STATUS_STYLE, format_value, sparkline, status_text
-from esper_telemetry.tui._state import PanelState
+from esper_telemetry.tui._format import sparkline, status_style, status_text
+from esper_telemetry.tui._state import HealthView, PanelState
 
 #: Rows of the health table (key, label); its columns are h and c.
 _HEALTH_ROWS = (
@@ -61,7 +66,13 @@ Cell = str | Text
 
 _SUBSCRIBER_COLUMNS = ("subscriber", "delivered", "failed", "dropped", "queue")
 
-HELP_TEXT = """\
+#: The colour an anomaly row takes: that of the verdict its severity corresponds to.
+_SEVERITY_STATUS = {
+    Severity.WARNING: HealthStatus.WARNING,
+    Severity.CRITICAL: HealthStatus.CRITICAL,
+}
+
+HELP_TEXT = f"""\
 [b]esper — LSTM health panel[/b]
 
   [b]q[/b]   quit (in `esper ppo --tui`: stops training after the current
@@ -70,9 +81,9 @@ HELP_TEXT = """\
   [b]?[/b]   this help (escape or ? closes it)
 
 Status words follow the one health rule (the detector's thresholds):
-  [bold green]HEALTHY[/]   every RMS within bounds
-  [bold yellow]WARNING[/]   an RMS above warning_rms
-  [bold red]CRITICAL[/]  NaN/Inf, an RMS or env-RMS above critical_rms,
+  [{status_style(HealthStatus.HEALTHY)}]HEALTHY[/]   every RMS within bounds
+  [{status_style(HealthStatus.WARNING)}]WARNING[/]   an RMS above warning_rms
+  [{status_style(HealthStatus.CRITICAL)}]CRITICAL[/]  NaN/Inf, an RMS or env-RMS above critical_rms,
             or an RMS below vanishing_rms
 
 Sparklines: h_rms and c_rms of the last updates, log scale,
@@ -459,16 +470,10 @@ class HealthPanel(App[None]):
                 _flag(m.has_inf),
             ),
         )
-        cells: dict[str, list[Cell]] = {key: [label] for key, label in _HEALTH_ROWS}
-        for tensor, status in (("h", view.h_status), ("c", view.c_status)):
-            style = STATUS_STYLE[status].replace("bold ", "")
-            cells["rms"].append(Text(format_value(getattr(m, f"{tensor}_rms")), style=style))
-            cells["status"].append(status_text(status))
-            cells["env_mean"].append(format_value(getattr(m, f"{tensor}_env_rms_mean")))
-            cells["env_max"].append(format_value(getattr(m, f"{tensor}_env_rms_max")))
-            cells["max"].append(format_value(getattr(m, f"{tensor}_max")))
-        rows = [(key, tuple(values)) for key, values in cells.items()]
-        self._sync_table("health", rows)
+        self._sync_table("health", _health_rows(view))
+        self._set_text("sparklines", self._sparklines(view.update))
+
+    def _sparklines(self, update: int) -> Text:
         history = list(self.state.rms_history)
         lines = Text()
         for label, index in (("h_rms", 1), ("c_rms", 2)):
@@ -476,8 +481,8 @@ class HealthPanel(App[None]):
             lines.append(f"{label} ")
             lines.append_text(sparkline(values, self.thresholds))
             lines.append(f"  {format_value(values[-1])}\n")
-        lines.append(f"updates {history[0][0]}–{view.update}, log scale", style="dim")
-        self._set_text("sparklines", lines)
+        lines.append(f"updates {history[0][0]}–{update}, log scale", style="dim")
+        return lines
 
     def _render_ppo(self) -> None:
         update = self.state.ppo_update
@@ -497,36 +502,25 @@ class HealthPanel(App[None]):
         if count == self._shown_anomalies:
             return
         self._shown_anomalies = count
-        rows: list[tuple[str, tuple[Cell, ...]]] = []
-        for row in self.state.anomalies:
-            style = "bold red" if row.severity == "critical" else "bold yellow"
-            cells: tuple[Cell, ...] = (
-                str(row.update),
-                Text(row.anomaly_type, style=style),
-                Text(row.severity.upper(), style=style),
-                format_value(row.observed),
-                format_value(row.threshold),
-            )
-            rows.append((str(row.seq), cells))
-        self._sync_table("anomalies", rows)
+        self._sync_table("anomalies", [_anomaly_row(event) for event in self.state.anomalies])
         shown = len(self.state.anomalies)
         more = f", newest {shown} shown" if shown < count else ""
         self._set_title("anomalies", f"Anomalies (newest first): {count}{more}")
 
     def _render_level(self) -> None:
-        info = self.state.level
-        if info is None:
+        level, change = self.state.level, self.state.level_change
+        if level is None:
             self._set_text("level", Text("no event yet", style="dim"))
             return
-        style = "bold magenta" if info.level >= TelemetryLevel.DEBUG else "bold"
-        text = Text.assemble((info.level.name, style))
-        if info.since_update is None:
+        style = "bold magenta" if level >= TelemetryLevel.DEBUG else "bold"
+        text = Text.assemble((level.name, style))
+        if change is None:
             text.append("  since the start", style="dim")
         else:
-            when = info.since.astimezone(UTC).strftime("%H:%M:%S UTC") if info.since else "?"
-            text.append(f"  since update {info.since_update} ({when})")
-            if info.reason:
-                text.append(f"\n{info.reason}", style="dim")
+            when = change.timestamp.astimezone(UTC).strftime("%H:%M:%S UTC")
+            text.append(f"  since update {change.update} ({when})")
+            if change.payload.reason:
+                text.append(f"\n{change.payload.reason}", style="dim")
         self._set_text("level", text)
 
     def _render_subscribers(self) -> None:
@@ -536,27 +530,13 @@ class HealthPanel(App[None]):
             table.display = stats is not None
         if stats is None:
             note = "n/a (watching a log)" if self._follow is not None else "no stats yet"
-            self._set_text("subscribers-note", Text(note))
-            return
-        if self.state.hub_stats_live:
+        elif self.state.hub_stats_live:
             note = f"live from the hub, every {self._stats_interval:g} s"
         else:
             note = "from RUN_FINISHED: the counts just before the hub closed"
         self._set_text("subscribers-note", Text(note))
-        rows: list[tuple[str, tuple[Cell, ...]]] = [
-            (
-                s.name,
-                (
-                    s.name,
-                    str(s.delivered),
-                    Text(str(s.failed), style="bold red" if s.failed else ""),
-                    Text(str(s.dropped), style="bold yellow" if s.dropped else ""),
-                    f"{s.queue_depth}/{s.queue_size}" if s.mode == "thread" else "inline",
-                ),
-            )
-            for s in stats.subscribers
-        ]
-        self._sync_table("subscribers", rows)
+        if stats is not None:
+            self._sync_table("subscribers", [_subscriber_row(s) for s in stats.subscribers])
 
     def _render_status(self) -> None:
         s = self.state
@@ -576,19 +556,67 @@ class HealthPanel(App[None]):
             text.append(f"  ·  {self.work_status}: press q to leave", style="bold")
         if self.paused:
             text.append("  ·  PAUSED: display frozen, training goes on (p resumes)", "reverse")
-        if self._follow is not None:
-            waiting = self._follow.waiting_for
-            if waiting:
-                text.append(f"  ·  {waiting}", style="dim")
-        if self._read_error:
-            text.append(f"\n{self._read_error}", style="bold red")
-        if s.bad_line_count:
-            last = s.bad_lines[-1]
-            plural = "" if s.bad_line_count == 1 else "s"
-            text.append(
-                f"\n{s.bad_line_count} bad line{plural} skipped; last: {last}", style="bold red"
-            )
+        text.append_text(self._problems())
         self._set_text("status", text)
+
+    def _problems(self) -> Text:
+        """What the status line says about reading a followed log."""
+        text = Text()
+        waiting = self._follow.waiting_for if self._follow is not None else None
+        if waiting:
+            text.append(f"  ·  {waiting}", style="dim")
+        alarm = status_style(HealthStatus.CRITICAL)
+        if self._read_error:
+            text.append(f"\n{self._read_error}", style=alarm)
+        s = self.state
+        if s.bad_line_count:
+            plural = "" if s.bad_line_count == 1 else "s"
+            last = s.bad_lines[-1]
+            text.append(f"\n{s.bad_line_count} bad line{plural} skipped; last: {last}", alarm)
+        return text
+
+
+def _health_rows(view: HealthView) -> list[tuple[str, tuple[Cell, ...]]]:
+    """The health table: one row per ``_HEALTH_ROWS`` entry, a cell for h and one for c."""
+    m = view.metrics
+    cells: dict[str, list[Cell]] = {key: [label] for key, label in _HEALTH_ROWS}
+    for tensor, status in (("h", view.h_status), ("c", view.c_status)):
+        style = status_style(status, bold=False)
+        cells["rms"].append(Text(format_value(getattr(m, f"{tensor}_rms")), style=style))
+        cells["status"].append(status_text(status))
+        cells["env_mean"].append(format_value(getattr(m, f"{tensor}_env_rms_mean")))
+        cells["env_max"].append(format_value(getattr(m, f"{tensor}_env_rms_max")))
+        cells["max"].append(format_value(getattr(m, f"{tensor}_max")))
+    return [(key, tuple(values)) for key, values in cells.items()]
+
+
+def _anomaly_row(event: AnomalyDetected) -> tuple[str, tuple[Cell, ...]]:
+    """One row of the anomaly log, keyed by the event's seq."""
+    a = event.payload.anomaly
+    style = status_style(_SEVERITY_STATUS[a.severity])
+    cells: tuple[Cell, ...] = (
+        str(event.update),
+        Text(a.type.value, style=style),
+        Text(a.severity.value.upper(), style=style),
+        format_value(a.observed),
+        format_value(a.threshold),
+    )
+    return str(event.seq), cells
+
+
+def _subscriber_row(s: SubscriberStats) -> tuple[str, tuple[Cell, ...]]:
+    """One row of the subscriber table: failures in red, drops in yellow."""
+    failed = status_style(HealthStatus.CRITICAL) if s.failed else ""
+    dropped = status_style(HealthStatus.WARNING) if s.dropped else ""
+    queue = f"{s.queue_depth}/{s.queue_size}" if s.mode == "thread" else "inline"
+    cells: tuple[Cell, ...] = (
+        s.name,
+        str(s.delivered),
+        Text(str(s.failed), style=failed),
+        Text(str(s.dropped), style=dropped),
+        queue,
+    )
+    return s.name, cells
 
 
 def _counters(stats: HubStats) -> list[tuple[str, int, int, int, int]]:
@@ -597,4 +625,4 @@ def _counters(stats: HubStats) -> list[tuple[str, int, int, int, int]]:
 
 
 def _flag(value: bool) -> Text:
-    return Text("yes", style=STATUS_STYLE[HealthStatus.CRITICAL]) if value else Text("no")
+    return Text("yes", style=status_style(HealthStatus.CRITICAL)) if value else Text("no")

@@ -2,57 +2,35 @@
 
 ``PanelState`` absorbs events one at a time and holds everything the panel shows; it
 knows nothing of Textual, so the panel's logic is plain, testable Python and the
-widgets only copy it to the screen.
+widgets only copy it to the screen. Events are kept as they came (the anomaly log holds
+the ``AnomalyDetected`` events themselves), never copied into look-alike rows.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
 
 from esper_telemetry.analytics import BadLine
 from esper_telemetry.contracts import (
     PPO_STATISTICS,
-    AnomalyDetectedPayload,
+    AnomalyDetected,
     HealthStatus,
     HealthThresholds,
     HubStats,
     LSTMHealthMetrics,
+    PPOUpdateCompleted,
     PPOUpdatePayload,
+    RunFinished,
     RunFinishedPayload,
     TelemetryEvent,
     TelemetryLevel,
-    TelemetryLevelChangedPayload,
+    TelemetryLevelChanged,
     health_status,
 )
-from esper_telemetry.tui._format import tensor_status
 
 #: PPO statistics shown first, in this order; ``extra`` scalars follow by name.
 PPO_FIELDS = PPO_STATISTICS
-
-
-@dataclass(frozen=True, slots=True)
-class AnomalyRow:
-    """One line of the anomaly log."""
-
-    seq: int
-    update: int
-    anomaly_type: str
-    severity: str
-    observed: float
-    threshold: float | None
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class LevelInfo:
-    """The telemetry level and when it last changed (None: not since the panel started)."""
-
-    level: TelemetryLevel
-    since_update: int | None = None
-    since: datetime | None = None
-    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +52,12 @@ class PanelState:
         history: How many updates the sparklines cover.
         max_anomalies: How many anomalies the log keeps (the count covers them all).
         max_bad_lines: How many skipped lines of a followed log are kept for display.
+
+    Attributes:
+        anomalies: The last ``max_anomalies`` anomaly events, newest first.
+        level: The telemetry level: the first event's, then each change's new level
+            (None before the first event).
+        level_change: The last level change seen (None: none since the panel started).
     """
 
     def __init__(
@@ -91,9 +75,10 @@ class PanelState:
         self.ppo: PPOUpdatePayload | None = None
         self.health: HealthView | None = None
         self.rms_history: deque[tuple[int, float, float]] = deque(maxlen=history)
-        self.anomalies: deque[AnomalyRow] = deque(maxlen=max_anomalies)
+        self.anomalies: deque[AnomalyDetected] = deque(maxlen=max_anomalies)
         self.anomaly_count = 0
-        self.level: LevelInfo | None = None
+        self.level: TelemetryLevel | None = None
+        self.level_change: TelemetryLevelChanged | None = None
         self.finished: RunFinishedPayload | None = None
         self.hub_stats: HubStats | None = None
         self.hub_stats_live = False
@@ -105,34 +90,20 @@ class PanelState:
         self.events_seen += 1
         self.run_id = event.run_id
         if self.level is None:
-            self.level = LevelInfo(level=event.level)
-        payload = event.payload
-        if isinstance(payload, PPOUpdatePayload):
-            self._apply_update(event.update, payload)
-        elif isinstance(payload, AnomalyDetectedPayload):
-            self.anomaly_count += 1
-            self.anomalies.appendleft(
-                AnomalyRow(
-                    seq=event.seq,
-                    update=event.update,
-                    anomaly_type=payload.anomaly_type.value,
-                    severity=payload.severity.value,
-                    observed=payload.observed,
-                    threshold=payload.threshold,
-                    message=payload.message,
-                )
-            )
-        elif isinstance(payload, TelemetryLevelChangedPayload):
-            self.level = LevelInfo(
-                level=payload.level,
-                since_update=event.update,
-                since=event.timestamp,
-                reason=payload.reason,
-            )
-        elif isinstance(payload, RunFinishedPayload):
-            self.finished = payload
-            if payload.hub_stats is not None and not self.hub_stats_live:
-                self.hub_stats = payload.hub_stats
+            self.level = event.level
+        match event:
+            case PPOUpdateCompleted(update=update, payload=payload):
+                self._apply_update(update, payload)
+            case AnomalyDetected():
+                self.anomaly_count += 1
+                self.anomalies.appendleft(event)
+            case TelemetryLevelChanged(payload=payload):
+                self.level = payload.level
+                self.level_change = event
+            case RunFinished(payload=payload):
+                self.finished = payload
+                if payload.hub_stats is not None and not self.hub_stats_live:
+                    self.hub_stats = payload.hub_stats
 
     def set_live_stats(self, stats: HubStats) -> None:
         """Show the hub's own counters (the panel runs in the training process)."""
@@ -143,23 +114,6 @@ class PanelState:
         """Remember a line of a followed log that could not be read."""
         self.bad_line_count += 1
         self.bad_lines.append(bad)
-
-    def _apply_update(self, update: int, payload: PPOUpdatePayload) -> None:
-        self.ppo_update = update
-        self.ppo = payload
-        metrics = payload.health()
-        if metrics is None:
-            self.health = None
-            return
-        t = self.thresholds
-        self.health = HealthView(
-            update=update,
-            metrics=metrics,
-            status=health_status(metrics, t),
-            h_status=tensor_status(metrics, "h", t),
-            c_status=tensor_status(metrics, "c", t),
-        )
-        self.rms_history.append((update, metrics.h_rms, metrics.c_rms))
 
     def ppo_rows(self) -> list[tuple[str, float | int]]:
         """The last update's statistics as (name, value) rows: known fields, then extras.
@@ -176,3 +130,20 @@ class PanelState:
             rows.append(("env_steps", p.env_steps))
         rows.extend(sorted(p.extra.items()))
         return rows
+
+    def _apply_update(self, update: int, payload: PPOUpdatePayload) -> None:
+        self.ppo_update = update
+        self.ppo = payload
+        metrics = payload.health()
+        if metrics is None:
+            self.health = None
+            return
+        t = self.thresholds
+        self.health = HealthView(
+            update=update,
+            metrics=metrics,
+            status=health_status(metrics, t),
+            h_status=metrics.status_of("h", t),
+            c_status=metrics.status_of("c", t),
+        )
+        self.rms_history.append((update, metrics.h_rms, metrics.c_rms))
