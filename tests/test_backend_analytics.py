@@ -98,7 +98,7 @@ def write_special_run(run_dir: Path) -> list[TelemetryEvent]:
             )
             for k, x in enumerate(SPECIAL_FLOATS)
         ]
-    events = [e for e in emitted if e is not None]
+    events: list[TelemetryEvent] = [e for e in emitted if e is not None]
     assert len(events) == len(SPECIAL_FLOATS)
     return events
 
@@ -304,7 +304,7 @@ def test_kill_9_loses_nothing_a_completed_flush_covered(tmp_path: Path, trial: i
     for e in events:
         assert isinstance(e.payload, PPOUpdatePayload)
         p = e.payload
-        assert (p.policy_loss, p.entropy, p.lstm_h_rms, p.extra) == (
+        assert (p.policy_loss, p.entropy, p.lstm_h_rms, dict(p.extra)) == (
             e.update * 0.1,
             -0.0,
             math.inf,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -206,7 +207,9 @@ def test_the_hidden_state_is_never_touched() -> None:
         ({"detector": "strict"}, TypeError, "detector must be an AnomalyDetector, got str"),
     ],
 )
-def test_bad_arguments_are_refused(kwargs: dict, error: type[Exception], message: str) -> None:
+def test_bad_arguments_are_refused(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
     """Each bad argument raises, naming it."""
     with pytest.raises(error, match=message):
         AnomalyEscalator(**kwargs)

@@ -6,6 +6,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -23,11 +24,11 @@ from esper_telemetry.contracts import (
 )
 
 
-def strict(line: str) -> dict:
+def strict(line: str) -> dict[str, Any]:
     def refuse(token: str) -> float:
         raise ValueError(f"non-standard JSON token {token}")
 
-    parsed: dict = json.loads(line, parse_constant=refuse)
+    parsed: dict[str, Any] = json.loads(line, parse_constant=refuse)
     return parsed
 
 
@@ -152,7 +153,7 @@ def test_global_structlog_configuration_is_left_alone() -> None:
         ({"path": "x.log", "stream": io.StringIO()}, "path and stream are exclusive"),
     ],
 )
-def test_bad_arguments_are_refused(kwargs: dict, message: str) -> None:
+def test_bad_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
     """Bad arguments raise ValueError naming them."""
     with pytest.raises(ValueError, match=message):
         StructlogBackend(**kwargs)

@@ -119,8 +119,8 @@ def ppo_row(event: PPOUpdateCompleted) -> dict[str, Any]:
     assert isinstance(p, PPOUpdatePayload)
     row: dict[str, Any] = {"_step": event.update, "update": event.update}
     row.update({f"ppo/{k}": v for k, v in p.extra.items()})
-    stats = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction")
-    stats += ("explained_variance", "grad_norm", "learning_rate", "env_steps")
+    stats: tuple[str, ...] = ("policy_loss", "value_loss", "entropy", "approx_kl")
+    stats += ("clip_fraction", "explained_variance", "grad_norm", "learning_rate", "env_steps")
     for stat in stats:
         if getattr(p, stat) is not None:
             row[f"ppo/{stat}"] = getattr(p, stat)

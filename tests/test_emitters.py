@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -19,10 +21,11 @@ from esper_telemetry import (
 from esper_telemetry.testing import capture_events
 
 PPO = {"policy_loss": -0.01, "value_loss": 0.5, "entropy": 0.69}
+NUMBERED_KEY: dict[Any, float] = {**PPO, 3: 1.0}
 
 
 @pytest.fixture
-def hub():
+def hub() -> Iterator[TelemetryHub]:
     h = TelemetryHub("emit")
     yield h
     h.close()
@@ -32,7 +35,8 @@ def lstm_state(batch: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(input_size=3, hidden_size=6, num_layers=2)
     _, state = lstm(torch.randn(5, batch, 3))
-    return state
+    h, c = state
+    return h, c
 
 
 def test_builds_the_payload_from_metrics_health_and_env_steps(hub: TelemetryHub) -> None:
@@ -77,7 +81,11 @@ def test_nan_and_inf_metrics_are_kept_exactly(hub: TelemetryHub) -> None:
     assert event is not None
     p = event.payload
     assert isinstance(p, PPOUpdatePayload)
-    assert (math.isnan(p.value_loss), p.grad_norm, p.extra) == (True, math.inf, {"x": -math.inf})
+    assert (math.isnan(p.value_loss), p.grad_norm, dict(p.extra)) == (
+        True,
+        math.inf,
+        {"x": -math.inf},
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,11 +99,11 @@ def test_nan_and_inf_metrics_are_kept_exactly(hub: TelemetryHub) -> None:
         ({**PPO, "entropy": torch.tensor(0.5)}, r"metrics\['entropy'\] must be a real number"),
         ({"policy_loss": 0.1, "entropy": 0.2}, "missing required key.*value_loss"),
         ({**PPO, "lstm_h_rms": 0.1}, "'lstm_h_rms' is set by emit_ppo_update_event itself"),
-        ({**PPO, 3: 1.0}, "keys must be non-empty strings, got 3"),
+        (NUMBERED_KEY, "keys must be non-empty strings, got 3"),
     ],
 )
 def test_bad_metrics_raise_naming_the_key_and_publish_nothing(
-    hub: TelemetryHub, metrics: dict, message: str
+    hub: TelemetryHub, metrics: dict[Any, Any], message: str
 ) -> None:
     """A bad metric raises ValueError naming its key, and nothing reaches subscribers."""
     with capture_events(hub) as rec, pytest.raises(ValueError, match=message):
@@ -123,7 +131,7 @@ def test_optional_known_metrics_accept_none(hub: TelemetryHub) -> None:
     ],
 )
 def test_bad_arguments_raise_naming_them(
-    hub: TelemetryHub, kwargs: dict, error: type[Exception], message: str
+    hub: TelemetryHub, kwargs: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     """update, env_steps and lstm_health are validated before anything is published."""
     with pytest.raises(error, match=message):

@@ -1,17 +1,19 @@
-"""The public surface: exactly these names, every one importable from esper_telemetry."""
+"""The public surface: exactly these names, at the root and in every subpackage.
+
+The layering checks (what each part may import) are in ``test_layers.py``.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import importlib
 
 import pytest
 
 import esper_telemetry
-from esper_telemetry import backends, contracts, hub, telemetry, testing
 
 EXPECTED = [
     "Anomaly",
+    "AnomalyDetected",
     "AnomalyDetector",
     "AnomalyReport",
     "AnomalyType",
@@ -24,17 +26,148 @@ EXPECTED = [
     "HubStats",
     "LSTMHealthDetail",
     "LSTMHealthMetrics",
+    "PPOUpdateCompleted",
     "PPOUpdatePayload",
+    "RunFinished",
+    "RunStarted",
     "Severity",
     "TelemetryEvent",
     "TelemetryHub",
     "TelemetryLevel",
+    "TelemetryLevelChanged",
     "TrainingHalted",
     "__version__",
     "compute_lstm_health",
     "emit_ppo_update_event",
     "health_status",
+    "parse_event",
 ]
+
+#: Every public subpackage's ``__all__``, pinned like the root's.
+SUBPACKAGES: dict[str, list[str]] = {
+    "esper_telemetry.contracts": [
+        "EVENTS_FILE",
+        "EVENT_CLASSES",
+        "LOG_FILE",
+        "PPO_REQUIRED",
+        "PPO_STATISTICS",
+        "REPORT_FILE",
+        "SCHEMA_VERSION",
+        "STATUS_COLOUR",
+        "WANDB_DIR",
+        "WANDB_MODES",
+        "Anomaly",
+        "AnomalyDetected",
+        "AnomalyDetectedPayload",
+        "AnomalyReport",
+        "AnomalyType",
+        "EventBase",
+        "EventPayload",
+        "EventType",
+        "FrozenDict",
+        "HealthStatus",
+        "HealthThresholds",
+        "HubStats",
+        "LSTMHealthDetail",
+        "LSTMHealthMetrics",
+        "PPOUpdateCompleted",
+        "PPOUpdatePayload",
+        "Redact",
+        "RunFinished",
+        "RunFinishedPayload",
+        "RunLayout",
+        "RunStarted",
+        "RunStartedPayload",
+        "SecretText",
+        "Severity",
+        "SubscriberStats",
+        "TelemetryEvent",
+        "TelemetryLevel",
+        "TelemetryLevelChanged",
+        "TelemetryLevelChangedPayload",
+        "WandbMode",
+        "event_class",
+        "format_value",
+        "health_status",
+        "json_float_text",
+        "json_safe",
+        "parse_event",
+        "redact_marked",
+        "validate_event",
+    ],
+    "esper_telemetry.hub": [
+        "DEFAULT_QUEUE_SIZE",
+        "REDACTED",
+        "Backend",
+        "HandlesEvents",
+        "Subscriber",
+        "TelemetryHub",
+        "redact_secrets",
+    ],
+    "esper_telemetry.backends": [
+        "AnalyticsCollector",
+        "AnomalyEscalator",
+        "Backend",
+        "StructlogBackend",
+        "WandBBackend",
+    ],
+    "esper_telemetry.telemetry": [
+        "AnomalyDetector",
+        "compute_lstm_health",
+        "emit_ppo_update_event",
+    ],
+    "esper_telemetry.analytics": [
+        "MAX_LINE_BYTES",
+        "QUERY_FORMATS",
+        "TABLES",
+        "BadLine",
+        "EventBatch",
+        "EventCursor",
+        "OnBadLine",
+        "QueryFormat",
+        "connect",
+        "events_file",
+        "export_parquet",
+        "find_event_files",
+        "parse_line",
+        "read_events",
+        "render_result",
+        "run_query",
+        "tables_in",
+    ],
+    "esper_telemetry.training": [
+        "FAULT_KINDS",
+        "FaultKind",
+        "PPOConfig",
+        "TrainResult",
+        "UpdateInfo",
+        "parse_fault",
+        "train",
+    ],
+    "esper_telemetry.tui": [
+        "PANEL_QUEUE_SIZE",
+        "Chunk",
+        "HealthPanel",
+        "LogFollower",
+        "PanelBackend",
+        "format_value",
+        "run_panel",
+        "subscribe_panel",
+    ],
+    "esper_telemetry.testing": [
+        "Kind",
+        "RecordingBackend",
+        "capture_events",
+    ],
+    "esper_telemetry.report": [
+        "FIGURE_DPI",
+        "FIGURE_SIZE",
+        "ReportData",
+        "build_figure",
+        "collect",
+        "write_report",
+    ],
+}
 
 
 def test_all_is_exactly_the_public_api() -> None:
@@ -49,43 +182,22 @@ def test_every_public_name_is_importable() -> None:
     assert missing == []
 
 
-def test_subpackages_export_what_they_declare() -> None:
-    """Every subpackage's __all__ names real attributes."""
-    for module in (backends, contracts, hub, telemetry):
-        assert [n for n in module.__all__ if not hasattr(module, n)] == []
-    assert hasattr(testing, "RecordingBackend")
-    assert hasattr(testing, "capture_events")
+@pytest.mark.parametrize("name", sorted(SUBPACKAGES))
+def test_subpackage_all_is_exactly_its_public_api(name: str) -> None:
+    """Each subpackage's __all__ is its agreed list, and every name in it resolves."""
+    module = importlib.import_module(name)
+    missing = [n for n in module.__all__ if not hasattr(module, n)]
+    assert (module.__all__, missing) == (SUBPACKAGES[name], [])
+
+
+def test_the_root_is_lazy_and_complete() -> None:
+    """dir() of the package lists exactly __all__; nothing outside it is an attribute."""
+    assert sorted(dir(esper_telemetry)) == sorted(EXPECTED)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        _ = esper_telemetry.nope
 
 
 def test_hub_closed_error_is_an_esper_error_and_runtime_error() -> None:
     """HubClosedError belongs to the one exception family and is a RuntimeError."""
     assert issubclass(esper_telemetry.HubClosedError, esper_telemetry.EsperError)
     assert issubclass(esper_telemetry.HubClosedError, RuntimeError)
-
-
-@pytest.mark.parametrize(
-    ("package", "forbidden"),
-    [
-        ("esper_telemetry.contracts", ("torch", "blinker", "wandb", "duckdb", "textual")),
-        ("esper_telemetry.hub", ("torch", "wandb", "duckdb", "textual")),
-    ],
-)
-def test_layers_import_only_what_the_architecture_allows(
-    package: str, forbidden: tuple[str, ...]
-) -> None:
-    """contracts imports pydantic only; the hub never imports torch or a backend library.
-
-    Checked in a fresh interpreter, loading the subpackage without the top-level
-    ``esper_telemetry/__init__`` (which wires everything together).
-    """
-    code = f"""
-import pathlib, sys, types, importlib.util
-spec = importlib.util.find_spec("esper_telemetry")
-pkg = types.ModuleType("esper_telemetry")
-pkg.__path__ = [str(pathlib.Path(spec.origin).parent)]
-sys.modules["esper_telemetry"] = pkg
-import {package}
-print(",".join(m for m in {forbidden!r} if m in sys.modules))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""

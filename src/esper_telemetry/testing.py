@@ -26,6 +26,8 @@ from esper_telemetry.hub import Backend, TelemetryHub
 #: An event kind as a filter: its class, its EventType, or the type's name.
 Kind = type[EventBase] | EventType | str
 
+__all__ = ["Kind", "RecordingBackend", "capture_events"]
+
 
 class RecordingBackend(Backend):
     """A backend that keeps every event it receives, in order. Thread-safe.

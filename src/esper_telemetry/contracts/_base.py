@@ -9,19 +9,21 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, TypeVar, get_args
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
     SerializerFunctionWrapHandler,
     Strict,
-    WrapSerializer,
 )
+from pydantic_core import core_schema
 
 from esper_telemetry.contracts.levels import TelemetryLevel
 
 M = TypeVar("M", bound=BaseModel)
+K = TypeVar("K")
+V = TypeVar("V")
 
 _NON_FINITE_JSON = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 
@@ -105,11 +107,13 @@ class Contract(BaseModel):
     )
 
 
-class FrozenDict(Mapping[str, Any]):
+class FrozenDict(Mapping[K, V]):
     """A read-only mapping: what a frozen contract holds where it holds a dict.
 
     Reads like a dict (``d[k]``, ``d.get``, iteration, ``dict(d)``, ``==`` with a dict);
     offers no way to change it, so one subscriber can never rewrite what another sees.
+    As a pydantic field type (``FrozenDict[str, float]``) it validates like the dict of
+    the same types and serialises as one.
 
     >>> d = FrozenDict({"lr": 0.001})
     >>> d["lr"], d == {"lr": 0.001}
@@ -122,13 +126,13 @@ class FrozenDict(Mapping[str, Any]):
 
     __slots__ = ("_data",)
 
-    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
-        self._data: dict[str, Any] = dict(data) if data is not None else {}
+    def __init__(self, data: Mapping[K, V] | None = None) -> None:
+        self._data: dict[K, V] = dict(data) if data is not None else {}
 
-    def __getitem__(self, key: str) -> Any:
+    def __getitem__(self, key: K) -> V:
         return self._data[key]
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[K]:
         return iter(self._data)
 
     def __len__(self) -> int:
@@ -137,13 +141,27 @@ class FrozenDict(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"FrozenDict({self._data!r})"
 
-    def __reduce__(self) -> tuple[type[FrozenDict], tuple[dict[str, Any]]]:
-        return (FrozenDict, (self._data,))
+    def __reduce__(self) -> tuple[type[FrozenDict[K, V]], tuple[dict[K, V]]]:
+        return (type(self), (self._data,))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[K, Any]:
         """A plain, mutable copy: dicts and lists at every depth (tuples become lists)."""
-        plain: dict[str, Any] = _thaw(self)
+        plain: dict[K, Any] = _thaw(self)
         return plain
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        key, value = get_args(source) or (Any, Any)
+        as_dict = handler.generate_schema(dict[key, value])  # type: ignore[valid-type]
+        return core_schema.no_info_after_validator_function(
+            _freeze,
+            as_dict,
+            serialization=core_schema.wrap_serializer_function_ser_schema(
+                _serialize_frozen, schema=as_dict
+            ),
+        )
 
 
 def _freeze(value: Any) -> Any:
@@ -169,9 +187,7 @@ def _serialize_frozen(value: Any, handler: SerializerFunctionWrapHandler) -> Any
 
 
 #: Validates as ``dict[str, float]`` and holds the result read-only.
-FrozenFloats = Annotated[
-    Mapping[Str, Float], AfterValidator(_freeze), WrapSerializer(_serialize_frozen)
-]
+FrozenFloats = FrozenDict[Str, Float]
 
 
 class Redact:

@@ -40,13 +40,11 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BeforeValidator,
     ConfigDict,
     Field,
     JsonValue,
     TypeAdapter,
-    WrapSerializer,
     model_validator,
 )
 
@@ -61,8 +59,6 @@ from esper_telemetry.contracts._base import (
     Redact,
     SecretText,
     Str,
-    _freeze,
-    _serialize_frozen,
     json_safe,
 )
 from esper_telemetry.contracts.anomaly import Anomaly
@@ -90,13 +86,7 @@ class EventType(StrEnum):
 #: A run's configuration: JSON values, held read-only. Non-finite floats are stored as
 #: the strings "NaN", "Infinity", "-Infinity" (JsonValue cannot tell such a float from a
 #: string), so a config reads back exactly as it was stored.
-_Config = Annotated[
-    Mapping[Str, JsonValue],
-    BeforeValidator(json_safe),
-    Redact(),
-    AfterValidator(_freeze),
-    WrapSerializer(_serialize_frozen),
-]
+_Config = Annotated[FrozenDict[Str, JsonValue], BeforeValidator(json_safe), Redact()]
 
 
 class RunStartedPayload(Contract):

@@ -69,7 +69,7 @@ def emit_ppo_update_event(
     >>> with TelemetryHub("doc") as hub:
     ...     e = emit_ppo_update_event(hub, update=1, metrics={
     ...         "policy_loss": -0.02, "value_loss": 0.4, "entropy": 0.68, "fps": 900})
-    >>> e.payload.extra
+    >>> dict(e.payload.extra)
     {'fps': 900.0}
     """
     if not isinstance(hub, TelemetryHub):
