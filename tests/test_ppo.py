@@ -250,7 +250,7 @@ def test_should_stop_interrupts_cleanly() -> None:
         result = train(tiny(5), hub, should_stop=lambda: next(calls))
     assert (result.status, result.updates) == ("interrupted", 1)
     assert [type(e) for e in rec.events] == [RunStarted, PPOUpdateCompleted, RunFinished]
-    assert [p.status for p in rec.payloads(RunFinished)] == ["interrupted"]  # type: ignore[union-attr]
+    assert [e.payload.status for e in rec.events if isinstance(e, RunFinished)] == ["interrupted"]
 
 
 def test_the_reference_trainer_learns() -> None:

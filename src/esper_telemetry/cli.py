@@ -6,27 +6,21 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 
-from esper_telemetry import __version__
 from esper_telemetry._extras import is_installed, missing_message
-from esper_telemetry.analytics import (
-    QUERY_FORMATS,
-    TABLES,
-    BadLine,
-    QueryFormat,
-    export_parquet,
-    run_query,
-)
+from esper_telemetry.analytics import QUERY_FORMATS, TABLES, QueryFormat
 from esper_telemetry.contracts import WANDB_MODES, TelemetryLevel
-from esper_telemetry.contracts.schema import export_schemas
 from esper_telemetry.training.faults import FAULT_KINDS, FaultKind, parse_fault
+
+if TYPE_CHECKING:
+    from esper_telemetry.analytics import BadLine
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="esper")
+@click.version_option(package_name="esper-telemetry", prog_name="esper")
 def main() -> None:
     """esper: health telemetry for the recurrent state of PPO policies."""
 
@@ -128,7 +122,9 @@ def ppo(
     status: 0 done, 2 not started, 3 halted by an anomaly, 4 a backend lost events,
     130 interrupted (Ctrl-C, SIGTERM, or q in the panel before the run ended).
     """
+    fault = _parse_fault(inject_fault)  # a bad option is refused before torch loads
     import torch
+    from rich.console import Console
 
     from esper_telemetry.run import RunOptions, run_ppo
     from esper_telemetry.training import PPOConfig
@@ -144,7 +140,7 @@ def ppo(
             proj_size=proj_size,
             lr=lr,
             seed=seed,
-            fault=_parse_fault(inject_fault),
+            fault=fault,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -177,6 +173,8 @@ def contracts() -> None:
 def contracts_export(directory: Path) -> None:
     """Write the JSON Schema of every contract into DIRECTORY."""
     try:
+        from esper_telemetry.contracts.schema import export_schemas
+
         written = export_schemas(directory)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -218,6 +216,8 @@ def query(runs: str, sql: str, fmt: QueryFormat) -> None:
     """
     if not is_installed("duckdb"):
         raise click.ClickException(missing_message("esper query", "duckdb"))
+    from esper_telemetry.analytics import run_query
+
     bad: list[BadLine] = []
     try:
         for text in run_query(runs, sql, fmt=fmt, on_bad_line=bad.append):
@@ -250,6 +250,8 @@ def export_command(runs: str, destination: Path, table: str) -> None:
 
     Rows are ordered by run_id and seq; the file appears only once complete.
     """
+    from esper_telemetry.analytics import export_parquet
+
     bad: list[BadLine] = []
     try:
         rows = export_parquet(runs, destination, table=table, on_bad_line=bad.append)

@@ -32,27 +32,44 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from esper_telemetry._extras import require
-from esper_telemetry.analytics._parse import BadLine, parse_line
-from esper_telemetry.analytics._query import (
-    QUERY_FORMATS,
-    TABLES,
-    QueryFormat,
-    render_result,
-    run_query,
-    tables_in,
-)
-from esper_telemetry.analytics._reader import (
-    MAX_LINE_BYTES,
-    EventBatch,
-    EventCursor,
-    OnBadLine,
-    events_file,
-    find_event_files,
-    read_events,
-)
+from esper_telemetry._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     import duckdb
+
+    from esper_telemetry.analytics._names import QUERY_FORMATS, TABLES, QueryFormat
+    from esper_telemetry.analytics._parse import BadLine, parse_line
+    from esper_telemetry.analytics._query import render_result, run_query, tables_in
+    from esper_telemetry.analytics._reader import (
+        MAX_LINE_BYTES,
+        EventBatch,
+        EventCursor,
+        OnBadLine,
+        events_file,
+        find_event_files,
+        read_events,
+    )
+
+#: Loaded on first use: the table names need nothing, the readers need the contracts.
+_LAZY = {
+    **dict.fromkeys(("QUERY_FORMATS", "TABLES", "QueryFormat"), "esper_telemetry.analytics._names"),
+    **dict.fromkeys(("BadLine", "parse_line"), "esper_telemetry.analytics._parse"),
+    **dict.fromkeys(
+        ("render_result", "run_query", "tables_in"), "esper_telemetry.analytics._query"
+    ),
+    **dict.fromkeys(
+        (
+            "MAX_LINE_BYTES",
+            "EventBatch",
+            "EventCursor",
+            "OnBadLine",
+            "events_file",
+            "find_event_files",
+            "read_events",
+        ),
+        "esper_telemetry.analytics._reader",
+    ),
+}
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -174,3 +191,6 @@ def export_parquet(
 def _require_sql(what: str) -> None:
     for module in ("duckdb", "pyarrow"):
         require(what, module)
+
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 
 from esper_telemetry._files import atomic_path
-from esper_telemetry.analytics._query import TABLES
+from esper_telemetry.analytics._names import TABLES
 from esper_telemetry.analytics._reader import OnBadLine, find_event_files, read_events
 from esper_telemetry.contracts import (
     EVENT_CLASSES,

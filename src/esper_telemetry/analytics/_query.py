@@ -17,22 +17,15 @@ import os
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final, Literal, get_args
+from typing import TYPE_CHECKING
 
 from esper_telemetry._extras import require
+from esper_telemetry.analytics._names import QUERY_FORMATS, TABLES, QueryFormat
 from esper_telemetry.analytics._reader import OnBadLine
 from esper_telemetry.contracts import json_float_text
 
 if TYPE_CHECKING:
     import duckdb
-
-#: How :func:`render_result` writes rows: ``table`` aligned text (all rows at once),
-#: ``csv`` with a header row, ``json`` one strict JSON object per row.
-QueryFormat = Literal["table", "csv", "json"]
-QUERY_FORMATS: Final[tuple[QueryFormat, ...]] = get_args(QueryFormat)
-
-#: The tables :func:`~esper_telemetry.analytics.connect` creates, which SQL reads.
-TABLES: Final = ("events", "ppo_updates", "anomalies", "level_changes")
 
 
 def tables_in(sql: str) -> list[str] | None:
