@@ -193,63 +193,59 @@ class _Loader(Generic[E]):
             self._con.unregister(_CHUNK_VIEW)
 
 
-def _table_specs() -> list[_TableSpec[Any]]:
-    level = (_LEVEL_TYPE, pa.string())
-    head: list[tuple[str, str, pa.DataType]] = [
-        ("run_id", "VARCHAR", pa.string()),
-        ("seq", "BIGINT", pa.int64()),
-        ("update", "BIGINT", pa.int64()),
-    ]
-    stamp: list[tuple[str, str, pa.DataType]] = [
-        ("timestamp", "TIMESTAMPTZ", _UTC_MICROS),
-        ("rank", "BIGINT", pa.int64()),
-    ]
-    ints = ("BIGINT[]", pa.list_(pa.int64()))
+Column = tuple[str, str, pa.DataType]  # name, DuckDB type, Arrow type
 
-    def events_row(e: TelemetryEvent) -> Row:
+_LEVEL: Final = (_LEVEL_TYPE, pa.string())
+_HEAD: Final[tuple[Column, ...]] = (
+    ("run_id", "VARCHAR", pa.string()),
+    ("seq", "BIGINT", pa.int64()),
+    ("update", "BIGINT", pa.int64()),
+)
+_STAMP: Final[tuple[Column, ...]] = (
+    ("timestamp", "TIMESTAMPTZ", _UTC_MICROS),
+    ("rank", "BIGINT", pa.int64()),
+)
+
+
+def _table_specs() -> list[_TableSpec[Any]]:
+    """The four tables, in :data:`TABLES` order."""
+    return [_events_table(), _ppo_table(), _anomalies_table(), _level_changes_table()]
+
+
+def _events_table() -> _TableSpec[TelemetryEvent]:
+    def row(e: TelemetryEvent) -> Row:
         return (
-            e.run_id,
-            e.seq,
-            e.update,
-            e.event_type.value,
-            e.level.name,
-            e.rank,
-            e.timestamp,
-            e.schema_version,
-            e.payload.model_dump_json(),
+            *(e.run_id, e.seq, e.update, e.event_type.value, e.level.name, e.rank),
+            *(e.timestamp, e.schema_version, e.payload.model_dump_json()),
         )
 
-    events = _TableSpec[TelemetryEvent](
-        "events",
-        EVENT_CLASSES,
-        (
-            *head,
-            ("event_type", "VARCHAR", pa.string()),
-            ("level", *level),
-            ("rank", "BIGINT", pa.int64()),
-            ("timestamp", "TIMESTAMPTZ", _UTC_MICROS),
-            ("schema_version", "BIGINT", pa.int64()),
-            ("payload", "JSON", pa.string()),
-        ),
-        events_row,
+    columns: tuple[Column, ...] = (
+        *_HEAD,
+        ("event_type", "VARCHAR", pa.string()),
+        ("level", *_LEVEL),
+        ("rank", "BIGINT", pa.int64()),
+        ("timestamp", "TIMESTAMPTZ", _UTC_MICROS),
+        ("schema_version", "BIGINT", pa.int64()),
+        ("payload", "JSON", pa.string()),
     )
+    return _TableSpec[TelemetryEvent]("events", EVENT_CLASSES, columns, row)
 
+
+def _ppo_table() -> _TableSpec[PPOUpdateCompleted]:
     ppo_columns, ppo_values = _ppo_payload_columns()
 
-    def ppo_row(e: PPOUpdateCompleted) -> Row:
+    def row(e: PPOUpdateCompleted) -> Row:
         return (
             *(e.run_id, e.seq, e.update, e.timestamp, e.rank, e.level.name),
             *ppo_values(e.payload),
         )
 
-    ppo = _TableSpec(
-        "ppo_updates",
-        (PPOUpdateCompleted,),
-        (*head, *stamp, ("level", *level), *ppo_columns),
-        ppo_row,
-    )
+    columns = (*_HEAD, *_STAMP, ("level", *_LEVEL), *ppo_columns)
+    return _TableSpec("ppo_updates", (PPOUpdateCompleted,), columns, row)
 
-    def anomaly_row(e: AnomalyDetected) -> Row:
+
+def _anomalies_table() -> _TableSpec[AnomalyDetected]:
+    def row(e: AnomalyDetected) -> Row:
         a = e.payload.anomaly
         return (
             *(e.run_id, e.seq, e.update, e.timestamp, e.rank, e.level.name),
@@ -257,43 +253,36 @@ def _table_specs() -> list[_TableSpec[Any]]:
             e.payload.outlier_envs,
         )
 
-    anomalies = _TableSpec(
-        "anomalies",
-        (AnomalyDetected,),
-        (
-            *head,
-            *stamp,
-            ("level", *level),
-            ("anomaly_type", "VARCHAR", pa.string()),
-            ("severity", "VARCHAR", pa.string()),
-            ("observed", "DOUBLE", pa.float64()),
-            ("threshold", "DOUBLE", pa.float64()),
-            ("message", "VARCHAR", pa.string()),
-            ("outlier_envs", *ints),
-        ),
-        anomaly_row,
+    columns: tuple[Column, ...] = (
+        *_HEAD,
+        *_STAMP,
+        ("level", *_LEVEL),
+        ("anomaly_type", "VARCHAR", pa.string()),
+        ("severity", "VARCHAR", pa.string()),
+        ("observed", "DOUBLE", pa.float64()),
+        ("threshold", "DOUBLE", pa.float64()),
+        ("message", "VARCHAR", pa.string()),
+        ("outlier_envs", "BIGINT[]", pa.list_(pa.int64())),
     )
+    return _TableSpec("anomalies", (AnomalyDetected,), columns, row)
 
-    def level_row(e: TelemetryLevelChanged) -> Row:
+
+def _level_changes_table() -> _TableSpec[TelemetryLevelChanged]:
+    def row(e: TelemetryLevelChanged) -> Row:
         p = e.payload
         return (
             *(e.run_id, e.seq, e.update, e.timestamp, e.rank),
             *(p.previous.name, p.level.name, p.reason),
         )
 
-    level_changes = _TableSpec(
-        "level_changes",
-        (TelemetryLevelChanged,),
-        (
-            *head,
-            *stamp,
-            ("previous", *level),
-            ("level", *level),
-            ("reason", "VARCHAR", pa.string()),
-        ),
-        level_row,
+    columns: tuple[Column, ...] = (
+        *_HEAD,
+        *_STAMP,
+        ("previous", *_LEVEL),
+        ("level", *_LEVEL),
+        ("reason", "VARCHAR", pa.string()),
     )
-    return [events, ppo, anomalies, level_changes]
+    return _TableSpec("level_changes", (TelemetryLevelChanged,), columns, row)
 
 
 def _ppo_payload_columns() -> tuple[

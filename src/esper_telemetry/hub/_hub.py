@@ -215,33 +215,15 @@ class TelemetryHub:
         """
         handle, flush, close, undelivered = _callables_of(subscriber)
         chosen = parse_events(events)
+        _check_options(mode, when_full, queue_size, block_timeout, name)
+        self._free_name(name)
         hook = getattr(subscriber, "on_subscribe", None)
-        if mode not in ("thread", "inline"):
-            raise ValueError(f"mode must be 'thread' or 'inline', got {mode!r}")
-        if when_full not in ("block", "drop_oldest"):
-            raise ValueError(f"when_full must be 'block' or 'drop_oldest', got {when_full!r}")
-        if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
-            raise ValueError(f"queue_size must be an int >= 1, got {queue_size!r}")
-        if block_timeout is not None and not (
-            isinstance(block_timeout, int | float) and block_timeout > 0
-        ):
-            raise ValueError(f"block_timeout must be a number > 0 or None, got {block_timeout!r}")
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
-        with self._lock:
-            self._check_open("subscribe")
-            taken = {s.name for s in self._subscriptions}
-            if name is not None and name in taken:
-                raise ValueError(f"name: a subscriber named {name!r} is already subscribed")
         if callable(hook):
             # Lets a backend learn the hub (run_id, level, emit) or fail before any event,
             # e.g. W&B without credentials. If it raises, nothing is subscribed.
             hook(self)
         with self._lock:
-            self._check_open("subscribe")
-            taken = {s.name for s in self._subscriptions}
-            if name is not None and name in taken:
-                raise ValueError(f"name: a subscriber named {name!r} is already subscribed")
+            taken = self._free_name(name, locked=True)
             unique = name if name is not None else _unique(_default_name(subscriber), taken)
             sub = Subscription(
                 name=unique,
@@ -261,6 +243,17 @@ class TelemetryHub:
             for et in chosen:
                 self._signals[et].connect(sub.receive, weak=False)
         return unique
+
+    def _free_name(self, name: str | None, *, locked: bool = False) -> set[str]:
+        """The names taken; raises when the hub is closed or ``name`` is one of them."""
+        if not locked:
+            with self._lock:
+                return self._free_name(name, locked=True)
+        self._check_open("subscribe")
+        taken = {s.name for s in self._subscriptions}
+        if name is not None and name in taken:
+            raise ValueError(f"name: a subscriber named {name!r} is already subscribed")
+        return taken
 
     def unsubscribe(self, subscriber: object, *, timeout: float | None = 10.0) -> bool:
         """Stop delivering to a subscriber, after it has handled what was emitted before.
@@ -639,6 +632,24 @@ class TelemetryHub:
                 f"{what}() was called from inside a subscriber; it would wait for that "
                 "subscriber itself. Call it from the training code instead."
             )
+
+
+def _check_options(
+    mode: object, when_full: object, queue_size: object, block_timeout: object, name: object
+) -> None:
+    """Refuse a bad ``subscribe`` option with one line naming it."""
+    if mode not in ("thread", "inline"):
+        raise ValueError(f"mode must be 'thread' or 'inline', got {mode!r}")
+    if when_full not in ("block", "drop_oldest"):
+        raise ValueError(f"when_full must be 'block' or 'drop_oldest', got {when_full!r}")
+    if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
+        raise ValueError(f"queue_size must be an int >= 1, got {queue_size!r}")
+    if block_timeout is not None and not (
+        isinstance(block_timeout, int | float) and block_timeout > 0
+    ):
+        raise ValueError(f"block_timeout must be a number > 0 or None, got {block_timeout!r}")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
 
 
 def _checked_run_id(run_id: str | None) -> str:
