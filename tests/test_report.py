@@ -17,7 +17,6 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from rich.console import Console
 
-import esper_telemetry.report
 from esper_telemetry.analytics import read_events
 from esper_telemetry.backends import AnalyticsCollector, AnomalyEscalator
 from esper_telemetry.cli import main
@@ -226,18 +225,6 @@ def test_the_report_replaces_an_old_one_and_is_readable_by_others(tmp_path: Path
     write_report(run_dir)
     assert (png_size(target), target.stat().st_mode & 0o777) == ((WIDTH, HEIGHT), 0o644)
     assert sorted(p.name for p in run_dir.iterdir()) == [EVENTS_FILE, REPORT_FILE]
-
-
-def test_the_public_names_are_the_figure_size_the_data_and_three_steps() -> None:
-    """esper_telemetry.report exports exactly its six names (no row classes of its own)."""
-    assert esper_telemetry.report.__all__ == [
-        "FIGURE_DPI",
-        "FIGURE_SIZE",
-        "ReportData",
-        "build_figure",
-        "collect",
-        "write_report",
-    ]
 
 
 def test_an_output_that_is_neither_png_nor_html_is_refused(tmp_path: Path) -> None:
