@@ -100,6 +100,7 @@ SUBPACKAGES: dict[str, list[str]] = {
         "REDACTED",
         "Backend",
         "HandlesEvents",
+        "HandlesEventsOf",
         "Subscriber",
         "TelemetryHub",
         "redact_secrets",

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar, overload
 
 import blinker
 
@@ -50,7 +50,7 @@ from esper_telemetry.contracts import (
     redact_marked,
 )
 from esper_telemetry.errors import HubClosedError, TrainingHalted
-from esper_telemetry.hub._protocol import Subscriber
+from esper_telemetry.hub._protocol import HandlesEventsOf, Subscriber
 from esper_telemetry.hub._redact import redact_secrets
 from esper_telemetry.hub._subscription import (
     EventSelector,
@@ -168,9 +168,35 @@ class TelemetryHub:
 
     # -- subscribing --------------------------------------------------------------------
 
+    @overload
+    def subscribe(
+        self,
+        subscriber: Callable[[_E], object] | HandlesEventsOf[_E],
+        *,
+        events: type[_E] | Iterable[type[_E]],
+        mode: Mode = ...,
+        queue_size: int = ...,
+        when_full: WhenFull = ...,
+        name: str | None = ...,
+        block_timeout: float | None = ...,
+    ) -> str: ...
+
+    @overload
     def subscribe(
         self,
         subscriber: Subscriber,
+        *,
+        events: EventSelector | Iterable[EventSelector] | None = None,
+        mode: Mode = ...,
+        queue_size: int = ...,
+        when_full: WhenFull = ...,
+        name: str | None = ...,
+        block_timeout: float | None = ...,
+    ) -> str: ...
+
+    def subscribe(
+        self,
+        subscriber: Subscriber | Callable[[_E], object] | HandlesEventsOf[_E],
         *,
         events: EventSelector | Iterable[EventSelector] | None = None,
         mode: Mode = "thread",
@@ -183,6 +209,10 @@ class TelemetryHub:
 
         Each event reaches the subscribers in the order they subscribed (threaded ones
         get it queued in that order, then handle it on their own threads).
+
+        A subscriber that asks for event classes only may be typed for them: ``def
+        on_update(e: PPOUpdateCompleted)`` subscribed with ``events=PPOUpdateCompleted``
+        type-checks.
 
         Args:
             subscriber: A :class:`Backend`, any object with ``handle(event)`` (its

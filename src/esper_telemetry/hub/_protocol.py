@@ -17,7 +17,7 @@ three shapes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from esper_telemetry.contracts import TelemetryEvent
 
@@ -91,3 +91,16 @@ class HandlesEvents(Protocol):
 
 #: Anything ``TelemetryHub.subscribe`` accepts.
 Subscriber = Backend | HandlesEvents | Callable[[TelemetryEvent], object]
+
+E_contra = TypeVar("E_contra", contravariant=True)
+
+
+class HandlesEventsOf(Protocol[E_contra]):
+    """An object whose ``handle`` takes one kind of event (``handle(e: PPOUpdateCompleted)``).
+
+    What ``subscribe(obj, events=PPOUpdateCompleted)`` accepts under a type checker: a
+    subscriber that asks only for one class may be typed for that class alone.
+    """
+
+    def handle(self, event: E_contra, /) -> object:
+        """Consume one event of the kind subscribed to."""
