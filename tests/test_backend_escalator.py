@@ -36,7 +36,8 @@ def run(
 ) -> tuple[RecordingBackend, TelemetryHub]:
     hub = TelemetryHub("esc")
     rec = RecordingBackend()
-    hub.subscribe(AnomalyEscalator(**kwargs), mode="inline")  # type: ignore[arg-type]
+    escalator = AnomalyEscalator(**kwargs)  # type: ignore[arg-type]
+    hub.subscribe(escalator, mode="inline")
     hub.subscribe(rec, mode="inline")
     trainer = FaultyLSTM(hub, faults)
     for k in range(updates):

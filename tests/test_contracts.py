@@ -621,7 +621,9 @@ def test_an_inline_subscriber_cannot_rewrite_what_others_see() -> None:
 
     with TelemetryHub("frozen") as hub:
         hub.subscribe(vandal, mode="inline")
-        hub.subscribe(lambda e: seen.append(dict(e.payload.extra)), mode="inline")  # type: ignore[union-attr]
+        hub.subscribe(
+            lambda e: seen.append(dict(e.payload.extra)), events=PPOUpdateCompleted, mode="inline"
+        )
         hub.emit(
             PPOUpdateCompleted(update=0, payload=PPOUpdatePayload(**_PPO_BASE, extra={"fps": 9.0}))
         )

@@ -175,7 +175,7 @@ def test_events_filter_takes_event_classes_alone_or_mixed(hub: TelemetryHub) -> 
 def test_events_filter_names_the_valid_choices(hub: TelemetryHub, bad: object) -> None:
     """A selector that names no event type raises ValueError listing classes and values."""
     with pytest.raises(ValueError, match="is not an event type") as info:
-        hub.subscribe(lambda e: None, events=bad)  # type: ignore[arg-type]
+        hub.subscribe(lambda e: None, events=bad)  # type: ignore[call-overload]
     assert str(info.value).split("; use ")[1] == (
         "event classes (RunStarted, PPOUpdateCompleted, AnomalyDetected, "
         "TelemetryLevelChanged, RunFinished), EventType members or their values "
@@ -672,7 +672,7 @@ def test_subscribe_rejects_bad_arguments(
 def test_subscribe_rejects_non_callable(hub: TelemetryHub) -> None:
     """Something neither callable nor a Backend raises TypeError naming subscriber."""
     with pytest.raises(TypeError, match=r"subscriber must be a callable.*got int"):
-        hub.subscribe(42)  # type: ignore[arg-type]
+        hub.subscribe(42)  # type: ignore[call-overload]
 
 
 def test_subscriber_names_default_and_stay_unique(hub: TelemetryHub) -> None:
