@@ -18,6 +18,8 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq  # type: ignore[import-untyped]  # pyarrow ships no type hints
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from esper_telemetry import TelemetryHub, TelemetryLevel, emit_ppo_update_event
 from esper_telemetry.analytics import (
@@ -443,7 +445,7 @@ def test_read_events_takes_the_end_of_the_file_as_the_end_of_its_last_line(
 
 def test_read_events_streams_in_bounded_memory(tmp_path: Path) -> None:
     """Reading 10,000 events keeps Python's peak allocation far below the file's size."""
-    (tmp_path / EVENTS_FILE).write_bytes(ppo_line(0) * 10_000)
+    (tmp_path / EVENTS_FILE).write_bytes(b"".join(ppo_line(k) for k in range(10_000)))
     size = (tmp_path / EVENTS_FILE).stat().st_size
     tracemalloc.start()
     try:
@@ -1036,3 +1038,174 @@ def test_run_query_reports_bad_sql_and_file_access_as_value_errors(tmp_path: Pat
         f'"{tmp_path}/x.csv" - file system operations are disabled by configuration',
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == [EVENTS_FILE]
+
+
+# -- integers outside int64, and a seq seen twice --------------------------------------
+
+I64_MAX = 2**63 - 1
+
+
+def with_field(line: bytes, path: tuple[str | int, ...], value: object) -> bytes:
+    """``line`` (one event's JSON) with the value at ``path`` replaced."""
+    data = json.loads(line)
+    node = data
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return json.dumps(data).encode() + b"\n"
+
+
+def test_a_line_with_an_int_outside_int64_is_skipped_and_the_run_stays_queryable(
+    tmp_path: Path,
+) -> None:
+    """update, rank, seq, env_steps or an outlier index past int64 (or negative) makes its
+    line a bad line; read_events, connect, run_query and export_parquet give the rest."""
+    good = write_run(tmp_path / "src", "r1")
+    lines = (tmp_path / "src" / EVENTS_FILE).read_bytes().splitlines(keepends=True)
+    ppo = lines[-1]  # the last PPO update, with detail and outlier envs (level DEBUG)
+    changes: list[tuple[tuple[str | int, ...], object]] = [
+        (("update",), 2**70),
+        (("rank",), 2**64),
+        (("seq",), I64_MAX + 1),
+        (("payload", "env_steps"), 10**30),
+        (("payload", "lstm_outlier_envs", 0), 2**63),
+        (("update",), -1),
+        (("payload", "env_steps"), -(2**70)),
+    ]
+    corrupt = [with_field(ppo, path, value) for path, value in changes]
+    (tmp_path / EVENTS_FILE).write_bytes(b"".join([*lines, *corrupt]))
+    bad: list[BadLine] = []
+    events = list(read_events(tmp_path, on_bad_line=bad.append))
+    path = tmp_path / EVENTS_FILE
+    top = f"less than or equal to {I64_MAX}"
+    assert dumps(events) == dumps(good)
+    assert [(b.line_number, b.reason) for b in bad] == [
+        (8, f"not a valid event: update: Input should be {top}"),
+        (9, f"not a valid event: rank: Input should be {top}"),
+        (10, f"not a valid event: seq: Input should be {top}"),
+        (11, f"not a valid event: payload.env_steps: Input should be {top}"),
+        (12, f"not a valid event: payload.lstm_outlier_envs.0: Input should be {top}"),
+        (13, "not a valid event: update: Input should be greater than or equal to 0"),
+        (14, "not a valid event: payload.env_steps: Input should be greater than or equal to 0"),
+    ]
+    assert {b.path for b in bad} == {path}
+    loaded: list[BadLine] = []
+    con = connect(tmp_path, on_bad_line=loaded.append)
+    assert con.execute(
+        "SELECT max(update), max(env_steps), count(*) FROM ppo_updates"
+    ).fetchall() == [(4, 640, 5)]
+    assert loaded == bad
+    assert list(run_query(tmp_path, "SELECT count(*) AS n FROM events", fmt="csv")) == ["n\n7\n"]
+    assert export_parquet(tmp_path, tmp_path / "ppo.parquet") == 5
+
+
+def test_int64_max_itself_loads_into_every_table(tmp_path: Path) -> None:
+    """The largest int64 is a valid update, env_steps and outlier index: loaded exactly."""
+    write_run(tmp_path / "src", "r1")
+    ppo = (tmp_path / "src" / EVENTS_FILE).read_bytes().splitlines(keepends=True)[-1]
+    for path in (("update",), ("payload", "env_steps"), ("payload", "lstm_outlier_envs", 0)):
+        ppo = with_field(ppo, path, I64_MAX)
+    (tmp_path / EVENTS_FILE).write_bytes(ppo)
+    con = connect(tmp_path)
+    assert con.execute(
+        "SELECT update, env_steps, lstm_outlier_envs FROM ppo_updates"
+    ).fetchall() == [(I64_MAX, I64_MAX, [I64_MAX])]
+
+
+def seq_line(seq: int, update: int, run_id: str = "r") -> bytes:
+    return with_field(ppo_line(update, seq), ("run_id",), run_id)
+
+
+def test_a_repeated_seq_of_a_run_is_reported_and_the_first_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A (run_id, seq) an earlier line had is a bad line (duplicate=True) with its number;
+    the same seq of another run, and unstamped events (seq -1), are not duplicates."""
+    lines = [
+        seq_line(0, 0),  # 1
+        seq_line(1, 1),  # 2
+        seq_line(0, 100),  # 3: a second writer's seq 0
+        seq_line(0, 7, run_id="other"),  # 4: another run: its own numbering
+        seq_line(2, 2),  # 5
+        seq_line(1, 101),  # 6: the second writer's seq 1
+        seq_line(-1, 50),  # 7: never emitted through a hub
+        seq_line(-1, 51),  # 8
+        seq_line(5, 5),  # 9: a gap (lines lost) is no duplicate
+        seq_line(4, 4),  # 10: nor is a seq filling it late
+        seq_line(5, 105),  # 11
+    ]
+    path = tmp_path / EVENTS_FILE
+    path.write_bytes(b"".join(lines))
+    bad: list[BadLine] = []
+    with caplog.at_level(logging.WARNING, logger="esper_telemetry.analytics"):
+        events = list(read_events(tmp_path, on_bad_line=bad.append))
+    assert [(e.run_id, e.seq, e.update) for e in events] == [
+        ("r", 0, 0),
+        ("r", 1, 1),
+        ("other", 0, 7),
+        ("r", 2, 2),
+        ("r", -1, 50),
+        ("r", -1, 51),
+        ("r", 5, 5),
+        ("r", 4, 4),
+    ]
+    why = "an earlier line has it (two writers on one file?); skipped, the first is kept"
+    assert bad == [
+        BadLine(path, n, f"duplicate seq {seq} of run 'r': {why}", duplicate=True)
+        for n, seq in ((3, 0), (6, 1), (11, 5))
+    ]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"skipped a bad line of an events file: {b}" for b in bad
+    ]
+
+
+def test_the_cursor_remembers_seqs_across_reads_and_forgets_them_on_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A duplicate arriving in a later read is reported; a replaced file starts afresh."""
+    path = tmp_path / EVENTS_FILE
+    path.write_bytes(seq_line(0, 0) + seq_line(1, 1))
+    cursor = EventCursor(tmp_path)
+    first = cursor.read()
+    with path.open("ab") as f:
+        f.write(seq_line(1, 9) + seq_line(2, 2))
+    second = cursor.read()
+    path.write_bytes(seq_line(0, 0))  # shorter: read again from the start
+    third = cursor.read()
+    assert [
+        (updates(b), [x.line_number for x in b.bad_lines], b.restarted)
+        for b in (
+            first,
+            second,
+            third,
+        )
+    ] == [([0, 1], [], False), ([2], [3], False), ([0], [], True)]
+    assert [x.duplicate for x in second.bad_lines] == [True]
+
+
+def test_connect_and_run_query_hold_each_seq_of_a_run_once(tmp_path: Path) -> None:
+    """Two writers' lines for one run load as the first writer's; (run_id, seq) is a key."""
+    lines = [seq_line(s, u) for s, u in ((0, 0), (0, 10), (1, 1), (1, 11), (2, 12))]
+    (tmp_path / EVENTS_FILE).write_bytes(b"".join(lines))
+    bad: list[BadLine] = []
+    con = connect(tmp_path, on_bad_line=bad.append)
+    assert con.execute("SELECT seq, update FROM ppo_updates ORDER BY seq").fetchall() == [
+        (0, 0),
+        (1, 1),
+        (2, 12),
+    ]
+    assert [(b.line_number, b.duplicate) for b in bad] == [(2, True), (4, True)]
+    sql = "SELECT count(*) AS n, count(DISTINCT seq) AS seqs FROM events"
+    assert list(run_query(tmp_path, sql, fmt="csv")) == ["n,seqs\n3,3\n"]
+
+
+@given(seqs=st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 40)), max_size=80))
+def test_the_seq_ranges_find_exactly_the_repeats(seqs: list[tuple[str, int]]) -> None:
+    """_SeenSeqs says "new" exactly for the pairs a plain set had not seen, in any order."""
+    ranges, plain = _reader._SeenSeqs(), set[tuple[str, int]]()
+    answers, expected = [], []
+    for run_id, seq in seqs:
+        answers.append(ranges.add(run_id, seq))
+        expected.append((run_id, seq) not in plain)
+        plain.add((run_id, seq))
+    assert answers == expected

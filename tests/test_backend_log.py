@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 
-from esper_telemetry import TelemetryHub
+from esper_telemetry import TelemetryHub, _append
 from esper_telemetry.backends.log import StructlogBackend
 from esper_telemetry.contracts import (
     Anomaly,
@@ -163,3 +165,73 @@ def test_a_directory_is_not_a_log_file(tmp_path: Path) -> None:
     """path pointing at a directory raises ValueError naming path."""
     with pytest.raises(ValueError, match=r"path: .* is a directory"):
         StructlogBackend(tmp_path)
+
+
+class FullDisk:
+    """Stands in for ``os`` in ``esper_telemetry._append``: while ``free`` is not None,
+    a write takes at most that many more bytes (a short write), then fails with ENOSPC."""
+
+    def __init__(self) -> None:
+        self.free: int | None = None
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        if self.free is None:
+            return os.write(fd, data)
+        if self.free == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = os.write(fd, bytes(data[: self.free]))
+        self.free -= written
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+def test_a_line_the_disk_had_no_room_for_is_one_failed_event_and_never_written_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the disk full for two events, the hub counts exactly those two as failed; the
+    file holds every other event whole, the cut-off start of the first failed line on a
+    line of its own, and nothing of the failed events once space returns."""
+    disk = FullDisk()
+    monkeypatch.setattr(_append, "os", disk)
+    path = tmp_path / "log.jsonl"
+    with TelemetryHub("full") as hub:
+        hub.subscribe(StructlogBackend(path), mode="inline")
+        for update in range(6):
+            if update == 2:
+                disk.free = 40  # the disk fills up 40 bytes into this line
+            if update == 4:
+                disk.free = None  # and has room again
+            hub.emit(ppo(update))
+        (stats,) = hub.stats().subscribers
+    assert (stats.delivered, stats.failed, stats.last_error) == (
+        4,
+        2,
+        "OSError: [Errno 28] No space left on device",
+    )
+    *lines, last = path.read_text().split("\n")
+    assert (len(lines[2]), last) == (40, "")
+    assert [_update_or_fragment(line) for line in lines] == [0, 1, "fragment", 4, 5]
+
+
+def test_a_torn_last_line_left_by_a_killed_writer_stays_a_line_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """Appending to a file that ends without a newline starts a new line first."""
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"event": "PPO_UPD')
+    with TelemetryHub("torn") as hub:
+        hub.subscribe(StructlogBackend(path))
+        hub.emit(ppo(0))
+    *lines, last = path.read_text().split("\n")
+    assert [_update_or_fragment(line) for line in lines] == ["fragment", 0]
+    assert (lines[0], last) == ('{"event": "PPO_UPD', "")
+
+
+def _update_or_fragment(line: str) -> int | str:
+    try:
+        update: int = strict(line)["update"]
+    except ValueError:
+        return "fragment"
+    return update

@@ -541,10 +541,13 @@ class HangingRun:
 def test_close_returns_within_finish_timeout_when_finish_hangs(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A run.finish() that never returns costs close() finish_timeout, then a warning.
+    """A run.finish() that never returns costs close() finish_timeout, then a TimeoutError
+    the hub counts as a failure; the backend is then aborted.
 
     wandb.init is replaced by a stand-in whose finish() blocks: the one place this file
-    does not use the real wandb, because a real hang cannot be produced on demand.
+    does not use the real wandb, because a real hang cannot be produced on demand (a
+    stopped wandb-core: ``tests/reliability/test_wandb_failures.py``). The stand-in has
+    no service process, so nothing is stopped.
     """
     hanging = HangingRun()
     monkeypatch.setattr(wandb, "init", lambda **kwargs: hanging)
@@ -557,12 +560,16 @@ def test_close_returns_within_finish_timeout_when_finish_hangs(
         stats = hub.close(timeout=10)
     elapsed = time.monotonic() - start
     hanging.release.set()
+    error = (
+        "TimeoutError: W&B run 'hanging' did not finish within 0.3 s; what W&B had not "
+        "written yet is lost (`wandb sync` uploads what its run file holds)"
+    )
     assert hanging.finish_called.is_set()
     assert 0.3 <= elapsed < 3.0
-    assert stats.stuck == ()
+    assert [(s.stuck, s.failed, s.last_error) for s in stats.subscribers] == [(False, 1, error)]
+    assert (backend.finished, backend.aborted) == (False, True)
     assert [r.getMessage() for r in caplog.records] == [
-        "WandBBackend: W&B run 'hanging' did not finish within 0.3 s; closing without it "
-        "(data W&B had not written yet may be missing; `wandb sync` can retry later)"
+        "telemetry subscriber 'wandb' raised in close(); the other subscribers are unaffected"
     ]
 
 

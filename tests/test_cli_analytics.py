@@ -159,7 +159,7 @@ def test_query_warns_about_skipped_lines_on_stderr(runs: Path) -> None:
         (["query", "{tmp}/x*", "SELECT 1"], "matches"),
         (["query", "{runs}/a", "SELEC 1"], 'Parser Error: syntax error at or near "SELEC"'),
         (["query", "{runs}/a", "SELECT * FROM nope"], "Table with name nope does not exist"),
-        (["query", "{runs}/a", "COPY events TO '{tmp}/x.csv'"], "disabled by configuration"),
+        (["query", "{runs}/a", "COPY events TO '{tmp}/x.csv'"], "is not a read-only query"),
         (["export", "{tmp}/nope", "--parquet", "{tmp}/x.parquet"], "no such run directory"),
         (["export", "{runs}/a", "--parquet", "{runs}/a/events.jsonl"], "being read"),
     ],
@@ -248,3 +248,153 @@ def test_esper_query_loads_neither_torch_nor_gymnasium(runs: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.splitlines() == ["n", "-", "3", "(1 row)", "[]"]
+
+
+def tree(root: Path) -> list[str]:
+    """Every file and folder under root, hidden ones included, as sorted relative paths."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "EXPORT DATABASE '{runs}/a/newdir'",
+        "EXPORT DATABASE 'newdir' (FORMAT parquet)",
+        "COPY events TO '{tmp}/x.csv'",
+        "COPY (SELECT 1) TO 'sub/x.parquet' (FORMAT parquet)",
+        "ATTACH '{tmp}/x.db' AS x",
+        "ATTACH ':memory:' AS m",
+        "DETACH memory",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "CREATE TABLE t AS SELECT 1",
+        "CREATE TEMP VIEW v AS SELECT 1",
+        "CREATE SECRET (TYPE s3)",
+        "INSERT INTO events SELECT * FROM events",
+        "DELETE FROM events",
+        "PRAGMA version",
+        "PRAGMA database_list",
+        "SET enable_external_access = true",
+        "RESET lock_configuration",
+        "CALL pragma_version()",
+        "CHECKPOINT",
+        "VACUUM",
+        "USE memory",
+        "EXPLAIN ANALYZE COPY (SELECT 1) TO 'y.csv'",
+        "SELECT 1; COPY events TO 'z.csv'",
+        "PIVOT ppo_updates ON update USING count(*)",
+        "/* a comment */ EXPORT DATABASE 'commented'",
+    ],
+)
+def test_a_statement_that_is_not_a_read_only_query_is_refused_and_touches_nothing(
+    tmp_path: Path, runs: Path, monkeypatch: pytest.MonkeyPatch, sql: str
+) -> None:
+    """Writes, attachments, extensions, settings, pragmas and DDL are refused from their
+    parse before DuckDB binds them: exit 1, one line naming the statement, and not one file
+    or folder created, changed or removed anywhere under the test's folder (the cwd)."""
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    contents = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, out, err = invoke("query", str(runs / "a"), sql.format(tmp=tmp_path, runs=runs))
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert err.startswith("Error: SQL: statement ")
+    assert "is not a read-only query" in err
+    assert tree(tmp_path) == before
+    assert {p: p.read_bytes() for p in contents} == contents
+
+
+@pytest.mark.parametrize(
+    ("sql", "first"),
+    [
+        ("DESCRIBE ppo_updates", "column_name"),
+        ("SUMMARIZE SELECT update FROM ppo_updates", "column_name"),
+        ("SHOW ppo_updates", "column_name"),
+        ("FROM ppo_updates SELECT count(*) AS n", "n"),
+        ("WITH u AS (SELECT update FROM ppo_updates) SELECT max(update) AS m FROM u", "m"),
+        ("VALUES (1)", "col0"),
+        ("TABLE level_changes", "run_id"),
+        ("EXPLAIN SELECT * FROM ppo_updates", "explain_key"),
+        ("/* why */ EXPLAIN ANALYZE SELECT count(*) FROM events", "explain_key"),
+        (
+            "PIVOT (SELECT update, 1 AS one FROM ppo_updates) ON update IN (0, 1) USING sum(one)",
+            "0",
+        ),
+        ("SELECT 1 AS a; SELECT 2 AS b", "b"),
+    ],
+)
+def test_read_only_statements_of_every_kind_still_run(runs: Path, sql: str, first: str) -> None:
+    """SELECT in each of its spellings, and EXPLAIN of one, run as before."""
+    code, out, err = invoke("query", str(runs / "a"), sql, "--format", "csv")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0].split(",")[0] == first
+
+
+def test_the_query_database_cannot_spill_to_disk(runs: Path) -> None:
+    """The query database has no temporary folder (DuckDB would create ./.tmp to spill) and
+    shows no progress bar; both are locked."""
+    sql = (
+        "SELECT current_setting('temp_directory') AS t, current_setting('enable_progress_bar') AS p"
+    )
+    code, out, _ = invoke("query", str(runs / "a"), sql, "--format", "json")
+    assert (code, out) == (0, '{"t":"","p":false}\n')
+
+
+@pytest.mark.parametrize("sql", ["", "   ", "\n\t", ";", " ; ;", "-- just a comment", "/* x */"])
+def test_empty_sql_is_one_line(runs: Path, sql: str) -> None:
+    """Empty, blank, comment-only or semicolon-only SQL: exit 1 and one line saying so."""
+    assert invoke("query", str(runs / "a"), "--", sql) == (
+        1,
+        "",
+        'Error: SQL: empty (or only comments); give a query, e.g. "SELECT * FROM ppo_updates"\n',
+    )
+
+
+def test_an_undecodable_byte_in_the_sql_is_one_line(runs: Path, tmp_path: Path) -> None:
+    """A byte that is not UTF-8 in the SQL argument of a real command line: exit 1 and one
+    line naming the byte and where it is, no traceback."""
+    argv = [sys.executable, "-m", "esper_telemetry.cli", "query", str(runs / "a")]
+    done = subprocess.run(
+        [*(a.encode() for a in argv), b"SELECT '\xff' AS x"],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (1, b"")
+    assert done.stderr == (
+        b"Error: SQL: character 9 is byte 0xff, which is not UTF-8; write the query in UTF-8\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "owned",
+    [
+        "a/events.jsonl",
+        "a/log.jsonl",
+        "a/report.png",
+        "a/wandb/offline-run-x/run-x.wandb",
+        "a/wandb/debug.log",
+        "b/log.jsonl",  # another run's own file, though only a is read
+    ],
+)
+def test_export_refuses_a_file_a_run_owns(runs: Path, owned: str) -> None:
+    """--parquet onto a run's events file, structured log, report or W&B files is refused:
+    exit 1, one line; the file is left as it was."""
+    target = runs / owned
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        target.write_bytes(b"the run's own bytes\n")
+    before = target.read_bytes()
+    code, out, err = invoke("export", str(runs / "a"), "--parquet", str(target))
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1
+    assert err.startswith(f"Error: destination: {str(target)!r} is ")
+    assert target.read_bytes() == before
+    assert [p.name for p in target.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_export_may_write_beside_a_runs_files(runs: Path) -> None:
+    """A Parquet file of the user's own inside a run directory is fine."""
+    dest = runs / "a" / "ppo.parquet"
+    code, out, _ = invoke("export", str(runs / "a"), "--parquet", str(dest))
+    assert (code, out) == (0, f"wrote 3 rows of ppo_updates to {dest}\n")

@@ -215,21 +215,66 @@ def test_wandb_online_without_credentials_fails_before_training(tmp_path: Path) 
     assert not (tmp_path / "runs" / "online").exists()
 
 
+MEMORY = "Invalid value for --envs / --episode-length / --hidden / --layers: the run would need"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--run-id", "../escape"], "run_id must be"),
         (["--inject-fault", "melt@2"], "KIND@UPDATE"),
-        (["--episodes", "0"], "updates must be an int >= 1"),
+        (["--episodes", "0"], "Invalid value for --episodes: must be an int in [1, 2**63 - 1]"),
+        (["--envs", str(10**12)], MEMORY),  # hung building 10**12 environments
+        (["--layers", str(10**9)], MEMORY),  # hung building 10**9 LSTM layers
     ],
 )
 def test_bad_options_are_refused_before_training(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
     """A bad option exits 2 with one error line naming it (no traceback), and leaves no run
-    behind."""
-    result = esper(tmp_path, *args, "--wandb", "disabled", *SMALL, timeout=60)
-    assert result.returncode == 2
+    behind; sizes that cannot fit are refused at once (they used to hang). The other bad
+    values are driven in-process in tests/test_cli.py."""
+    result = esper(tmp_path, "--wandb", "disabled", *SMALL, *args, timeout=60)
+    assert result.returncode == 2, result.stderr
     assert len([line for line in result.stderr.splitlines() if message in line]) == 1
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+#: Runs `esper` with torch's gradient clipping raising during update 1 (20 epochs of one
+#: minibatch per update), as a device error would.
+FAILING_TORCH = """
+import sys, torch
+real, calls = torch.nn.utils.clip_grad_norm_, iter(range(10**9))
+def clip(*args, **kwargs):
+    if next(calls) == 25:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    return real(*args, **kwargs)
+torch.nn.utils.clip_grad_norm_ = clip
+from esper_telemetry.cli import main
+main(sys.argv[1:], prog_name="esper")
+"""
+
+
+def test_a_failure_inside_training_exits_5_with_run_finished_failed(tmp_path: Path) -> None:
+    """An error raised inside update 1: exit 5 and one stderr line naming it; the analytics
+    and structured logs end with RUN_FINISHED failed carrying the same line; no traceback."""
+    argv = [sys.executable, "-c", FAILING_TORCH, "ppo", "--run-dir", str(tmp_path / "runs")]
+    argv += ["--run-id", "fails", "--episodes", "5", "--wandb", "disabled", *SMALL]
+    result = subprocess.run(
+        argv, capture_output=True, text=True, env=env_for(tmp_path), cwd=tmp_path, timeout=180
+    )
+    assert result.returncode == 5, result.stderr
+    error = (
+        "RuntimeError after 1 update: CUDA error: an illegal memory access was encountered "
+        "(<string>:6 in clip)"
+    )
+    assert result.stderr.splitlines() == [f"esper ppo: training failed: {error}"]
+    assert "run fails: failed, 1 updates" in result.stdout
+    run_dir = tmp_path / "runs" / "fails"
+    events = events_of(run_dir)
+    assert kinds(events) == [(0, "RUN_STARTED"), (0, "PPO_UPDATE_COMPLETED"), (0, "RUN_FINISHED")]
+    finished = [(e.payload.status, e.payload.message) for e in events if isinstance(e, RunFinished)]
+    assert finished == [("failed", error)]
+    logged = [(r["event"], r.get("status")) for r in log_lines(run_dir)]
+    assert logged[-1] == ("RUN_FINISHED", "failed")

@@ -44,6 +44,7 @@ from esper_telemetry.contracts import (
     parse_event,
     validate_event,
 )
+from esper_telemetry.contracts.events import EVENT_ADAPTER
 
 NAN, INF = math.nan, math.inf
 
@@ -93,7 +94,8 @@ def _subscriber(name: str, p50: float, p99: float, worst: float) -> SubscriberSt
 
 
 def sample_payloads() -> dict[EventType, BaseModel]:
-    """One payload per event type, with NaN and ±Inf in every float field that takes them."""
+    """One payload per event type, with NaN and ±Inf in every float field that takes them
+    (+Inf only where a value cannot be negative)."""
     return {
         EventType.RUN_STARTED: RunStartedPayload(
             config={"lr": 3e-4, "gamma": 0.99, "envs": 8, "net": {"lstm": True, "sizes": [64]}},
@@ -113,7 +115,7 @@ def sample_payloads() -> dict[EventType, BaseModel]:
             lstm_c_l2_total=NAN,
             lstm_h_rms=INF,
             lstm_c_rms=NAN,
-            lstm_h_env_rms_mean=-INF,
+            lstm_h_env_rms_mean=-0.0,
             lstm_h_env_rms_max=0.1,
             lstm_c_env_rms_mean=NAN,
             lstm_c_env_rms_max=1 / 3,
@@ -123,7 +125,7 @@ def sample_payloads() -> dict[EventType, BaseModel]:
             lstm_has_inf=True,
             lstm_detail=LSTMHealthDetail(
                 h_layer_rms=(INF, 0.5),
-                c_layer_rms=(NAN, -INF),
+                c_layer_rms=(NAN, 1.7976931348623157e308),
                 h_env_rms=(0.1, INF, -0.0),
                 c_env_rms=(NAN, 2.0, 5e-324),
             ),
@@ -153,7 +155,7 @@ def sample_payloads() -> dict[EventType, BaseModel]:
                 level=TelemetryLevel.DEBUG,
                 emitted=12,
                 subscribers=(
-                    _subscriber("wandb", NAN, INF, -INF),
+                    _subscriber("wandb", NAN, INF, 1.7976931348623157e308),
                     _subscriber("log", 0.1, 0.2, 5e-324),
                 ),
             ),
@@ -462,6 +464,219 @@ def test_models_are_frozen(instance: BaseModel, field: str, value: Any) -> None:
     with pytest.raises(ValidationError, match="frozen"):
         setattr(instance, field, value)
     assert canonical(instance.model_dump()) == before
+
+
+# --------------------------------------------------------------------------- bounds
+
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+_LSTM_FLOAT_KEYS = tuple(k for k in LSTM_KEYS if not k.startswith("lstm_has_"))
+
+
+def _int_leaves(data: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """Paths of the int values in an event's JSON data (the config is free JSON: skipped)."""
+    if isinstance(data, bool):
+        return []
+    if isinstance(data, int):
+        return [path]
+    if isinstance(data, Mapping):
+        return [p for k, v in data.items() if k != "config" for p in _int_leaves(v, (*path, k))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _int_leaves(v, (*path, i))]
+    return []
+
+
+def _with(data: Any, path: tuple[str | int, ...], value: int) -> Any:
+    copy = json.loads(json.dumps(data))
+    node = copy
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return copy
+
+
+def _json_data(event_type: EventType) -> Any:
+    return json.loads(sample_event(event_type).model_dump_json())
+
+
+INT_PATHS = [(t, p) for t in EventType for p in _int_leaves(_json_data(t))]
+
+
+def _ids(cases: list[tuple[EventType, tuple[str | int, ...]]]) -> list[str]:
+    return [f"{t.value}:{'.'.join(map(str, p))}" for t, p in cases]
+
+
+def test_every_int_of_every_event_is_found() -> None:
+    """The sweep below covers every int field of the contracts, not only the envelope's."""
+    fields = {".".join(str(part) for part in p if isinstance(part, str)) for _, p in INT_PATHS}
+    assert fields == {
+        "schema_version",
+        "seq",
+        "update",
+        "rank",
+        "level",
+        "payload.env_steps",
+        "payload.lstm_outlier_envs",
+        "payload.outlier_envs",
+        "payload.previous",
+        "payload.level",
+        "payload.hub_stats.level",
+        "payload.hub_stats.emitted",
+        *(
+            f"payload.hub_stats.subscribers.{name}"
+            for name in (
+                "delivered",
+                "failed",
+                "dropped",
+                "abandoned",
+                "undelivered",
+                "queue_depth",
+                "queue_size",
+            )
+        ),
+    }
+
+
+@pytest.mark.parametrize("too_big", [I64_MAX + 1, 2**70, I64_MIN - 1, 10**400])
+@pytest.mark.parametrize(("event_type", "path"), INT_PATHS, ids=_ids(INT_PATHS))
+def test_an_int_outside_int64_is_refused_naming_its_field(
+    event_type: EventType, path: tuple[str | int, ...], too_big: int
+) -> None:
+    """Any int field, in JSON and in Python, refuses a value no int64 column can hold."""
+    data = _with(_json_data(event_type), path, too_big)
+    errors = []
+    for parse, argument in ((parse_event, json.dumps(data)), (validate_event, data)):
+        with pytest.raises(ValidationError) as info:
+            parse(argument)
+        errors.append([e["loc"][1:] for e in info.value.errors()])
+    assert errors == [[path], [path]]
+
+
+NOT_LEVELS = [(t, p) for t, p in INT_PATHS if p[-1] not in ("level", "previous")]
+
+
+@pytest.mark.parametrize(("event_type", "path"), NOT_LEVELS, ids=_ids(NOT_LEVELS))
+def test_int64_max_is_held_where_an_int_field_is_not_a_level(
+    event_type: EventType, path: tuple[str | int, ...]
+) -> None:
+    """The largest int64 is a valid count, index, update or seq, and round-trips exactly."""
+    data = _with(_json_data(event_type), path, I64_MAX)
+    event = parse_event(json.dumps(data))
+    assert json.loads(event.model_dump_json()) == data
+
+
+@pytest.mark.parametrize(("event_type", "path"), INT_PATHS, ids=_ids(INT_PATHS))
+def test_a_negative_int_is_refused_where_it_means_nothing(
+    event_type: EventType, path: tuple[str | int, ...]
+) -> None:
+    """Counts, indices, update, rank and schema_version refuse -1; seq refuses -2 (-1 is
+    "not emitted yet")."""
+    value = -2 if path == ("seq",) else -1
+    data = _with(_json_data(event_type), path, value)
+    with pytest.raises(ValidationError) as info:
+        parse_event(json.dumps(data))
+    assert [e["loc"][1:] for e in info.value.errors()] == [path]
+
+
+def test_every_int_in_the_schemas_is_bounded_to_int64() -> None:
+    """Each integer of the published JSON Schemas states bounds within int64."""
+
+    def ints(node: Any) -> list[tuple[Any, Any]]:
+        if isinstance(node, Mapping):
+            own = (
+                [(node.get("minimum"), node.get("maximum"))]
+                if node.get("type") == "integer"
+                else []
+            )
+            return own + [b for v in node.values() for b in ints(v)]
+        if isinstance(node, list):
+            return [b for v in node for b in ints(v)]
+        return []
+
+    defs = EVENT_ADAPTER.json_schema()["$defs"]
+    found = ints({k: v for k, v in defs.items() if k != "TelemetryLevel"})  # an enum, 0-3
+    assert len(found) == 31  # 4 envelope ints x 5 events, 3 in payloads, 8 in the stats
+    assert [(lo, hi) for lo, hi in found if not (lo >= I64_MIN and hi == I64_MAX)] == []
+
+
+def test_a_float_field_refuses_an_int_too_big_for_a_float_naming_it() -> None:
+    """10**400 cannot be a float: a ValidationError naming the field, not an OverflowError."""
+    with pytest.raises(ValidationError) as info:
+        PPOUpdatePayload(**{**_PPO_BASE, "policy_loss": 10**400, "extra": {"x": 10**400}})
+    # Each field reports both members of the Float union; the second says why.
+    assert [(e["loc"][:-1], e["msg"]) for e in info.value.errors()][1::2] == [
+        (("policy_loss",), "Value error, an int of 1329 bits does not fit in a float"),
+        (("extra", "x"), "Value error, an int of 1329 bits does not fit in a float"),
+    ]
+
+
+NORM_FIELDS = [
+    (LSTMHealthMetrics, name)
+    for name in LSTMHealthMetrics.model_fields
+    if name not in ("has_nan", "has_inf")
+] + [
+    (PPOUpdatePayload, name)
+    for name in PPOUpdatePayload.model_fields
+    if name == "grad_norm" or (name.startswith("lstm_") and name in _LSTM_FLOAT_KEYS)
+]
+
+
+def _build(cls: type[BaseModel], field: str, value: float) -> BaseModel:
+    if cls is LSTMHealthMetrics:
+        base: dict[str, Any] = dict.fromkeys(LSTMHealthMetrics.model_fields, 0.5)
+        base |= {"has_nan": False, "has_inf": False}
+        return LSTMHealthMetrics(**{**base, field: value})
+    return cls(**{**_PPO_BASE, field: value})
+
+
+@pytest.mark.parametrize("value", [-1.0, -5e-324, -INF, -1])
+@pytest.mark.parametrize(("cls", "field"), NORM_FIELDS)
+def test_a_norm_refuses_a_negative_value_naming_the_field(
+    cls: type[BaseModel], field: str, value: float
+) -> None:
+    """A norm, RMS or max|x| below 0 (or -Infinity) is refused, naming the field."""
+    with pytest.raises(ValidationError) as info:
+        _build(cls, field, value)
+    errors = info.value.errors()
+    # One error per member of the union (pydantic-core's check, then the Python one).
+    assert [(e["loc"][0], e["msg"].split(", got")[0]) for e in errors] == [
+        (field, "Input should be greater than or equal to 0"),
+        (field, "Value error, must be >= 0 (NaN and +Infinity are kept as data)"),
+    ]
+
+
+@pytest.mark.parametrize("value", [0.0, -0.0, 5e-324, NAN, INF])
+@pytest.mark.parametrize(("cls", "field"), NORM_FIELDS)
+def test_a_norm_holds_zero_nan_and_infinity(cls: type[BaseModel], field: str, value: float) -> None:
+    """0, -0.0, NaN and +Inf are data a norm can hold: stored as given."""
+    assert canonical(getattr(_build(cls, field, value), field)) == canonical(value)
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [
+        (
+            lambda v: LSTMHealthDetail(
+                h_layer_rms=(v,), c_layer_rms=(), h_env_rms=(), c_env_rms=()
+            ),
+            ("h_layer_rms", 0),
+        ),
+        (
+            lambda v: LSTMHealthDetail(
+                h_layer_rms=(), c_layer_rms=(), h_env_rms=(), c_env_rms=(1.0, v)
+            ),
+            ("c_env_rms", 1),
+        ),
+        (lambda v: _subscriber("s", 0.1, v, 0.2), ("latency_p99_ms",)),
+    ],
+    ids=["detail-layer", "detail-env", "latency"],
+)
+def test_per_layer_and_per_env_rms_and_latencies_refuse_negatives(
+    model: Callable[[float], BaseModel], field: tuple[str | int, ...]
+) -> None:
+    """The detail's RMS values and the hub's latencies are >= 0 too."""
+    with pytest.raises(ValidationError) as info:
+        model(-1.0)
+    assert {e["loc"][: len(field)] for e in info.value.errors()} == {field}
 
 
 # --------------------------------------------------------------------------- health fields

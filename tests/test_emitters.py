@@ -21,6 +21,7 @@ from esper_telemetry import (
 from esper_telemetry.testing import capture_events
 
 PPO = {"policy_loss": -0.01, "value_loss": 0.5, "entropy": 0.69}
+I64 = 2**63 - 1
 NUMBERED_KEY: dict[Any, float] = {**PPO, 3: 1.0}
 
 
@@ -122,10 +123,14 @@ def test_optional_known_metrics_accept_none(hub: TelemetryHub) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"update": -1}, ValueError, "update must be an int >= 0, got -1"),
-        ({"update": True}, ValueError, "update must be an int >= 0, got True"),
-        ({"update": 1.0}, ValueError, "update must be an int >= 0, got 1.0"),
-        ({"update": 0, "env_steps": -5}, ValueError, "env_steps must be an int >= 0"),
+        ({"update": -1}, ValueError, rf"update must be an int from 0 to {I64} \(int64\), got -1"),
+        ({"update": True}, ValueError, "update must be an int from 0 to .*, got True"),
+        ({"update": 1.0}, ValueError, "update must be an int from 0 to .*, got 1.0"),
+        ({"update": 2**63}, ValueError, f"update must be an int from 0 to .*, got {2**63}"),
+        ({"update": 10**5000}, ValueError, "update must be .*, got an int of 16610 bits"),
+        ({"update": 0, "env_steps": -5}, ValueError, "env_steps must be an int from 0 to"),
+        ({"update": 0, "env_steps": 2**63}, ValueError, f"env_steps must be .*got {2**63}"),
+        ({"update": 0, "thresholds": "x"}, TypeError, "thresholds must be a HealthThresholds"),
         ({"update": 0, "lstm_health": (1, 2)}, TypeError, "lstm_health: expected"),
         ({"update": 0, "lstm_health": "ok"}, TypeError, "lstm_health must be what"),
     ],
@@ -211,3 +216,56 @@ def test_a_requested_halt_stops_the_next_emit_and_publishes_nothing(hub: Telemet
         with pytest.raises(TrainingHalted, match="lstm_nan at update 0"):
             emit_ppo_update_event(hub, update=1, metrics=PPO)
     assert rec.events == [first]
+
+
+@pytest.mark.parametrize("level", list(TelemetryLevel))
+@pytest.mark.parametrize("with_health", [False, True], ids=["no-lstm", "lstm"])
+def test_bad_thresholds_are_a_type_error_at_every_level(
+    level: TelemetryLevel, with_health: bool
+) -> None:
+    """thresholds="x" raises TypeError naming thresholds at OFF, MINIMAL, NORMAL and DEBUG,
+    with or without LSTM health (it used to be an AttributeError at DEBUG only)."""
+    health = compute_lstm_health(lstm_state(), detail=True) if with_health else None
+    with (
+        TelemetryHub("levels", level=level) as hub,
+        capture_events(hub) as rec,
+        pytest.raises(TypeError, match="thresholds") as info,
+    ):
+        emit_ppo_update_event(
+            hub,
+            update=0,
+            metrics=PPO,
+            lstm_health=health,
+            thresholds="x",  # type: ignore[arg-type]
+        )
+    assert str(info.value) == "thresholds must be a HealthThresholds or None, got str"
+    assert rec.events == []
+
+
+@pytest.mark.parametrize("level", list(TelemetryLevel))
+def test_update_and_env_steps_are_checked_at_every_level(level: TelemetryLevel) -> None:
+    """An update or env_steps beyond int64 is refused at OFF too, not only once detail is on."""
+    messages = []
+    with TelemetryHub("levels", level=level) as hub:
+        for kwargs in ({"update": 2**63}, {"update": 0, "env_steps": -1}):
+            with pytest.raises(ValueError, match="must be an int from 0 to") as info:
+                emit_ppo_update_event(hub, metrics=PPO, **kwargs)  # type: ignore[arg-type]
+            messages.append(str(info.value))
+        emitted = hub.stats().emitted
+    assert messages == [
+        f"update must be an int from 0 to {I64} (int64), got {2**63}",
+        f"env_steps must be an int from 0 to {I64} (int64) or None, got -1",
+    ]
+    assert emitted == 0
+
+
+@pytest.mark.parametrize("value", [-1.0, -math.inf, -1])
+def test_a_negative_grad_norm_is_one_value_error_naming_it(hub: TelemetryHub, value: float) -> None:
+    """grad_norm is a norm: a negative one is refused in one line naming the key."""
+    with capture_events(hub) as rec, pytest.raises(ValueError, match="grad_norm") as info:
+        emit_ppo_update_event(hub, update=0, metrics={**PPO, "grad_norm": value})
+    assert str(info.value) == (
+        "metrics['grad_norm']: must be >= 0 (NaN and +Infinity are kept as data), "
+        f"got {float(value)!r}"
+    )
+    assert rec.events == []

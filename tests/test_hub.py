@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -656,7 +657,7 @@ def test_unsubscribe_delivers_what_was_emitted_before_then_stops() -> None:
         ({"queue_size": 0}, "queue_size must be an int >= 1, got 0"),
         ({"events": ["PPO_DONE"]}, "events: 'PPO_DONE' is not an event type"),
         ({"events": []}, "events: an empty selection"),
-        ({"block_timeout": -1}, "block_timeout must be a number > 0 or None, got -1"),
+        ({"block_timeout": -1}, r"block_timeout must be a number of seconds, 0 < s <= .*; got -1"),
         ({"name": ""}, "name must be a non-empty string"),
     ],
 )
@@ -704,6 +705,102 @@ def test_emit_rejects_non_events(hub: TelemetryHub) -> None:
     ):
         hub.emit({"update": 1})  # type: ignore[type-var]
     assert hub.stats().emitted == 0
+
+
+TIMEOUT_MAX = f"{threading.TIMEOUT_MAX:.0f}"
+I64 = 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    ("block_timeout", "shown"),
+    [
+        (True, "True"),
+        (False, "False"),
+        (math.nan, "nan"),
+        (math.inf, "inf"),
+        (0, "0"),
+        (1e10, "10000000000.0"),
+    ],
+)
+def test_subscribe_refuses_a_bool_nan_or_endless_block_timeout(
+    hub: TelemetryHub, block_timeout: object, shown: str
+) -> None:
+    """block_timeout is seconds, 0 < s <= TIMEOUT_MAX; None, not inf, waits forever."""
+    with pytest.raises(ValueError, match="block_timeout") as info:
+        hub.subscribe(lambda e: None, block_timeout=block_timeout)  # type: ignore[call-overload]
+    assert str(info.value) == (
+        f"block_timeout must be a number of seconds, 0 < s <= {TIMEOUT_MAX} "
+        f"(threading.TIMEOUT_MAX), or None to wait without a limit; got {shown}"
+    )
+    assert hub.stats().subscribers == ()
+
+
+BAD_TIMEOUTS = [
+    (True, "True"),
+    (math.nan, "nan"),
+    (-math.inf, "-inf"),
+    (math.inf, "inf"),
+    (-1, "-1"),
+    (1e10, "10000000000.0"),
+    ("5", "'5'"),
+    (10**5000, "an int of 16610 bits"),
+]
+
+
+@pytest.mark.parametrize(("timeout", "shown"), BAD_TIMEOUTS, ids=[s for _, s in BAD_TIMEOUTS])
+def test_flush_unsubscribe_and_close_refuse_a_bad_timeout_and_change_nothing(
+    timeout: object, shown: str
+) -> None:
+    """A bool, NaN, ±inf, negative, huge or non-number timeout is one ValueError naming
+    timeout; the hub stays open and subscribed, and goes on delivering."""
+    hub = TelemetryHub("timeouts")
+    rec = RecordingBackend()
+    hub.subscribe(rec)
+    messages = []
+    for call in (hub.flush, partial(hub.unsubscribe, rec), hub.close):
+        with pytest.raises(ValueError, match="timeout") as info:
+            call(timeout=timeout)  # type: ignore[arg-type]
+        messages.append(str(info.value))
+    hub.emit(ppo(0))
+    stats = hub.close(timeout=10)
+    limit = f"timeout must be a number of seconds, 0 <= s <= {TIMEOUT_MAX} (threading.TIMEOUT_MAX)"
+    forever = ", or None to wait without a limit"
+    assert messages == [
+        f"{limit}{forever}; got {shown}",
+        f"{limit}{forever}; got {shown}",
+        f"{limit}; got {shown}",
+    ]
+    assert ([e.update for e in rec.events], [s.delivered for s in stats.subscribers]) == ([0], [1])
+
+
+@pytest.mark.parametrize("rank", [2**63, -1, True, 1.0])
+def test_rank_must_fit_in_int64(rank: object) -> None:
+    """A rank outside 0..2**63-1 (or not an int) is refused naming rank."""
+    with pytest.raises(ValueError, match=r"rank must be an int from 0 to 9223372036854775807"):
+        TelemetryHub("r", rank=rank)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("update", "shown"),
+    [(2**63, str(2**63)), (-1, "-1"), (True, "True"), (10**50, "an int of 167 bits")],
+)
+def test_emit_refuses_an_unvalidated_update_outside_int64(
+    hub: TelemetryHub, update: int, shown: str
+) -> None:
+    """An event built without validation (model_copy, model_construct) cannot carry an
+    update no log reader could store: refused naming event.update, nothing delivered."""
+    rec = RecordingBackend()
+    hub.subscribe(rec, mode="inline")
+    for event in (
+        ppo(0).model_copy(update={"update": update}),
+        PPOUpdateCompleted.model_construct(update=update, payload=ppo(0).payload),
+    ):
+        with pytest.raises(ValueError, match=r"event\.update") as info:
+            hub.emit(event)
+        assert str(info.value).startswith(
+            f"event.update must be an int from 0 to 9223372036854775807 (int64), got {shown}; "
+        )
+    assert (rec.events, hub.stats().emitted) == ([], 0)
 
 
 @pytest.mark.parametrize("bad", ["", "../escape", "/abs", "a/b", "nul\x00", ".hidden", 7])
@@ -953,9 +1050,14 @@ def test_undelivered_is_reported_in_stats_and_counted_as_lost() -> None:
     ("report", "error"),
     [
         (lambda: 1 // 0, "ZeroDivisionError: integer division or modulo by zero"),
-        (lambda: "3", "TypeError: undelivered() must return an int >= 0, got '3'"),
-        (lambda: -1, "TypeError: undelivered() must return an int >= 0, got -1"),
+        (lambda: "3", f"TypeError: undelivered() must return an int from 0 to {I64}, got '3'"),
+        (lambda: -1, f"TypeError: undelivered() must return an int from 0 to {I64}, got -1"),
+        (
+            lambda: 2**70,
+            f"TypeError: undelivered() must return an int from 0 to {I64}, got {2**70}",
+        ),
     ],
+    ids=["raises", "str", "negative", "past-int64"],
 )
 def test_an_undelivered_that_raises_is_counted_never_raised(
     report: Callable[[], object], error: str
@@ -1038,3 +1140,76 @@ def test_a_full_block_queue_wakes_the_worker_it_waits_on() -> None:
     assert [r.events for r in recs] == [sent] * 4
     stats = hub.close()
     assert [s.dropped for s in stats.subscribers] == [0] * 4
+
+
+# -- redaction: the shapes of issue 10 -------------------------------------------------------
+
+
+def test_config_keys_naming_secrets_and_token_shaped_values_are_redacted(
+    hub: TelemetryHub,
+) -> None:
+    """authorization, passwd, pwd, credentials, cookie... hide their values; token-shaped
+    strings and keys (wandb_v1_, hf_, ghp_, AKIA, eyJ) become the marker; the rest stays."""
+    config = {
+        "lr": 0.001,
+        "authorization": "x",
+        "passwd": "x",
+        "pwd": "x",
+        "credentials": {"user": "u"},
+        "session_cookie": "x",
+        "author": "ada",
+        "tokens": ["wandb_v1_abcdefghijkl0123", "hf_abcdefghijklmnopqrstuv", "plain"],
+        "ghp_abcdefghijklmnopqrstuvwxyz0123": 1,
+        "aws": "AKIAABCDEFGHIJKLMNOP",
+        "jwt": "eyJhbGciOiJIUzI1NiJ9.e30.x",
+    }
+    with capture_events(hub) as rec:
+        hub.emit(RunStarted(update=0, payload=RunStartedPayload(config=config)))
+    assert [e.payload.model_dump(mode="json")["config"] for e in rec.events] == [
+        {
+            "lr": 0.001,
+            "authorization": "[REDACTED]",
+            "passwd": "[REDACTED]",
+            "pwd": "[REDACTED]",
+            "credentials": "[REDACTED]",
+            "session_cookie": "[REDACTED]",
+            "author": "ada",
+            "tokens": "[REDACTED]",  # the key names a secret ("token")
+            "[REDACTED]": "[REDACTED]",
+            "aws": "[REDACTED]",
+            "jwt": "[REDACTED]",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "run_id",
+    ["0123456789abcdef0123456789abcdef01234567", "wandb_v1_abcdefghijkl0123", "hf_" + "a" * 30],
+)
+def test_a_secret_shaped_run_id_is_refused_in_one_line_that_hides_it(run_id: str) -> None:
+    """TelemetryHub refuses a run id shaped like a token, naming the shape, not the id."""
+    with pytest.raises(ValueError, match=r"^run_id was refused: it holds ") as info:
+        TelemetryHub(run_id)
+    assert run_id not in str(info.value)
+
+
+def test_a_subscribers_exception_text_is_redacted_in_stats_and_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """last_error and the logged line hide a token the exception carried; no traceback
+    (which would repeat it) is logged then."""
+    token = "ghp_abcdefghijklmnopqrstuvwxyz0123"
+
+    def leaky(event: TelemetryEvent) -> None:
+        raise RuntimeError(f"refused {token}")
+
+    hub = TelemetryHub("leaky")
+    hub.subscribe(leaky, mode="inline")
+    with caplog.at_level(logging.ERROR, logger="esper_telemetry.hub"):
+        hub.emit(ppo(0))
+    stats = hub.close()
+    assert [s.last_error for s in stats.subscribers] == ["RuntimeError: [REDACTED]"]
+    assert [
+        (r.getMessage().endswith("(RuntimeError: [REDACTED])"), r.exc_info) for r in caplog.records
+    ] == [(True, None)]
+    assert token not in caplog.text

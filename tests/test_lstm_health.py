@@ -6,6 +6,7 @@ import math
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import assume, example, given, settings
@@ -727,3 +728,21 @@ def test_not_a_pair_of_tensors_raises_type_error(hidden: Any, expected: str) -> 
     with pytest.raises(TypeError, match="hidden") as info:
         compute_lstm_health(hidden)
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("detail", "shown"),
+    [
+        ("yes", "str 'yes'"),
+        (1, "int 1"),
+        (None, "NoneType None"),
+        (np.bool_(True), "numpy.bool"),
+    ],
+    ids=["str", "int", "none", "numpy-bool"],
+)
+@pytest.mark.parametrize("hidden", [None, (torch.zeros(1, 2, 3), torch.zeros(1, 2, 3))])
+def test_detail_must_be_a_bool(hidden: Any, detail: object, shown: str) -> None:
+    """detail="yes" (or 1, None, a numpy bool) raises TypeError naming detail, LSTM or not."""
+    with pytest.raises(TypeError) as info:
+        compute_lstm_health(hidden, detail=detail)  # type: ignore[call-overload]
+    assert str(info.value).startswith(f"detail must be a bool, got {shown}")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
+from typing import Any
 
+import gymnasium
 import pytest
 import torch
 
@@ -24,8 +27,12 @@ from esper_telemetry.contracts import (
 from esper_telemetry.testing import RecordingBackend, capture_events
 from esper_telemetry.training import FaultKind, PPOConfig, TrainResult, train
 from esper_telemetry.training.ppo import (
+    ConfigError,
     RecurrentActorCritic,
     RecurrentState,
+    UpdateInfo,
+    available_memory,
+    check_memory,
     compute_gae,
     sample_actions,
     select_envs,
@@ -267,16 +274,159 @@ def test_the_reference_trainer_learns() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "fields", "message"),
     [
-        ({"updates": 0}, "updates must be an int >= 1, got 0"),
-        ({"envs": 6, "minibatches": 4}, "minibatches must divide envs"),
-        ({"proj_size": 64}, r"proj_size must be 0 or in \[1, hidden\)"),
-        ({"gamma": 1.5}, r"gamma must be in \[0, 1\]"),
-        ({"fault": ("melt", 1)}, "fault must be"),
+        ({"updates": 0}, ("updates",), r"updates: must be an int in \[1, 2\*\*63 - 1\], got 0"),
+        ({"updates": True}, ("updates",), "got True"),
+        ({"envs": 2**63}, ("envs",), "must be an int in"),
+        ({"envs": 6, "minibatches": 4}, ("minibatches",), "must divide envs"),
+        ({"proj_size": 64}, ("proj_size",), r"less than hidden \(64\), got 64"),
+        ({"proj_size": -1}, ("proj_size",), r"must be an int in \[0, "),
+        ({"seed": -1}, ("seed",), r"seed: must be an int in \[0, 2\*\*63 - 1\], got -1"),
+        ({"seed": 2**70}, ("seed",), "got 1180591620717411303424"),
+        ({"lr": math.inf}, ("lr",), "lr: must be a finite number > 0, got inf"),
+        ({"lr": math.nan}, ("lr",), "must be a finite number > 0, got nan"),
+        ({"lr": 0.0}, ("lr",), "must be a finite number > 0, got 0.0"),
+        ({"lr": -1e-3}, ("lr",), "got -0.001"),
+        ({"lr": "fast"}, ("lr",), "got 'fast'"),
+        ({"ent_coef": math.nan}, ("ent_coef",), "must be a finite number >= 0"),
+        ({"gamma": 1.5}, ("gamma",), r"gamma: must be a finite number in \[0, 1\]"),
+        ({"anneal": 1}, ("anneal",), "must be True or False, got 1"),
+        ({"fault": ("melt", 1)}, ("fault",), "must be \\(kind, update\\)"),
+        (
+            {"fault": ("nan", 10)},
+            ("fault",),
+            r"update 10 is not one of the run's updates; pick one",
+        ),
+        (
+            {"updates": 2**40, "envs": 2**20, "steps": 2**10},
+            ("updates", "envs", "steps"),
+            r"more than an event can count \(2\*\*63 - 1\)",
+        ),
     ],
 )
-def test_config_rejects_bad_values(kwargs: dict[str, object], message: str) -> None:
-    """PPOConfig names the bad setting."""
-    with pytest.raises(ValueError, match=message):
+def test_config_rejects_bad_values(
+    kwargs: dict[str, object], fields: tuple[str, ...], message: str
+) -> None:
+    """PPOConfig refuses the value with a ConfigError naming the setting (fields and text)."""
+    with pytest.raises(ConfigError, match=message) as caught:
         PPOConfig(**kwargs)  # type: ignore[arg-type]
+    assert caught.value.fields == fields
+    assert str(caught.value) == f"{', '.join(fields)}: {caught.value.reason}"
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"hidden": 16, "layers": 3}, {"hidden": 16, "layers": 3, "proj_size": 4}]
+)
+def test_the_memory_estimate_counts_every_parameter(kwargs: dict[str, int]) -> None:
+    """The model part of the estimate is 16 bytes for each parameter the model really has,
+    plus the per-layer object allowance."""
+    config = PPOConfig(**kwargs)  # type: ignore[arg-type]
+    params = sum(p.numel() for p in RecurrentActorCritic(2, 2, config).parameters())
+    assert config.memory_estimate().model == 16 * params + 2 * config.layers * 2048
+
+
+def test_check_memory_refuses_a_run_that_cannot_fit_naming_the_sizes() -> None:
+    """A run whose lower-bound estimate exceeds the memory available is refused with the
+    estimate, the sizes named; one that fits is returned its estimate."""
+    small = PPOConfig(envs=2, steps=8, hidden=8)
+    assert check_memory(small, available=2**30) == small.memory_estimate()
+    with pytest.raises(ConfigError) as caught:
+        check_memory(PPOConfig(envs=10**12), available=2**30)
+    assert caught.value.fields == ("envs", "steps", "hidden", "layers")
+    assert caught.value.reason == (
+        "the run would need at least 64.7 PiB (model and optimiser 681.0 KiB, rollout "
+        "61.1 PiB, environments 3.6 PiB), more than the 1.0 GiB of memory available; "
+        "choose smaller sizes"
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"hidden": 10**12}, {"steps": 10**15}, {"envs": 10**12}, {"layers": 10**9}],
+)
+def test_the_sizes_of_the_issue_are_refused_on_this_machine(kwargs: dict[str, int]) -> None:
+    """--hidden 10**12, --episode-length 10**15, --envs 10**12 and --layers 10**9 exceed the
+    memory of any machine, so check_memory refuses each against the real available memory."""
+    assert available_memory() is not None
+    with pytest.raises(ConfigError, match="the run would need at least"):
+        check_memory(PPOConfig(**kwargs))  # type: ignore[arg-type]
+
+
+def test_train_refuses_a_run_that_cannot_fit_before_emitting_anything() -> None:
+    """train() checks the memory first: a run too big raises ConfigError and emits nothing."""
+    rec = RecordingBackend()
+    with TelemetryHub("too-big") as hub:
+        hub.subscribe(rec, mode="inline")
+        with pytest.raises(ConfigError, match="the run would need"):
+            train(PPOConfig(envs=2, steps=2**40, hidden=8), hub)
+    assert rec.events == []
+
+
+def test_a_failure_inside_training_ends_the_run_failed_on_the_record() -> None:
+    """A callback raising after update 1: RunFinished says failed with the error in one line,
+    the result says the same and keeps the exception; nothing is re-raised."""
+
+    def on_update(info: UpdateInfo) -> None:
+        if info.update == 1:
+            raise RuntimeError("callback broke\nsecond line")
+
+    rec = RecordingBackend()
+    with TelemetryHub("fails") as hub:
+        hub.subscribe(rec, mode="inline")
+        result = train(tiny(4), hub, on_update=on_update)
+    assert [(type(e), e.update) for e in rec.events] == [
+        (RunStarted, 0),
+        (PPOUpdateCompleted, 0),
+        (PPOUpdateCompleted, 1),
+        (RunFinished, 1),
+    ]
+    finished = rec.events[-1]
+    assert isinstance(finished, RunFinished)
+    line = finished.payload.message
+    assert re.fullmatch(
+        r"RuntimeError after 2 updates: callback broke \(test_ppo\.py:\d+ in on_update\)", line
+    ), line
+    assert (finished.payload.status, result.status, result.message) == ("failed", "failed", line)
+    assert (result.updates, finished.payload.summary["updates"]) == (2, 2.0)
+    assert isinstance(result.error, RuntimeError)
+
+
+def test_a_library_failure_mid_update_ends_the_run_failed() -> None:
+    """torch raising inside the PPO epochs of update 1 (as a device error would): the run
+    ends failed after 1 update, RunFinished names the error, the envs are closed."""
+    real = torch.nn.utils.clip_grad_norm_
+    calls = iter(range(10**6))
+
+    def clip(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if next(calls) == 3:  # tiny(): 2 epochs x 1 minibatch per update
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(*args, **kwargs)
+
+    events, result = _run_patched(torch.nn.utils, "clip_grad_norm_", clip, tiny(4))
+    assert [type(e) for e in events] == [RunStarted, PPOUpdateCompleted, RunFinished]
+    assert result.status == "failed"
+    assert result.message.startswith(
+        "RuntimeError after 1 update: CUDA error: an illegal memory access was encountered ("
+    )
+    assert [e.payload.message for e in events if isinstance(e, RunFinished)] == [result.message]
+
+
+def test_a_failure_while_starting_still_finishes_the_run() -> None:
+    """The environments failing to build: RunStarted, then RunFinished failed after 0 updates."""
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("no display")
+
+    events, result = _run_patched(gymnasium, "make", make, tiny(2))
+    assert [type(e) for e in events] == [RunStarted, RunFinished]
+    assert (result.status, result.updates) == ("failed", 0)
+    assert result.message.startswith("OSError after 0 updates: no display (")
+
+
+def _run_patched(
+    owner: object, name: str, replacement: object, config: PPOConfig
+) -> tuple[list[TelemetryEvent], TrainResult]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(owner, name, replacement)
+        return run_events(config)

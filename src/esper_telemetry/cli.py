@@ -6,17 +6,48 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from esper_telemetry._extras import is_installed, missing_message
+from esper_telemetry._signals import RunSignals
 from esper_telemetry.analytics import QUERY_FORMATS, TABLES, QueryFormat
 from esper_telemetry.contracts import WANDB_MODES, TelemetryLevel
 from esper_telemetry.training.faults import FAULT_KINDS, FaultKind, parse_fault
 
 if TYPE_CHECKING:
     from esper_telemetry.analytics import BadLine
+
+
+class _NonEmptyPath(click.Path):
+    """A click.Path that refuses an empty string, which pathlib reads as the current folder."""
+
+    def __init__(self, example: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.example = example
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail(
+                f"{value!r} is an empty path; give one, e.g. {self.example} (or . for the "
+                "current folder)",
+                param,
+                ctx,
+            )
+        return super().convert(value, param, ctx)
+
+
+def _non_blank(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Refuse an empty RUN_DIR_OR_GLOB, which would mean the current folder."""
+    if not value.strip():
+        raise click.BadParameter(
+            f"{value!r} is empty; give a run directory, an events file or a quoted glob "
+            "(e.g. 'runs/*')",
+            ctx=ctx,
+            param=param,
+        )
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,7 +78,7 @@ def main() -> None:
     "--run-dir",
     default="runs",
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=_NonEmptyPath("runs", file_okay=False, path_type=Path),
     help="Root folder; the run writes to RUN_DIR/RUN_ID/.",
 )
 @click.option(
@@ -119,17 +150,26 @@ def ppo(
     After every update the LSTM state's health goes, as one event, to the anomaly
     escalator, W&B (offline by default), the analytics log (RUN_DIR/RUN_ID/events.jsonl)
     and the structured log (log.jsonl); with --tui, to the live panel as well. Exit
-    status: 0 done, 2 not started, 3 halted by an anomaly, 4 a backend lost events,
+    status: 0 done, 2 not started (a bad option: nothing is created), 3 halted by an
+    anomaly, 4 a backend lost events, 5 training failed (RUN_FINISHED says why),
     130 interrupted (Ctrl-C, SIGTERM, or q in the panel before the run ended).
     """
     fault = _parse_fault(inject_fault)  # a bad option is refused before torch loads
+    signals = _hold_signals()  # before torch loads: a signal must not cut an import
     import torch
     from rich.console import Console
 
-    from esper_telemetry.run import RunOptions, run_ppo
+    from esper_telemetry.run import EXIT_INTERRUPTED, RunOptions, run_ppo
     from esper_telemetry.training import PPOConfig
+    from esper_telemetry.training.ppo import ConfigError, check_memory
 
     torch.set_num_threads(1)
+    if signals.interrupted:  # while loading: nothing exists yet
+        click.echo(
+            f"esper ppo: interrupted ({signals.describe()}) while starting; nothing was created",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
     try:
         config = PPOConfig(
             updates=episodes,
@@ -142,8 +182,10 @@ def ppo(
             seed=seed,
             fault=fault,
         )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        check_memory(config)  # before the run directory exists
+    except ConfigError as exc:
+        named = " / ".join(_PPO_OPTION.get(f, f) for f in exc.fields)
+        raise click.BadParameter(exc.reason, param_hint=named) from None
     options = RunOptions(
         config=config,
         run_root=run_dir,
@@ -155,7 +197,7 @@ def ppo(
         tui=tui,
         report=write_report,
     )
-    outcome = run_ppo(options, Console(soft_wrap=True))
+    outcome = run_ppo(options, Console(soft_wrap=True), signals=signals)
     if outcome.report_error is not None:
         click.echo(f"esper ppo: report not written: {outcome.report_error}", err=True)
     if outcome.exit_code:
@@ -169,7 +211,7 @@ def contracts() -> None:
 
 
 @contracts.command("export")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", type=_NonEmptyPath("docs/contracts", file_okay=False, path_type=Path))
 def contracts_export(directory: Path) -> None:
     """Write the JSON Schema of every contract into DIRECTORY."""
     try:
@@ -182,6 +224,28 @@ def contracts_export(directory: Path) -> None:
         click.echo(str(path))
 
 
+#: The ``esper ppo`` option of each PPOConfig field it sets, for error messages.
+_PPO_OPTION = {
+    "updates": "--episodes",
+    "envs": "--envs",
+    "steps": "--episode-length",
+    "hidden": "--hidden",
+    "layers": "--layers",
+    "proj_size": "--proj-size",
+    "lr": "--lr",
+    "seed": "--seed",
+    "fault": "--inject-fault",
+}
+
+
+def _hold_signals() -> RunSignals:
+    """The run's Ctrl-C and SIGTERM handlers (``esper_telemetry._signals``); once the
+    command ends they hold signals while Python exits, or give way if it goes on."""
+    signals = RunSignals.install()
+    click.get_current_context().call_on_close(signals.exiting)
+    return signals
+
+
 def _parse_fault(text: str | None) -> tuple[FaultKind, int] | None:
     if text is None:
         return None
@@ -192,7 +256,7 @@ def _parse_fault(text: str | None) -> tuple[FaultKind, int] | None:
 
 
 @main.command()
-@click.argument("runs", metavar="RUN_DIR_OR_GLOB")
+@click.argument("runs", metavar="RUN_DIR_OR_GLOB", callback=_non_blank)
 @click.argument("sql")
 @click.option(
     "--format",
@@ -228,13 +292,14 @@ def query(runs: str, sql: str, fmt: QueryFormat) -> None:
 
 
 @main.command("export")
-@click.argument("runs", metavar="RUN_DIR_OR_GLOB")
+@click.argument("runs", metavar="RUN_DIR_OR_GLOB", callback=_non_blank)
 @click.option(
     "--parquet",
     "destination",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The Parquet file to write (replaced if it exists).",
+    help="The Parquet file to write (replaced if it exists; never a file a run owns: "
+    "its events.jsonl, log.jsonl, report.png or W&B files).",
 )
 @click.option(
     "--table",
@@ -302,7 +367,7 @@ def watch(run_dir: Path, poll: float) -> None:
 
 
 @main.command("report")
-@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
+@click.argument("run_dir", type=_NonEmptyPath("runs/RUN_ID", exists=True, path_type=Path))
 @click.option(
     "-o",
     "--output",
@@ -321,6 +386,11 @@ def report_command(run_dir: Path, output: Path | None) -> None:
     if output is not None and output.suffix.lower() not in (".png", ".html"):
         raise click.BadParameter(
             f"{str(output)!r} must end in .png or .html", param_hint="-o/--output"
+        )
+    if output is not None and not output.parent.is_dir():
+        raise click.BadParameter(
+            f"{str(output)!r}: no folder {str(output.parent)!r}; create it first",
+            param_hint="-o/--output",
         )
     try:
         from esper_telemetry.report import write_report

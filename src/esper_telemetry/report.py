@@ -195,7 +195,8 @@ def write_report(
             notes how many were skipped).
 
     Raises:
-        FileNotFoundError: no such run directory or events file.
+        FileNotFoundError: no such run directory or events file, or no folder to hold
+            ``output`` (none is created).
         ValueError: ``output`` is neither ``.png`` nor ``.html``.
         OSError: the report cannot be written.
     """
@@ -205,6 +206,10 @@ def write_report(
     if kind is None:
         raise ValueError(
             f"output: {str(target)!r} must end in .png or .html (the format follows the suffix)"
+        )
+    if not target.parent.is_dir():  # atomic_write would create it
+        raise FileNotFoundError(
+            f"output: no folder {str(target.parent)!r} to write {str(target)!r} in; create it first"
         )
     bad: list[BadLine] = []
 

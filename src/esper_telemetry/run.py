@@ -13,8 +13,12 @@ a worker thread; quitting the panel stops training after the current update. Wit
       without credentials); nothing was trained
 3     a critical anomaly halted the run (``--halt-on critical``)
 4     a backend lost events or got stuck (``hub.stats()`` says which)
+5     training failed: an error inside training ended the run; RUN_FINISHED says
+      ``failed`` with the error, and everything emitted before it was flushed
 130   interrupted by Ctrl-C, SIGTERM or quitting the panel; everything emitted so
-      far was flushed
+      far was flushed (a signal during start-up: nothing was trained and no run
+      directory is left; during the shutdown: the shutdown finished first, unless a
+      second Ctrl-C stopped the wait, and then the message says what was lost)
 
 "Lost" has one definition, ``SubscriberStats.lost``: failed, abandoned and
 undelivered events (rows a backend reported it could not write), and the drops of a
@@ -28,20 +32,23 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from esper_telemetry._console import install_one_line_errors
 from esper_telemetry._extras import is_installed, missing_message
+from esper_telemetry._signals import RunSignals
 from esper_telemetry.backends.analytics import AnalyticsCollector
 from esper_telemetry.backends.escalator import AnomalyEscalator
 from esper_telemetry.backends.log import StructlogBackend
@@ -50,6 +57,8 @@ from esper_telemetry.contracts import (
     AnomalyDetected,
     HealthThresholds,
     HubStats,
+    RunFinished,
+    RunFinishedPayload,
     RunLayout,
     TelemetryEvent,
     TelemetryLevel,
@@ -61,9 +70,13 @@ from esper_telemetry.hub import Subscriber, TelemetryHub
 from esper_telemetry.telemetry.anomaly_detector import AnomalyDetector
 from esper_telemetry.training import PPOConfig, TrainResult, UpdateInfo, train
 
+if TYPE_CHECKING:
+    from esper_telemetry.backends.wandb import WandBBackend
+
 _OnUpdate = Callable[[UpdateInfo], None]
 
 EXIT_OK, EXIT_NOT_STARTED, EXIT_HALTED, EXIT_BACKEND_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 4, 130
+EXIT_FAILED = 5
 
 
 @dataclass(frozen=True)
@@ -101,8 +114,43 @@ class RunOutcome:
     report_error: str | None = None
 
 
-def run_ppo(options: RunOptions, console: Console) -> RunOutcome:
-    """Train with every backend subscribed; print progress and a summary on ``console``."""
+@dataclass(frozen=True)
+class _Ending:
+    """How the shutdown went, as far as the verdict needs."""
+
+    signals: RunSignals
+    abandoned: bool = False
+    """A second Ctrl-C stopped the wait for the hub's close."""
+    not_flushed: str = ""
+    """What an abandoned shutdown lost, in words."""
+    wandb_stopped: str | None = None
+    """What was done to a hung W&B (its service process stopped), in words."""
+
+
+def run_ppo(
+    options: RunOptions, console: Console, *, signals: RunSignals | None = None
+) -> RunOutcome:
+    """Train with every backend subscribed; print progress and a summary on ``console``.
+
+    Ctrl-C and SIGTERM are handled phase by phase (see ``esper_telemetry._signals``):
+    during start-up they end the run before training (exit 130, no run directory
+    left); during training Ctrl-C interrupts it and SIGTERM stops it after the current
+    update; during the shutdown they wait for it to finish (exit 130), and a second
+    Ctrl-C stops waiting, saying what was lost. ``signals``: handlers installed earlier
+    (``esper ppo`` installs them before torch loads); by default run_ppo installs its
+    own (on the main thread) and restores the previous ones when it returns.
+    """
+    if signals is not None:
+        return _run_ppo(options, console, signals)
+    signals = RunSignals.install(options.close_timeout)
+    try:
+        return _run_ppo(options, console, signals)
+    finally:
+        signals.restore()
+
+
+def _run_ppo(options: RunOptions, console: Console, signals: RunSignals) -> RunOutcome:
+    install_one_line_errors()  # a failing backend: one line on stderr, not a traceback
     missing = _missing_extra(options)
     if missing is not None:
         return RunOutcome(EXIT_NOT_STARTED, missing)
@@ -117,31 +165,36 @@ def run_ppo(options: RunOptions, console: Console) -> RunOutcome:
             f"run directory {run_dir} already exists; pick another --run-id or --run-dir",
         )
     anomalies: Counter[str] = Counter()
+    # Quitting at once during start-up (a second Ctrl-C) removes what it made so far.
+    signals.on_quit(lambda: _remove_half_made_run(run_dir))
     try:
-        _subscribe_all(hub, options, run_dir, anomalies)
+        wandb_backend = _subscribe_all(hub, options, run_dir, anomalies, signals)
     except Exception as exc:  # a backend refused to start: say why in one line
         hub.close(timeout=options.close_timeout)
         # Nothing was trained: leave no half-made run behind, so the run id stays free.
         # (The directory did not exist before this call; see the check above.)
         shutil.rmtree(run_dir, ignore_errors=True)
         return RunOutcome(EXIT_NOT_STARTED, str(exc), run_dir=run_dir)
+    if signals.interrupted:  # during start-up: end before training, leave nothing behind
+        return _end_before_training(hub, options, run_dir, signals, wandb_backend)
 
+    signals.training()
     if options.tui:
         result, stats = _train_in_panel(hub, options, console)
+        ending = _Ending(signals)
     else:
         try:
-            with _stop_on_sigterm() as stop, _progress(options, console) as on_update:
-                result = train(
-                    options.config,
-                    hub,
-                    on_update=on_update,
-                    should_stop=stop.is_set,
-                    thresholds=options.thresholds,
-                )
+            result = _train(hub, options, console, signals)
         finally:  # flushed even when training raised
-            stats = hub.close(timeout=options.close_timeout)
+            signals.shutting_down()
+            stats, ending = _close(hub, options, console, signals)
+    ending = _release_wandb(wandb_backend, _stop_hung_wandb(wandb_backend, stats, ending))
     outcome = RunOutcome(
-        *_verdict(result, stats), run_dir=run_dir, result=result, stats=stats, anomalies=anomalies
+        *_verdict(result, stats, ending),
+        run_dir=run_dir,
+        result=result,
+        stats=stats,
+        anomalies=anomalies,
     )
     if options.report:
         _write_report(outcome, options)
@@ -156,6 +209,166 @@ def _missing_extra(options: RunOptions) -> str | None:
     if options.report and not is_installed("matplotlib"):
         return missing_message("--report", "matplotlib")
     return None
+
+
+def _train(
+    hub: TelemetryHub, options: RunOptions, console: Console, signals: RunSignals
+) -> TrainResult:
+    """Train with a progress bar; SIGTERM (``signals.stop``) stops before the next update."""
+    last: list[UpdateInfo] = []
+    try:
+        with _progress(options, console) as on_update:
+
+            def progress(info: UpdateInfo) -> None:
+                last[:] = [info]
+                on_update(info)
+
+            return train(
+                options.config,
+                hub,
+                on_update=progress,
+                should_stop=signals.stop.is_set,
+                thresholds=options.thresholds,
+            )
+    except KeyboardInterrupt:
+        # The one Ctrl-C of training landed outside the trainer's own handling (before
+        # RUN_STARTED was out, or inside the progress bar): end the run on the record.
+        updates = last[0].update + 1 if last else 0
+        result = TrainResult(
+            status="interrupted",
+            updates=updates,
+            env_steps=last[0].env_steps if last else 0,
+            message="interrupted by the user",
+        )
+        if signals.phase != "shutdown":  # no RUN_FINISHED went out (see _subscribe_all)
+            hub.emit(
+                RunFinished(
+                    update=max(updates - 1, 0),
+                    payload=RunFinishedPayload(
+                        status="interrupted", message=result.message, hub_stats=hub.stats()
+                    ),
+                )
+            )
+        return result
+
+
+#: How often the main thread looks up from waiting for the hub's close (signals are
+#: handled at once either way; this paces the hint and the second Ctrl-C).
+_CLOSE_POLL_S = 0.1
+
+
+def _close(
+    hub: TelemetryHub, options: RunOptions, console: Console, signals: RunSignals
+) -> tuple[HubStats, _Ending]:
+    """Close the hub on a helper thread while this (main) thread handles signals.
+
+    A signal here waits for the close to finish (on the first Ctrl-C a line says so); a
+    second Ctrl-C stops waiting: the stats are then the hub's live ones, and the ending
+    says what was not flushed.
+    """
+    closed: list[HubStats] = []
+    raised: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            closed.append(hub.close(timeout=options.close_timeout))
+        except BaseException as exc:  # raised again below, on the caller's thread
+            raised.append(exc)
+
+    closer = threading.Thread(
+        target=close,
+        name="esper-close",
+        daemon=True,  # an abandoned close must not hold the process
+    )
+    closer.start()
+    hinted = False
+    while True:
+        closer.join(_CLOSE_POLL_S)
+        if not closer.is_alive():
+            break
+        if signals.give_up.is_set():
+            return hub.stats(), _Ending(signals, abandoned=True)
+        if signals.interrupts and not hinted:
+            console.print(
+                "stopping: flushing every backend first; Ctrl-C again to stop waiting "
+                "(what is not flushed yet is then lost)"
+            )
+            hinted = True
+    if raised:
+        raise raised[0]
+    return closed[0], _Ending(signals)
+
+
+def _not_flushed(stats: HubStats, wandb: WandBBackend | None, stopped: str | None) -> str:
+    """What an abandoned shutdown lost, in words (stats: the hub's live ones)."""
+    lost = [
+        f"{s.queue_depth} queued event{'s' if s.queue_depth != 1 else ''} of {s.name}"
+        for s in stats.subscribers
+        if s.queue_depth
+    ]
+    if wandb is not None and not wandb.finished:
+        lost.append(
+            "the W&B run's unwritten rows (it was not finished"
+            + (f"; {stopped})" if stopped else ")")
+        )
+    lost.append("the last flush of any backend still closing")
+    return ", ".join(lost)
+
+
+def _stop_hung_wandb(backend: WandBBackend | None, stats: HubStats, ending: _Ending) -> _Ending:
+    """Stop W&B's service process when the hub gave up on W&B, or the wait was abandoned
+    before W&B finished: else W&B's exit hook waits for it when Python exits, forever
+    if it hangs."""
+    if ending.abandoned:
+        stopped = None if backend is None or backend.finished else backend.abort()
+        return replace(ending, not_flushed=_not_flushed(stats, backend, stopped))
+    if backend is None or backend.finished:
+        return ending
+    stuck = any(s.name == backend.name and s.stuck for s in stats.subscribers)
+    return replace(ending, wandb_stopped=backend.abort()) if stuck else ending
+
+
+def _release_wandb(backend: WandBBackend | None, ending: _Ending) -> _Ending:
+    """End W&B's service now, while signals are still held: at interpreter exit W&B's own
+    hook would wait for it, and a Ctrl-C there is a traceback (``release_service``)."""
+    if backend is None or backend.aborted:
+        return ending
+    from esper_telemetry.backends.wandb import release_service
+
+    stopped = release_service()
+    return ending if stopped is None else replace(ending, wandb_stopped=stopped)
+
+
+def _end_before_training(
+    hub: TelemetryHub,
+    options: RunOptions,
+    run_dir: Path,
+    signals: RunSignals,
+    wandb_backend: WandBBackend | None,
+) -> RunOutcome:
+    """A signal arrived during start-up: close what started, remove the run directory."""
+    stats = hub.close(timeout=options.close_timeout)
+    _release_wandb(wandb_backend, _stop_hung_wandb(wandb_backend, stats, _Ending(signals)))
+    left = _remove_half_made_run(run_dir)
+    return RunOutcome(
+        EXIT_INTERRUPTED,
+        f"interrupted ({signals.describe()}) before training started; nothing was trained "
+        f"and {left}",
+    )
+
+
+def _remove_half_made_run(run_dir: Path) -> str:
+    """Remove the run directory of a run that never trained (it did not exist before:
+    ``run_ppo`` refuses an existing one); stop W&B's service first, which writes in it."""
+    if "esper_telemetry.backends.wandb" in sys.modules:
+        try:
+            from esper_telemetry.backends.wandb import stop_service
+
+            stop_service(teardown=False)
+        except Exception:  # e.g. cut in the middle of importing: remove what we can
+            pass
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return f"{run_dir} could not be removed" if run_dir.exists() else "no run directory is left"
 
 
 def _train_in_panel(
@@ -201,19 +414,30 @@ def _write_report(outcome: RunOutcome, options: RunOptions) -> None:
 
 
 def _subscribe_all(
-    hub: TelemetryHub, options: RunOptions, run_dir: Path, anomalies: Counter[str]
-) -> None:
+    hub: TelemetryHub,
+    options: RunOptions,
+    run_dir: Path,
+    anomalies: Counter[str],
+    signals: RunSignals,
+) -> WandBBackend | None:
+    """Subscribe every backend; return the W&B backend (None with ``--wandb disabled``)."""
     detector = AnomalyDetector(options.thresholds)
     hub.subscribe(
         AnomalyEscalator(detector, escalate_for=options.escalate_for, halt_on=options.halt_on),
         mode="inline",
     )
 
-    def count_anomalies(event: TelemetryEvent) -> None:
-        if isinstance(event, AnomalyDetected):
-            anomalies[event.payload.anomaly.type.value] += 1
+    def summary(event: TelemetryEvent) -> None:
+        match event:
+            case AnomalyDetected(payload=p):
+                anomalies[p.anomaly.type.value] += 1
+            case RunFinished():
+                # Inline, so on the emitting thread as RUN_FINISHED goes out: from here on
+                # a signal waits for the shutdown instead of cutting into it.
+                signals.shutting_down()
 
-    hub.subscribe(count_anomalies, mode="inline", events=[AnomalyDetected], name="summary")
+    hub.subscribe(summary, mode="inline", events=[AnomalyDetected, RunFinished], name="summary")
+    wandb_backend = None
     if options.wandb != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")  # our summary says where the run is
         # First of the threaded backends: W&B online without credentials fails here,
@@ -221,7 +445,8 @@ def _subscribe_all(
         from esper_telemetry.backends.wandb import WandBBackend
 
         run_dir.mkdir(parents=True)
-        hub.subscribe(WandBBackend(options.wandb_project, mode=options.wandb, dir=run_dir))
+        wandb_backend = WandBBackend(options.wandb_project, mode=options.wandb, dir=run_dir)
+        hub.subscribe(wandb_backend)
     hub.subscribe(AnalyticsCollector(run_dir, fsync="flush"))
     hub.subscribe(StructlogBackend(RunLayout(run_dir).log))
     for backend in options.backends:
@@ -230,11 +455,19 @@ def _subscribe_all(
         except Exception as exc:
             name = getattr(backend, "name", None) or type(backend).__name__
             raise RuntimeError(f"backend {name!r} refused to start: {exc}") from exc
+    return wandb_backend
 
 
-def _verdict(result: TrainResult, stats: HubStats) -> tuple[int, str]:
+def _verdict(result: TrainResult, stats: HubStats, ending: _Ending) -> tuple[int, str]:
+    if result.status == "failed":  # the run's own failure first: it is why anything else broke
+        return EXIT_FAILED, f"training failed: {result.message}"
     if result.status == "halted":
         return EXIT_HALTED, f"halted: {result.message}"
+    if ending.abandoned:
+        return EXIT_INTERRUPTED, (
+            f"interrupted ({ending.signals.describe()}); stopped waiting for the shutdown, "
+            f"so this was not flushed: {ending.not_flushed}"
+        )
     broken = [s for s in stats.subscribers if s.lost or s.stuck]
     if broken:
         parts = [
@@ -244,9 +477,16 @@ def _verdict(result: TrainResult, stats: HubStats) -> tuple[int, str]:
             + ")"
             for s in broken
         ]
+        if ending.wandb_stopped:
+            parts.append(f"W&B did not respond: {ending.wandb_stopped}")
         return EXIT_BACKEND_FAILED, "backend failed to deliver everything: " + "; ".join(parts)
     if result.status == "interrupted":
         return EXIT_INTERRUPTED, "interrupted; every event emitted so far was flushed"
+    if ending.signals.interrupted:  # the signal came once RUN_FINISHED was out
+        return EXIT_INTERRUPTED, (
+            f"interrupted ({ending.signals.describe()}) during the shutdown, which finished "
+            "first: every event emitted was flushed"
+        )
     return EXIT_OK, "completed"
 
 
@@ -337,6 +577,8 @@ def _summary(outcome: RunOutcome, options: RunOptions) -> str:
         lines.append(
             f"  {s.name:<16} delivered {s.delivered}, failed {s.failed}, dropped {s.dropped}"
             + (f", abandoned {s.abandoned}" if s.abandoned else "")
+            + (", stuck" if s.stuck else "")
+            + (f", undelivered {s.undelivered}" if s.undelivered else "")
         )
     lines.append(
         f'  query it         esper query {run_dir} "SELECT update, lstm_h_rms, lstm_c_rms '

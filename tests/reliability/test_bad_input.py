@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import numbers
 import re
 import tempfile
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,11 +18,19 @@ import pytest
 import torch
 from hypothesis import event, given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from esper_telemetry import PPOUpdatePayload, TelemetryHub, compute_lstm_health
 from esper_telemetry import emit_ppo_update_event as emit_update
 from esper_telemetry.analytics import read_events
+from esper_telemetry.analytics._parse import _field_of
 from esper_telemetry.backends import AnalyticsCollector, StructlogBackend
+from esper_telemetry.contracts import (
+    LSTMHealthDetail,
+    LSTMHealthMetrics,
+    PPOUpdateCompleted,
+    SubscriberStats,
+)
 from esper_telemetry.testing import RecordingBackend
 from tests.test_lstm_health import REL_TOL, assert_model_close, reference
 
@@ -88,6 +99,9 @@ def problem(metrics: dict[Any, Any]) -> tuple[str, Any] | None:
             return "key", key
         if key == "env_steps" or key.startswith("lstm_"):
             return "key", key
+    grad_norm = metrics.get("grad_norm")
+    if grad_norm is not None and float(grad_norm) < 0:  # a norm: checked once all keys are
+        return "key", "grad_norm"
     return None
 
 
@@ -243,3 +257,231 @@ def test_any_tensor_pair_is_measured_correctly_or_refused_with_a_value_error(
     tolerance = max(REL_TOL[h.dtype], REL_TOL[c.dtype])
     assert_model_close(metrics, expected, tolerance)
     assert_model_close(detail, expected_detail, tolerance)
+
+
+# --------------------------------------------------------------------------- the API, one by one
+
+I64 = 2**63 - 1
+PPO = {"policy_loss": 0.1, "value_loss": 0.2, "entropy": 0.3}
+HEALTH = dict.fromkeys(
+    ("h_l2_total", "c_l2_total", "h_rms", "c_rms", "h_env_rms_mean", "h_env_rms_max"), 0.5
+) | dict.fromkeys(("c_env_rms_mean", "c_env_rms_max", "h_max", "c_max"), 0.5)
+NOT_A_LIMIT = "or None to wait without a limit"
+SECONDS = f"a number of seconds, 0 <= s <= {threading.TIMEOUT_MAX:.0f} (threading.TIMEOUT_MAX)"
+POSITIVE = f"a number of seconds, 0 < s <= {threading.TIMEOUT_MAX:.0f} (threading.TIMEOUT_MAX)"
+NORM = "must be >= 0 (NaN and +Infinity are kept as data)"
+
+
+def _state() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.ones(1, 2, 3), torch.ones(1, 2, 3)
+
+
+def _at(level: str, call: Callable[[TelemetryHub], object]) -> Callable[[], object]:
+    def run() -> object:
+        with TelemetryHub("table", level=level) as hub:
+            return call(hub)
+
+    return run
+
+
+def _hub(call: Callable[[TelemetryHub], object]) -> Callable[[], object]:
+    def run() -> object:
+        hub = TelemetryHub("table")
+        try:
+            return call(hub)
+        finally:
+            hub.close(timeout=10)
+
+    return run
+
+
+def _metrics(**fields: Any) -> LSTMHealthMetrics:
+    return LSTMHealthMetrics(**{**HEALTH, "has_nan": False, "has_inf": False, **fields})
+
+
+#: (what was tried, the call, the exception, its message, or the fields a ValidationError
+#: names). docs/reliability.md's API table lists these rows.
+API_CASES: list[tuple[str, Callable[[], object], type[Exception], str | list[str]]] = [
+    (
+        "compute_lstm_health(state, detail='yes')",
+        lambda: compute_lstm_health(_state(), detail="yes"),  # type: ignore[call-overload]
+        TypeError,
+        "detail must be a bool, got str 'yes'",
+    ),
+    (
+        "compute_lstm_health(None, detail=1)",
+        lambda: compute_lstm_health(None, detail=1),  # type: ignore[call-overload]
+        TypeError,
+        "detail must be a bool, got int 1",
+    ),
+    *(
+        (
+            f"emit_ppo_update_event(thresholds='x') at {level}",
+            _at(
+                level,
+                lambda hub: emit_update(
+                    hub,
+                    update=0,
+                    metrics=PPO,
+                    lstm_health=compute_lstm_health(_state(), detail=True),
+                    thresholds="x",  # type: ignore[arg-type]
+                ),
+            ),
+            TypeError,
+            "thresholds must be a HealthThresholds or None, got str",
+        )
+        for level in ("off", "normal", "debug")
+    ),
+    (
+        "emit_ppo_update_event(update=2**63)",
+        _hub(lambda hub: emit_update(hub, update=2**63, metrics=PPO)),
+        ValueError,
+        f"update must be an int from 0 to {I64} (int64), got {2**63}",
+    ),
+    (
+        "emit_ppo_update_event(env_steps=2**64)",
+        _hub(lambda hub: emit_update(hub, update=0, metrics=PPO, env_steps=2**64)),
+        ValueError,
+        f"env_steps must be an int from 0 to {I64} (int64) or None, got {2**64}",
+    ),
+    (
+        "emit_ppo_update_event(update=10**5000)",
+        _hub(lambda hub: emit_update(hub, update=10**5000, metrics=PPO)),
+        ValueError,
+        f"update must be an int from 0 to {I64} (int64), got an int of 16610 bits",
+    ),
+    (
+        "emit_ppo_update_event(metrics={'grad_norm': -1.0})",
+        _hub(lambda hub: emit_update(hub, update=0, metrics={**PPO, "grad_norm": -1.0})),
+        ValueError,
+        f"metrics['grad_norm']: {NORM}, got -1.0",
+    ),
+    *(
+        (
+            f"hub.subscribe(block_timeout={shown})",
+            _hub(lambda hub, v=value: hub.subscribe(print, block_timeout=v)),  # type: ignore[misc]
+            ValueError,
+            f"block_timeout must be {POSITIVE}, {NOT_A_LIMIT}; got {shown}",
+        )
+        for value, shown in ((True, "True"), (math.nan, "nan"), (math.inf, "inf"), (0, "0"))
+    ),
+    *(
+        (
+            f"hub.{name}(timeout={shown})",
+            _hub(lambda hub, n=name, v=value: getattr(hub, n)(timeout=v)),  # type: ignore[misc]
+            ValueError,
+            f"timeout must be {SECONDS}{'' if name == 'close' else ', ' + NOT_A_LIMIT}; "
+            f"got {shown}",
+        )
+        for name in ("flush", "close")
+        for value, shown in (
+            (math.nan, "nan"),
+            (math.inf, "inf"),
+            (True, "True"),
+            (-1, "-1"),
+            (1e10, "10000000000.0"),
+        )
+    ),
+    (
+        "hub.unsubscribe(name, timeout=nan)",
+        _hub(lambda hub: hub.unsubscribe(hub.subscribe(print), timeout=math.nan)),
+        ValueError,
+        f"timeout must be {SECONDS}, {NOT_A_LIMIT}; got nan",
+    ),
+    (
+        "TelemetryHub(rank=2**63)",
+        lambda: TelemetryHub("table", rank=2**63),
+        ValueError,
+        f"rank must be an int from 0 to {I64} (int64), got {2**63}",
+    ),
+    (
+        "hub.emit(event.model_copy(update={'update': 2**70}))",
+        _hub(
+            lambda hub: hub.emit(
+                PPOUpdateCompleted(update=0, payload=PPOUpdatePayload(**PPO)).model_copy(
+                    update={"update": 2**70}
+                )
+            )
+        ),
+        ValueError,
+        f"event.update must be an int from 0 to {I64} (int64), got {2**70}; build events with "
+        "their class, e.g. PPOUpdateCompleted(update=...), which validates every field",
+    ),
+    ("LSTMHealthMetrics(h_rms=-1)", lambda: _metrics(h_rms=-1), ValidationError, ["h_rms"]),
+    (
+        "LSTMHealthMetrics(c_max=-inf, h_l2_total=-0.5)",
+        lambda: _metrics(c_max=-math.inf, h_l2_total=-0.5),
+        ValidationError,
+        ["h_l2_total", "c_max"],
+    ),
+    (
+        "LSTMHealthDetail(h_env_rms=(0.1, -0.5))",
+        lambda: LSTMHealthDetail(
+            h_layer_rms=(), c_layer_rms=(), h_env_rms=(0.1, -0.5), c_env_rms=()
+        ),
+        ValidationError,
+        ["h_env_rms.1"],
+    ),
+    (
+        "PPOUpdatePayload(lstm_c_rms=-1.0)",
+        lambda: PPOUpdatePayload(**PPO, lstm_c_rms=-1.0),
+        ValidationError,
+        ["lstm_c_rms"],
+    ),
+    (
+        "PPOUpdatePayload(env_steps=2**63, lstm_outlier_envs=(-1,))",
+        lambda: PPOUpdatePayload(**PPO, env_steps=2**63, lstm_outlier_envs=(-1,)),
+        ValidationError,
+        ["env_steps", "lstm_outlier_envs.0"],
+    ),
+    (
+        "PPOUpdatePayload(policy_loss=10**400)",
+        lambda: PPOUpdatePayload(**{**PPO, "policy_loss": 10**400}),
+        ValidationError,
+        ["policy_loss"],
+    ),
+    (
+        "PPOUpdateCompleted(update=2**63, rank=2**64, seq=-2)",
+        lambda: PPOUpdateCompleted(
+            update=2**63, rank=2**64, seq=-2, payload=PPOUpdatePayload(**PPO)
+        ),
+        ValidationError,
+        ["seq", "update", "rank"],
+    ),
+    (
+        "SubscriberStats(delivered=-1, latency_max_ms=-inf)",
+        lambda: SubscriberStats(
+            name="s",
+            mode="inline",
+            when_full="block",
+            delivered=-1,
+            failed=0,
+            dropped=0,
+            queue_depth=0,
+            queue_size=0,
+            latency_p50_ms=0.0,
+            latency_p99_ms=0.0,
+            latency_max_ms=-math.inf,
+        ),
+        ValidationError,
+        ["delivered", "latency_max_ms"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "expected"), [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES]
+)
+def test_each_bad_api_input_gives_one_error_naming_the_argument(
+    call: Callable[[], object], error: type[Exception], expected: str | list[str]
+) -> None:
+    """Each row of the API table: the exception named there, with its exact one-line
+    message (or, for a contract, a ValidationError naming exactly those fields)."""
+    with pytest.raises(error) as info:
+        call()
+    if isinstance(expected, str):
+        assert str(info.value) == expected
+    else:
+        assert isinstance(info.value, ValidationError)
+        fields = [".".join(map(str, _field_of(e["loc"]))) for e in info.value.errors()]
+        assert list(dict.fromkeys(fields)) == expected  # a union field errs once per member

@@ -10,7 +10,10 @@ its line number); every line left untouched reads back as the event it was.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -57,7 +60,9 @@ class Corruption:
 
 corruptions = st.builds(
     Corruption,
-    kind=st.sampled_from(["insert", "cut", "utf8", "newer", "delete-newline", "blank"]),
+    kind=st.sampled_from(
+        ["insert", "cut", "utf8", "newer", "delete-newline", "blank", "duplicate"]
+    ),
     line=st.integers(0, 1000),
     at=st.floats(0, 1),
     junk=st.binary(min_size=1, max_size=12),
@@ -83,6 +88,9 @@ def corrupt(original: bytes, changes: list[Corruption], torn: float | None) -> b
             line += lines.pop(i + 1)
         elif c.kind == "blank":
             line = b"   \t"
+        elif c.kind == "duplicate":  # a second writer's copy of an earlier line
+            lines.insert(i + 1 + int(c.at * (len(lines) - i)), line)
+            continue
         lines[i] = line
     data = b"".join(line + b"\n" for line in lines)
     if torn is not None:
@@ -138,7 +146,9 @@ def test_read_events_accounts_for_every_line_and_reads_every_untouched_one(
     changes: list[Corruption], torn: float | None
 ) -> None:
     """Each non-blank line is an event or a reported bad line, once; untouched lines read
-    back as their events; only the unterminated last line is reported torn."""
+    back as their events unless an earlier line read as an event of the same (run_id,
+    seq), which makes them a reported duplicate; only the unterminated last line is
+    reported torn."""
     original = clean_log()
     data = corrupt(original, changes, torn)
     want = expected(original, data)
@@ -149,15 +159,25 @@ def test_read_events_accounts_for_every_line_and_reads_every_untouched_one(
     assert sorted(bad_numbers) == bad_numbers
     assert set(bad_numbers) <= set(want.counted)
     assert len(good_numbers) == len(events)
-    assert set(want.untouched) <= set(good_numbers)
     by_line = dict(zip(good_numbers, events, strict=True))
     by_original = original_events(original)
-    assert {n: by_line[n] for n in want.untouched} == {
-        n: by_original[line] for n, line in want.untouched.items()
-    }
+    duplicates = {b.line_number for b in bad if b.duplicate}
+    for n in duplicates & set(want.untouched):
+        key = run_and_seq(by_original[want.untouched[n]])
+        assert any(run_and_seq(by_line[g]) == key for g in good_numbers if g < n)
+    kept = set(want.untouched) - duplicates
+    assert kept <= set(good_numbers)
+    assert {n: by_line[n] for n in kept} == {n: by_original[want.untouched[n]] for n in kept}
+    keys = [run_and_seq(e) for e in events]
+    assert len(keys) == len(set(keys))
     assert [b.line_number for b in bad if b.torn] == (
         [want.torn_tail] if want.torn_tail in bad_numbers else []
     )
+
+
+def run_and_seq(event_json: str) -> tuple[str, int]:
+    data = json.loads(event_json)
+    return data["run_id"], data["seq"]
 
 
 class Growing:
@@ -299,3 +319,104 @@ def run_holding(folder: Path, data: bytes) -> Path:
     folder.mkdir()
     (folder / EVENTS_FILE).write_bytes(data)
     return folder
+
+
+# --------------------------------------------------------------------------- two writers, huge ints
+
+#: A child that appends ``count`` PPO updates of run "shared" to ``run_dir``'s events file:
+#: it says it is ready (a file ``go.<base>``), then waits for ``go``, so that two of them
+#: write at the same time.
+WRITER = """
+import sys, time
+from pathlib import Path
+from esper_telemetry import TelemetryHub, emit_ppo_update_event
+from esper_telemetry.backends import AnalyticsCollector
+run_dir, count, base, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+with TelemetryHub("shared") as hub:
+    hub.subscribe(AnalyticsCollector(run_dir, fsync="never"), mode="inline")
+    Path(f"{go}.{base}").touch()
+    while not go.exists():
+        time.sleep(0.001)
+    for k in range(count):
+        emit_ppo_update_event(hub, update=base + k, metrics={
+            "policy_loss": 0.1, "value_loss": 0.2, "entropy": 0.3})
+"""
+
+
+def esper(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "esper_telemetry.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_two_writers_and_huge_ints_leave_a_run_that_esper_query_and_export_read(
+    tmp_path: Path,
+) -> None:
+    """Two processes append the same run's seqs 0..199 to one events file, and lines with
+    ints past int64 follow: the readers keep the first line of each seq and report every
+    other line by number; esper query and esper export give results, never a traceback."""
+    run_dir, go = tmp_path / "run", tmp_path / "go"
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(run_dir), "200", str(base), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for base in (0, 1000)
+    ]
+    deadline = time.monotonic() + 120  # a liveness guard: the writers say when ready
+    while not all(Path(f"{go}.{base}").exists() for base in (0, 1000)):
+        assert time.monotonic() < deadline, "the writers never got ready"
+        assert all(w.poll() is None for w in writers), "a writer exited before writing"
+        time.sleep(0.01)
+    go.touch()
+    for w in writers:
+        _, err = w.communicate(timeout=120)
+        assert (w.returncode, err) == (0, "")
+    path = run_dir / EVENTS_FILE
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 400
+    template = json.loads(lines[0])
+    huge = []
+    for field, value in (("update", 2**70), ("rank", 2**64), ("seq", 2**63)):
+        huge.append(json.dumps({**template, field: value}).encode() + b"\n")
+    with path.open("ab") as f:
+        f.write(b"".join(huge))
+
+    bad: list[BadLine] = []
+    events = list(read_events(run_dir, on_bad_line=bad.append))
+    first_of_seq: dict[int, int] = {}
+    for n, line in enumerate(lines, 1):
+        first_of_seq.setdefault(json.loads(line)["seq"], n)
+    assert [e.seq for e in events] == list(range(200))
+    assert [e.update for e in events] == [
+        json.loads(lines[first_of_seq[s] - 1])["update"] for s in range(200)
+    ]
+    assert [(b.line_number, b.duplicate) for b in bad] == [
+        *((n, True) for n in range(1, 401) if n not in first_of_seq.values()),
+        (401, False),
+        (402, False),
+        (403, False),
+    ]
+
+    query = esper(
+        "query",
+        str(run_dir),
+        "SELECT count(*) AS n, count(DISTINCT seq) AS seqs FROM ppo_updates",
+        "--format",
+        "csv",
+        cwd=tmp_path,
+    )
+    export = esper("export", str(run_dir), "--parquet", str(tmp_path / "p.parquet"), cwd=tmp_path)
+    for done in (query, export):
+        assert "Traceback" not in done.stderr
+        assert done.returncode == 0, done.stderr
+        assert f"warning: skipped 203 bad lines; the first: {bad[0]}" in done.stderr
+    assert query.stdout == "n,seqs\n200,200\n"
+    assert export.stdout == f"wrote 200 rows of ppo_updates to {tmp_path / 'p.parquet'}\n"

@@ -2,11 +2,14 @@
 reaches every backend, and the run ends marked interrupted.
 
 The SIGTERM run without W&B is in ``tests/test_cli_ppo.py``; here both signals hit a
-run with every backend (W&B offline), and Ctrl-C also lands inside the hub itself.
+run with every backend (W&B offline), and Ctrl-C also lands inside the hub itself. The
+run's handlers, phase by phase, are pinned at the end; signals at the edges of a run
+(start-up, shutdown, Python's exit) are in ``test_edges.py``.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import signal
@@ -17,11 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+import esper_telemetry.run
 from esper_telemetry import TelemetryHub
 from esper_telemetry import emit_ppo_update_event as emit_update
+from esper_telemetry._signals import RunSignals
 from esper_telemetry.contracts import RunFinished, RunFinishedPayload, RunLayout, TelemetryEvent
+from esper_telemetry.run import RunOptions, run_ppo
 from esper_telemetry.testing import RecordingBackend
+from esper_telemetry.training import PPOConfig
 from tests.reliability.children import (
     SMALL,
     esper_ppo,
@@ -220,3 +228,68 @@ def blocked_in_hub(thread: threading.Thread) -> bool:
         frame = frame.f_back
     in_hub = any(f"esper_telemetry{os.sep}hub{os.sep}" in f.f_code.co_filename for f in stack)
     return bool(stack) and stack[0].f_code.co_name == "wait" and in_hub
+
+
+@pytest.mark.usefixtures("ctrl_c")
+def test_in_training_ctrl_c_raises_once_and_a_second_one_gives_up_waiting() -> None:
+    """The first Ctrl-C of training raises KeyboardInterrupt (the trainer ends the run
+    interrupted); a second only sets give_up, so it cannot cut the run's RUN_FINISHED."""
+    signals = RunSignals.install()
+    try:
+        signals.training()
+        with pytest.raises(KeyboardInterrupt):
+            press(signal.SIGINT)
+        press(signal.SIGINT)
+        assert (signals.received, signals.stop.is_set(), signals.give_up.is_set()) == (
+            [signal.SIGINT, signal.SIGINT],
+            True,
+            True,
+        )
+    finally:
+        signals.restore()
+
+
+@pytest.mark.usefixtures("ctrl_c")
+def test_once_the_command_is_over_and_python_goes_on_a_signal_gives_way() -> None:
+    """After exiting() in a process that does not exit (a command run in-process, as under
+    click's CliRunner), Ctrl-C raises KeyboardInterrupt as before, and the handlers that
+    were there before install() are back."""
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    signals = RunSignals.install()
+    signals.shutting_down()
+    signals.exiting()
+    with pytest.raises(KeyboardInterrupt):
+        press(signal.SIGINT)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_ctrl_c_that_escapes_the_trainer_still_ends_the_run_on_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt out of train() before any RUN_FINISHED (it landed before the
+    trainer's own handling began): run_ppo emits RUN_FINISHED interrupted itself and
+    exits 130; both logs agree."""
+
+    def interrupted_at_once(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(esper_telemetry.run, "train", interrupted_at_once)
+    config = PPOConfig(updates=2, envs=2, steps=8, hidden=16)
+    options = RunOptions(config, run_root=tmp_path, run_id="escaped", wandb="disabled")
+    outcome = run_ppo(options, Console(file=io.StringIO()))
+    assert (outcome.exit_code, outcome.message) == (
+        130,
+        "interrupted; every event emitted so far was flushed",
+    )
+    events, bad = read_back(tmp_path / "escaped")
+    assert (bad, kinds(events)) == ([], [(0, "RUN_FINISHED", 0)])
+    assert [e.payload.status for e in events if isinstance(e, RunFinished)] == ["interrupted"]
+    records, broken = log_records(tmp_path / "escaped")
+    assert (log_kinds(records), broken) == (kinds(events), [])
+
+
+def press(signum: signal.Signals) -> None:
+    """Send ``signum`` to this process; its Python handler runs before this returns."""
+    os.kill(os.getpid(), signum)
+    for _ in range(100):  # the handler runs at the next bytecode; a few are enough
+        time.sleep(0.001)

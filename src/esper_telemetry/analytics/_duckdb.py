@@ -28,10 +28,12 @@ from esper_telemetry.analytics._names import TABLES
 from esper_telemetry.analytics._reader import OnBadLine, find_event_files, read_events
 from esper_telemetry.contracts import (
     EVENT_CLASSES,
+    EVENTS_FILE,
     AnomalyDetected,
     EventBase,
     PPOUpdateCompleted,
     PPOUpdatePayload,
+    RunLayout,
     TelemetryEvent,
     TelemetryLevel,
     TelemetryLevelChanged,
@@ -79,7 +81,11 @@ def connect(
             loader.flush()
         if not allow_file_access:
             # After loading: from here on, no SQL reads or writes a file or loads an
-            # extension, and the lock keeps anyone from setting it back.
+            # extension, nothing spills to a temporary folder (DuckDB would make ./.tmp),
+            # no progress bar writes to the terminal, and the lock keeps anyone from
+            # setting these back.
+            con.execute("SET temp_directory = ''")  # before: the access switch locks it
+            con.execute("SET enable_progress_bar = false")
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
     except BaseException:
@@ -105,6 +111,7 @@ def export_parquet(
         raise ValueError(f"destination: {str(dest)!r} is an events file being read")
     if dest.is_dir():
         raise ValueError(f"destination: {str(dest)!r} is a directory")
+    _refuse_run_files(dest, {s.parent for s in sources})
     rows = 0
     con = connect(path_or_glob, tables=[table], on_bad_line=on_bad_line)
     try:
@@ -124,6 +131,30 @@ def export_parquet(
     finally:
         con.close()
     return rows
+
+
+def _refuse_run_files(dest: Path, run_dirs: set[Path]) -> None:
+    """Refuse a destination that is a file a run writes: its logs, report or W&B files.
+
+    A run directory is one being read, or any folder holding an events file; what it
+    owns is its :class:`RunLayout` (``events.jsonl``, ``log.jsonl``, ``report.png``)
+    and everything under its ``wandb`` folder. Other files beside them may be written.
+    """
+    target = dest.resolve()
+    for folder in target.parents:
+        if folder not in run_dirs and not (folder / EVENTS_FILE).is_file():
+            continue
+        layout = RunLayout(folder)
+        owned = {layout.events: "the events file", layout.log: "the structured log"}
+        owned[layout.report] = "the report"
+        what = owned.get(target)
+        if what is None and target.is_relative_to(layout.wandb):
+            what = "one of the W&B files"
+        if what is not None:
+            raise ValueError(
+                f"destination: {str(dest)!r} is {what} of the run in {str(folder)!r}; "
+                "write the Parquet file elsewhere"
+            )
 
 
 def _checked_tables(tables: Iterable[str] | None) -> frozenset[str]:

@@ -38,6 +38,9 @@ _ENVELOPE_FIELDS: Final = frozenset(
 #: The tags pydantic puts first in an error's location inside the event union.
 _TAGS: Final = frozenset(t.value for t in EventType)
 
+#: How pydantic labels a plain-typed member of a union in an error's location.
+_MEMBER_TYPES: Final = frozenset({"float", "int", "str", "bool", "none"})
+
 
 @dataclass(frozen=True, slots=True)
 class BadLine:
@@ -49,12 +52,15 @@ class BadLine:
         reason: One sentence: what is wrong with the line.
         torn: True for a last line without its newline (a writer that was killed or
             failed mid-write, or one that is writing it right now).
+        duplicate: True for a valid event whose ``(run_id, seq)`` an earlier line of
+            the file already had (two writers on one file): the first is kept.
     """
 
     path: Path
     line_number: int
     reason: str
     torn: bool = False
+    duplicate: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line_number}: {self.reason}"
@@ -111,17 +117,35 @@ def _explain(text: str, exc: ValidationError) -> str:
     version = _schema_version_of(text)
     if version is not None and version > SCHEMA_VERSION:
         return _newer(version)  # a newer esper may add fields or event types
-    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+    # A field of a union type (a Float) reports one error per member, under the
+    # member's label: one field is one error here, told by its last member (the one
+    # that says why).
+    by_field: dict[tuple[str | int, ...], str] = {}
+    for error in errors:
+        by_field[_field_of(error["loc"])] = str(error["msg"]).removeprefix("Value error, ")
+    more = f" (and {len(by_field) - 1} more errors)" if len(by_field) > 1 else ""
     if first["type"] == "union_tag_not_found":
         return f"not a valid event: event_type: Field required{more}"
     if first["type"] == "union_tag_invalid":
         tag = (first.get("ctx") or {}).get("tag")
         return f"not a valid event: event_type: unknown event type {tag!r}{more}"
-    loc = list(first["loc"])
-    if loc and loc[0] in _TAGS:
-        loc = loc[1:]  # the event class chosen by event_type: not a field of the line
-    where = ".".join(str(part) for part in loc) or "line"
-    return f"not a valid event: {where}: {first['msg']}{more}"
+    field = _field_of(first["loc"])
+    where = ".".join(str(part) for part in field) or "line"
+    return f"not a valid event: {where}: {by_field[field]}{more}"
+
+
+def _field_of(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """The field an error's location names, without the labels of union members."""
+    parts = list(loc)
+    if parts and parts[0] in _TAGS:
+        parts = parts[1:]  # the event class chosen by event_type: not a field of the line
+    return tuple(p for p in parts if not (isinstance(p, str) and _is_member_label(p)))
+
+
+def _is_member_label(part: str) -> bool:
+    # pydantic labels union members by schema ("float", "constrained-float",
+    # "function-before[...]"); contract fields are identifiers without "-" or "[".
+    return part in _MEMBER_TYPES or "-" in part or "[" in part
 
 
 def _schema_version_of(text: str) -> int | None:

@@ -3,6 +3,10 @@
 What ``esper query`` prints, as library functions: :func:`tables_in` picks the tables a
 statement needs (so only those are loaded), :func:`render_result` turns a DuckDB result
 into text, and :func:`run_query` does both around :func:`~esper_telemetry.analytics.connect`.
+Only read-only statements run (SELECT and what DuckDB parses as one: WITH, FROM,
+VALUES, TABLE, SHOW, DESCRIBE, SUMMARIZE; and EXPLAIN of one): anything else is refused
+from its parse tree before DuckDB binds or runs it, so a query never touches the file
+system, not even to create a folder.
 Non-finite floats are spelled as in the logs ("NaN", "Infinity", "-Infinity"), so the
 JSON lines are strict JSON. Needs the ``analytics`` extra for duckdb.
 """
@@ -48,7 +52,9 @@ def tables_in(sql: str) -> list[str] | None:
     require("esper_telemetry.analytics.tables_in", "duckdb")
     import duckdb
 
-    with duckdb.connect() as scratch:
+    # Binding a statement can act on the file system (EXPORT DATABASE creates its
+    # folder): the scratch database may not touch it, nor load an extension.
+    with duckdb.connect(config=_SANDBOX) as scratch:
         names: set[str] | None
         try:
             names = scratch.get_table_names(sql)
@@ -109,9 +115,11 @@ def run_query(
     Raises:
         ImportError: duckdb or pyarrow is missing; the message says what to install.
         FileNotFoundError: no events file is found at ``path_or_glob``.
-        ValueError: an unknown ``fmt``, or DuckDB refused or failed the statement
-            (DuckDB's message, which says what is wrong, starts the error's text);
-            raised by the iteration when the rows fail while being fetched.
+        ValueError: an unknown ``fmt``; ``sql`` is empty, not encodable as UTF-8 or not
+            read-only (see :func:`check_read_only`: nothing was loaded or run); or
+            DuckDB refused or failed the statement (DuckDB's message, which says what
+            is wrong, starts the error's text); raised by the iteration when the rows
+            fail while being fetched.
     """
     if fmt not in QUERY_FORMATS:
         raise ValueError(f"fmt must be one of {', '.join(QUERY_FORMATS)}, got {fmt!r}")
@@ -121,6 +129,8 @@ def run_query(
     import duckdb
 
     from esper_telemetry.analytics._duckdb import connect
+
+    check_read_only(sql)
 
     con = connect(path_or_glob, tables=tables_in(sql), on_bad_line=on_bad_line)
     try:
@@ -134,7 +144,123 @@ def run_query(
     return _closing(con, _render(result, fmt, 1024))
 
 
+def check_read_only(sql: str) -> None:
+    """Refuse ``sql`` unless it is one or more read-only statements DuckDB can parse.
+
+    Read-only: DuckDB parses it as a SELECT (which covers WITH, FROM, VALUES, TABLE,
+    SHOW, DESCRIBE, SUMMARIZE and PIVOT with an IN list), or it is an EXPLAIN
+    [ANALYZE] of one. Only parsed, never bound or run.
+
+    Raises:
+        ImportError: duckdb is missing; the message says what to install.
+        ValueError: ``sql`` is not a string, is empty (or only comments), holds a
+            character UTF-8 cannot encode (an undecodable byte of the command line
+            arrives as one), does not parse, or holds a statement of another kind;
+            the message names the statement and says what is allowed.
+
+    >>> check_read_only("SELECT update, lstm_h_rms FROM ppo_updates")
+    >>> try:
+    ...     check_read_only("COPY ppo_updates TO 'x.csv'")
+    ... except ValueError as exc:
+    ...     print(str(exc).split(";")[0])
+    SQL: statement 1 (COPY ppo_updates TO 'x.csv') is not a read-only query
+    """
+    require("esper_telemetry.analytics.check_read_only", "duckdb")
+    import duckdb
+
+    if not isinstance(sql, str):
+        raise ValueError(f"SQL: must be a string, got {type(sql).__name__}")
+    _check_encodable(sql)
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ValueError(str(exc)) from exc
+    if not statements:
+        raise ValueError(
+            'SQL: empty (or only comments); give a query, e.g. "SELECT * FROM ppo_updates"'
+        )
+    for number, statement in enumerate(statements, 1):
+        kind = statement.type
+        if kind == duckdb.StatementType.SELECT:
+            continue
+        if kind == duckdb.StatementType.EXPLAIN and _explains_a_select(statement.query):
+            continue
+        hint = ""
+        if kind == duckdb.StatementType.MULTI:  # what DuckDB makes of a bare PIVOT
+            hint = " (a PIVOT must list its values: PIVOT t ON c IN (...) USING ...)"
+        raise ValueError(
+            f"SQL: statement {number} ({_snippet(statement.query)}) is not a read-only "
+            f"query{hint}; only SELECT, WITH, SHOW, DESCRIBE, SUMMARIZE or EXPLAIN of one "
+            "runs here"
+        )
+
+
 # -- internals ------------------------------------------------------------------------
+
+#: A DuckDB that may not read, write or create a file, nor install or load an extension.
+_SANDBOX: dict[str, str | bool | int | float | list[str]] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+
+
+def _check_encodable(sql: str) -> None:
+    """Refuse a character UTF-8 cannot encode, naming it (surrogates of argv bytes)."""
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = sql[exc.start]
+        code = ord(char)
+        shown = (
+            f"byte 0x{code - 0xDC00:02x}, which is not UTF-8"
+            if 0xDC80 <= code <= 0xDCFF  # how Python passes on an undecodable argv byte
+            else f"U+{code:04X}, a lone surrogate"
+        )
+        raise ValueError(
+            f"SQL: character {exc.start + 1} is {shown}; write the query in UTF-8"
+        ) from None
+
+
+def _explains_a_select(text: str) -> bool:
+    """Whether ``text`` is ``EXPLAIN [ANALYZE] [(options)]`` of SELECT statements only."""
+    import duckdb
+
+    data = text.encode("utf-8")  # the tokenizer's positions are byte offsets
+    tokens = [
+        (pos, kind) for pos, kind in duckdb.tokenize(text) if kind != duckdb.token_type.comment
+    ]
+    words = [
+        data[pos : tokens[i + 1][0] if i + 1 < len(tokens) else len(data)].decode("utf-8").strip()
+        for i, (pos, _) in enumerate(tokens)
+    ]
+    if not words or words[0].upper() != "EXPLAIN":
+        return False
+    i, depth = 1, 0
+    while i < len(tokens):
+        word = words[i]
+        if depth:
+            depth += word.count("(") - word.count(")")
+        elif word.upper() in ("ANALYZE", "ANALYSE"):
+            pass
+        elif word.startswith("("):
+            depth = word.count("(") - word.count(")")
+        else:
+            break
+        i += 1
+    if i >= len(tokens):
+        return False
+    inner = data[tokens[i][0] :].decode("utf-8")
+    try:
+        statements = duckdb.extract_statements(inner)
+    except duckdb.Error:
+        return False
+    return bool(statements) and all(s.type == duckdb.StatementType.SELECT for s in statements)
+
+
+def _snippet(text: str, limit: int = 60) -> str:
+    flat = " ".join(text.split()).rstrip(";").strip()
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def _tables_of_selects(scratch: duckdb.DuckDBPyConnection, sql: str) -> set[str] | None:

@@ -6,10 +6,18 @@ without its newline is left for later (its writer may be in the middle of it), a
 line over :data:`MAX_LINE_BYTES` is skipped without being held in memory, and a file
 that shrank or was replaced is read again from its start. :func:`read_events` runs
 one cursor over a finished file, where an unterminated last line is a torn one.
+
+A hub numbers its events (``seq``) strictly increasing, so a ``(run_id, seq)`` that a
+file holds twice means two writers appended to one file. The first line with it is
+kept; each later one is skipped and reported as a bad line (``BadLine.duplicate``),
+so ``(run_id, seq)`` stays a key in every table built from the file. Events never
+stamped by a hub (``seq`` -1) are not checked. Memory for this stays bounded by the
+gaps in each run's numbering (ranges of seq seen), not by the number of events.
 """
 
 from __future__ import annotations
 
+import bisect
 import glob
 import logging
 import os
@@ -56,7 +64,8 @@ class EventCursor:
 
     The file may not exist yet (it reads as empty) and may grow between reads; each
     :meth:`read` opens it, seeks to where the last one stopped and parses each new
-    complete line with :func:`parse_line`. Blank lines are skipped silently.
+    complete line with :func:`parse_line`. Blank lines are skipped silently; a
+    ``(run_id, seq)`` seen on an earlier line is a bad line (see the module docstring).
 
     Args:
         path: A run directory (its ``events.jsonl``, which may not exist yet) or an
@@ -153,6 +162,7 @@ class EventCursor:
         self._skipping_from: int | None = None  # number of an over-long line being skipped
         self._pending = 0
         self._file_id: tuple[int, int] | None = None
+        self._seen = _SeenSeqs()
 
     def _items(self, max_lines: int | None, *, final: bool) -> Iterator[TelemetryEvent | BadLine]:
         """The events and bad lines of the lines after the cursor, one line at a time.
@@ -211,7 +221,16 @@ class EventCursor:
     def _item(self, line: bytes, *, torn: bool) -> TelemetryEvent | BadLine:
         event, reason = parse_line(line)
         if event is not None:
-            return event
+            if event.seq < 0 or self._seen.add(event.run_id, event.seq):
+                return event
+            return BadLine(
+                self._path,
+                self._line_number,
+                f"duplicate seq {event.seq} of run {event.run_id!r}: an earlier line has it "
+                "(two writers on one file?); skipped, the first is kept",
+                torn=torn,
+                duplicate=True,
+            )
         if torn:
             reason = f"torn last line (no newline at the end): {reason}"
         return BadLine(self._path, self._line_number, reason, torn=torn)
@@ -235,7 +254,8 @@ def read_events(
     back bit-exact, NaN and ±Inf included). A line that fails (a torn last line,
     invalid UTF-8 or JSON, a wrong shape, a missing envelope field, a
     ``schema_version`` newer than this package understands, a line over
-    ``MAX_LINE_BYTES``) is skipped: ``on_bad_line`` receives a :class:`BadLine` for it
+    ``MAX_LINE_BYTES``, an integer outside int64, a ``(run_id, seq)`` an earlier line
+    already had) is skipped: ``on_bad_line`` receives a :class:`BadLine` for it
     and a warning goes to the ``esper_telemetry.analytics`` logger (the first 10 per
     file one by one, then a count). Blank lines are skipped silently. The file is
     taken as finished: a last line without its newline is read if it is a valid event,
@@ -330,3 +350,49 @@ def _logged(cursor: EventCursor, on_bad_line: OnBadLine | None) -> Iterator[Tele
             bad_count,
             _LOGGED_PER_FILE,
         )
+
+
+class _SeenSeqs:
+    """The ``(run_id, seq)`` pairs read so far, as sorted, disjoint ranges of seq per run.
+
+    A hub's seqs are consecutive, so a run read in order is one range; memory grows
+    only with the gaps (lines lost or bad) and the runs, never with the events.
+    """
+
+    __slots__ = ("_runs",)
+
+    def __init__(self) -> None:
+        # run_id -> (starts, ends): range i holds starts[i] .. ends[i], both included.
+        self._runs: dict[str, tuple[list[int], list[int]]] = {}
+
+    def add(self, run_id: str, seq: int) -> bool:
+        """Record ``seq`` of ``run_id``; False when it was recorded before."""
+        ranges = self._runs.get(run_id)
+        if ranges is None:
+            self._runs[run_id] = ([seq], [seq])
+            return True
+        starts, ends = ranges
+        if seq == ends[-1] + 1:  # the common case: the next seq of a run read in order
+            ends[-1] = seq
+            return True
+        if seq > ends[-1]:
+            starts.append(seq)
+            ends.append(seq)
+            return True
+        i = bisect.bisect_right(starts, seq) - 1  # the last range starting at or before seq
+        if i >= 0 and seq <= ends[i]:
+            return False
+        # seq falls in the gap after range i (or before the first range): join neighbours.
+        joins_left = i >= 0 and ends[i] + 1 == seq
+        joins_right = i + 1 < len(starts) and starts[i + 1] - 1 == seq
+        if joins_left and joins_right:
+            ends[i] = ends[i + 1]
+            del starts[i + 1], ends[i + 1]
+        elif joins_left:
+            ends[i] = seq
+        elif joins_right:
+            starts[i + 1] = seq
+        else:
+            starts.insert(i + 1, seq)
+            ends.insert(i + 1, seq)
+        return True

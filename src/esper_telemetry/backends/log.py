@@ -6,6 +6,12 @@ The backend builds a logger of its own with ``structlog.wrap_logger``; it never 
 JSON output is strict JSON: structlog's ``JSONRenderer`` would write bare ``NaN`` and
 ``Infinity`` tokens, so a processor first turns non-finite floats into the strings
 "NaN", "Infinity" and "-Infinity" (the same spelling as the event contracts).
+
+Written to a file, each line goes to the operating system in one unbuffered ``write``
+(``esper_telemetry._append``): a line that cannot be written (a full disk) makes
+``handle`` raise, so the hub counts that event as failed, and it is never written
+later. Failed events are therefore exactly the events missing from the file; a
+fragment a short write left behind stands alone as one bad line.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
+from esper_telemetry._append import LineAppender
 from esper_telemetry.contracts import (
     AnomalyDetected,
     Severity,
@@ -41,6 +48,7 @@ class StructlogBackend(Backend):
 
     Args:
         path: A file to append JSON lines (or console lines) to; created if missing.
+            Each line is written whole or not at all (see the module docstring).
         stream: A text stream to write to instead (default: standard error).
         format: ``"json"`` (strict JSON lines) or ``"console"`` (human-readable).
 
@@ -66,15 +74,15 @@ class StructlogBackend(Backend):
             raise ValueError(f"format must be 'json' or 'console', got {format!r}")
         if path is not None and stream is not None:
             raise ValueError("path and stream are exclusive: give one, or neither for stderr")
-        self._file: TextIO | None = None
+        self._file: LineAppender | None = None
         if path is not None:
             target = Path(path)
             if target.is_dir():
                 raise ValueError(f"path: {str(target)!r} is a directory, expected a file")
             target.parent.mkdir(parents=True, exist_ok=True)
-            self._file = target.open("a", encoding="utf-8")
+            self._file = LineAppender(target)
         self.path = Path(path) if path is not None else None
-        self._out: TextIO = self._file or stream or sys.stderr
+        self._out: TextIO | None = None if self._file else (stream or sys.stderr)
         self.format = format
         renderer: Any
         if format == "json":
@@ -85,7 +93,7 @@ class StructlogBackend(Backend):
             renderer = structlog.dev.ConsoleRenderer(colors=False)
         self._lock = threading.Lock()
         self._log = structlog.wrap_logger(
-            structlog.PrintLogger(self._out),
+            _LineLogger(self._file) if self._file else structlog.PrintLogger(self._out),
             processors=[structlog.processors.add_log_level, _non_finite_as_strings, renderer],
             wrapper_class=structlog.make_filtering_bound_logger(_LEVEL_NUMBERS["debug"]),
             cache_logger_on_first_use=False,
@@ -96,7 +104,12 @@ class StructlogBackend(Backend):
         return f"StructlogBackend({where!r}, format={self.format!r})"
 
     def handle(self, event: TelemetryEvent) -> None:
-        """Log one event at the level its type and severity call for."""
+        """Log one event at the level its type and severity call for.
+
+        Raises:
+            OSError: the line could not be written (the hub counts the event as failed).
+            RuntimeError: the backend's file was closed.
+        """
         payload = event.payload.model_dump(mode="json")
         level = "info"
         match event:
@@ -124,16 +137,35 @@ class StructlogBackend(Backend):
             )
 
     def flush(self) -> None:
-        """Push buffered lines to the operating system."""
+        """Flush the stream; a file has nothing buffered (each line is written at once)."""
         with self._lock:
-            self._out.flush()
+            if self._out is not None:
+                self._out.flush()
 
     def close(self) -> None:
-        """Flush, and close the file if this backend opened it."""
+        """Close the file if this backend opened it, else flush the stream. Idempotent."""
         with self._lock:
-            self._out.flush()
             if self._file is not None:
                 self._file.close()
+            elif self._out is not None:
+                self._out.flush()
+
+
+class _LineLogger:
+    """structlog's output for a file: each rendered event is one line, written whole.
+
+    The methods are the ones a bound logger calls by level name, as on
+    ``structlog.PrintLogger``.
+    """
+
+    def __init__(self, file: LineAppender) -> None:
+        self._file = file
+
+    def msg(self, message: str) -> None:
+        self._file.append(message.encode("utf-8") + b"\n")
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 def _non_finite_as_strings(

@@ -30,6 +30,11 @@ exits 4), and the first one is logged as a warning. NaN and Inf are logged as th
 ``lstm/*`` key's summary is its maximum over the run, so the runs table shows the worst
 value; one NaN makes that summary NaN, which is the worst value there is.
 
+W&B's service process can fail to write what it was given (a full disk) without telling
+the SDK. So when an offline run the backend created is closed, its ``.wandb`` file is
+read back, and every event whose row, config, notes or status the file lacks is
+reported as undelivered too, with a warning naming the file and W&B's own error.
+
 >>> from esper_telemetry import TelemetryHub, emit_ppo_update_event
 >>> backend = WandBBackend("esper-doc", mode="disabled")
 >>> with TelemetryHub("doc-run") as hub:
@@ -42,12 +47,17 @@ value; one NaN makes that summary NaN, which is the worst value there is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
+import subprocess
+import sys
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +81,11 @@ try:
 except ImportError as err:  # pragma: no cover - exercised in a test that hides wandb
     raise ImportError(missing_message("esper_telemetry.backends.wandb", "wandb")) from err
 
+from esper_telemetry.backends._wandb_file import (
+    RunFileContents,
+    first_error,
+    read_final_run_file,
+)
 from esper_telemetry.hub import REDACTED, Backend, redact_secrets
 
 if TYPE_CHECKING:
@@ -85,6 +100,13 @@ Mode = WandbMode
 
 #: How long ``close()`` waits for ``run.finish()`` by default, in seconds.
 DEFAULT_FINISH_TIMEOUT_S = 30.0
+#: How long ``on_subscribe`` waits for ``wandb.init()`` by default, in seconds: W&B's
+#: own ``init_timeout`` is 90 s, but one of its waits (for its service to take the run)
+#: has no bound at all.
+DEFAULT_INIT_TIMEOUT_S = 120.0
+#: How long ``close()`` waits, after ``run.finish()``, for wandb-core to write the end of
+#: the run file (it takes a few ms) before checking what the file holds.
+_RUN_FILE_SETTLE_S = 10.0
 
 _MODES = WANDB_MODES
 # W&B's older spellings of the modes, still accepted in WANDB_MODE.
@@ -121,6 +143,8 @@ class WandBBackend(Backend):
         name: The run's display name; None uses the hub's ``run_id``. The run's id is
             always the hub's ``run_id``. Not allowed with ``run``.
         finish_timeout: How long ``close()`` waits for ``run.finish()``, in seconds.
+        init_timeout: How long ``on_subscribe`` waits for ``wandb.init()``, in seconds;
+            past it W&B's service process is stopped and subscribing fails.
 
     Secrets never reach W&B: in ``config`` and the ``RUN_STARTED`` config, a value whose
     key contains "key", "token", "secret" or "password" (any case, any depth), a string
@@ -131,10 +155,10 @@ class WandBBackend(Backend):
     backend adds no locking of its own.
 
     Raises:
-        ValueError: a bad ``project``, ``mode``, ``dir``, ``alert_on``, ``name`` or
-            ``finish_timeout``, a config key that is not a string, ``run`` together with
-            a setting that only applies to a run the backend creates, or an unknown
-            ``WANDB_MODE``.
+        ValueError: a bad ``project``, ``mode``, ``dir``, ``alert_on``, ``name``,
+            ``finish_timeout`` or ``init_timeout``, a config key that is not a string,
+            ``run`` together with a setting that only applies to a run the backend
+            creates, or an unknown ``WANDB_MODE``.
         TypeError: ``run`` is not a W&B run, ``config`` is not a mapping or ``dir`` is
             not a path.
     """
@@ -153,6 +177,7 @@ class WandBBackend(Backend):
         alert_on: Iterable[Severity | str] = (Severity.CRITICAL,),
         name: str | None = None,
         finish_timeout: float = DEFAULT_FINISH_TIMEOUT_S,
+        init_timeout: float = DEFAULT_INIT_TIMEOUT_S,
     ) -> None:
         if run is not None:
             given = {"project": project, "mode": mode, "dir": dir, "name": name}
@@ -171,6 +196,7 @@ class WandBBackend(Backend):
         self._alert_on = _checked_severities(alert_on)
         self._name = _checked_name(name)
         self._finish_timeout = _checked_timeout(finish_timeout)
+        self._init_timeout = _checked_timeout(init_timeout, "init_timeout")
         self._run: wandb.Run | None = run
         self._owns_run = run is None
         self._subscribed = False
@@ -179,6 +205,15 @@ class WandBBackend(Backend):
         self._skipped = 0
         self._anomalies: Counter[str] = Counter()
         self._max_keys: set[str] = set()
+        # What W&B was given, to check against its run file at close (_check_written).
+        self._ledger = _StepLedger()
+        self._expected: list[_Expected] = []
+        self._run_files: tuple[Path, Path] | None = None
+        self._unwritten = 0
+        self._finished = False
+        self._aborted = False
+        self._stopped: str | None = None
+        self._abort_lock = threading.Lock()
 
     # -- public state -------------------------------------------------------------------
 
@@ -192,6 +227,17 @@ class WandBBackend(Backend):
         """Events not logged because their update was lower than one already logged."""
         return self._skipped
 
+    @property
+    def finished(self) -> bool:
+        """True once ``run.finish()`` of a run the backend created returned without error;
+        False before, and when it timed out, raised or the backend was aborted."""
+        return self._finished
+
+    @property
+    def aborted(self) -> bool:
+        """True once :meth:`abort` was called (or ``close()`` aborted a hung W&B)."""
+        return self._aborted
+
     def __repr__(self) -> str:
         run_id = getattr(self._run, "id", None)
         return f"WandBBackend(mode={self._mode!r}, run={run_id!r}, skipped={self._skipped})"
@@ -204,14 +250,16 @@ class WandBBackend(Backend):
         Called once by ``TelemetryHub.subscribe``; if it raises, nothing is subscribed.
 
         Raises:
-            RuntimeError: online mode without W&B credentials; or the backend is
-                already subscribed or closed.
+            RuntimeError: online mode without W&B credentials; ``wandb.init()`` did not
+                return within ``init_timeout`` (W&B's service process is then stopped);
+                or the backend is already subscribed or closed.
         """
         if self._subscribed or self._closed:
             state = "closed" if self._closed else "already subscribed to a hub"
             raise RuntimeError(f"this WandBBackend is {state}; create one backend per hub")
         if self._run is None:
             self._run = self._init_run(hub.run_id)
+            self._run_files = _offline_run_files(self._run)
         else:
             # W&B drops steps below the run's current one; start skipping where it does.
             self._last_step = _current_step(self._run)
@@ -250,9 +298,11 @@ class WandBBackend(Backend):
                 self._log(run, event, {"telemetry/level": int(p.level)})
             case RunStarted(payload=p):
                 config = _redacted(dict(p.config))
-                _update_config(run, {k: v for k, v in config.items() if k not in self._config})
+                fresh = {k: v for k, v in config.items() if k not in self._config}
+                _update_config(run, fresh)
                 if p.description:
                     run.notes = p.description
+                self._expected.append(_Expected(config=frozenset(fresh), notes=bool(p.description)))
             case RunFinished(payload=p):
                 self._finish_row(run, event)
 
@@ -262,19 +312,24 @@ class WandBBackend(Backend):
         if p.message:
             outcome["run/message"] = p.message
         run.summary.update(outcome)
+        row_step = None
         if p.summary:
             # Logged, not written to run.summary: W&B's summary path turns NaN into
             # null, its history keeps it, and the run's summary takes the last row.
-            step = max(self._last_step, event.update)
+            row_step = step = max(self._last_step, event.update)
             self._log(
                 run,
                 event.model_copy(update={"update": step}),
                 {f"final/{k}": v for k, v in p.summary.items()},
+                ledger=False,
             )
+        self._expected.append(_Expected(summary=frozenset(outcome), step=row_step))
 
     def undelivered(self) -> int:
-        """Rows not logged because W&B would have dropped them (see :attr:`skipped`)."""
-        return self._skipped
+        """Events W&B did not keep: those it would have dropped (see :attr:`skipped`),
+        and, once a run the backend created is closed, those W&B was given but its run
+        file does not hold (see :meth:`close`)."""
+        return self._skipped + self._unwritten
 
     def flush(self) -> None:
         """Do nothing: W&B has no flush that makes a run durable.
@@ -289,24 +344,121 @@ class WandBBackend(Backend):
     def close(self) -> None:
         """Finish the run if the backend created it, waiting at most ``finish_timeout``.
 
-        ``run.finish()`` runs on a daemon thread: if it does not return in time, a
-        warning is logged and ``close`` returns anyway (what W&B had not written yet
-        may be lost). A run that was handed in is left open. Closing twice does nothing.
+        ``run.finish()`` runs on a daemon thread. If it does not return in time, W&B is
+        hung: the backend aborts it (:meth:`abort`: W&B's service process is stopped, so
+        that it cannot block this process at exit either) and raises ``TimeoutError``,
+        which the hub counts as a failure. A run that was handed in is left open.
+        Closing twice does nothing; closing after :meth:`abort` finishes nothing.
+
+        Then, for an offline run it created, the backend reads the run's ``.wandb`` file
+        (once ``wandb-core`` has written its end, a few ms after ``run.finish()``
+        returned; at most 10 s) and counts every event whose row (or config, notes,
+        status) it does not hold as undelivered: W&B reports a failed write (a full
+        disk) only in its own debug log, so this is how ``hub.stats()`` learns of it.
+        A warning names the file, how many rows it holds and the first error
+        ``wandb-core`` logged.
 
         Raises:
+            TimeoutError: ``run.finish()`` did not return within ``finish_timeout``.
             Exception: whatever ``run.finish()`` raised within the timeout.
         """
         if self._closed:
             return
         self._closed = True
         if self._run is not None and self._owns_run:
-            _finish_within(self._run, self._finish_timeout)
+            try:
+                if self._aborted:
+                    return
+                if not self._finish():
+                    stopped = self.abort()
+                    raise TimeoutError(
+                        f"W&B run {getattr(self._run, 'id', None)!r} did not finish within "
+                        f"{self._finish_timeout:g} s; "
+                        + (f"{stopped}; " if stopped else "")
+                        + "what W&B had not written yet is lost (`wandb sync` uploads what "
+                        "its run file holds)"
+                    )
+                self._finished = True
+            finally:
+                self._check_written()
+
+    def _finish(self) -> bool:
+        """``run.finish()`` within ``finish_timeout``; False if it did not return in time."""
+        assert self._run is not None
+        try:
+            return _finish_within(self._run, self._finish_timeout)
+        except Exception as exc:
+            if not self._aborted:
+                raise
+            raise RuntimeError(
+                f"W&B run {getattr(self._run, 'id', None)!r} did not finish: W&B was given "
+                f"up on (abort()) while it finished ({type(exc).__name__})"
+            ) from exc
+
+    def abort(self) -> str | None:
+        """Give up on W&B now, for when it hangs: nothing of it may block this process.
+
+        For a run the backend created, W&B's service process (``wandb-core``, started by
+        this process) is asked to stop (SIGTERM, and SIGCONT in case it was stopped),
+        killed if it has not exited within 2 s, and W&B is torn down
+        (``wandb.teardown``), so that W&B's exit hook does not wait for it when Python
+        exits. Every W&B run of this process ends with it; what W&B had not written yet
+        is lost. A run that was handed in, or a service shared through
+        ``WANDB_SERVICE``, is left alone. From then on the backend does nothing with
+        W&B: ``handle`` raises (each event counts as failed) and ``close`` finishes
+        nothing. Safe from any thread; calling it again does nothing more and returns
+        what the first call did.
+
+        ``close()`` calls it when ``run.finish()`` does not return in time; call it when
+        the hub gave up on the backend (``hub.stats()`` says it is stuck), as
+        ``esper ppo`` does.
+
+        Returns:
+            What was done, for a message (``"stopped W&B's service process (wandb-core,
+            pid 123)"``), or None when no service process was stopped.
+        """
+        with self._abort_lock:
+            if not self._aborted:
+                self._aborted = True
+                if self._owns_run and isinstance(self._run, wandb.Run):
+                    self._stopped = stop_service()
+            return self._stopped
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _check_written(self) -> None:
+        """Count what the offline run file lacks of what W&B was given (see close())."""
+        if self._run_files is None:
+            return
+        sync_file, internal_log = self._run_files
+        # A run that finished: wandb-core writes the end of its file just after. One that
+        # did not (it raised, hung, was aborted): wandb-core writes no more.
+        wait = _RUN_FILE_SETTLE_S if self._finished else 0.0
+        try:
+            contents = read_final_run_file(sync_file, internal_log, timeout=wait)
+        except OSError as exc:
+            logger.warning("WandBBackend: could not read W&B's run file to check it: %s", exc)
+            return
+        rows, events = self._ledger.missing(contents.steps)
+        events += sum(1 for e in self._expected if not e.held_by(contents))
+        self._unwritten = events
+        if events:
+            said = first_error(internal_log, about=sync_file.name)
+            logger.warning(
+                "WandBBackend: W&B's run file %s holds %d of the %d rows it was given%s; "
+                "%d events were not written (wandb-core: %s)",
+                sync_file,
+                self._ledger.rows - rows,
+                self._ledger.rows,
+                "" if contents.exited else " and no exit record",
+                events,
+                said or "no error logged",
+            )
 
     def _init_run(self, run_id: str) -> wandb.Run:
         if self._dir is not None:
             self._dir.mkdir(parents=True, exist_ok=True)
+        watchdog = _Watchdog(self._init_timeout)
         try:
             return wandb.init(
                 project=self._project,
@@ -326,8 +478,24 @@ class WandBBackend(Backend):
                 "credentials from `wandb login` or the WANDB_API_KEY environment variable, "
                 f"or pass mode='offline' to write the run locally (wandb said: {err})"
             ) from err
+        except Exception as err:
+            if not watchdog.fired:
+                raise
+            raise RuntimeError(
+                f"W&B did not start its run within {self._init_timeout:g} s (its service "
+                f"process did not answer); {watchdog.stopped or 'found no service to stop'}. "
+                "Run without W&B (mode='disabled', esper ppo --wandb disabled) or see "
+                "W&B's debug-internal.log"
+            ) from err
+        finally:
+            watchdog.cancel()
 
     def _live_run(self, what: str) -> wandb.Run:
+        if self._aborted:
+            raise RuntimeError(
+                f"WandBBackend.{what}() was called after abort(): W&B was given up on, "
+                "nothing more reaches it"
+            )
         if self._closed:
             raise RuntimeError(f"WandBBackend.{what}() was called after close()")
         if self._run is None or not self._subscribed:
@@ -337,7 +505,9 @@ class WandBBackend(Backend):
             )
         return self._run
 
-    def _log(self, run: wandb.Run, event: TelemetryEvent, row: dict[str, Any]) -> None:
+    def _log(
+        self, run: wandb.Run, event: TelemetryEvent, row: dict[str, Any], *, ledger: bool = True
+    ) -> None:
         if event.update < self._last_step:
             self._skipped += 1
             if self._skipped == 1:
@@ -355,6 +525,8 @@ class WandBBackend(Backend):
                 self._declare_max(run, key)  # per-layer keys appear at DEBUG level
         run.log({"update": event.update, **row}, step=event.update)
         self._last_step = event.update
+        if ledger:
+            self._ledger.add(event.update)
 
     def _declare_max(self, run: wandb.Run, key: str) -> None:
         # One name at a time: when two globs match a key ("lstm/*" and "*"), W&B 0.31
@@ -399,7 +571,8 @@ def _alert_text(event: AnomalyDetected) -> str:
     return text
 
 
-def _finish_within(run: wandb.Run, timeout: float) -> None:
+def _finish_within(run: wandb.Run, timeout: float) -> bool:
+    """Call ``run.finish()`` on a daemon thread; False if it did not return in time."""
     raised: list[BaseException] = []
 
     def finish() -> None:
@@ -412,14 +585,232 @@ def _finish_within(run: wandb.Run, timeout: float) -> None:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        logger.warning(
-            "WandBBackend: W&B run %r did not finish within %g s; closing without it "
-            "(data W&B had not written yet may be missing; `wandb sync` can retry later)",
-            getattr(run, "id", None),
-            timeout,
-        )
-    elif raised:
+        return False
+    if raised:
         raise raised[0]
+    return True
+
+
+#: How long stop_service waits for W&B's service process after SIGTERM, then SIGKILL.
+_STOP_GRACE_S = 2.0
+#: How long stop_service lets wandb.teardown() take (it cannot block: it runs aside).
+_TEARDOWN_BOUND_S = 5.0
+
+
+class _Watchdog:
+    """Stops W&B's service process if not cancelled within ``timeout`` seconds."""
+
+    def __init__(self, timeout: float) -> None:
+        self.fired = False
+        self.stopped: str | None = None
+        self._cancelled = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        with self._lock:  # after this, _fire does nothing
+            self._timer.cancel()
+            self._cancelled = True
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self.fired = True
+        self.stopped = stop_service()
+
+
+def stop_service(*, teardown: bool = True) -> str | None:
+    """Stop the W&B service process (``wandb-core``) this process started, if any.
+
+    SIGTERM (with SIGCONT, which a stopped process needs to act on it), then SIGKILL if it
+    has not exited within 2 s; the process is reaped, so nothing is left behind. Then,
+    with ``teardown``, ``wandb.teardown()`` runs on a daemon thread for at most 5 s: it
+    unregisters W&B's exit hook (which would otherwise wait for the service forever) and
+    lets a later ``wandb.init`` start a fresh service. Does nothing when W&B was never
+    imported, has no service yet, or uses one it did not start (``WANDB_SERVICE``).
+
+    A service W&B is still starting (not yet connected) is found by its command line
+    (``wandb-core ... --pid <this process>``, Linux) and killed.
+
+    Returns:
+        What was done, for a message, or None when nothing was stopped.
+    """
+    proc = _service_process()
+    if proc is None:
+        pids = _starting_services()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if not pids:
+            return None
+        return f"killed W&B's service process (wandb-core, pid {', '.join(map(str, pids))})"
+    how = "stopped"
+    try:
+        proc.terminate()
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.wait(_STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        how = "killed"
+        proc.kill()
+        proc.wait(_STOP_GRACE_S)
+    except (OSError, subprocess.SubprocessError):  # it exited meanwhile
+        pass
+    if teardown:
+        _teardown_within(_TEARDOWN_BOUND_S)
+    return f"{how} W&B's service process (wandb-core, pid {proc.pid})"
+
+
+def _service_process() -> subprocess.Popen[bytes] | None:
+    """The ``wandb-core`` process W&B started for this process, or None.
+
+    W&B keeps it in private attributes (checked for wandb 0.31); if they move, this
+    finds nothing and the caller stops nothing, which is what it did before.
+    """
+    setup = sys.modules.get("wandb.sdk.wandb_setup")
+    singleton = getattr(setup, "_singleton", None)
+    if singleton is None or getattr(singleton, "_pid", None) != os.getpid():
+        return None
+    connection = getattr(singleton, "_connection", None)
+    owned = getattr(connection, "_proc", None)  # None: a service this process did not start
+    proc = getattr(owned, "_process", None)
+    return proc if isinstance(proc, subprocess.Popen) else None
+
+
+def release_service(timeout: float = _TEARDOWN_BOUND_S) -> str | None:
+    """End W&B's service for this process now, for a program whose W&B work is done.
+
+    ``wandb.teardown()`` (its service process writes what it holds and exits) runs on a
+    daemon thread for at most ``timeout`` seconds; a service still there then is stopped
+    (:func:`stop_service`). Afterwards W&B's exit hook has nothing left to wait for when
+    Python exits, so neither a hung service nor a Ctrl-C can turn the exit into a hang
+    or a traceback. Every W&B run of this process ends; a later ``wandb.init`` starts
+    a fresh service. Does nothing when W&B has no service in this process.
+
+    Returns:
+        What :func:`stop_service` said, or None when the teardown finished in time.
+    """
+    if _service_process() is None:
+        return None
+    if _teardown_within(timeout):
+        return None
+    return stop_service(teardown=False)
+
+
+def _starting_services() -> list[int]:
+    """The pids of ``wandb-core`` processes started for this process (from /proc)."""
+    mine = str(os.getpid()).encode()
+    found = []
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:  # no /proc: not Linux
+        return []
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # it exited while we looked
+        if argv[0].endswith(b"wandb-core") and mine in argv:
+            i = argv.index(mine)
+            if i > 0 and argv[i - 1] == b"--pid":
+                found.append(int(entry.name))
+    return found
+
+
+def _teardown_within(timeout: float) -> bool:
+    """``wandb.teardown()`` on a daemon thread; False if it did not return in time."""
+
+    def teardown() -> None:
+        try:
+            wandb.teardown()
+        except BaseException as exc:  # the service is gone: its connection errors are expected
+            logger.debug("wandb.teardown() after stopping W&B's service raised %r", exc)
+
+    thread = threading.Thread(target=teardown, name="esper-wandb-teardown", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive()
+
+
+@dataclass(frozen=True)
+class _Expected:
+    """What a RUN_STARTED or RUN_FINISHED event put in W&B: config keys, notes, summary
+    keys and, for a RUN_FINISHED with summary scalars, the step of its ``final/`` row."""
+
+    config: frozenset[str] = frozenset()
+    summary: frozenset[str] = frozenset()
+    notes: bool = False
+    step: int | None = None
+
+    def held_by(self, contents: RunFileContents) -> bool:
+        return (
+            self.config <= contents.config_keys
+            and self.summary <= contents.summary_keys
+            and (contents.notes or not self.notes)
+            and (self.step is None or self.step in contents.steps)
+        )
+
+
+class _StepLedger:
+    """How many events went into each history row, kept as runs of consecutive steps.
+
+    Steps arrive in non-decreasing order (``_log`` skips lower ones), so a run of
+    training with one event per update is one entry, however long.
+    """
+
+    def __init__(self) -> None:
+        self._runs: list[list[int]] = []  # [first step, last step, events per step]
+        self._step = -1
+        self._count = 0
+        self.rows = 0
+
+    def add(self, step: int) -> None:
+        if step == self._step:
+            self._count += 1
+            return
+        self._settle()
+        self._step, self._count = step, 1
+        self.rows += 1
+
+    def missing(self, steps: Collection[int]) -> tuple[int, int]:
+        """(rows, events) whose step is not in ``steps``."""
+        current = [[self._step, self._step, self._count]] if self._count else []
+        rows = events = 0
+        for first, last, per_step in [*self._runs, *current]:
+            absent = sum(1 for step in range(first, last + 1) if step not in steps)
+            rows += absent
+            events += absent * per_step
+        return rows, events
+
+    def _settle(self) -> None:
+        """Move the current step into ``_runs``, extending the last run when it can."""
+        if self._count == 0:
+            return
+        last = self._runs[-1] if self._runs else None
+        if last is not None and last[1] == self._step - 1 and last[2] == self._count:
+            last[1] = self._step
+        else:
+            self._runs.append([self._step, self._step, self._count])
+        self._count = 0
+
+
+def _offline_run_files(run: wandb.Run) -> tuple[Path, Path] | None:
+    """The run file and ``debug-internal.log`` of an offline run; None for other modes.
+
+    Online, the run file is only W&B's local copy: what reached its servers is not
+    visible in it, so nothing is checked.
+    """
+    try:
+        if not run.offline or run.disabled:
+            return None
+        settings = run.settings
+        return Path(settings.sync_file).absolute(), Path(settings.log_internal).absolute()
+    except Exception:  # a run object without W&B's settings: nothing to check
+        return None
 
 
 def _update_config(run: wandb.Run, values: dict[str, Any]) -> None:
@@ -507,12 +898,12 @@ def _checked_name(name: object) -> str | None:
     return name
 
 
-def _checked_timeout(timeout: object) -> float:
+def _checked_timeout(timeout: object, name: str = "finish_timeout") -> float:
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
         or not math.isfinite(timeout)
         or timeout <= 0
     ):
-        raise ValueError(f"finish_timeout must be a finite number of seconds > 0, got {timeout!r}")
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {timeout!r}")
     return float(timeout)

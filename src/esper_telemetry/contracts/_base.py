@@ -6,9 +6,10 @@ import functools
 import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping
-from typing import Annotated, Any, TypeVar, get_args
+from typing import Annotated, Any, Final, TypeVar, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -16,6 +17,7 @@ from pydantic import (
     GetCoreSchemaHandler,
     SerializerFunctionWrapHandler,
     Strict,
+    WithJsonSchema,
 )
 from pydantic_core import core_schema
 
@@ -38,8 +40,26 @@ def _real_number(value: Any) -> Any:
             return _NON_FINITE_JSON[value]
         raise ValueError(f"expected a real number, got a string ({value!r})")
     if isinstance(value, numbers.Real):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int or Fraction beyond ±1.8e308: not a ValidationError
+            raise ValueError(f"{_short(value)} does not fit in a float") from None
     return value  # pydantic reports the wrong type
+
+
+def _short(value: object) -> str:
+    """``repr(value)`` cut to 40 characters (a huge int's repr may even refuse to print)."""
+    if isinstance(value, int) and abs(value) >= 10**40:
+        return f"an int of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _not_negative(value: float) -> float:
+    # NaN and +Inf pass: they are data (a broken state), shown and stored as such.
+    if value < 0:
+        raise ValueError(f"must be >= 0 (NaN and +Infinity are kept as data), got {value!r}")
+    return value
 
 
 #: A float that refuses bools and numeric strings but reads "NaN"/"Infinity"/"-Infinity".
@@ -61,10 +81,31 @@ def _level_number(value: Any) -> Any:
 #: A telemetry level: a TelemetryLevel or its int value, nothing else.
 Level = Annotated[TelemetryLevel, BeforeValidator(_level_number)]
 
+#: A Float that cannot be negative: a norm, an RMS, a largest |x|, a duration. NaN and
+#: +Infinity are allowed (a broken state is data); a negative number and -Infinity are not.
+#: As with Float, pydantic-core's own check takes the common case (a number >= 0); NaN,
+#: the JSON strings and what it refuses go on to the Python validators.
+NonNegativeFloat = Annotated[
+    Annotated[float, Strict(), Field(ge=0)]
+    | Annotated[float, BeforeValidator(_real_number), AfterValidator(_not_negative)],
+    Field(union_mode="left_to_right"),
+    WithJsonSchema({"type": "number", "minimum": 0}),
+]
+
 #: A float for settings (thresholds): refuses bools and strings; constraints apply to it.
 StrictFloat = Annotated[float, Strict()]
-#: An int that refuses bools, floats and strings.
-Int = Annotated[int, Strict()]
+
+#: The range of a signed 64-bit integer: what DuckDB's BIGINT, Arrow and Parquet hold.
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+#: An int that refuses bools, floats, strings, and anything outside int64: a log line
+#: holding a bigger one would make the whole run unloadable into DuckDB or Arrow.
+#: Narrow it in the type (``Annotated[Int, Field(ge=0)]``, as ``NonNegativeInt`` does),
+#: never in the field's own ``Field(ge=...)``: pydantic lets the type's bounds win.
+Int = Annotated[int, Strict(), Field(ge=INT64_MIN, le=INT64_MAX)]
+#: An Int >= 0: an update number, a rank, a count, an index.
+NonNegativeInt = Annotated[Int, Field(ge=0)]
 #: A bool that refuses 0/1 and "true".
 Bool = Annotated[bool, Strict()]
 #: A str that refuses numbers.

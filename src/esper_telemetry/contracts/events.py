@@ -56,6 +56,8 @@ from esper_telemetry.contracts._base import (
     FrozenFloats,
     Int,
     Level,
+    NonNegativeFloat,
+    NonNegativeInt,
     Redact,
     SecretText,
     Str,
@@ -115,28 +117,38 @@ class PPOUpdatePayload(Contract):
     explained_variance: Float | None = Field(
         default=None, description="Explained variance of the value predictions."
     )
-    grad_norm: Float | None = Field(default=None, description="Gradient norm before clipping.")
-    learning_rate: Float | None = Field(default=None, description="Learning rate used.")
-    env_steps: Int | None = Field(
-        default=None, ge=0, description="Environment steps taken so far, all envs together."
+    grad_norm: NonNegativeFloat | None = Field(
+        default=None, description="Gradient norm before clipping."
     )
-    lstm_h_l2_total: Float | None = Field(default=None, description="L2 norm of h.")
-    lstm_c_l2_total: Float | None = Field(default=None, description="L2 norm of c.")
-    lstm_h_rms: Float | None = Field(default=None, description="RMS of h.")
-    lstm_c_rms: Float | None = Field(default=None, description="RMS of c.")
-    lstm_h_env_rms_mean: Float | None = Field(default=None, description="Mean per-env RMS of h.")
-    lstm_h_env_rms_max: Float | None = Field(default=None, description="Max per-env RMS of h.")
-    lstm_c_env_rms_mean: Float | None = Field(default=None, description="Mean per-env RMS of c.")
-    lstm_c_env_rms_max: Float | None = Field(default=None, description="Max per-env RMS of c.")
-    lstm_h_max: Float | None = Field(default=None, description="Largest |h|.")
-    lstm_c_max: Float | None = Field(default=None, description="Largest |c|.")
+    learning_rate: Float | None = Field(default=None, description="Learning rate used.")
+    env_steps: NonNegativeInt | None = Field(
+        default=None, description="Environment steps taken so far, all envs together."
+    )
+    lstm_h_l2_total: NonNegativeFloat | None = Field(default=None, description="L2 norm of h.")
+    lstm_c_l2_total: NonNegativeFloat | None = Field(default=None, description="L2 norm of c.")
+    lstm_h_rms: NonNegativeFloat | None = Field(default=None, description="RMS of h.")
+    lstm_c_rms: NonNegativeFloat | None = Field(default=None, description="RMS of c.")
+    lstm_h_env_rms_mean: NonNegativeFloat | None = Field(
+        default=None, description="Mean per-env RMS of h."
+    )
+    lstm_h_env_rms_max: NonNegativeFloat | None = Field(
+        default=None, description="Max per-env RMS of h."
+    )
+    lstm_c_env_rms_mean: NonNegativeFloat | None = Field(
+        default=None, description="Mean per-env RMS of c."
+    )
+    lstm_c_env_rms_max: NonNegativeFloat | None = Field(
+        default=None, description="Max per-env RMS of c."
+    )
+    lstm_h_max: NonNegativeFloat | None = Field(default=None, description="Largest |h|.")
+    lstm_c_max: NonNegativeFloat | None = Field(default=None, description="Largest |c|.")
     lstm_has_nan: Bool | None = Field(default=None, description="h or c holds a NaN.")
     lstm_has_inf: Bool | None = Field(default=None, description="h or c holds an Inf.")
     lstm_detail: LSTMHealthDetail | None = Field(
         default=None,
         description="Per-layer and per-env detail: at DEBUG level, and on an unhealthy update.",
     )
-    lstm_outlier_envs: tuple[Int, ...] | None = Field(
+    lstm_outlier_envs: tuple[NonNegativeInt, ...] | None = Field(
         default=None,
         description="Envs whose RMS is non-finite or above warning_rms (with lstm_detail).",
     )
@@ -172,7 +184,7 @@ class AnomalyDetectedPayload(Contract):
     """An anomaly in the LSTM state of the update named by the envelope."""
 
     anomaly: Anomaly = Field(description="What was found: type, severity, value, threshold.")
-    outlier_envs: tuple[Int, ...] | None = Field(
+    outlier_envs: tuple[NonNegativeInt, ...] | None = Field(
         default=None, description="Indices of the envs involved (when the update had detail)."
     )
 
@@ -232,14 +244,16 @@ class EventBase(Contract):
     """
 
     event_type: EventType = Field(description="Kind of event; fixed by the event's class.")
-    schema_version: Int = Field(default=SCHEMA_VERSION, ge=1, description="Contract version.")
-    run_id: Str = Field(default="", description="The run (stamped by the hub).")
-    seq: Int = Field(
-        default=-1, ge=-1, description="Hub-assigned, strictly increasing; -1 before emit."
+    schema_version: Annotated[Int, Field(ge=1)] = Field(
+        default=SCHEMA_VERSION, description="Contract version."
     )
-    update: Int = Field(ge=0, description="PPO update index: the x-axis of every backend.")
+    run_id: Str = Field(default="", description="The run (stamped by the hub).")
+    seq: Annotated[Int, Field(ge=-1)] = Field(
+        default=-1, description="Hub-assigned, strictly increasing; -1 before emit."
+    )
+    update: NonNegativeInt = Field(description="PPO update index: the x-axis of every backend.")
     timestamp: datetime = Field(default_factory=_utc_now, description="When it was built (UTC).")
-    rank: Int = Field(default=0, ge=0, description="Process rank that emitted it.")
+    rank: NonNegativeInt = Field(default=0, description="Process rank that emitted it.")
     level: Level = Field(
         default=TelemetryLevel.NORMAL, description="Hub level when emitted (stamped by the hub)."
     )

@@ -13,14 +13,15 @@ from typing import Final, Literal, Self
 
 from pydantic import Field, model_validator
 
-from esper_telemetry.contracts._base import Bool, Contract, Float, StrictFloat
+from esper_telemetry.contracts._base import Bool, Contract, NonNegativeFloat, StrictFloat
 
 
 class LSTMHealthMetrics(Contract):
     """Health of one LSTM state ``(h, c)`` (the 12 fields of record TELE-340).
 
     Non-finite values are data: an exploded state gives ``inf`` or ``nan`` here, and it
-    is stored and shown as such.
+    is stored and shown as such. Every figure is a norm, an RMS or a largest |x|, so
+    none is negative: a negative number or -Infinity is refused, naming the field.
 
     >>> m = LSTMHealthMetrics(h_l2_total=2.0, c_l2_total=4.0, h_rms=0.5, c_rms=1.0,
     ...     h_env_rms_mean=0.5, h_env_rms_max=0.6, c_env_rms_mean=1.0, c_env_rms_max=1.2,
@@ -29,16 +30,20 @@ class LSTMHealthMetrics(Contract):
     0.5
     """
 
-    h_l2_total: Float = Field(description="L2 norm of the whole h tensor.")
-    c_l2_total: Float = Field(description="L2 norm of the whole c tensor.")
-    h_rms: Float = Field(description="RMS of h: its L2 norm / sqrt(number of elements).")
-    c_rms: Float = Field(description="RMS of c: its L2 norm / sqrt(number of elements).")
-    h_env_rms_mean: Float = Field(description="Mean over the batch of each env's RMS of h.")
-    h_env_rms_max: Float = Field(description="Largest per-env RMS of h.")
-    c_env_rms_mean: Float = Field(description="Mean over the batch of each env's RMS of c.")
-    c_env_rms_max: Float = Field(description="Largest per-env RMS of c.")
-    h_max: Float = Field(description="Largest absolute value in h.")
-    c_max: Float = Field(description="Largest absolute value in c.")
+    h_l2_total: NonNegativeFloat = Field(description="L2 norm of the whole h tensor.")
+    c_l2_total: NonNegativeFloat = Field(description="L2 norm of the whole c tensor.")
+    h_rms: NonNegativeFloat = Field(description="RMS of h: its L2 norm / sqrt(number of elements).")
+    c_rms: NonNegativeFloat = Field(description="RMS of c: its L2 norm / sqrt(number of elements).")
+    h_env_rms_mean: NonNegativeFloat = Field(
+        description="Mean over the batch of each env's RMS of h."
+    )
+    h_env_rms_max: NonNegativeFloat = Field(description="Largest per-env RMS of h.")
+    c_env_rms_mean: NonNegativeFloat = Field(
+        description="Mean over the batch of each env's RMS of c."
+    )
+    c_env_rms_max: NonNegativeFloat = Field(description="Largest per-env RMS of c.")
+    h_max: NonNegativeFloat = Field(description="Largest absolute value in h.")
+    c_max: NonNegativeFloat = Field(description="Largest absolute value in c.")
     has_nan: Bool = Field(description="True when h or c holds a NaN.")
     has_inf: Bool = Field(description="True when h or c holds +Inf or -Inf.")
 
@@ -61,10 +66,14 @@ class LSTMHealthMetrics(Contract):
 class LSTMHealthDetail(Contract):
     """Debug-level detail of one LSTM state, from ``compute_lstm_health(..., detail=True)``."""
 
-    h_layer_rms: tuple[Float, ...] = Field(description="RMS of h per layer, layer 0 first.")
-    c_layer_rms: tuple[Float, ...] = Field(description="RMS of c per layer, layer 0 first.")
-    h_env_rms: tuple[Float, ...] = Field(description="RMS of h per env (batch element).")
-    c_env_rms: tuple[Float, ...] = Field(description="RMS of c per env (batch element).")
+    h_layer_rms: tuple[NonNegativeFloat, ...] = Field(
+        description="RMS of h per layer, layer 0 first."
+    )
+    c_layer_rms: tuple[NonNegativeFloat, ...] = Field(
+        description="RMS of c per layer, layer 0 first."
+    )
+    h_env_rms: tuple[NonNegativeFloat, ...] = Field(description="RMS of h per env (batch element).")
+    c_env_rms: tuple[NonNegativeFloat, ...] = Field(description="RMS of c per env (batch element).")
 
     def outlier_envs(self, thresholds: HealthThresholds | None = None) -> tuple[int, ...]:
         """Indices of the envs whose h or c RMS is non-finite or above ``warning_rms``."""

@@ -6,7 +6,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from esper_telemetry.contracts._base import Bool, Contract, Float, Int, Level, SecretText, Str
+from esper_telemetry.contracts._base import (
+    Bool,
+    Contract,
+    Level,
+    NonNegativeFloat,
+    NonNegativeInt,
+    SecretText,
+    Str,
+)
 
 
 class SubscriberStats(Contract):
@@ -15,20 +23,34 @@ class SubscriberStats(Contract):
     name: Str = Field(description="The subscriber's unique name on its hub.")
     mode: Literal["thread", "inline"] = Field(description="Where it runs.")
     when_full: Literal["block", "drop_oldest"] = Field(description="Its full-queue policy.")
-    delivered: Int = Field(description="Events it handled without raising.")
-    failed: Int = Field(description="Events on which it raised (counted, logged, isolated).")
-    dropped: Int = Field(description="Events discarded by drop_oldest before it saw them.")
-    abandoned: Int = Field(default=0, description="Events still queued when close() gave up on it.")
-    undelivered: Int = Field(
+    delivered: NonNegativeInt = Field(description="Events it handled without raising.")
+    failed: NonNegativeInt = Field(
+        description="Events on which it raised (counted, logged, isolated)."
+    )
+    dropped: NonNegativeInt = Field(
+        description="Events discarded by drop_oldest before it saw them."
+    )
+    abandoned: NonNegativeInt = Field(
+        default=0, description="Events still queued when close() gave up on it."
+    )
+    undelivered: NonNegativeInt = Field(
         default=0,
         description="Events it handled but reported it could not deliver or write (its own "
         "count, e.g. W&B rows refused for a step that went backwards).",
     )
-    queue_depth: Int = Field(description="Events waiting in its queue now (0 when inline).")
-    queue_size: Int = Field(description="Its queue's capacity (0 when inline).")
-    latency_p50_ms: Float = Field(description="Median handling time, recent events, in ms.")
-    latency_p99_ms: Float = Field(description="99th percentile handling time, recent events, ms.")
-    latency_max_ms: Float = Field(description="Longest handling time since it subscribed, ms.")
+    queue_depth: NonNegativeInt = Field(
+        description="Events waiting in its queue now (0 when inline)."
+    )
+    queue_size: NonNegativeInt = Field(description="Its queue's capacity (0 when inline).")
+    latency_p50_ms: NonNegativeFloat = Field(
+        description="Median handling time, recent events, in ms."
+    )
+    latency_p99_ms: NonNegativeFloat = Field(
+        description="99th percentile handling time, recent events, ms."
+    )
+    latency_max_ms: NonNegativeFloat = Field(
+        description="Longest handling time since it subscribed, ms."
+    )
     last_error: SecretText | None = Field(
         default=None, description="The last exception it raised (secrets redacted)."
     )
@@ -54,7 +76,7 @@ class HubStats(Contract):
     run_id: Str = Field(description="The hub's run id.")
     state: Literal["open", "closing", "closed"] = Field(description="Lifecycle state.")
     level: Level = Field(description="The current telemetry level.")
-    emitted: Int = Field(description="Events accepted by emit() so far.")
+    emitted: NonNegativeInt = Field(description="Events accepted by emit() so far.")
     subscribers: tuple[SubscriberStats, ...] = Field(description="One entry per subscriber.")
 
     @property

@@ -49,9 +49,10 @@ from esper_telemetry.contracts import (
     TelemetryLevelChangedPayload,
     redact_marked,
 )
+from esper_telemetry.contracts._base import INT64_MAX
 from esper_telemetry.errors import HubClosedError, TrainingHalted
 from esper_telemetry.hub._protocol import HandlesEventsOf, Subscriber
-from esper_telemetry.hub._redact import redact_secrets
+from esper_telemetry.hub._redact import redact_secrets, secret_shape_in
 from esper_telemetry.hub._subscription import (
     EventSelector,
     Mode,
@@ -119,8 +120,10 @@ class TelemetryHub:
     ) -> None:
         self._run_id = _checked_run_id(run_id)
         self._level = TelemetryLevel.parse(level)
-        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
-            raise ValueError(f"rank must be an int >= 0, got {rank!r}")
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank <= INT64_MAX:
+            raise ValueError(
+                f"rank must be an int from 0 to {INT64_MAX} (int64), got {_shown(rank)}"
+            )
         self._rank = rank
         self._namespace = _OrderedNamespace()
         self._signals = {et: self._namespace.signal(et.value) for et in EventType}
@@ -232,7 +235,8 @@ class TelemetryHub:
                 attribute, class or function name.
             block_timeout: With ``"block"``, how long ``emit`` waits for a subscriber
                 that takes nothing before declaring it stuck and dropping its oldest
-                event (counted and logged); None waits forever.
+                event (counted and logged): seconds, above 0 (not a bool, NaN or
+                infinite); None waits forever.
 
         Returns:
             The subscription's name, for :meth:`unsubscribe` and :meth:`stats`.
@@ -295,14 +299,16 @@ class TelemetryHub:
             True when it finished its queue and flush within ``timeout`` seconds.
 
         Raises:
-            ValueError: no such subscriber on this hub.
+            ValueError: no such subscriber on this hub, or a bad ``timeout`` (a bool,
+                NaN, negative or infinite: None waits without a limit).
         """
+        deadline = _deadline(timeout)  # a bad timeout is refused before anything is done
         with self._lock:
             sub = self._find(subscriber)
             barrier = _Barrier("unsubscribe", target=sub)
             self._pending.append(barrier)
         self._run_pending_until(barrier)
-        return _wait_tokens(barrier.tokens, _deadline(timeout))
+        return _wait_tokens(barrier.tokens, deadline)
 
     def _find(self, subscriber: object) -> Subscription:
         for sub in self._subscriptions:
@@ -325,6 +331,9 @@ class TelemetryHub:
         Raises:
             TypeError: ``event`` is not an event (an ``EventBase`` instance such as
                 ``PPOUpdateCompleted``).
+            ValueError: ``event.update`` is not an int from 0 to 2**63 - 1 (only an
+                event built without validation, by ``model_construct`` or
+                ``model_copy(update=...)``, can hold one).
             HubClosedError: the hub is closing or closed; nobody received the event.
         """
         if not isinstance(event, EventBase):
@@ -334,6 +343,7 @@ class TelemetryHub:
             )
         # Redacting before the lock keeps it short; an event without marked text (every
         # PPO update) is returned as it is, at the cost of one cached lookup.
+        _check_update(event)
         clean = redact_marked(event, redact_secrets)
         with self._lock:
             stamped, reentrant = self._enqueue(clean, "emit")
@@ -534,6 +544,8 @@ class TelemetryHub:
             marked ``stuck`` in :meth:`stats`).
 
         Raises:
+            ValueError: a bad ``timeout`` (a bool, NaN, negative or infinite: None
+                waits without a limit).
             RuntimeError: called from inside a subscriber (it would wait on itself).
         """
         self._refuse_inside("flush")
@@ -558,10 +570,12 @@ class TelemetryHub:
         ``abandoned``. Closing twice returns the same stats.
 
         Raises:
+            ValueError: ``timeout`` is not a number of seconds from 0 to
+                ``threading.TIMEOUT_MAX`` (a bool, NaN, a negative or infinite one).
             RuntimeError: called from inside a subscriber.
         """
         self._refuse_inside("close")
-        deadline = time.monotonic() + max(0.0, float(timeout))
+        deadline = time.monotonic() + _checked_timeout(timeout, "timeout", none=False)
         with self._lock:
             closing = self._state is not _State.OPEN
             final = self._final_stats
@@ -674,10 +688,8 @@ def _check_options(
         raise ValueError(f"when_full must be 'block' or 'drop_oldest', got {when_full!r}")
     if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
         raise ValueError(f"queue_size must be an int >= 1, got {queue_size!r}")
-    if block_timeout is not None and not (
-        isinstance(block_timeout, int | float) and block_timeout > 0
-    ):
-        raise ValueError(f"block_timeout must be a number > 0 or None, got {block_timeout!r}")
+    if block_timeout is not None:
+        _checked_timeout(block_timeout, "block_timeout", none=True, positive=True)
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ValueError(f"name must be a non-empty string, got {name!r}")
 
@@ -686,10 +698,18 @@ def _checked_run_id(run_id: str | None) -> str:
     if run_id is None:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         return f"{stamp}-{secrets.token_hex(3)}"
+    # A secret must not become a directory name and the run_id of every event; nor may
+    # this message repeat it.
+    shape = secret_shape_in(run_id) if isinstance(run_id, str) else None
+    if shape is not None:
+        raise ValueError(
+            f"run_id was refused: it holds {shape}, and a run id names the run's "
+            "directory and appears in every event and log; choose another name"
+        )
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
         raise ValueError(
             f"run_id must be 1-128 letters, digits, '.', '_' or '-', starting with a letter "
-            f"or digit (it names a directory), got {run_id!r}"
+            f"or digit (it names a directory), got {redact_secrets(repr(run_id))}"
         )
     return run_id
 
@@ -732,9 +752,48 @@ def _unique(base: str, taken: set[str]) -> str:
 def _deadline(timeout: float | None) -> float | None:
     if timeout is None:
         return None
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
-        raise ValueError(f"timeout must be a number >= 0 or None, got {timeout!r}")
-    return time.monotonic() + timeout
+    return time.monotonic() + _checked_timeout(timeout, "timeout", none=True)
+
+
+def _checked_timeout(value: object, name: str, *, none: bool, positive: bool = False) -> float:
+    """``value`` as seconds to wait: a real number from 0 (or above 0, with ``positive``)
+    to ``threading.TIMEOUT_MAX``.
+
+    A bool, NaN (every comparison with it is false, so it would read as "no time") and
+    ±Inf or anything past ``TIMEOUT_MAX`` (``Event.wait`` raises OverflowError on them)
+    are refused with one line naming ``name``; ``none`` says None is allowed too.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= threading.TIMEOUT_MAX  # False for NaN
+        or (positive and value == 0)
+    ):
+        low = "0 <" if positive else "0 <="
+        forever = ", or None to wait without a limit" if none else ""
+        raise ValueError(
+            f"{name} must be a number of seconds, {low} s <= {threading.TIMEOUT_MAX:.0f} "
+            f"(threading.TIMEOUT_MAX){forever}; got {_shown(value)}"
+        )
+    return float(value)
+
+
+def _check_update(event: EventBase) -> None:
+    # An event's class validates update, but model_construct() and model_copy(update=)
+    # do not: an update no log reader could store (outside int64) stops here.
+    update = event.update
+    if type(update) is not int or not 0 <= update <= INT64_MAX:
+        raise ValueError(
+            f"event.update must be an int from 0 to {INT64_MAX} (int64), got "
+            f"{_shown(update)}; build events with their class, e.g. "
+            "PPOUpdateCompleted(update=...), which validates every field"
+        )
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
+        return f"an int of {value.bit_length()} bits"  # repr may refuse past 4300 digits
+    return f"{value!r:.40}"
 
 
 def _wait_tokens(tokens: list[Token], deadline: float | None) -> bool:

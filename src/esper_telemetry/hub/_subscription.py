@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from traceback import format_exception
 from typing import Literal, cast
 
 from esper_telemetry.contracts import (
@@ -29,6 +30,8 @@ from esper_telemetry.contracts import (
     SubscriberStats,
     TelemetryEvent,
 )
+from esper_telemetry.contracts._base import INT64_MAX
+from esper_telemetry.hub._redact import redact_secrets, secret_shape_in
 from esper_telemetry.hub._wake import WakeChain
 
 logger = logging.getLogger("esper_telemetry.hub")
@@ -292,8 +295,9 @@ class Subscription:
     def _read_undelivered(self) -> int:
         """The subscriber's own ``undelivered()`` count; its last good value if it raises.
 
-        A raise, or something other than an int >= 0, counts as a failure (logged, kept in
-        ``last_error``), each time: a backend that cannot say what it lost is not lossless.
+        A raise, or anything but an int from 0 to 2**63 - 1 (what the stats can hold),
+        counts as a failure (logged, kept in ``last_error``), each time: a backend that
+        cannot say what it lost is not lossless.
         A stuck subscriber is not asked (it may hold the lock its count is behind); its
         last reported count stands.
         """
@@ -302,8 +306,10 @@ class Subscription:
             return self._undelivered_seen
         try:
             value = fn()
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise TypeError(f"undelivered() must return an int >= 0, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= INT64_MAX:
+                raise TypeError(
+                    f"undelivered() must return an int from 0 to {INT64_MAX}, got {value!r:.40}"
+                )
         except Exception as exc:
             self.failed += 1
             self._record_failure(exc, "in undelivered()")
@@ -326,17 +332,23 @@ class Subscription:
         return True
 
     def _record_failure(self, exc: Exception, context: str) -> None:
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        said: str = redact_secrets(str(exc))
+        self.last_error = f"{type(exc).__name__}: {said}"
         now = time.monotonic()
         if now - self._last_failure_log >= _FAILURE_LOG_INTERVAL_S:
             suppressed = self._failures_unlogged
             note = f" ({suppressed} more failures since the last report)" if suppressed else ""
+            first = self._last_failure_log == -float("inf")
+            # A traceback would repeat a secret the exception holds: then the redacted
+            # line only.
+            leaky = first and secret_shape_in("".join(format_exception(exc))) is not None
             logger.error(
-                "telemetry subscriber %r raised %s%s; the other subscribers are unaffected",
+                "telemetry subscriber %r raised %s%s; the other subscribers are unaffected%s",
                 self.name,
                 context,
                 note,
-                exc_info=exc if self._last_failure_log == -float("inf") else None,
+                f" ({self.last_error})" if leaky else "",
+                exc_info=exc if first and not leaky else None,
             )
             self._last_failure_log = now
             self._failures_unlogged = 0

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Mapping
+
+from pydantic import ValidationError
 
 from esper_telemetry.contracts import (
     PPO_REQUIRED,
@@ -17,7 +20,9 @@ from esper_telemetry.contracts import (
     TelemetryLevel,
     health_status,
 )
-from esper_telemetry.hub import TelemetryHub
+from esper_telemetry.contracts._base import INT64_MAX
+from esper_telemetry.hub import TelemetryHub, redact_secrets
+from esper_telemetry.hub._redact import names_a_secret, secret_shape_in
 
 _REQUIRED = PPO_REQUIRED
 _OPTIONAL = PPO_STATISTICS[len(PPO_REQUIRED) :]
@@ -42,7 +47,9 @@ def emit_ppo_update_event(
         metrics: PPO statistics by name, as host numbers (call ``.item()`` first).
             ``policy_loss``, ``value_loss`` and ``entropy`` are required;
             ``approx_kl``, ``clip_fraction``, ``explained_variance``, ``grad_norm`` and
-            ``learning_rate`` are known (None allowed); any other key goes to ``extra``.
+            ``learning_rate`` are known (None allowed); any other key goes to ``extra``,
+            unless it names or holds a secret (``api_key``, ``hf_...``: see
+            ``esper_telemetry.hub.redact_secrets``), which is refused.
             NaN and Inf are kept as they are.
         lstm_health: What ``compute_lstm_health`` returned: metrics, ``(metrics,
             detail)`` or None for a policy without an LSTM. The detail (per-layer and
@@ -58,10 +65,13 @@ def emit_ppo_update_event(
         The event as published, or None at level OFF (nothing is built).
 
     Raises:
-        TypeError: ``hub`` or ``lstm_health`` has the wrong type.
-        ValueError: a bad ``update`` or ``env_steps``, a missing required metric, or a
-            metric that is not a real number; the message names the key. Nothing is
-            published then.
+        TypeError: ``hub``, ``thresholds`` or ``lstm_health`` has the wrong type.
+        ValueError: an ``update`` or ``env_steps`` that is not an int from 0 to
+            2**63 - 1, a missing required metric, a metric that is not a real number
+            (or a negative ``grad_norm``); the message names the key. Nothing is
+            published then. ``hub``, ``update``, ``env_steps`` and ``thresholds`` are
+            checked at every level, OFF included; the metrics only when an event is
+            built.
         HubClosedError: the hub is closed.
         TrainingHalted: a subscriber asked for a halt (see ``TelemetryHub.request_halt``).
 
@@ -74,19 +84,29 @@ def emit_ppo_update_event(
     """
     if not isinstance(hub, TelemetryHub):
         raise TypeError(f"hub must be a TelemetryHub, got {type(hub).__name__}")
+    # The arguments are checked at every level: a mistake must not wait, hidden, for
+    # the level to rise (the metrics are not: at OFF nothing is built from them).
+    _check_count("update", update)
+    if env_steps is not None:
+        _check_count("env_steps", env_steps, or_none=True)
+    if thresholds is not None and not isinstance(thresholds, HealthThresholds):
+        raise TypeError(
+            f"thresholds must be a HealthThresholds or None, got {type(thresholds).__name__}"
+        )
     hub.raise_if_halted()
     level = hub.level
     if level is TelemetryLevel.OFF:
         return None
-    if not isinstance(update, int) or isinstance(update, bool) or update < 0:
-        raise ValueError(f"update must be an int >= 0, got {update!r}")
-    if env_steps is not None and (
-        not isinstance(env_steps, int) or isinstance(env_steps, bool) or env_steps < 0
-    ):
-        raise ValueError(f"env_steps must be an int >= 0 or None, got {env_steps!r}")
     fields: dict[str, object] = {"env_steps": env_steps, **_ppo_fields(metrics)}
     fields.update(_health_fields(lstm_health, level, thresholds))
-    payload = PPOUpdatePayload.model_validate(fields)
+    try:
+        payload = PPOUpdatePayload.model_validate(fields)
+    except ValidationError as exc:  # e.g. a negative grad_norm: one line, naming the key
+        errors = exc.errors(include_url=False)
+        key = errors[0]["loc"][0]
+        # A Float field errs once per member of its union; the last one says why.
+        why = [e["msg"] for e in errors if e["loc"][0] == key][-1]
+        raise ValueError(f"metrics[{key!r}]: {_reason(why)}") from None
     event = hub.emit(PPOUpdateCompleted(update=update, payload=payload))
     assert isinstance(event, PPOUpdateCompleted)
     return event
@@ -104,7 +124,13 @@ def _ppo_fields(metrics: object) -> dict[str, object]:
     extra: dict[str, float] = {}
     for key, value in metrics.items():
         if not isinstance(key, str) or not key:
-            raise ValueError(f"metrics: keys must be non-empty strings, got {key!r}")
+            raise ValueError(
+                f"metrics: keys must be non-empty strings, got {redact_secrets(repr(key))}"
+            )
+        if key not in _REQUIRED and key not in _OPTIONAL:
+            refused = _secret_name(key)  # before any message below can repeat the key
+            if refused is not None:
+                raise ValueError(refused)
         if key in _OPTIONAL and value is None:
             fields[key] = None
             continue
@@ -120,6 +146,44 @@ def _ppo_fields(metrics: object) -> dict[str, object]:
             extra[key] = number
     fields["extra"] = extra
     return fields
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_name(key: str) -> str | None:
+    """Why ``key`` cannot be a metric name, or None: metric names reach every backend
+    (W&B's keys, the logs), so one that names or holds a secret is refused, not renamed."""
+    shape = secret_shape_in(key, environment=False)
+    if shape is not None:  # the message must not repeat the key
+        return (
+            f"metrics: a key holds {shape}; metric names reach every backend, so it was "
+            "refused: keep secrets out of metric names"
+        )
+    word = names_a_secret(key)
+    if word is not None:
+        return (
+            f"metrics: {key!r} names a secret ({word!r}); metric names reach every backend, "
+            "so names that look like secrets are refused: rename it"
+        )
+    return None
+
+
+def _check_count(name: str, value: object, *, or_none: bool = False) -> None:
+    # DuckDB, Arrow and Parquet store these as int64: a bigger one is refused here.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= INT64_MAX:
+        none = " or None" if or_none else ""
+        raise ValueError(
+            f"{name} must be an int from 0 to {INT64_MAX} (int64){none}, got {_shown(value)}"
+        )
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
+        return f"an int of {value.bit_length()} bits"  # repr may refuse past 4300 digits
+    return f"{value!r:.80}"
+
+
+def _reason(msg: str) -> str:
+    return msg.removeprefix("Value error, ")
 
 
 def _real(key: str, value: object) -> float:

@@ -80,7 +80,7 @@ def compute_lstm_health(
         ``detail=True``.
 
     Raises:
-        TypeError: ``hidden`` is not a pair of tensors.
+        TypeError: ``hidden`` is not a pair of tensors, or ``detail`` is not a bool.
         ValueError: a tensor is empty, not floating point, not dense (sparse, nested),
             on the meta device, of rank other than 2 or 3, or h and c disagree on layers,
             batch or device. The message shows the shapes.
@@ -92,6 +92,8 @@ def compute_lstm_health(
     >>> m.has_nan, m.h_rms > 0
     (False, True)
     """
+    if not isinstance(detail, bool):  # "yes", 1 or a numpy bool would pass a truth test
+        raise TypeError(f"detail must be a bool, got {_type_name(detail)} {detail!r:.40}")
     if hidden is None:
         return None
     h, c = _validated(hidden)
@@ -165,6 +167,11 @@ def _shape_problem(h: torch.Tensor, c: torch.Tensor) -> str | None:
 
 def _shapes(h: torch.Tensor, c: torch.Tensor) -> str:
     return f"h {tuple(h.shape)} {h.dtype}, c {tuple(c.shape)} {c.dtype}"
+
+
+def _type_name(obj: object) -> str:
+    kind = type(obj)  # numpy.bool calls itself "bool": say where it comes from
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
 
 
 def _len_note(obj: object) -> str:

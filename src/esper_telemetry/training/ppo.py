@@ -19,8 +19,11 @@ escalation and alerts can be watched on a real run.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -42,7 +45,7 @@ from esper_telemetry.contracts import (
 from esper_telemetry.errors import TrainingHalted
 from esper_telemetry.hub import TelemetryHub
 from esper_telemetry.telemetry import compute_lstm_health, emit_ppo_update_event
-from esper_telemetry.training.envs import make_cartpole_novel
+from esper_telemetry.training.envs import KEPT, make_cartpole_novel
 from esper_telemetry.training.faults import FAULT_KINDS, FaultKind
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
@@ -97,26 +100,186 @@ class PPOConfig:
     """Demo only: corrupt the carried LSTM state at this update (kind, update)."""
 
     def __post_init__(self) -> None:
-        for name in ("updates", "envs", "steps", "hidden", "layers", "epochs", "minibatches"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not isinstance(self.proj_size, int) or not 0 <= self.proj_size < self.hidden:
-            raise ValueError(f"proj_size must be 0 or in [1, hidden), got {self.proj_size!r}")
-        if self.envs % self.minibatches:
-            raise ValueError(
-                f"minibatches must divide envs, got envs={self.envs} minibatches={self.minibatches}"
-            )
+        self._check_sizes()
+        _check_int("seed", self.seed, low=0)
         for name in ("lr", "clip", "max_grad_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+            _check_real(name, getattr(self, name), "> 0", lambda x: x > 0)
+        for name in ("ent_coef", "vf_coef"):
+            _check_real(name, getattr(self, name), ">= 0", lambda x: x >= 0)
         for name in ("gamma", "gae_lambda"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if self.fault is not None and (
-            self.fault[0] not in FAULT_KINDS or not isinstance(self.fault[1], int)
+            _check_real(name, getattr(self, name), "in [0, 1]", lambda x: 0 <= x <= 1)
+        for name in ("anneal", "normalize"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be True or False, got {getattr(self, name)!r}")
+        if self.fault is not None:
+            self._check_fault(self.fault)
+
+    def _check_sizes(self) -> None:
+        for name in ("updates", "envs", "steps", "hidden", "layers", "epochs", "minibatches"):
+            _check_int(name, getattr(self, name), low=1)
+        _check_int("proj_size", self.proj_size, low=0)
+        if self.proj_size >= self.hidden:
+            raise ConfigError(
+                "proj_size",
+                f"must be 0 (none) or less than hidden ({self.hidden}), got {self.proj_size!r}",
+            )
+        if self.envs % self.minibatches:
+            raise ConfigError(
+                "minibatches",
+                f"must divide envs, got envs={self.envs} minibatches={self.minibatches}",
+            )
+        if self.updates * self.envs * self.steps > _INT64_MAX:
+            raise ConfigError(
+                ("updates", "envs", "steps"),
+                f"together make {self.updates * self.envs * self.steps:.3g} env steps, more "
+                f"than an event can count (2**63 - 1)",
+            )
+
+    def _check_fault(self, fault: object) -> None:
+        if not (
+            isinstance(fault, tuple)
+            and len(fault) == 2
+            and fault[0] in FAULT_KINDS
+            and isinstance(fault[1], int)
+            and not isinstance(fault[1], bool)
         ):
-            raise ValueError(f"fault must be (kind, update) with kind in {FAULT_KINDS}")
+            raise ConfigError(
+                "fault", f"must be (kind, update) with kind one of {FAULT_KINDS}, got {fault!r}"
+            )
+        if not 0 <= fault[1] < self.updates:
+            raise ConfigError(
+                "fault",
+                f"update {fault[1]} is not one of the run's updates; pick one in "
+                f"[0, {self.updates - 1}]",
+            )
+
+    def memory_estimate(self) -> MemoryEstimate:
+        """A lower bound of the memory a run with these settings needs (see MemoryEstimate)."""
+        return MemoryEstimate.of(self)
+
+
+class ConfigError(ValueError):
+    """A setting of :class:`PPOConfig` is out of range, or the settings cannot run together.
+
+    ``str(error)`` names the settings by field (``"updates: must be an int in [1,
+    2**63 - 1], got 0"``); a front end that spells them otherwise (``esper ppo
+    --episodes``) builds its own message from ``fields`` and ``reason``.
+
+    Attributes:
+        fields: The settings at fault, by ``PPOConfig`` field name.
+        reason: What is wrong and what is allowed, without the names.
+    """
+
+    def __init__(self, fields: str | tuple[str, ...], reason: str) -> None:
+        self.fields: tuple[str, ...] = (fields,) if isinstance(fields, str) else fields
+        self.reason = reason
+        super().__init__(f"{', '.join(self.fields)}: {reason}")
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A lower bound of the bytes a run needs, by what holds them.
+
+    Rough on purpose, and low rather than high: a run whose estimate exceeds the
+    memory available cannot run (``check_memory`` refuses it before anything starts),
+    while one below it may still need more (Python, torch, the telemetry).
+    """
+
+    model: int
+    """The two LSTMs and heads: weights, gradients and Adam's two moments (float32)."""
+    rollout: int
+    """The rollout buffers, the carried LSTM state and the activations kept for BPTT."""
+    environments: int
+    """The environment objects (a few KiB each)."""
+
+    @property
+    def total(self) -> int:
+        """Everything together."""
+        return self.model + self.rollout + self.environments
+
+    @classmethod
+    def of(cls, config: PPOConfig) -> MemoryEstimate:
+        """The estimate for ``config`` (exact integers: no size overflows it)."""
+        obs, actions = len(KEPT), 2
+        h, layers = config.hidden, config.layers
+        out = config.proj_size or h
+        # Per layer: input and hidden weights, two biases, the projection; the first
+        # layer reads the observation, the others the layer below (closed form: no loop).
+        per_layer = 4 * h * out + 8 * h + (out * h if config.proj_size else 0)
+        lstm = layers * per_layer + 4 * h * obs + (layers - 1) * 4 * h * out
+        heads = (out * 64 + 64 + 64 * actions + actions) + (out * 64 + 64 + 64 + 1)
+        params = 2 * lstm + heads
+        # weights, gradients, Adam's exp_avg and exp_avg_sq, 4 bytes each; and the
+        # Python objects of every layer's parameters (measured: about 4 KiB a layer).
+        model = 16 * params + 2 * layers * _LAYER_OBJECT_BYTES
+        steps, envs = config.steps, config.envs
+        # obs, starts, actions, dones, and logp, values, rewards, advantages, returns
+        per_step = obs * 4 + 1 + 8 + 1 + 4 * 5
+        state = 2 * 2 * layers * envs * (h + out) * 4  # both LSTMs, state and a copy
+        batch = envs // config.minibatches
+        kept = steps * batch * 2 * layers * 4 * h * 4  # the gates autograd keeps per step
+        rollout = steps * envs * per_step + state + kept
+        return cls(model=model, rollout=rollout, environments=envs * _ENV_BYTES)
+
+    def describe(self) -> str:
+        """One line: the total and its parts."""
+        return (
+            f"at least {_bytes_text(self.total)} (model and optimiser "
+            f"{_bytes_text(self.model)}, rollout {_bytes_text(self.rollout)}, "
+            f"environments {_bytes_text(self.environments)})"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate, as far as the system says; None: unknown.
+
+    The least of: the kernel's ``MemAvailable`` (Linux; else the free physical pages
+    of ``os.sysconf``), the room left under a cgroup v2 memory limit, and the room left
+    under ``RLIMIT_AS``.
+    """
+    found: list[int] = []
+    meminfo = _read_text("/proc/meminfo")
+    for line in meminfo.splitlines():
+        if line.startswith("MemAvailable:"):
+            found.append(int(line.split()[1]) * 1024)
+    if not found:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    limit = _read_text("/sys/fs/cgroup/memory.max")
+    used = _read_text("/sys/fs/cgroup/memory.current")
+    if limit.strip().isdigit() and used.strip().isdigit():
+        found.append(max(int(limit) - int(used), 0))
+    with contextlib.suppress(ImportError, OSError, ValueError):
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            size = _read_text("/proc/self/statm").split()
+            mapped = int(size[0]) * os.sysconf("SC_PAGE_SIZE") if size else 0
+            found.append(max(soft - mapped, 0))
+    return min(found) if found else None
+
+
+def check_memory(config: PPOConfig, available: int | None = None) -> MemoryEstimate:
+    """Refuse settings whose memory estimate exceeds the memory available; return it.
+
+    Args:
+        config: The run's settings.
+        available: Bytes available (default: :func:`available_memory`; when that is
+            unknown, nothing is refused).
+
+    Raises:
+        ConfigError: naming envs, steps, hidden and layers, with the estimate.
+    """
+    estimate = config.memory_estimate()
+    room = available if available is not None else available_memory()
+    if room is not None and estimate.total > room:
+        raise ConfigError(
+            ("envs", "steps", "hidden", "layers"),
+            f"the run would need {estimate.describe()}, more than the "
+            f"{_bytes_text(room)} of memory available; choose smaller sizes",
+        )
+    return estimate
 
 
 # ---------------------------------------------------------------------------- the model
@@ -300,6 +463,9 @@ class TrainResult:
     env_steps: int
     episode_returns: list[float] = field(default_factory=list)
     message: str = ""
+    """Why the run stopped early (halted, interrupted, failed); empty when it completed."""
+    error: Exception | None = field(default=None, repr=False)
+    """The exception that failed the run (status "failed"), its frames cleared; else None."""
 
     @property
     def mean_return(self) -> float:
@@ -364,8 +530,12 @@ def train(
 
     Emits ``RunStarted``, one ``PPOUpdateCompleted`` per update and ``RunFinished``.
     Stops early when ``should_stop()`` turns true or on KeyboardInterrupt (status
-    "interrupted"), or when a subscriber requested a halt (status "halted").
-    Deterministic on CPU for a given seed. Does not close the hub.
+    "interrupted"), or when a subscriber requested a halt (status "halted"). Any other
+    exception once the run has started (from the envs, the model, the optimiser, the
+    hub, a callback) ends it "failed": ``RunFinished`` and the result carry the error
+    in one line, the result keeps the exception (``error``), and nothing is re-raised,
+    so check ``result.status``. Deterministic on CPU for a given seed. Does not close
+    the hub.
 
     Args:
         config: The run's settings.
@@ -374,8 +544,12 @@ def train(
         should_stop: Polled before each update; True stops the run cleanly.
         thresholds: The health rule (the anomaly detector's), used to decide which
             updates carry per-layer and per-env detail.
+
+    Raises:
+        ConfigError: the run cannot fit in the memory available (:func:`check_memory`);
+            raised before anything is emitted.
     """
-    runner = _start(config)
+    check_memory(config)
     hub.emit(
         RunStarted(
             update=0,
@@ -385,71 +559,80 @@ def train(
             ),
         )
     )
-    result = runner.result
+    result = TrainResult(status="completed", updates=0, env_steps=0)
     try:
-        for update in range(config.updates):
-            if should_stop is not None and should_stop():
-                result.status = "interrupted"
-                break
-            hub.raise_if_halted()
-            began = time.perf_counter()
-            progress = 1.0 - update / config.updates if config.anneal else 1.0
-            for group in runner.optimizer.param_groups:
-                group["lr"] = config.lr * progress
-            rollout = _rollout(runner)  # 1. play ``steps`` steps in every env
-            clip = config.clip * progress if config.anneal else config.clip
-            stats = _ppo_epochs(  # 2. PPO epochs over whole sequences
-                runner.model,
-                runner.optimizer,
-                config,
-                clip,
-                runner.generator,
-                rollout.tensors(),
-                rollout.initial_state,
-            )
-            stats["learning_rate"] = config.lr * progress
-            info = _publish(runner, hub, update, stats, thresholds)  # 3. telemetry
-            result.updates = update + 1
-            if on_update is not None:
-                on_update(replace(info, seconds=time.perf_counter() - began))
-        else:
-            hub.raise_if_halted()  # a halt requested by the last update still counts
+        runner = _start(config, result)
+        try:
+            for update in range(config.updates):
+                if should_stop is not None and should_stop():
+                    result.status = "interrupted"
+                    break
+                hub.raise_if_halted()
+                began = time.perf_counter()
+                progress = 1.0 - update / config.updates if config.anneal else 1.0
+                for group in runner.optimizer.param_groups:
+                    group["lr"] = config.lr * progress
+                rollout = _rollout(runner)  # 1. play ``steps`` steps in every env
+                clip = config.clip * progress if config.anneal else config.clip
+                stats = _ppo_epochs(  # 2. PPO epochs over whole sequences
+                    runner.model,
+                    runner.optimizer,
+                    config,
+                    clip,
+                    runner.generator,
+                    rollout.tensors(),
+                    rollout.initial_state,
+                )
+                stats["learning_rate"] = config.lr * progress
+                info = _publish(runner, hub, update, stats, thresholds)  # 3. telemetry
+                result.updates = update + 1
+                if on_update is not None:
+                    on_update(replace(info, seconds=time.perf_counter() - began))
+            else:
+                hub.raise_if_halted()  # a halt requested by the last update still counts
+        finally:
+            runner.envs.close()
     except TrainingHalted as halt:
         result.status, result.message = "halted", str(halt)
     except KeyboardInterrupt:
         result.status, result.message = "interrupted", "interrupted by the user"
-    finally:
-        runner.envs.close()
+    except Exception as exc:  # the run ends on the record, whatever broke it
+        result.status, result.message, result.error = "failed", _failure(exc, result), exc
+        traceback.clear_frames(exc.__traceback__)  # keep the trace, free the tensors
     _emit_finished(hub, result)
     return result
 
 
-def _start(config: PPOConfig) -> _Runner:
+def _start(config: PPOConfig, result: TrainResult) -> _Runner:
     """Seed everything, build the envs, the model and its optimiser, reset the envs."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     envs = make_cartpole_novel(config.envs)
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    assert obs_space.shape is not None
-    assert hasattr(act_space, "n")
-    model = RecurrentActorCritic(obs_space.shape[0], int(act_space.n), config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-5)
-    norm = Normalizer(obs_space.shape[0], config.envs, config.gamma, config.normalize)
-    obs_np, _ = envs.reset(seed=config.seed)
-    return _Runner(
-        config=config,
-        envs=envs,
-        model=model,
-        optimizer=optimizer,
-        generator=generator,
-        norm=norm,
-        obs=norm.observe(obs_np),
-        starts=torch.ones(config.envs, dtype=torch.bool),
-        state=model.initial_state(config.envs),
-        result=TrainResult(status="completed", updates=0, env_steps=0),
-        returns_window=deque(maxlen=20),
-        episode_return=np.zeros(config.envs),
-    )
+    try:
+        obs_space, act_space = envs.single_observation_space, envs.single_action_space
+        assert obs_space.shape is not None
+        assert hasattr(act_space, "n")
+        model = RecurrentActorCritic(obs_space.shape[0], int(act_space.n), config)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-5)
+        norm = Normalizer(obs_space.shape[0], config.envs, config.gamma, config.normalize)
+        obs_np, _ = envs.reset(seed=config.seed)
+        return _Runner(
+            config=config,
+            envs=envs,
+            model=model,
+            optimizer=optimizer,
+            generator=generator,
+            norm=norm,
+            obs=norm.observe(obs_np),
+            starts=torch.ones(config.envs, dtype=torch.bool),
+            state=model.initial_state(config.envs),
+            result=result,
+            returns_window=deque(maxlen=20),
+            episode_return=np.zeros(config.envs),
+        )
+    except BaseException:
+        envs.close()
+        raise
 
 
 def _rollout(r: _Runner) -> _Rollout:
@@ -625,7 +808,64 @@ def _emit_finished(hub: TelemetryHub, result: TrainResult) -> None:
     )
 
 
+def _failure(exc: Exception, result: TrainResult) -> str:
+    """One line: the exception, the updates done before it, and where it was raised."""
+    done = result.updates
+    line = f"{type(exc).__name__} after {done} update{'' if done == 1 else 's'}"
+    text = next((t.strip() for t in str(exc).splitlines() if t.strip()), "")
+    if text:
+        line += f": {text}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        line += f" ({os.path.basename(last.filename)}:{last.lineno} in {last.name})"
+    return line
+
+
 def _jsonable(value: object) -> object:
     if isinstance(value, tuple):
         return list(value)
     return value
+
+
+_INT64_MAX = 2**63 - 1
+_ENV_BYTES = 4 * 1024  # one CartPole env object, low (measured: about 7 KiB)
+_LAYER_OBJECT_BYTES = 2 * 1024  # one LSTM layer's Python objects, low (measured: ~4 KiB)
+
+
+def _check_int(name: str, value: object, *, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= _INT64_MAX:
+        raise ConfigError(name, f"must be an int in [{low}, 2**63 - 1], got {value!r}")
+
+
+def _check_real(name: str, value: object, rule: str, ok: Callable[[float], bool]) -> None:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not ok(value)
+    ):
+        raise ConfigError(name, f"must be a finite number {rule}, got {value!r}")
+
+
+def _bytes_text(n: int) -> str:
+    """``n`` bytes in binary units: ``"512 B"``, ``"1.5 GiB"``, ``"8.0e+03 YiB"``."""
+    if n < 1024:
+        return f"{n} B"
+    if n >= 2**1000:  # beyond a float; no PPOConfig comes near
+        return f"about 10**{len(str(n)) - 1} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB"):
+        value /= 1024
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+    value /= 1024
+    return f"{value:.1f} YiB" if value < 1024 else f"{value:.1e} YiB"
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return ""
