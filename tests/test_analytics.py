@@ -1027,7 +1027,7 @@ def test_run_query_reports_bad_sql_and_file_access_as_value_errors(tmp_path: Pat
     """DuckDB's refusal (bad SQL, a table not there, a file write) is a ValueError."""
     write_run(tmp_path, "r1")
     messages = []
-    for sql in ("SELEC 1", "SELECT * FROM nope", f"COPY events TO '{tmp_path}/x.csv'"):
+    for sql in ("SELEC 1", "SELECT * FROM nope", f"SELECT * FROM read_csv('{tmp_path}/x.csv')"):
         with pytest.raises(ValueError, match="Error: ") as info:
             run_query(tmp_path, sql)
         messages.append(str(info.value).splitlines()[0])

@@ -60,9 +60,10 @@ def bits(x: float) -> bytes:
 
 
 def metrics(value: float) -> LSTMHealthMetrics:
+    value = abs(value)  # norms, RMS and max|x| are >= 0 (NaN and +Inf allowed)
     return LSTMHealthMetrics(
         h_l2_total=value,
-        c_l2_total=-value,
+        c_l2_total=value,
         h_rms=value,
         c_rms=value,
         h_env_rms_mean=value,
@@ -86,8 +87,8 @@ def float_fields(payload: PPOUpdatePayload) -> dict[str, float]:
     return out
 
 
-def write_special_run(run_dir: Path) -> list[TelemetryEvent]:
-    with TelemetryHub("special") as hub:
+def write_special_run(run_dir: Path, run_id: str = "special") -> list[TelemetryEvent]:
+    with TelemetryHub(run_id) as hub:
         hub.subscribe(AnalyticsCollector(run_dir))
         emitted = [
             emit_ppo_update_event(
@@ -114,7 +115,8 @@ def test_lines_are_strict_json_and_floats_round_trip_bit_exact(tmp_path: Path) -
         raise AssertionError(f"non-strict JSON token {token}")
 
     parsed = [json.loads(line, parse_constant=refuse) for line in lines]
-    assert [p["payload"]["lstm_h_rms"] for p in parsed][:3] == ["NaN", "Infinity", "-Infinity"]
+    assert [p["payload"]["policy_loss"] for p in parsed][:3] == ["NaN", "Infinity", "-Infinity"]
+    assert [p["payload"]["lstm_h_rms"] for p in parsed][:3] == ["NaN", "Infinity", "Infinity"]
     read = list(read_events(tmp_path))
     assert [e.model_dump_json() for e in read] == [e.model_dump_json() for e in events]
     for written, back in zip(events, read, strict=True):
@@ -137,10 +139,13 @@ def test_any_float_round_trips_bit_exact(value: float) -> None:
 
 
 def test_appends_to_an_existing_file_and_never_truncates(tmp_path: Path) -> None:
-    """A second collector on the same run directory appends after the first one's lines."""
-    first = write_special_run(tmp_path)
+    """A second collector on the same run directory appends after the first one's lines.
+
+    (Another run's: a second writer of the same run would repeat its seqs, which readers
+    report as duplicates and skip.)"""
+    first = write_special_run(tmp_path, "special-1")
     size = (tmp_path / EVENTS_FILE).stat().st_size
-    second = write_special_run(tmp_path)
+    second = write_special_run(tmp_path, "special-2")
     assert (tmp_path / EVENTS_FILE).stat().st_size == 2 * size
     assert [e.model_dump_json() for e in read_events(tmp_path)] == [
         e.model_dump_json() for e in first + second
@@ -152,7 +157,7 @@ def test_a_torn_tail_left_by_a_killed_writer_is_isolated(tmp_path: Path) -> None
     write_special_run(tmp_path)
     with (tmp_path / EVENTS_FILE).open("ab") as f:
         f.write(b'{"event_type":"PPO_UPDATE_COMPLETED","sch')
-    more = write_special_run(tmp_path)
+    more = write_special_run(tmp_path, "special-2")  # another run: its own seqs
     bad: list[BadLine] = []
     read = list(read_events(tmp_path, on_bad_line=bad.append))
     n = len(SPECIAL_FLOATS)

@@ -13,7 +13,7 @@ import click
 from esper_telemetry._extras import is_installed, missing_message
 from esper_telemetry._signals import RunSignals
 from esper_telemetry.analytics import QUERY_FORMATS, TABLES, QueryFormat
-from esper_telemetry.contracts import WANDB_MODES, TelemetryLevel
+from esper_telemetry.contracts import WANDB_MODES, TelemetryLevel, WandbMode
 from esper_telemetry.training.faults import FAULT_KINDS, FaultKind, parse_fault
 
 if TYPE_CHECKING:
@@ -405,6 +405,51 @@ def report_command(run_dir: Path, output: Path | None) -> None:
         raise click.ClickException(str(exc)) from None
     _report_bad_lines(bad)
     click.echo(f"wrote {written}")
+
+
+@main.group("wandb")
+def wandb_group() -> None:
+    """The run's Weights & Biases run."""
+
+
+@wandb_group.command("backfill")
+@click.argument("run_dir", type=_NonEmptyPath("runs/RUN_ID", exists=True, path_type=Path))
+@click.option(
+    "--mode",
+    type=click.Choice(["offline", "online"]),
+    default=None,
+    help="Where to write; default: the mode of the run's W&B files.",
+)
+@click.option(
+    "--project", default=None, help="The W&B project; default: the one the run's files name."
+)
+def wandb_backfill(run_dir: Path, mode: WandbMode | None, project: str | None) -> None:
+    """Write into a run's W&B run what W&B lost and RUN_DIR/events.jsonl holds.
+
+    After a hard kill W&B's run file can miss the last updates (wandb-core buffers its
+    writes); the analytics log holds every update a completed flush covered. This logs
+    the missing updates, anomalies and the run's end into the same W&B run (resumed),
+    never writing a step W&B already holds; running it again writes nothing.
+    """
+    if not is_installed("wandb"):
+        raise click.ClickException(missing_message("esper wandb backfill", "wandb"))
+    import os
+
+    from esper_telemetry.analytics import read_events
+    from esper_telemetry.backends.wandb_backfill import backfill_wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    bad: list[BadLine] = []
+    try:
+        done = backfill_wandb(
+            run_dir, read_events(run_dir, on_bad_line=bad.append), mode=mode, project=project
+        )
+    except (OSError, ValueError, TimeoutError, RuntimeError) as exc:
+        raise click.ClickException(_first_line(exc)) from None
+    _report_bad_lines(bad)
+    click.echo(done.describe())
+    if done.undelivered:
+        sys.exit(4)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -54,6 +54,8 @@ class RunFileContents:
     """Keys set by ``summary`` records (a nested key joined with "/")."""
     notes: bool = False
     """A ``run`` record carries notes."""
+    project: str | None = None
+    """The project named by the first ``run`` record that names one."""
     exited: bool = False
     """The file holds the exit record ``run.finish()`` writes last."""
     records: int = 0
@@ -189,6 +191,7 @@ def _note(record: Any, contents: RunFileContents) -> None:
     elif kind == "run":
         contents.config_keys.update(_key(item) for item in record.run.config.update)
         contents.notes = contents.notes or bool(record.run.notes)
+        contents.project = contents.project or record.run.project or None
     else:
         contents.exited = True
 

@@ -145,6 +145,11 @@ class WandBBackend(Backend):
         finish_timeout: How long ``close()`` waits for ``run.finish()``, in seconds.
         init_timeout: How long ``on_subscribe`` waits for ``wandb.init()``, in seconds;
             past it W&B's service process is stopped and subscribing fails.
+        resume: Continue the W&B run whose id is the hub's ``run_id`` if there is one
+            (``wandb.init(resume="allow")``); an event whose update is below the resumed
+            run's step is skipped (W&B would drop it). Offline, W&B writes a new run
+            folder for the same id, which ``wandb sync`` uploads after the first. Not
+            allowed with ``run``.
 
     Secrets never reach W&B: in ``config`` and the ``RUN_STARTED`` config, a value whose
     key contains "key", "token", "secret" or "password" (any case, any depth), a string
@@ -178,9 +183,18 @@ class WandBBackend(Backend):
         name: str | None = None,
         finish_timeout: float = DEFAULT_FINISH_TIMEOUT_S,
         init_timeout: float = DEFAULT_INIT_TIMEOUT_S,
+        resume: bool = False,
     ) -> None:
+        if not isinstance(resume, bool):
+            raise ValueError(f"resume must be True or False, got {resume!r}")
         if run is not None:
-            given = {"project": project, "mode": mode, "dir": dir, "name": name}
+            given: dict[str, object] = {
+                "project": project,
+                "mode": mode,
+                "dir": dir,
+                "name": name,
+                "resume": resume or None,
+            }
             clash = [k for k, v in given.items() if v is not None]
             if clash:
                 raise ValueError(
@@ -199,6 +213,7 @@ class WandBBackend(Backend):
         self._init_timeout = _checked_timeout(init_timeout, "init_timeout")
         self._run: wandb.Run | None = run
         self._owns_run = run is None
+        self._resume = resume
         self._subscribed = False
         self._closed = False
         self._last_step = -1
@@ -254,12 +269,18 @@ class WandBBackend(Backend):
                 return within ``init_timeout`` (W&B's service process is then stopped);
                 or the backend is already subscribed or closed.
         """
+        self._open(hub.run_id)
+
+    def _open(self, run_id: str) -> None:
+        """Create (or take) the run with id ``run_id`` and declare its metrics."""
         if self._subscribed or self._closed:
             state = "closed" if self._closed else "already subscribed to a hub"
             raise RuntimeError(f"this WandBBackend is {state}; create one backend per hub")
         if self._run is None:
-            self._run = self._init_run(hub.run_id)
+            self._run = self._init_run(run_id)
             self._run_files = _offline_run_files(self._run)
+            if self._resume:
+                self._last_step = _current_step(self._run)
         else:
             # W&B drops steps below the run's current one; start skipping where it does.
             self._last_step = _current_step(self._run)
@@ -469,6 +490,7 @@ class WandBBackend(Backend):
                 mode=self._mode,
                 # Never hand back or finish a run the user started with wandb.init.
                 reinit="create_new",
+                resume="allow" if self._resume else None,
             )
         except (wandb.errors.UsageError, wandb.errors.AuthenticationError) as err:
             if self._mode != "online":
