@@ -101,20 +101,23 @@ def test_a_signal_mid_run_reaches_every_backend_and_marks_the_run_interrupted(
 
 
 @pytest.mark.soak
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
 @pytest.mark.parametrize("trial", range(20))
-def test_ctrl_c_at_a_random_moment_leaves_both_logs_identical_and_the_run_interrupted(
-    tmp_path: Path, trial: int
+def test_a_signal_at_a_random_moment_leaves_every_backend_agreeing_and_the_run_interrupted(
+    tmp_path: Path, trial: int, signum: signal.Signals
 ) -> None:
-    """Ctrl-C after a random number of updates and a random delay (so it lands anywhere in
-    an update, telemetry included): exit 130, both logs hold the same complete run."""
-    rng = random.Random(trial)
+    """Ctrl-C (to the process group, as a terminal sends it) or SIGTERM (to the process)
+    after a random number of updates and a random delay, so that it lands anywhere in an
+    update, telemetry included: exit 130; the analytics log, the structured log and the
+    offline W&B run hold the same complete run."""
+    rng = random.Random(trial * 2 + (signum is signal.SIGTERM))
     run_dir = tmp_path / "runs" / "int"
-    argv = esper_ppo(tmp_path, "int", "--wandb", "disabled", "--episodes", "10000", *SMALL)
+    argv = esper_ppo(tmp_path, "int", "--wandb", "offline", "--episodes", "10000", *SMALL)
     proc = start(argv, tmp_path, new_session=True)
     try:
         wait_for_updates(proc, RunLayout(run_dir).events, rng.randint(1, 4))
         time.sleep(rng.random() * 0.3)
-        os.killpg(proc.pid, signal.SIGINT)
+        send_like_a_terminal(proc.pid, signum)
         _, err = finish(proc, timeout=60)
     finally:
         proc.kill()
@@ -130,6 +133,8 @@ def test_ctrl_c_at_a_random_moment_leaves_both_logs_identical_and_the_run_interr
     assert [e.payload.status for e in events if isinstance(e, RunFinished)] == ["interrupted"]
     records, broken = log_records(run_dir)
     assert (log_kinds(records), broken) == (kinds(events), [])
+    (wandb_run,) = RunLayout(run_dir).wandb.glob("offline-run-*")
+    assert [row["_step"] for row in history(inspect_run(wandb_run))] == list(range(n))
 
 
 @pytest.mark.usefixtures("ctrl_c")

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from esper_telemetry import TelemetryHub
@@ -69,15 +72,14 @@ def history_by_step(run_dir: Path) -> tuple[list[int], dict[int, dict[str, Any]]
 
 def same(logged: Any, value: Any) -> bool:
     if isinstance(value, float) and math.isnan(value):
-        return logged == "NaN"
+        return bool(logged == "NaN")
     if isinstance(value, float) and math.isinf(value):
-        return logged == ("Infinity" if value > 0 else "-Infinity")
+        return bool(logged == ("Infinity" if value > 0 else "-Infinity"))
     return bool(logged == value)
 
 
-def test_after_a_sigkill_backfill_gives_wandb_every_update_of_the_analytics_log(
-    tmp_path: Path,
-) -> None:
+def kill_mid_run(tmp_path: Path, trial: int) -> Path:
+    """SIGKILL an ``esper ppo`` run with offline W&B and its wandb-core, mid-run."""
     run_dir = tmp_path / "runs" / "killed"
     argv = esper_ppo(
         tmp_path, "killed", "--wandb", "offline", "--episodes", "400",
@@ -85,10 +87,23 @@ def test_after_a_sigkill_backfill_gives_wandb_every_update_of_the_analytics_log(
     )  # fmt: skip
     proc = start(argv, tmp_path, new_session=True)
     try:
-        wait_for_updates(proc, RunLayout(run_dir).events, 12)
+        wait_for_updates(proc, RunLayout(run_dir).events, 12 if trial == 0 else 5 + trial * 4)
+        time.sleep(random.Random(trial).random() * 0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         finish(proc)
+    return run_dir
+
+
+#: One kill in the default run; with --soak, nine more after 9 to 41 updates.
+TRIALS = [0, *(pytest.param(t, marks=pytest.mark.soak) for t in range(1, 10))]
+
+
+@pytest.mark.parametrize("trial", TRIALS)
+def test_after_a_sigkill_backfill_gives_wandb_every_update_of_the_analytics_log(
+    tmp_path: Path, trial: int
+) -> None:
+    run_dir = kill_mid_run(tmp_path, trial)
     events, bad = read_back(run_dir)
     assert bad in ([], bad[-1:])  # at most a torn last line
     updates = {e.update: e for e in events if isinstance(e, PPOUpdateCompleted)}
