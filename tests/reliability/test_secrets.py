@@ -33,6 +33,7 @@ from esper_telemetry.contracts import (
     AnomalyType,
     EventBase,
     PPOUpdateCompleted,
+    PPOUpdatePayload,
     RunFinished,
     RunFinishedPayload,
     RunLayout,
@@ -267,6 +268,37 @@ def test_a_secret_metric_name_is_refused_even_when_its_value_is_bad() -> None:
         emit_ppo_update_event(hub, update=0, metrics={**PPO_STATS, token: "x"})
     assert str(info.value).startswith("metrics: a key holds a Hugging Face token")
     assert token not in str(info.value)
+
+
+def hand_built(field: str, key: str) -> EventBase:
+    if field == "extra":
+        payload = PPOUpdatePayload(policy_loss=0.1, value_loss=0.5, entropy=0.7, extra={key: 1.0})
+        return PPOUpdateCompleted(update=0, payload=payload)
+    summary = RunFinishedPayload(status="completed", summary={"mean_return": 1.0, key: 2.0})
+    return RunFinished(update=0, payload=summary)
+
+
+@pytest.mark.parametrize("field", ["extra", "summary"])
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("hf_token", r"'hf_token' names a secret \('token'\); .* rename it$"),
+        (SHAPES["ghp"][0], r"a key holds a GitHub token .*; metric names reach"),
+        (SHAPES["wandb_v1"][0], r"a key holds a W&B API key"),
+    ],
+)
+def test_a_hand_built_event_with_a_secret_metric_name_is_refused_by_the_hub(
+    field: str, key: str, message: str
+) -> None:
+    """An event built without the emitter (its ``extra`` or a RUN_FINISHED ``summary``)
+    is held to the emitter's rule at ``hub.emit``: one ValueError naming the field, no
+    token repeated, nothing published."""
+    seen: list[TelemetryEvent] = []
+    with TelemetryHub("hand-built") as hub:
+        hub.subscribe(seen.append, mode="inline")
+        with pytest.raises(ValueError, match=f"^{field}: {message}") as info:
+            hub.emit(hand_built(field, key))
+    assert (seen, SHAPES["ghp"][0] in str(info.value)) == ([], False)
 
 
 # -- whole runs, every backend, every file -------------------------------------------------------

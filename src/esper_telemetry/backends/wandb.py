@@ -151,10 +151,12 @@ class WandBBackend(Backend):
             folder for the same id, which ``wandb sync`` uploads after the first. Not
             allowed with ``run``.
 
-    Secrets never reach W&B: in ``config`` and the ``RUN_STARTED`` config, a value whose
-    key contains "key", "token", "secret" or "password" (any case, any depth), a string
-    that holds 40 hex digits in a row (what a W&B API key looks like), and a string
-    that holds the value of ``WANDB_API_KEY`` become ``"[REDACTED]"``.
+    Secrets never reach W&B: ``config`` and the ``RUN_STARTED`` config go through the
+    hub's one rule (:func:`esper_telemetry.hub.redact_secrets`): a value under a key that
+    names a secret (``api_key``, ``authorization``, ``passwd``, ``credentials``... at any
+    depth), a string holding a known token shape (W&B keys old and ``wandb_v1_``, 40 hex
+    digits, GitHub, Hugging Face, AWS, OpenAI-style ``sk-``, JWTs, bearer headers) and
+    the value of a secret environment variable become ``"[REDACTED]"``.
 
     The hub calls ``handle``, ``flush`` and ``close`` from one thread at a time; the
     backend adds no locking of its own.

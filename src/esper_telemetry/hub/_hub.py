@@ -43,6 +43,8 @@ from esper_telemetry.contracts import (
     EventBase,
     EventType,
     HubStats,
+    PPOUpdateCompleted,
+    RunFinished,
     TelemetryEvent,
     TelemetryLevel,
     TelemetryLevelChanged,
@@ -52,7 +54,7 @@ from esper_telemetry.contracts import (
 from esper_telemetry.contracts._base import INT64_MAX
 from esper_telemetry.errors import HubClosedError, TrainingHalted
 from esper_telemetry.hub._protocol import HandlesEventsOf, Subscriber
-from esper_telemetry.hub._redact import redact_secrets, secret_shape_in
+from esper_telemetry.hub._redact import redact_secrets, secret_key_problem, secret_shape_in
 from esper_telemetry.hub._subscription import (
     EventSelector,
     Mode,
@@ -344,6 +346,7 @@ class TelemetryHub:
         # Redacting before the lock keeps it short; an event without marked text (every
         # PPO update) is returned as it is, at the cost of one cached lookup.
         _check_update(event)
+        _check_metric_names(event)
         clean = redact_marked(event, redact_secrets)
         with self._lock:
             stamped, reentrant = self._enqueue(clean, "emit")
@@ -788,6 +791,22 @@ def _check_update(event: EventBase) -> None:
             f"{_shown(update)}; build events with their class, e.g. "
             "PPOUpdateCompleted(update=...), which validates every field"
         )
+
+
+def _check_metric_names(event: EventBase) -> None:
+    # The emitter refuses a metric name that looks like a secret; an event built by hand
+    # is held to the same rule here, before any subscriber sees it.
+    match event:
+        case PPOUpdateCompleted(payload=p):
+            names, field = p.extra, "extra"
+        case RunFinished(payload=p):
+            names, field = p.summary, "summary"
+        case _:
+            return
+    for name in names:
+        refused = secret_key_problem(name, field)
+        if refused is not None:
+            raise ValueError(refused)
 
 
 def _shown(value: object) -> str:

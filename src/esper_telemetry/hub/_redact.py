@@ -244,3 +244,24 @@ def _free_marker(taken: Mapping[str, Any]) -> str:
         n += 1
         name = f"{REDACTED}#{n}"
     return name
+
+
+@functools.lru_cache(maxsize=4096)
+def secret_key_problem(key: str, field: str) -> str | None:
+    """Why ``key`` cannot be a metric name in ``field`` (``metrics``, ``extra``,
+    ``summary``), or None. Metric names reach every backend (W&B's keys, the logs), so
+    one that names or holds a secret is refused, not renamed. Cached: an update's keys
+    are the same every update, so checking them again costs a dictionary lookup."""
+    shape = secret_shape_in(key, environment=False)
+    if shape is not None:  # the message must not repeat the key
+        return (
+            f"{field}: a key holds {shape}; metric names reach every backend, so it was "
+            "refused: keep secrets out of metric names"
+        )
+    word = names_a_secret(key)
+    if word is not None:
+        return (
+            f"{field}: {key!r} names a secret ({word!r}); metric names reach every backend, "
+            "so names that look like secrets are refused: rename it"
+        )
+    return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import numbers
 from collections.abc import Mapping
 
@@ -22,7 +21,7 @@ from esper_telemetry.contracts import (
 )
 from esper_telemetry.contracts._base import INT64_MAX
 from esper_telemetry.hub import TelemetryHub, redact_secrets
-from esper_telemetry.hub._redact import names_a_secret, secret_shape_in
+from esper_telemetry.hub._redact import secret_key_problem
 
 _REQUIRED = PPO_REQUIRED
 _OPTIONAL = PPO_STATISTICS[len(PPO_REQUIRED) :]
@@ -128,7 +127,7 @@ def _ppo_fields(metrics: object) -> dict[str, object]:
                 f"metrics: keys must be non-empty strings, got {redact_secrets(repr(key))}"
             )
         if key not in _REQUIRED and key not in _OPTIONAL:
-            refused = _secret_name(key)  # before any message below can repeat the key
+            refused = secret_key_problem(key, "metrics")  # before a message repeats the key
             if refused is not None:
                 raise ValueError(refused)
         if key in _OPTIONAL and value is None:
@@ -146,25 +145,6 @@ def _ppo_fields(metrics: object) -> dict[str, object]:
             extra[key] = number
     fields["extra"] = extra
     return fields
-
-
-@functools.lru_cache(maxsize=4096)
-def _secret_name(key: str) -> str | None:
-    """Why ``key`` cannot be a metric name, or None: metric names reach every backend
-    (W&B's keys, the logs), so one that names or holds a secret is refused, not renamed."""
-    shape = secret_shape_in(key, environment=False)
-    if shape is not None:  # the message must not repeat the key
-        return (
-            f"metrics: a key holds {shape}; metric names reach every backend, so it was "
-            "refused: keep secrets out of metric names"
-        )
-    word = names_a_secret(key)
-    if word is not None:
-        return (
-            f"metrics: {key!r} names a secret ({word!r}); metric names reach every backend, "
-            "so names that look like secrets are refused: rename it"
-        )
-    return None
 
 
 def _check_count(name: str, value: object, *, or_none: bool = False) -> None:
