@@ -23,6 +23,7 @@ def test_help_lists_the_commands() -> None:
         "ppo",
         "query",
         "report",
+        "wandb",
         "watch",
     ]
 
