@@ -36,6 +36,10 @@ class LineAppender:
         # A torn last line (a killed writer, a failed write) must not swallow our first one.
         self._needs_newline = not _ends_with_newline(self.path)
 
+    def reread_end(self) -> None:
+        """Look again at how the file ends (after another hand truncated a torn line)."""
+        self._needs_newline = not _ends_with_newline(self.path)
+
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""

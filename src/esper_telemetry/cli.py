@@ -87,6 +87,15 @@ def main() -> None:
     help="Name of the run (letters, digits, '.', '_', '-'); default: timestamped.",
 )
 @click.option(
+    "--resume",
+    "resume_dir",
+    default=None,
+    type=_NonEmptyPath("runs/RUN_ID", file_okay=False, path_type=Path),
+    help="Continue the run in this directory: seq and update carry on, W&B first gets "
+    "what it lost (esper wandb backfill), then the same W&B run goes on. The policy "
+    "starts afresh (no checkpoints). Not with --run-dir or --run-id.",
+)
+@click.option(
     "--telemetry-level",
     type=click.Choice([lvl.name.lower() for lvl in TelemetryLevel]),
     default="normal",
@@ -137,6 +146,7 @@ def ppo(
     seed: int,
     run_dir: Path,
     run_id: str | None,
+    resume_dir: Path | None,
     telemetry_level: str,
     wandb_mode: str,
     halt_on: str | None,
@@ -155,6 +165,8 @@ def ppo(
     130 interrupted (Ctrl-C, SIGTERM, or q in the panel before the run ended).
     """
     fault = _parse_fault(inject_fault)  # a bad option is refused before torch loads
+    if resume_dir is not None:
+        run_dir, run_id = _resumed(resume_dir, run_dir, run_id)
     signals = _hold_signals()  # before torch loads: a signal must not cut an import
     import torch
     from rich.console import Console
@@ -196,6 +208,7 @@ def ppo(
         progress=not no_progress and not tui,
         tui=tui,
         report=write_report,
+        resume=resume_dir is not None,
     )
     outcome = run_ppo(options, Console(soft_wrap=True), signals=signals)
     if outcome.report_error is not None:
@@ -244,6 +257,30 @@ def _hold_signals() -> RunSignals:
     signals = RunSignals.install()
     click.get_current_context().call_on_close(signals.exiting)
     return signals
+
+
+def _resumed(resume_dir: Path, run_dir: Path, run_id: str | None) -> tuple[Path, str]:
+    """The run root and run id of ``--resume RUN_DIR/RUN_ID``."""
+    ctx = click.get_current_context()
+    given = [
+        name
+        for name, param in (("--run-dir", "run_dir"), ("--run-id", "run_id"))
+        if ctx.get_parameter_source(param) is not click.core.ParameterSource.DEFAULT
+    ]
+    if given:
+        raise click.BadParameter(
+            f"{' and '.join(given)} cannot be combined with --resume, which names the run "
+            "directory itself",
+            param_hint="--resume",
+        )
+    if not (resume_dir / "events.jsonl").is_file():
+        raise click.BadParameter(
+            f"{str(resume_dir)!r} holds no events.jsonl: there is no run to continue "
+            "(start a new one without --resume)",
+            param_hint="--resume",
+        )
+    resolved = resume_dir.resolve()
+    return resolved.parent, resolved.name
 
 
 def _parse_fault(text: str | None) -> tuple[FaultKind, int] | None:

@@ -98,6 +98,8 @@ class RunOptions:
     """Your own subscribers, added after the built-in ones (each on its own thread)."""
     tui: bool = False
     report: bool = False
+    resume: bool = False
+    """Continue the run already in ``run_root / run_id`` (see ``esper ppo --resume``)."""
 
 
 @dataclass
@@ -159,21 +161,26 @@ def _run_ppo(options: RunOptions, console: Console, signals: RunSignals) -> RunO
     except ValueError as exc:
         return RunOutcome(EXIT_NOT_STARTED, f"--run-id: {exc}")
     run_dir = options.run_root / hub.run_id
-    if run_dir.exists():
+    if options.resume and not RunLayout(run_dir).events.is_file():
+        return RunOutcome(EXIT_NOT_STARTED, f"--resume: {run_dir} holds no run to continue")
+    if run_dir.exists() and not options.resume:
         return RunOutcome(
             EXIT_NOT_STARTED,
-            f"run directory {run_dir} already exists; pick another --run-id or --run-dir",
+            f"run directory {run_dir} already exists; pick another --run-id or --run-dir, "
+            f"or continue that run with --resume {run_dir}",
         )
     anomalies: Counter[str] = Counter()
-    # Quitting at once during start-up (a second Ctrl-C) removes what it made so far.
-    signals.on_quit(lambda: _remove_half_made_run(run_dir))
+    # Quitting at once during start-up (a second Ctrl-C) removes what it made so far;
+    # a resumed run's directory is never removed.
+    signals.on_quit(lambda: _tidy_start(run_dir, options))
     try:
-        wandb_backend = _subscribe_all(hub, options, run_dir, anomalies, signals)
+        wandb_backend = _subscribe_all(hub, options, run_dir, anomalies, signals, console)
     except Exception as exc:  # a backend refused to start: say why in one line
         hub.close(timeout=options.close_timeout)
         # Nothing was trained: leave no half-made run behind, so the run id stays free.
         # (The directory did not exist before this call; see the check above.)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if not options.resume:
+            shutil.rmtree(run_dir, ignore_errors=True)
         return RunOutcome(EXIT_NOT_STARTED, str(exc), run_dir=run_dir)
     if signals.interrupted:  # during start-up: end before training, leave nothing behind
         return _end_before_training(hub, options, run_dir, signals, wandb_backend)
@@ -217,7 +224,7 @@ def _train(
     """Train with a progress bar; SIGTERM (``signals.stop``) stops before the next update."""
     last: list[UpdateInfo] = []
     try:
-        with _progress(options, console) as on_update:
+        with _progress(options, console, hub.first_update) as on_update:
 
             def progress(info: UpdateInfo) -> None:
                 last[:] = [info]
@@ -233,7 +240,8 @@ def _train(
     except KeyboardInterrupt:
         # The one Ctrl-C of training landed outside the trainer's own handling (before
         # RUN_STARTED was out, or inside the progress bar): end the run on the record.
-        updates = last[0].update + 1 if last else 0
+        first = hub.first_update
+        updates = last[0].update + 1 - first if last else 0
         result = TrainResult(
             status="interrupted",
             updates=updates,
@@ -243,7 +251,7 @@ def _train(
         if signals.phase != "shutdown":  # no RUN_FINISHED went out (see _subscribe_all)
             hub.emit(
                 RunFinished(
-                    update=max(updates - 1, 0),
+                    update=last[0].update if last else first,
                     payload=RunFinishedPayload(
                         status="interrupted", message=result.message, hub_stats=hub.stats()
                     ),
@@ -349,12 +357,20 @@ def _end_before_training(
     """A signal arrived during start-up: close what started, remove the run directory."""
     stats = hub.close(timeout=options.close_timeout)
     _release_wandb(wandb_backend, _stop_hung_wandb(wandb_backend, stats, _Ending(signals)))
-    left = _remove_half_made_run(run_dir)
+    left = _tidy_start(run_dir, options)
     return RunOutcome(
         EXIT_INTERRUPTED,
         f"interrupted ({signals.describe()}) before training started; nothing was trained "
         f"and {left}",
     )
+
+
+def _tidy_start(run_dir: Path, options: RunOptions) -> str:
+    """Undo a start-up that trained nothing: remove a new run's directory; leave a
+    resumed run's as it is (what a resumed start adds is W&B's, a new offline folder)."""
+    if options.resume:
+        return f"{run_dir} was left as it was"
+    return _remove_half_made_run(run_dir)
 
 
 def _remove_half_made_run(run_dir: Path) -> str:
@@ -419,8 +435,14 @@ def _subscribe_all(
     run_dir: Path,
     anomalies: Counter[str],
     signals: RunSignals,
+    console: Console,
 ) -> WandBBackend | None:
-    """Subscribe every backend; return the W&B backend (None with ``--wandb disabled``)."""
+    """Subscribe every backend; return the W&B backend (None with ``--wandb disabled``).
+
+    A resumed run first gives W&B what it lost (``esper wandb backfill``), then resumes
+    the same W&B run; the analytics log and the structured log continue the run's
+    ``seq`` and update index.
+    """
     detector = AnomalyDetector(options.thresholds)
     hub.subscribe(
         AnomalyEscalator(detector, escalate_for=options.escalate_for, halt_on=options.halt_on),
@@ -444,11 +466,15 @@ def _subscribe_all(
         # before anything is written or trained.
         from esper_telemetry.backends.wandb import WandBBackend
 
-        run_dir.mkdir(parents=True)
-        wandb_backend = WandBBackend(options.wandb_project, mode=options.wandb, dir=run_dir)
+        run_dir.mkdir(parents=True, exist_ok=options.resume)
+        if options.resume:
+            console.print(_backfill(run_dir, options.wandb))
+        wandb_backend = WandBBackend(
+            options.wandb_project, mode=options.wandb, dir=run_dir, resume=options.resume
+        )
         hub.subscribe(wandb_backend)
-    hub.subscribe(AnalyticsCollector(run_dir, fsync="flush"))
-    hub.subscribe(StructlogBackend(RunLayout(run_dir).log))
+    hub.subscribe(AnalyticsCollector(run_dir, fsync="flush", resume=options.resume))
+    hub.subscribe(StructlogBackend(RunLayout(run_dir).log, resume=options.resume))
     for backend in options.backends:
         try:
             hub.subscribe(backend)
@@ -456,6 +482,16 @@ def _subscribe_all(
             name = getattr(backend, "name", None) or type(backend).__name__
             raise RuntimeError(f"backend {name!r} refused to start: {exc}") from exc
     return wandb_backend
+
+
+def _backfill(run_dir: Path, mode: WandbMode) -> str:
+    """W&B gets what it lost of the run being resumed, before the run goes on."""
+    from esper_telemetry.analytics import read_events
+    from esper_telemetry.backends.wandb_backfill import backfill_wandb
+
+    assert mode != "disabled"
+    done = backfill_wandb(run_dir, read_events(run_dir), mode=mode)
+    return f"W&B backfill: {escape(done.describe())}"
 
 
 def _verdict(result: TrainResult, stats: HubStats, ending: _Ending) -> tuple[int, str]:
@@ -509,7 +545,7 @@ def _stop_on_sigterm() -> Iterator[threading.Event]:
 
 
 @contextmanager
-def _progress(options: RunOptions, console: Console) -> Iterator[_OnUpdate]:
+def _progress(options: RunOptions, console: Console, first: int) -> Iterator[_OnUpdate]:
     thresholds = options.thresholds
     if not options.progress:
         yield lambda info: None
@@ -524,7 +560,8 @@ def _progress(options: RunOptions, console: Console) -> Iterator[_OnUpdate]:
         task = bar.add_task("", total=options.config.updates)
 
         def on_update(info: UpdateInfo) -> None:
-            bar.update(task, completed=info.update + 1, description=_line(info, thresholds))
+            done = info.update + 1 - first
+            bar.update(task, completed=done, description=_line(info, thresholds))
 
         yield on_update
 

@@ -38,10 +38,14 @@ import os
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Literal, Self, get_args
+from typing import TYPE_CHECKING, Final, Literal, Self, get_args
 
+from esper_telemetry._tail import claim
 from esper_telemetry.contracts import EventBase, RunLayout, TelemetryEvent
 from esper_telemetry.hub import Backend
+
+if TYPE_CHECKING:
+    from esper_telemetry.hub import TelemetryHub
 
 __all__ = ["AnalyticsCollector", "FsyncPolicy"]
 
@@ -56,13 +60,21 @@ class AnalyticsCollector(Backend):
 
     Each line is ``event.model_dump_json()`` plus ``"\\n"``: strict JSON, with NaN and
     ±Inf written as "NaN", "Infinity", "-Infinity", so every float reads back exactly.
-    An existing file is appended to, never truncated. Thread-safe.
+    Thread-safe.
+
+    A run directory belongs to one run: subscribed to a hub, the collector refuses a
+    file that already holds events (another run's, or an earlier run with the same id),
+    unless ``resume`` is set and the file holds the hub's run; the hub then continues
+    that run's ``seq`` and update index (:meth:`TelemetryHub.resume_after`) after a torn
+    last line, if any, is dropped. Nothing written is otherwise ever modified. (Used
+    without a hub, ``handle`` appends to whatever is there.)
 
     Args:
         run_dir: The run's directory; created (with its parents) when missing.
         fsync: ``"flush"`` (default): ``flush()`` makes every event handled so far
             durable with ``os.fsync``; ``"every_event"``: each ``handle`` does;
             ``"never"``: nothing calls ``os.fsync``.
+        resume: Continue the run already in ``run_dir`` (it must be the hub's run id).
 
     Raises:
         TypeError: ``run_dir`` is not a path.
@@ -73,7 +85,11 @@ class AnalyticsCollector(Backend):
 
     name = "analytics"
 
-    def __init__(self, run_dir: str | os.PathLike[str], *, fsync: FsyncPolicy = "flush") -> None:
+    def __init__(
+        self, run_dir: str | os.PathLike[str], *, fsync: FsyncPolicy = "flush", resume: bool = False
+    ) -> None:
+        if not isinstance(resume, bool):
+            raise ValueError(f"resume must be True or False, got {resume!r}")
         if fsync not in _POLICIES:
             raise ValueError(
                 f"fsync must be one of {', '.join(map(repr, _POLICIES))}, got {fsync!r}"
@@ -98,6 +114,7 @@ class AnalyticsCollector(Backend):
         self._needs_newline = not _ends_with_newline(self._path)
         self._dir_synced = False
         self._written = 0
+        self._resume = resume
 
     # -- properties ---------------------------------------------------------------------
 
@@ -126,6 +143,22 @@ class AnalyticsCollector(Backend):
         return f"AnalyticsCollector({str(self._path)!r}, fsync={self._fsync!r}, {state})"
 
     # -- Backend ------------------------------------------------------------------------
+
+    def on_subscribe(self, hub: TelemetryHub) -> None:
+        """Refuse a file of another run (or of an earlier run with this id) unless
+        resuming; when resuming, continue the hub where the file ends.
+
+        Raises:
+            ValueError: the file holds events this hub may not append to (the message
+                names the directory, the run found there and the ways out).
+        """
+        with self._lock:
+            position = claim(
+                self._path, hub.run_id, resume=self._resume, live=hub.stats().emitted > 0
+            )
+            self._needs_newline = not _ends_with_newline(self._path)
+        if position is not None:
+            hub.resume_after(position.seq, position.update)
 
     def handle(self, event: TelemetryEvent) -> None:
         """Append one event as one line; with ``fsync="every_event"``, fsync it too.

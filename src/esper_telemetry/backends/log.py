@@ -22,11 +22,12 @@ import sys
 import threading
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import structlog
 
 from esper_telemetry._append import LineAppender
+from esper_telemetry._tail import claim
 from esper_telemetry.contracts import (
     AnomalyDetected,
     Severity,
@@ -35,6 +36,9 @@ from esper_telemetry.contracts import (
     json_safe,
 )
 from esper_telemetry.hub import Backend
+
+if TYPE_CHECKING:
+    from esper_telemetry.hub import TelemetryHub
 
 #: Keys the backend sets itself; a payload field of the same name is logged as payload_<name>.
 _RESERVED = frozenset(
@@ -51,6 +55,12 @@ class StructlogBackend(Backend):
             Each line is written whole or not at all (see the module docstring).
         stream: A text stream to write to instead (default: standard error).
         format: ``"json"`` (strict JSON lines) or ``"console"`` (human-readable).
+        resume: Continue the run already in the JSON log at ``path`` (see below).
+
+    A JSON log file belongs to one run: subscribed to a hub, the backend refuses a file
+    that already holds another run's lines (or an earlier run's with the same id) unless
+    ``resume`` is set and the file holds the hub's run; the hub then continues that
+    run's ``seq`` and update index after a torn last line, if any, is dropped.
 
     Levels: ``ANOMALY_DETECTED`` logs at warning (error when critical); the rest at
     info. Keys: ``run_id``, ``seq``, ``update``, ``rank``, ``telemetry_level``,
@@ -69,7 +79,10 @@ class StructlogBackend(Backend):
         *,
         stream: TextIO | None = None,
         format: Literal["json", "console"] = "json",
+        resume: bool = False,
     ) -> None:
+        if not isinstance(resume, bool):
+            raise ValueError(f"resume must be True or False, got {resume!r}")
         if format not in ("json", "console"):
             raise ValueError(f"format must be 'json' or 'console', got {format!r}")
         if path is not None and stream is not None:
@@ -84,6 +97,7 @@ class StructlogBackend(Backend):
         self.path = Path(path) if path is not None else None
         self._out: TextIO | None = None if self._file else (stream or sys.stderr)
         self.format = format
+        self._resume = resume
         renderer: Any
         if format == "json":
             renderer = structlog.processors.JSONRenderer(
@@ -102,6 +116,23 @@ class StructlogBackend(Backend):
     def __repr__(self) -> str:
         where = str(self.path) if self.path else getattr(self._out, "name", "stream")
         return f"StructlogBackend({where!r}, format={self.format!r})"
+
+    def on_subscribe(self, hub: TelemetryHub) -> None:
+        """Refuse a JSON log of another run (or of an earlier run with this id) unless
+        resuming; when resuming, continue the hub where the log ends.
+
+        Raises:
+            ValueError: the log holds lines this hub may not append to.
+        """
+        if self._file is None or self.format != "json":
+            return
+        with self._lock:
+            position = claim(
+                self._file.path, hub.run_id, resume=self._resume, live=hub.stats().emitted > 0
+            )
+            self._file.reread_end()
+        if position is not None:
+            hub.resume_after(position.seq, position.update)
 
     def handle(self, event: TelemetryEvent) -> None:
         """Log one event at the level its type and severity call for.

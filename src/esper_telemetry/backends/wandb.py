@@ -279,6 +279,7 @@ class WandBBackend(Backend):
             state = "closed" if self._closed else "already subscribed to a hub"
             raise RuntimeError(f"this WandBBackend is {state}; create one backend per hub")
         if self._run is None:
+            self._refuse_a_second_run(run_id)
             self._run = self._init_run(run_id)
             self._run_files = _offline_run_files(self._run)
             if self._resume:
@@ -476,6 +477,19 @@ class WandBBackend(Backend):
                 "" if contents.exited else " and no exit record",
                 events,
                 said or "no error logged",
+            )
+
+    def _refuse_a_second_run(self, run_id: str) -> None:
+        """One run is one W&B run: a run of this id already under ``dir`` is continued
+        (``resume=True``) or refused, never joined by a second one."""
+        if self._resume or self._dir is None:
+            return
+        earlier = sorted((self._dir / "wandb").glob(f"*run-*-{run_id}"))
+        if earlier:
+            raise ValueError(
+                f"{self._dir / 'wandb'} already holds a W&B run with id {run_id!r} "
+                f"({earlier[0].name}); give this run a new run_id or directory, or "
+                "continue it with resume=True (esper ppo --resume)"
             )
 
     def _init_run(self, run_id: str) -> wandb.Run:

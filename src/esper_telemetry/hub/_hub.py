@@ -137,6 +137,8 @@ class TelemetryHub:
         self._pending: deque[EventBase | _Barrier] = deque()
         self._dispatcher: int | None = None
         self._next_seq = 0
+        self._resumed_seq = 0  # the first seq of this process's events
+        self._first_update = 0
         self._delivered_seq = -1
         self._last_update = 0
         self._state = _State.OPEN
@@ -170,6 +172,38 @@ class TelemetryHub:
             f"TelemetryHub(run_id={self._run_id!r}, state={self._state.value}, "
             f"level={self._level.name}, subscribers={len(self._subscriptions)})"
         )
+
+    @property
+    def first_update(self) -> int:
+        """The PPO update a trainer starts counting at: 0, or for a run that resumes
+        (:meth:`resume_after`), the update after the last one on disk."""
+        return self._first_update
+
+    def resume_after(self, seq: int, update: int) -> None:
+        """Continue a run whose events up to ``seq`` and PPO ``update`` are already on
+        disk: the next event gets ``seq + 1`` and :attr:`first_update` becomes
+        ``update + 1``. Backends that resume a run (``AnalyticsCollector(resume=True)``)
+        call it when subscribed; when several do, the furthest position wins.
+
+        Raises:
+            ValueError: ``seq`` or ``update`` is not an int from 0 to 2**63 - 2.
+            RuntimeError: this hub already emitted events (a resume comes first).
+        """
+        for name, value in (("seq", seq), ("update", update)):
+            if type(value) is not int or not 0 <= value < INT64_MAX:
+                raise ValueError(
+                    f"{name} must be an int from 0 to {INT64_MAX - 1}, got {_shown(value)}"
+                )
+        with self._lock:
+            if self._next_seq > self._resumed_seq:
+                raise RuntimeError(
+                    f"hub {self._run_id!r} already emitted {self._next_seq - self._resumed_seq} "
+                    "events; resume a run before its first event (subscribe the backends "
+                    "that resume first)"
+                )
+            self._next_seq = self._resumed_seq = max(self._next_seq, seq + 1)
+            self._first_update = max(self._first_update, update + 1)
+            self._last_update = max(self._last_update, update)
 
     # -- subscribing --------------------------------------------------------------------
 
@@ -655,7 +689,11 @@ class TelemetryHub:
         """
         with self._lock:
             subs = list(self._subscriptions)
-            state, level, emitted = self._state, self._level, self._next_seq
+            state, level, emitted = (
+                self._state,
+                self._level,
+                self._next_seq - self._resumed_seq,
+            )
         return HubStats(
             run_id=self._run_id,
             state=state.value,

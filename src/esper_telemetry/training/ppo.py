@@ -539,7 +539,9 @@ def train(
 
     Args:
         config: The run's settings.
-        hub: Where the events go.
+        hub: Where the events go. Updates are numbered from ``hub.first_update``: 0,
+            or for a run that resumes, the update after the last one on disk (the
+            policy itself starts afresh: the reference trainer keeps no checkpoints).
         on_update: Called after each update is published (e.g. a progress bar).
         should_stop: Polled before each update; True stops the run cleanly.
         thresholds: The health rule (the anomaly detector's), used to decide which
@@ -550,9 +552,10 @@ def train(
             raised before anything is emitted.
     """
     check_memory(config)
+    first = hub.first_update  # 0, or where a resumed run left off
     hub.emit(
         RunStarted(
-            update=0,
+            update=first,
             payload=RunStartedPayload(
                 config={k: _jsonable(v) for k, v in asdict(config).items()},
                 description="recurrent PPO on CartPoleNoVel-v1",
@@ -563,13 +566,14 @@ def train(
     try:
         runner = _start(config, result)
         try:
-            for update in range(config.updates):
+            for done in range(config.updates):
+                update = first + done
                 if should_stop is not None and should_stop():
                     result.status = "interrupted"
                     break
                 hub.raise_if_halted()
                 began = time.perf_counter()
-                progress = 1.0 - update / config.updates if config.anneal else 1.0
+                progress = 1.0 - done / config.updates if config.anneal else 1.0
                 for group in runner.optimizer.param_groups:
                     group["lr"] = config.lr * progress
                 rollout = _rollout(runner)  # 1. play ``steps`` steps in every env
@@ -585,7 +589,7 @@ def train(
                 )
                 stats["learning_rate"] = config.lr * progress
                 info = _publish(runner, hub, update, stats, thresholds)  # 3. telemetry
-                result.updates = update + 1
+                result.updates = done + 1
                 if on_update is not None:
                     on_update(replace(info, seconds=time.perf_counter() - began))
             else:
@@ -599,7 +603,7 @@ def train(
     except Exception as exc:  # the run ends on the record, whatever broke it
         result.status, result.message, result.error = "failed", _failure(exc, result), exc
         traceback.clear_frames(exc.__traceback__)  # keep the trace, free the tensors
-    _emit_finished(hub, result)
+    _emit_finished(hub, result, first)
     return result
 
 
@@ -788,7 +792,7 @@ def _corrupt(state: LSTMState, kind: FaultKind) -> LSTMState:
     return h, c
 
 
-def _emit_finished(hub: TelemetryHub, result: TrainResult) -> None:
+def _emit_finished(hub: TelemetryHub, result: TrainResult, first: int) -> None:
     summary = {
         "updates": float(result.updates),
         "env_steps": float(result.env_steps),
@@ -797,7 +801,7 @@ def _emit_finished(hub: TelemetryHub, result: TrainResult) -> None:
     }
     hub.emit(
         RunFinished(
-            update=max(result.updates - 1, 0),
+            update=first + max(result.updates - 1, 0),
             payload=RunFinishedPayload(
                 status=result.status,
                 message=result.message,
