@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import glob
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO, Final
 
 from esper_telemetry.analytics._parse import BadLine, parse_line
-from esper_telemetry.contracts import EVENTS_FILE, TelemetryEvent
+from esper_telemetry.contracts import EVENTS_FILE, RunLayout, TelemetryEvent
 
 logger = logging.getLogger("esper_telemetry.analytics")
 
@@ -263,7 +264,9 @@ def read_events(
     :class:`EventCursor`).
 
     Args:
-        path: A run directory (its ``events.jsonl`` is read) or an events file.
+        path: A run directory (its ``events.jsonl``, then each rank's
+            ``events.rank<N>.jsonl`` when every rank published, are read) or an events
+            file.
         on_bad_line: Called with each skipped line, in file order.
 
     Returns:
@@ -271,7 +274,7 @@ def read_events(
 
     Raises:
         FileNotFoundError: no such directory or file, or the directory holds no
-            ``events.jsonl`` (raised here, before iterating).
+            events file (raised here, before iterating).
 
     >>> import tempfile, pathlib
     >>> with tempfile.TemporaryDirectory() as d:
@@ -280,7 +283,10 @@ def read_events(
     ...     list(read_events(d, on_bad_line=bad.append)), bad[0].line_number, bad[0].torn
     ([], 1, True)
     """
-    return _logged(EventCursor(events_file(path)), on_bad_line)
+    files = _run_files(path)
+    if len(files) == 1:
+        return _logged(EventCursor(files[0]), on_bad_line)
+    return itertools.chain.from_iterable(_logged(EventCursor(f), on_bad_line) for f in files)
 
 
 def events_file(path: str | os.PathLike[str]) -> Path:
@@ -300,6 +306,17 @@ def events_file(path: str | os.PathLike[str]) -> Path:
     raise FileNotFoundError(f"no such run directory or events file: {str(p)!r}")
 
 
+def _run_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The events files of a run directory (all ranks'), or ``[path]`` for a file."""
+    p = Path(path)
+    if p.is_dir():
+        files = RunLayout(p).event_files()
+        if not files:
+            raise FileNotFoundError(f"no {EVENTS_FILE} in run directory {str(p)!r}")
+        return files
+    return [events_file(p)]
+
+
 def find_event_files(path_or_glob: str | os.PathLike[str]) -> list[Path]:
     """The events files named by a run directory, an events file or a glob of them.
 
@@ -314,14 +331,13 @@ def find_event_files(path_or_glob: str | os.PathLike[str]) -> list[Path]:
     """
     text = os.fspath(path_or_glob)
     if Path(text).exists() or not glob.has_magic(text):
-        return [events_file(text)]
+        return _run_files(text)
     found: dict[Path, Path] = {}
     for match in sorted(glob.glob(text)):
         p = Path(match)
-        if p.is_dir():
-            p = p / EVENTS_FILE
-        if p.is_file() and p.name.endswith(".jsonl"):
-            found.setdefault(p.resolve(), p)
+        for file in RunLayout(p).event_files() if p.is_dir() else [p]:
+            if file.is_file() and file.name.endswith(".jsonl"):
+                found.setdefault(file.resolve(), file)
     if not found:
         raise FileNotFoundError(
             f"no run directory with an {EVENTS_FILE}, and no events file, matches {text!r}"

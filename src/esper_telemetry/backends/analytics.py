@@ -153,6 +153,8 @@ class AnalyticsCollector(Backend):
                 names the directory, the run found there and the ways out).
         """
         with self._lock:
+            if hub.per_rank_files:
+                self._reopen(RunLayout(self._dir).events_of_rank(hub.rank))
             position = claim(
                 self._path, hub.run_id, resume=self._resume, live=hub.stats().emitted > 0
             )
@@ -221,6 +223,19 @@ class AnalyticsCollector(Backend):
         self.close()
 
     # -- internals ----------------------------------------------------------------------
+
+    def _reopen(self, path: Path) -> None:
+        """Write to ``path`` instead (a rank's own file), before any event was written;
+        an ``events.jsonl`` this collector created, still empty, is removed."""
+        if path == self._path or self._fd is None or self._written:
+            return
+        os.close(self._fd)
+        self._fd = None
+        if self._new_file and self._path.stat().st_size == 0:
+            self._path.unlink()
+        self._path = path
+        self._new_file = not path.exists()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def _open_fd(self, what: str) -> int:
         if self._fd is None:

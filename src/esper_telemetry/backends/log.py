@@ -35,6 +35,7 @@ from esper_telemetry.contracts import (
     TelemetryLevelChanged,
     json_safe,
 )
+from esper_telemetry.contracts.layout import per_rank_name
 from esper_telemetry.hub import Backend
 
 if TYPE_CHECKING:
@@ -88,25 +89,31 @@ class StructlogBackend(Backend):
         if path is not None and stream is not None:
             raise ValueError("path and stream are exclusive: give one, or neither for stderr")
         self._file: LineAppender | None = None
+        self._created = False
+        self._handled = 0
         if path is not None:
             target = Path(path)
             if target.is_dir():
                 raise ValueError(f"path: {str(target)!r} is a directory, expected a file")
             target.parent.mkdir(parents=True, exist_ok=True)
+            self._created = not target.exists()
             self._file = LineAppender(target)
         self.path = Path(path) if path is not None else None
         self._out: TextIO | None = None if self._file else (stream or sys.stderr)
         self.format = format
         self._resume = resume
+        self._lock = threading.Lock()
+        self._log = self._logger()
+
+    def _logger(self) -> Any:
         renderer: Any
-        if format == "json":
+        if self.format == "json":
             renderer = structlog.processors.JSONRenderer(
                 serializer=functools.partial(json.dumps, allow_nan=False)
             )
         else:
             renderer = structlog.dev.ConsoleRenderer(colors=False)
-        self._lock = threading.Lock()
-        self._log = structlog.wrap_logger(
+        return structlog.wrap_logger(
             _LineLogger(self._file) if self._file else structlog.PrintLogger(self._out),
             processors=[structlog.processors.add_log_level, _non_finite_as_strings, renderer],
             wrapper_class=structlog.make_filtering_bound_logger(_LEVEL_NUMBERS["debug"]),
@@ -124,7 +131,19 @@ class StructlogBackend(Backend):
         Raises:
             ValueError: the log holds lines this hub may not append to.
         """
-        if self._file is None or self.format != "json":
+        if self._file is None:
+            return
+        if hub.per_rank_files and self._handled == 0:
+            with self._lock:  # this rank's own file: log.rank<N>.jsonl
+                self._file.close()
+                if self._created and self._file.path.stat().st_size == 0:
+                    self._file.path.unlink()
+                self._file = LineAppender(
+                    self._file.path.with_name(per_rank_name(self._file.path.name, hub.rank))
+                )
+                self._log = self._logger()
+                self.path = self._file.path
+        if self.format != "json":
             return
         with self._lock:
             position = claim(
@@ -166,6 +185,7 @@ class StructlogBackend(Backend):
                 timestamp=event.timestamp.isoformat(),
                 **fields,
             )
+            self._handled += 1
 
     def flush(self) -> None:
         """Flush the stream; a file has nothing buffered (each line is written at once)."""

@@ -140,8 +140,10 @@ class WandBBackend(Backend):
         config: More configuration for ``run.config``, merged with the ``RUN_STARTED``
             config; on a key present in both, this one wins. Secrets are redacted.
         alert_on: The anomaly severities that call ``run.alert``; ``()`` for none.
-        name: The run's display name; None uses the hub's ``run_id``. The run's id is
-            always the hub's ``run_id``. Not allowed with ``run``.
+        name: The run's display name; None uses the run's id. The run's id is the
+            hub's ``run_id`` (when every rank of a distributed run publishes,
+            ``publish_ranks="all"``: ``<run_id>-rank<N>``, each rank's run in the W&B
+            group ``<run_id>``). Not allowed with ``run``.
         finish_timeout: How long ``close()`` waits for ``run.finish()``, in seconds.
         init_timeout: How long ``on_subscribe`` waits for ``wandb.init()``, in seconds;
             past it W&B's service process is stopped and subscribing fails.
@@ -216,6 +218,7 @@ class WandBBackend(Backend):
         self._run: wandb.Run | None = run
         self._owns_run = run is None
         self._resume = resume
+        self._group: str | None = None
         self._subscribed = False
         self._closed = False
         self._last_step = -1
@@ -271,7 +274,11 @@ class WandBBackend(Backend):
                 return within ``init_timeout`` (W&B's service process is then stopped);
                 or the backend is already subscribed or closed.
         """
-        self._open(hub.run_id)
+        if hub.per_rank_files:  # every rank publishes: one W&B run per rank, grouped
+            self._group = hub.run_id
+            self._open(f"{hub.run_id}-rank{hub.rank}")
+        else:
+            self._open(hub.run_id)
 
     def _open(self, run_id: str) -> None:
         """Create (or take) the run with id ``run_id`` and declare its metrics."""
@@ -501,6 +508,7 @@ class WandBBackend(Backend):
                 project=self._project,
                 id=run_id,
                 name=self._name or run_id,
+                group=self._group,
                 dir=self._dir,
                 config=dict(self._config),
                 mode=self._mode,

@@ -2,7 +2,10 @@
 
 ========================  ===============================================================
 ``events.jsonl``          the analytics log (``AnalyticsCollector``): the source of truth
-``log.jsonl``             the structured log (``StructlogBackend``)
+``events.rank<N>.jsonl``  rank N's analytics log, when every rank publishes
+                          (``TelemetryHub(publish_ranks="all")`` in a distributed run)
+``log.jsonl``             the structured log (``StructlogBackend``); ``log.rank<N>.jsonl``
+                          per rank, as above
 ``wandb/``                the offline W&B run (``WandBBackend(dir=run_dir)``)
 ``report.png``            the run report (``esper report``, ``esper ppo --report``)
 ========================  ===============================================================
@@ -14,6 +17,7 @@ PosixPath('runs/r1/events.jsonl')
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -22,6 +26,15 @@ EVENTS_FILE: Final = "events.jsonl"
 LOG_FILE: Final = "log.jsonl"
 WANDB_DIR: Final = "wandb"
 REPORT_FILE: Final = "report.png"
+
+
+_RANK_FILE = re.compile(r"events\.rank(\d+)\.jsonl")
+
+
+def per_rank_name(name: str, rank: int) -> str:
+    """``events.jsonl`` -> ``events.rank3.jsonl``: the file of one rank."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.rank{rank}.{suffix}" if dot else f"{name}.rank{rank}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,20 @@ class RunLayout:
     def events(self) -> Path:
         """The analytics log."""
         return self.root / EVENTS_FILE
+
+    def events_of_rank(self, rank: int) -> Path:
+        """Rank ``rank``'s analytics log, when every rank publishes."""
+        return self.root / per_rank_name(EVENTS_FILE, rank)
+
+    def event_files(self) -> list[Path]:
+        """The analytics logs present: ``events.jsonl``, then ``events.rank<N>.jsonl`` by N."""
+        files = [self.events] if self.events.is_file() else []
+        ranked = []
+        for path in self.root.glob("events.rank*.jsonl"):
+            match = _RANK_FILE.fullmatch(path.name)
+            if match is not None and path.is_file():
+                ranked.append((int(match[1]), path))
+        return files + [path for _, path in sorted(ranked)]
 
     @property
     def log(self) -> Path:

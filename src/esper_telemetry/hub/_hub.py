@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import sys
 import threading
 import time
 from collections import deque
@@ -101,7 +102,22 @@ class TelemetryHub:
         run_id: Names the run in every event; letters, digits, ``.``, ``_``, ``-``
             (it becomes a directory name). Default: a timestamp plus random suffix.
         level: The starting telemetry level.
-        rank: The process rank stamped on every event.
+        rank: The process rank stamped on every event. Default: the global rank of an
+            initialised ``torch.distributed`` run, else 0.
+        world_size: How many processes train together. Default: the world size of an
+            initialised ``torch.distributed`` run, else 1.
+        publish_ranks: Which ranks deliver to threaded subscribers (W&B, the logs, the
+            analytics log): ``"zero"`` (default), global rank 0 only, so a run has one
+            W&B run and one log; ``"all"``, every rank (for per-rank debugging: the
+            analytics log and the structured log then write one file per rank, and W&B
+            one run per rank, grouped). Inline subscribers (the anomaly escalator) run on
+            every rank either way.
+
+    In a run of several processes every rank must name the same run: pass ``run_id``.
+    On a rank that does not publish, a threaded subscription is accepted and ignored:
+    its ``on_subscribe`` is not called and it gets no event. A rank other than 0 whose
+    hub has no subscriber at all warns once, at its first event: its events go
+    nowhere, so an anomaly only that rank sees would be missed.
 
     >>> from esper_telemetry.contracts import PPOUpdateCompleted, PPOUpdatePayload
     >>> seen = []
@@ -118,15 +134,24 @@ class TelemetryHub:
         run_id: str | None = None,
         *,
         level: TelemetryLevel | str = TelemetryLevel.NORMAL,
-        rank: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        publish_ranks: Literal["zero", "all"] = "zero",
     ) -> None:
-        self._run_id = _checked_run_id(run_id)
         self._level = TelemetryLevel.parse(level)
-        if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank <= INT64_MAX:
+        self._rank, self._world_size = _checked_ranks(rank, world_size)
+        if publish_ranks not in ("zero", "all"):
+            raise ValueError(f"publish_ranks must be 'zero' or 'all', got {publish_ranks!r}")
+        self._publish_ranks: Literal["zero", "all"] = publish_ranks
+        if run_id is None and self._world_size > 1:
             raise ValueError(
-                f"rank must be an int from 0 to {INT64_MAX} (int64), got {_shown(rank)}"
+                f"run_id: in a run of {self._world_size} processes every rank must name the "
+                "same run; pass the same run_id on every rank (e.g. chosen on rank 0 and "
+                "sent with torch.distributed.broadcast_object_list)"
             )
-        self._rank = rank
+        self._run_id = _checked_run_id(run_id)
+        self._idle: list[str] = []  # threaded subscriptions of a rank that does not publish
+        self._warned_alone = False
         self._namespace = _OrderedNamespace()
         self._signals = {et: self._namespace.signal(et.value) for et in EventType}
         self._wake_chain = WakeChain()
@@ -156,6 +181,27 @@ class TelemetryHub:
     def rank(self) -> int:
         """The process rank stamped on every event."""
         return self._rank
+
+    @property
+    def world_size(self) -> int:
+        """How many processes train together (1 outside a distributed run)."""
+        return self._world_size
+
+    @property
+    def publish_ranks(self) -> Literal["zero", "all"]:
+        """Which ranks deliver to threaded subscribers: ``"zero"`` or ``"all"``."""
+        return self._publish_ranks
+
+    @property
+    def publishes(self) -> bool:
+        """True when this rank delivers to threaded subscribers."""
+        return self._publish_ranks == "all" or self._rank == 0
+
+    @property
+    def per_rank_files(self) -> bool:
+        """True when each rank writes its own log files (``publish_ranks="all"`` in a run
+        of several processes): ``events.rank<N>.jsonl``, ``log.rank<N>.jsonl``."""
+        return self._publish_ranks == "all" and self._world_size > 1
 
     @property
     def level(self) -> TelemetryLevel:
@@ -204,6 +250,18 @@ class TelemetryHub:
             self._next_seq = self._resumed_seq = max(self._next_seq, seq + 1)
             self._first_update = max(self._first_update, update + 1)
             self._last_update = max(self._last_update, update)
+
+    def _warn_if_alone(self) -> None:
+        self._warned_alone = True
+        if self._rank != 0 and not self._subscriptions and not self._idle:
+            logger.warning(
+                "TelemetryHub %r on rank %d has no subscriber: this rank's events go "
+                "nowhere, so an anomaly only this rank sees is missed. Subscribe the same "
+                "backends on every rank (threaded ones deliver on rank 0 only; inline ones, "
+                "such as the anomaly escalator, run everywhere)",
+                self._run_id,
+                self._rank,
+            )
 
     # -- subscribing --------------------------------------------------------------------
 
@@ -286,7 +344,12 @@ class TelemetryHub:
         handle, flush, close, undelivered = _callables_of(subscriber)
         chosen = parse_events(events)
         _check_options(mode, when_full, queue_size, block_timeout, name)
-        self._free_name(name)
+        taken = self._free_name(name)
+        if mode == "thread" and not self.publishes:
+            unique = name if name is not None else _unique(_default_name(subscriber), taken)
+            with self._lock:
+                self._idle.append(unique)
+            return unique
         hook = getattr(subscriber, "on_subscribe", None)
         if callable(hook):
             # Lets a backend learn the hub (run_id, level, emit) or fail before any event,
@@ -320,7 +383,7 @@ class TelemetryHub:
             with self._lock:
                 return self._free_name(name, locked=True)
         self._check_open("subscribe")
-        taken = {s.name for s in self._subscriptions}
+        taken = {s.name for s in self._subscriptions} | set(self._idle)
         if name is not None and name in taken:
             raise ValueError(f"name: a subscriber named {name!r} is already subscribed")
         return taken
@@ -340,6 +403,9 @@ class TelemetryHub:
         """
         deadline = _deadline(timeout)  # a bad timeout is refused before anything is done
         with self._lock:
+            if isinstance(subscriber, str) and subscriber in self._idle:
+                self._idle.remove(subscriber)  # it never got anything
+                return True
             sub = self._find(subscriber)
             barrier = _Barrier("unsubscribe", target=sub)
             self._pending.append(barrier)
@@ -380,6 +446,8 @@ class TelemetryHub:
         # Redacting before the lock keeps it short; an event without marked text (every
         # PPO update) is returned as it is, at the cost of one cached lookup.
         _check_update(event)
+        if not self._warned_alone:
+            self._warn_if_alone()
         _check_metric_names(event)
         clean = redact_marked(event, redact_secrets)
         with self._lock:
@@ -733,6 +801,26 @@ def _check_options(
         _checked_timeout(block_timeout, "block_timeout", none=True, positive=True)
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ValueError(f"name must be a non-empty string, got {name!r}")
+
+
+def _checked_ranks(rank: object, world_size: object) -> tuple[int, int]:
+    """``rank`` and ``world_size``, each defaulting to torch.distributed's when it is
+    initialised (read from an already imported torch: the hub never imports it)."""
+    dist_rank, dist_world = 0, 1
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist_rank, dist_world = int(dist.get_rank()), int(dist.get_world_size())
+    rank = dist_rank if rank is None else rank
+    world_size = dist_world if world_size is None else world_size
+    if type(rank) is not int or not 0 <= rank <= INT64_MAX:
+        raise ValueError(f"rank must be an int from 0 to {INT64_MAX} (int64), got {_shown(rank)}")
+    if type(world_size) is not int or not 1 <= world_size <= INT64_MAX:
+        raise ValueError(f"world_size must be an int >= 1, got {_shown(world_size)}")
+    if rank >= world_size:
+        raise ValueError(
+            f"rank must be below world_size: got rank {rank} of world_size {world_size}"
+        )
+    return rank, world_size
 
 
 def _checked_run_id(run_id: str | None) -> str:
