@@ -74,6 +74,9 @@ def test_ppo_help_documents_the_options_and_exit_statuses() -> None:
         "--wandb",
         "--halt-on",
         "--inject-fault",
+        "--nproc",
+        "--publish-ranks",
+        "--fault-rank",
     } <= options
     text = " ".join(result.output.split())
     assert "5 training failed" in text

@@ -73,3 +73,9 @@ def install_one_line_errors() -> OneLineHandler | None:
     handler = OneLineHandler()
     package.addHandler(handler)
     return handler
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or its type's name."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__

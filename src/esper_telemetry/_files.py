@@ -37,6 +37,14 @@ def atomic_write(target: str | os.PathLike[str], content: bytes) -> None:
         tmp.write_bytes(content)
 
 
+def remove_if_empty(path: Path) -> None:
+    """Remove ``path`` if it is an empty file. A file already gone is fine: the ranks of
+    one run share a folder, and another may have removed it first."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size == 0:
+            path.unlink()
+
+
 def _umask() -> int:
     # Reading the umask with os.umask() means setting it, which races with other threads
     # creating files; Linux shows it in /proc. Elsewhere, assume the usual 022.

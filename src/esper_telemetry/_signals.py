@@ -28,6 +28,11 @@ exit        After :meth:`RunSignals.exiting` (the command is over): while Python
 Every signal also sets :attr:`RunSignals.stop`, which the trainer polls between updates
 (a ``KeyboardInterrupt`` swallowed by some library still stops the run).
 
+In one rank of a run of several processes (``ctrl_c_raises=False``), Ctrl-C during
+training only sets :attr:`RunSignals.stop`, as SIGTERM does: the ranks agree on the stop
+after the update under way and end together. A ``KeyboardInterrupt`` at an arbitrary
+point of one rank would leave the others waiting in a collective it never joins.
+
 The handlers only take effect on the main thread (Python runs signal handlers there);
 from another thread :meth:`RunSignals.install` installs nothing, and the run behaves as
 if no signal ever came.
@@ -52,7 +57,7 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 class RunSignals:
     """The signal handlers of one run; see the module docstring for what they do."""
 
-    def __init__(self, quit_after: float = 30.0) -> None:
+    def __init__(self, quit_after: float = 30.0, *, ctrl_c_raises: bool = True) -> None:
         self.received: list[signal.Signals] = []
         """Every signal received, in order."""
         self.stop = threading.Event()
@@ -60,6 +65,7 @@ class RunSignals:
         self.give_up = threading.Event()
         """Set by a second Ctrl-C after start-up: stop waiting for the shutdown."""
         self._quit_after = quit_after
+        self._ctrl_c_raises = ctrl_c_raises
         self._phase: Phase = "start"
         self._raised = False
         self._previous: dict[signal.Signals, object] = {}
@@ -69,9 +75,13 @@ class RunSignals:
         self._python_exiting = False
 
     @classmethod
-    def install(cls, quit_after: float = 30.0) -> RunSignals:
-        """Handle SIGINT and SIGTERM from now on (main thread only; else a no-op)."""
-        handlers = cls(quit_after)
+    def install(cls, quit_after: float = 30.0, *, ctrl_c_raises: bool = True) -> RunSignals:
+        """Handle SIGINT and SIGTERM from now on (main thread only; else a no-op).
+
+        ``ctrl_c_raises=False``: Ctrl-C during training stops it after the current update
+        instead of raising ``KeyboardInterrupt`` (one rank of several; see above).
+        """
+        handlers = cls(quit_after, ctrl_c_raises=ctrl_c_raises)
         if threading.current_thread() is threading.main_thread():
             for signum in HANDLED:
                 handlers._previous[signum] = signal.signal(signum, handlers._on_signal)
@@ -169,7 +179,7 @@ class RunSignals:
                 self._quit("Ctrl-C twice")
             self._start_timer()
         elif sig is signal.SIGINT:
-            if phase == "train" and not self._raised:
+            if phase == "train" and not self._raised and self._ctrl_c_raises:
                 self._raised = True
                 raise KeyboardInterrupt
             if self.interrupts >= 2:

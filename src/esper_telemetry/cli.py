@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from esper_telemetry._console import first_line
 from esper_telemetry._extras import is_installed, missing_message
 from esper_telemetry._signals import RunSignals
 from esper_telemetry.analytics import QUERY_FORMATS, TABLES, QueryFormat
@@ -135,6 +137,35 @@ def main() -> None:
     is_flag=True,
     help="Write RUN_DIR/RUN_ID/report.png at the end of the run. Needs the report extra.",
 )
+@click.option(
+    "--nproc",
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Train in N processes on the CPU (torch.distributed, gloo): each plays --envs "
+    "environments of its own with a replica of the model, gradients averaged, all in one "
+    "run directory. The ranks are plain subprocesses of esper (python -m "
+    "esper_telemetry._rank), not torchrun or torch.multiprocessing: each exits with its "
+    "own verdict and handles signals as one process does; SIGTERM to this process is "
+    "forwarded to every rank. Not with --tui or --resume.",
+)
+@click.option(
+    "--publish-ranks",
+    type=click.Choice(["zero", "all"]),
+    default="zero",
+    show_default=True,
+    help="With --nproc: which ranks write the logs and W&B. zero: rank 0 (one "
+    "events.jsonl, one log, one W&B run); all: every rank, into events.rank<N>.jsonl "
+    "and log.rank<N>.jsonl, with one W&B run per rank, grouped by run id.",
+)
+@click.option(
+    "--fault-rank",
+    type=int,
+    default=None,
+    metavar="RANK",
+    help="With --inject-fault and --nproc: corrupt the state of this rank only "
+    "(default: of every rank).",
+)
 def ppo(
     episodes: int,
     envs: int,
@@ -154,6 +185,9 @@ def ppo(
     no_progress: bool,
     tui: bool,
     write_report: bool,
+    nproc: int,
+    publish_ranks: str,
+    fault_rank: int | None,
 ) -> None:
     """Train a recurrent PPO agent on CartPole without velocities, with full telemetry.
 
@@ -162,9 +196,12 @@ def ppo(
     and the structured log (log.jsonl); with --tui, to the live panel as well. Exit
     status: 0 done, 2 not started (a bad option: nothing is created), 3 halted by an
     anomaly, 4 a backend lost events, 5 training failed (RUN_FINISHED says why),
-    130 interrupted (Ctrl-C, SIGTERM, or q in the panel before the run ended).
+    130 interrupted (Ctrl-C, SIGTERM, or q in the panel before the run ended). With
+    --nproc, the status of rank 0 (or of the rank that failed), and 5 when a rank
+    crashed.
     """
     fault = _parse_fault(inject_fault)  # a bad option is refused before torch loads
+    _check_ranks(nproc, tui=tui, resume=resume_dir is not None, fault=fault, rank=fault_rank)
     if resume_dir is not None:
         run_dir, run_id = _resumed(resume_dir, run_dir, run_id)
     signals = _hold_signals()  # before torch loads: a signal must not cut an import
@@ -194,7 +231,7 @@ def ppo(
             seed=seed,
             fault=fault,
         )
-        check_memory(config)  # before the run directory exists
+        check_memory(config, processes=nproc)  # before the run directory exists
     except ConfigError as exc:
         named = " / ".join(_PPO_OPTION.get(f, f) for f in exc.fields)
         raise click.BadParameter(exc.reason, param_hint=named) from None
@@ -209,7 +246,16 @@ def ppo(
         tui=tui,
         report=write_report,
         resume=resume_dir is not None,
+        publish_ranks="all" if publish_ranks == "all" else "zero",
     )
+    if nproc > 1:
+        from esper_telemetry._launch import launch
+
+        code, message = launch(options, nproc, signals, fault_rank=fault_rank)
+        if code:
+            click.echo(f"esper ppo: {message}", err=True)
+            sys.exit(code)
+        return
     outcome = run_ppo(options, Console(soft_wrap=True), signals=signals)
     if outcome.report_error is not None:
         click.echo(f"esper ppo: report not written: {outcome.report_error}", err=True)
@@ -248,7 +294,50 @@ _PPO_OPTION = {
     "lr": "--lr",
     "seed": "--seed",
     "fault": "--inject-fault",
+    "processes": "--nproc",
 }
+
+#: Ranks per CPU core that ``--nproc`` accepts at most: past it a machine only thrashes.
+_RANKS_PER_CORE = 8
+
+
+def _check_ranks(
+    nproc: int, *, tui: bool, resume: bool, fault: tuple[FaultKind, int] | None, rank: int | None
+) -> None:
+    """Refuse, in one line each, a --nproc this machine cannot run or options it cannot
+    go with, and a --fault-rank that names no rank."""
+    cores = os.cpu_count() or 1
+    most = cores * _RANKS_PER_CORE
+    if nproc < 1:
+        raise click.BadParameter(f"must be an int >= 1, got {nproc}", param_hint="--nproc")
+    if nproc > most:
+        raise click.BadParameter(
+            f"{nproc} processes are more than this machine can run: at most {most} "
+            f"({_RANKS_PER_CORE} per CPU core, {cores} cores)",
+            param_hint="--nproc",
+        )
+    if nproc > 1 and tui:
+        raise click.BadParameter(
+            "the panel shows one process; with --nproc above 1 watch the run from another "
+            "terminal instead: esper watch RUN_DIR/RUN_ID",
+            param_hint="--tui",
+        )
+    if nproc > 1 and resume:
+        raise click.BadParameter(
+            "continues a run of one process; it cannot be combined with --nproc above 1",
+            param_hint="--resume",
+        )
+    if rank is not None:
+        if fault is None:
+            raise click.BadParameter(
+                "names the rank --inject-fault corrupts; give --inject-fault too",
+                param_hint="--fault-rank",
+            )
+        if not 0 <= rank < nproc:
+            raise click.BadParameter(
+                f"rank {rank} is not one of the {nproc} ranks; pick one in [0, {nproc - 1}]",
+                param_hint="--fault-rank",
+            )
 
 
 def _hold_signals() -> RunSignals:
@@ -324,7 +413,7 @@ def query(runs: str, sql: str, fmt: QueryFormat) -> None:
         for text in run_query(runs, sql, fmt=fmt, on_bad_line=bad.append):
             click.echo(text, nl=False)
     except (ImportError, OSError, ValueError) as exc:
-        raise click.ClickException(_first_line(exc)) from None
+        raise click.ClickException(first_line(exc)) from None
     _report_bad_lines(bad)
 
 
@@ -470,7 +559,6 @@ def wandb_backfill(run_dir: Path, mode: WandbMode | None, project: str | None) -
     """
     if not is_installed("wandb"):
         raise click.ClickException(missing_message("esper wandb backfill", "wandb"))
-    import os
 
     from esper_telemetry.analytics import read_events
     from esper_telemetry.backends.wandb_backfill import backfill_wandb
@@ -482,16 +570,11 @@ def wandb_backfill(run_dir: Path, mode: WandbMode | None, project: str | None) -
             run_dir, read_events(run_dir, on_bad_line=bad.append), mode=mode, project=project
         )
     except (OSError, ValueError, TimeoutError, RuntimeError) as exc:
-        raise click.ClickException(_first_line(exc)) from None
+        raise click.ClickException(first_line(exc)) from None
     _report_bad_lines(bad)
     click.echo(done.describe())
     if done.undelivered:
         sys.exit(4)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _report_bad_lines(bad: list[BadLine]) -> None:

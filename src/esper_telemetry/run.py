@@ -5,7 +5,9 @@ W&B, the analytics log and the structured log (each on its own thread) to one hu
 trains, closes the hub, and turns what happened into an exit status. With ``tui`` the
 live panel runs on the main thread, subscribed like any backend, and training runs on
 a worker thread; quitting the panel stops training after the current update. With
-``report`` the run ends by writing ``report.png`` into its directory.
+``report`` the run ends by writing ``report.png`` into its directory. With ``parallel``
+each rank of ``esper ppo --nproc`` runs this itself (``esper_telemetry._rank``): the
+ranks learn each other's start-up before any trains, so all train or none does.
 
 ====  ==========================================================================
 0     the run completed and every backend delivered every event
@@ -34,6 +36,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,7 +49,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from esper_telemetry._console import install_one_line_errors
+from esper_telemetry._console import first_line, install_one_line_errors
 from esper_telemetry._extras import is_installed, missing_message
 from esper_telemetry._signals import RunSignals
 from esper_telemetry.backends.analytics import AnalyticsCollector
@@ -66,9 +69,11 @@ from esper_telemetry.contracts import (
     format_value,
     health_status,
 )
+from esper_telemetry.contracts.layout import per_rank_name
 from esper_telemetry.hub import Subscriber, TelemetryHub
 from esper_telemetry.telemetry.anomaly_detector import AnomalyDetector
 from esper_telemetry.training import PPOConfig, TrainResult, UpdateInfo, train
+from esper_telemetry.training.parallel import DataParallel
 
 if TYPE_CHECKING:
     from esper_telemetry.backends.wandb import WandBBackend
@@ -100,6 +105,13 @@ class RunOptions:
     report: bool = False
     resume: bool = False
     """Continue the run already in ``run_root / run_id`` (see ``esper ppo --resume``)."""
+    publish_ranks: Literal["zero", "all"] = "zero"
+    """In a run of several processes, which ranks write the logs and W&B (see
+    ``TelemetryHub``): rank 0, or every rank into files of its own."""
+    parallel: DataParallel | None = None
+    """Train as one rank of several (``esper ppo --nproc``; torch.distributed initialised).
+    The launcher of the ranks then owns the run directory: it checked that it was free
+    before they started, and removes it when no rank trained."""
 
 
 @dataclass
@@ -114,6 +126,8 @@ class RunOutcome:
     anomalies: Counter[str] = field(default_factory=Counter)
     report: Path | None = None
     report_error: str | None = None
+    ended_at: float | None = None
+    """``time.time()`` when training ended, before the shutdown (None: it never began)."""
 
 
 @dataclass(frozen=True)
@@ -157,35 +171,25 @@ def _run_ppo(options: RunOptions, console: Console, signals: RunSignals) -> RunO
     if missing is not None:
         return RunOutcome(EXIT_NOT_STARTED, missing)
     try:
-        hub = TelemetryHub(options.run_id, level=options.level)
+        hub = TelemetryHub(options.run_id, level=options.level, publish_ranks=options.publish_ranks)
     except ValueError as exc:
         return RunOutcome(EXIT_NOT_STARTED, f"--run-id: {exc}")
     run_dir = options.run_root / hub.run_id
-    if options.resume and not RunLayout(run_dir).events.is_file():
-        return RunOutcome(EXIT_NOT_STARTED, f"--resume: {run_dir} holds no run to continue")
-    if run_dir.exists() and not options.resume:
-        return RunOutcome(
-            EXIT_NOT_STARTED,
-            f"run directory {run_dir} already exists; pick another --run-id or --run-dir, "
-            f"or continue that run with --resume {run_dir}",
-        )
+    if options.parallel is None:  # (a launcher of ranks checks before they start)
+        refused = check_run_dir(run_dir, resume=options.resume)
+        if refused is not None:
+            return RunOutcome(EXIT_NOT_STARTED, refused)
+        # Quitting at once during start-up (a second Ctrl-C) removes what it made so
+        # far; a resumed run's directory is never removed.
+        signals.on_quit(lambda: _tidy_start(run_dir, options))
     anomalies: Counter[str] = Counter()
-    # Quitting at once during start-up (a second Ctrl-C) removes what it made so far;
-    # a resumed run's directory is never removed.
-    signals.on_quit(lambda: _tidy_start(run_dir, options))
-    try:
-        wandb_backend = _subscribe_all(hub, options, run_dir, anomalies, signals, console)
-    except Exception as exc:  # a backend refused to start: say why in one line
-        hub.close(timeout=options.close_timeout)
-        # Nothing was trained: leave no half-made run behind, so the run id stays free.
-        # (The directory did not exist before this call; see the check above.)
-        if not options.resume:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        return RunOutcome(EXIT_NOT_STARTED, str(exc), run_dir=run_dir)
-    if signals.interrupted:  # during start-up: end before training, leave nothing behind
-        return _end_before_training(hub, options, run_dir, signals, wandb_backend)
+    started = _start(hub, options, run_dir, anomalies, signals, console)
+    if isinstance(started, RunOutcome):
+        return started
+    wandb_backend = started
 
     signals.training()
+    ended_at = None
     if options.tui:
         result, stats = _train_in_panel(hub, options, console)
         ending = _Ending(signals)
@@ -193,6 +197,7 @@ def _run_ppo(options: RunOptions, console: Console, signals: RunSignals) -> RunO
         try:
             result = _train(hub, options, console, signals)
         finally:  # flushed even when training raised
+            ended_at = time.time()
             signals.shutting_down()
             stats, ending = _close(hub, options, console, signals)
     ending = _release_wandb(wandb_backend, _stop_hung_wandb(wandb_backend, stats, ending))
@@ -202,11 +207,78 @@ def _run_ppo(options: RunOptions, console: Console, signals: RunSignals) -> RunO
         result=result,
         stats=stats,
         anomalies=anomalies,
+        ended_at=ended_at,
     )
     if options.report:
         _write_report(outcome, options)
     console.print(_summary(outcome, options))
     return outcome
+
+
+def check_run_dir(run_dir: Path, *, resume: bool) -> str | None:
+    """Why a run may not start in ``run_dir`` (one line), or None: a new run needs a
+    directory that does not exist yet; a resumed one, a directory holding a run."""
+    if resume and not RunLayout(run_dir).events.is_file():
+        return f"--resume: {run_dir} holds no run to continue"
+    if run_dir.exists() and not resume:
+        return (
+            f"run directory {run_dir} already exists; pick another --run-id or --run-dir, "
+            f"or continue that run with --resume {run_dir}"
+        )
+    return None
+
+
+def _start(
+    hub: TelemetryHub,
+    options: RunOptions,
+    run_dir: Path,
+    anomalies: Counter[str],
+    signals: RunSignals,
+    console: Console,
+) -> WandBBackend | RunOutcome | None:
+    """Subscribe every backend; return the W&B backend, or the outcome of a run that
+    ends before training (a backend refused; a signal came during start-up).
+
+    With ranks, every rank learns what happened on the others first, so that they all
+    train or none does.
+    """
+    refused: str | None = None
+    wandb_backend = None
+    try:
+        wandb_backend = _subscribe_all(hub, options, run_dir, anomalies, signals, console)
+    except Exception as exc:  # a backend refused to start: say why in one line
+        refused = str(exc)
+    interrupted = signals.interrupted
+    if options.parallel is not None:
+        refused, interrupted = _agree_to_start(options.parallel, refused, interrupted)
+    if refused is not None:
+        stats = hub.close(timeout=options.close_timeout)
+        _release_wandb(wandb_backend, _stop_hung_wandb(wandb_backend, stats, _Ending(signals)))
+        # Nothing was trained: leave no half-made run behind, so the run id stays free.
+        # (The directory did not exist before this call; see check_run_dir. With ranks,
+        # their launcher removes it once every rank has ended.)
+        if not options.resume and options.parallel is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return RunOutcome(EXIT_NOT_STARTED, refused, run_dir=run_dir)
+    if interrupted:  # during start-up: end before training, leave nothing behind
+        return _end_before_training(hub, options, run_dir, signals, wandb_backend)
+    return wandb_backend
+
+
+def _agree_to_start(
+    parallel: DataParallel, refused: str | None, interrupted: bool
+) -> tuple[str | None, bool]:
+    """What every rank's start-up came to: the first refusal (naming its rank), and
+    whether any rank was interrupted. One collective, on every rank."""
+    try:
+        views = parallel.gather((refused, interrupted))
+    except RuntimeError as exc:  # a rank died while starting
+        return f"could not reach the other ranks while starting: {first_line(exc)}", True
+    for rank, (why, _) in enumerate(views):
+        if why is not None:
+            named = why if rank == parallel.rank else f"rank {rank} could not start: {why}"
+            return named, interrupted
+    return None, any(seen for _, seen in views)
 
 
 def _missing_extra(options: RunOptions) -> str | None:
@@ -236,6 +308,7 @@ def _train(
                 on_update=progress,
                 should_stop=signals.stop.is_set,
                 thresholds=options.thresholds,
+                parallel=options.parallel,
             )
     except KeyboardInterrupt:
         # The one Ctrl-C of training landed outside the trainer's own handling (before
@@ -354,15 +427,15 @@ def _end_before_training(
     signals: RunSignals,
     wandb_backend: WandBBackend | None,
 ) -> RunOutcome:
-    """A signal arrived during start-up: close what started, remove the run directory."""
+    """A signal arrived during start-up: close what started, remove the run directory
+    (with ranks, their launcher does, once every rank has ended)."""
     stats = hub.close(timeout=options.close_timeout)
     _release_wandb(wandb_backend, _stop_hung_wandb(wandb_backend, stats, _Ending(signals)))
-    left = _tidy_start(run_dir, options)
-    return RunOutcome(
-        EXIT_INTERRUPTED,
-        f"interrupted ({signals.describe()}) before training started; nothing was trained "
-        f"and {left}",
-    )
+    how = signals.describe() or "on another rank"
+    message = f"interrupted ({how}) before training started; nothing was trained"
+    if options.parallel is None:
+        message += f" and {_tidy_start(run_dir, options)}"
+    return RunOutcome(EXIT_INTERRUPTED, message)
 
 
 def _tidy_start(run_dir: Path, options: RunOptions) -> str:
@@ -459,6 +532,8 @@ def _subscribe_all(
                 signals.shutting_down()
 
     hub.subscribe(summary, mode="inline", events=[AnomalyDetected, RunFinished], name="summary")
+    if not hub.publishes:  # a rank whose threaded backends would get nothing: none built
+        return None
     wandb_backend = None
     if options.wandb != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")  # our summary says where the run is
@@ -466,7 +541,7 @@ def _subscribe_all(
         # before anything is written or trained.
         from esper_telemetry.backends.wandb import WandBBackend
 
-        run_dir.mkdir(parents=True, exist_ok=options.resume)
+        run_dir.mkdir(parents=True, exist_ok=options.resume or options.parallel is not None)
         if options.resume:
             console.print(_backfill(run_dir, options.wandb))
         wandb_backend = WandBBackend(
@@ -587,14 +662,25 @@ def _summary(outcome: RunOutcome, options: RunOptions) -> str:
     assert result is not None
     assert stats is not None
     layout = RunLayout(run_dir)
+    events, log = layout.events, layout.log
+    ranks = options.parallel.world_size if options.parallel is not None else 1
+    per_rank = ranks > 1 and options.publish_ranks == "all"
+    if per_rank:  # one file per rank; rank 0's shown
+        events, log = layout.events_of_rank(0), log.with_name(per_rank_name(log.name, 0))
     lines = [
         "",
         f"[bold]run {stats.run_id}[/]: {result.status}, {result.updates} updates, "
-        f"{result.env_steps} env steps, mean return (last 20 episodes) "
-        f"{result.mean_return:.1f}",
+        f"{result.env_steps} env steps"
+        + (" on rank 0" if ranks > 1 else "")
+        + f", mean return (last 20 episodes) {result.mean_return:.1f}",
         f"  run directory    {run_dir}",
-        f"  analytics log    {layout.events}",
-        f"  structured log   {layout.log}",
+    ]
+    if ranks > 1:
+        who = "every rank publishes, into files of its own" if per_rank else "rank 0 publishes"
+        lines.append(f"  ranks            {ranks} ({who})")
+    lines += [
+        f"  analytics log    {events}",
+        f"  structured log   {log}",
         "  W&B              "
         + (f"{layout.wandb} ({options.wandb})" if options.wandb != "disabled" else "off"),
     ]

@@ -40,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal, Self, get_args
 
+from esper_telemetry._files import remove_if_empty
 from esper_telemetry._tail import claim
 from esper_telemetry.contracts import EventBase, RunLayout, TelemetryEvent
 from esper_telemetry.hub import Backend
@@ -231,8 +232,8 @@ class AnalyticsCollector(Backend):
             return
         os.close(self._fd)
         self._fd = None
-        if self._new_file and self._path.stat().st_size == 0:
-            self._path.unlink()
+        if self._new_file:
+            remove_if_empty(self._path)
         self._path = path
         self._new_file = not path.exists()
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 import structlog
 
 from esper_telemetry._append import LineAppender
+from esper_telemetry._files import remove_if_empty
 from esper_telemetry._tail import claim
 from esper_telemetry.contracts import (
     AnomalyDetected,
@@ -136,8 +137,8 @@ class StructlogBackend(Backend):
         if hub.per_rank_files and self._handled == 0:
             with self._lock:  # this rank's own file: log.rank<N>.jsonl
                 self._file.close()
-                if self._created and self._file.path.stat().st_size == 0:
-                    self._file.path.unlink()
+                if self._created:
+                    remove_if_empty(self._file.path)
                 self._file = LineAppender(
                     self._file.path.with_name(per_rank_name(self._file.path.name, hub.rank))
                 )

@@ -20,6 +20,7 @@ escalation and alerts can be watched on a real run.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import time
@@ -27,7 +28,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from torch import nn
 
 from esper_telemetry.contracts import (
     HealthThresholds,
+    LSTMHealthDetail,
     LSTMHealthMetrics,
     RunFinished,
     RunFinishedPayload,
@@ -47,6 +49,10 @@ from esper_telemetry.hub import TelemetryHub
 from esper_telemetry.telemetry import compute_lstm_health, emit_ppo_update_event
 from esper_telemetry.training.envs import KEPT, make_cartpole_novel
 from esper_telemetry.training.faults import FAULT_KINDS, FaultKind
+from esper_telemetry.training.parallel import DataParallel, weights_checksum
+
+if TYPE_CHECKING:
+    import torch.distributed as dist
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 #: (actor (h, c), critic (h, c)).
@@ -260,24 +266,35 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def check_memory(config: PPOConfig, available: int | None = None) -> MemoryEstimate:
+def check_memory(
+    config: PPOConfig, available: int | None = None, *, processes: int = 1
+) -> MemoryEstimate:
     """Refuse settings whose memory estimate exceeds the memory available; return it.
 
     Args:
         config: The run's settings.
         available: Bytes available (default: :func:`available_memory`; when that is
             unknown, nothing is refused).
+        processes: How many processes train with these settings on this machine (the
+            ranks of ``esper ppo --nproc``); each needs the whole estimate.
 
     Raises:
-        ConfigError: naming envs, steps, hidden and layers, with the estimate.
+        ConfigError: naming envs, steps, hidden and layers (and ``processes`` when there
+            are several), with the estimate.
     """
     estimate = config.memory_estimate()
     room = available if available is not None else available_memory()
-    if room is not None and estimate.total > room:
+    if room is not None and estimate.total * processes > room:
+        room_text = f"more than the {_bytes_text(room)} of memory available"
+        if processes == 1:
+            raise ConfigError(
+                ("envs", "steps", "hidden", "layers"),
+                f"the run would need {estimate.describe()}, {room_text}; choose smaller sizes",
+            )
         raise ConfigError(
-            ("envs", "steps", "hidden", "layers"),
-            f"the run would need {estimate.describe()}, more than the "
-            f"{_bytes_text(room)} of memory available; choose smaller sizes",
+            ("envs", "steps", "hidden", "layers", "processes"),
+            f"the run's {processes} processes would need {estimate.describe()} each, "
+            f"{room_text}; choose smaller sizes or fewer processes",
         )
     return estimate
 
@@ -516,6 +533,8 @@ class _Runner:
     result: TrainResult
     returns_window: deque[float]
     episode_return: np.ndarray
+    health_group: dist.ProcessGroup | None = None
+    """With ranks: the group over which the LSTM health is measured."""
 
 
 def train(
@@ -525,6 +544,7 @@ def train(
     on_update: Callable[[UpdateInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     thresholds: HealthThresholds | None = None,
+    parallel: DataParallel | None = None,
 ) -> TrainResult:
     """Train a recurrent PPO agent on CartPoleNoVel, publishing telemetry on ``hub``.
 
@@ -546,6 +566,14 @@ def train(
         should_stop: Polled before each update; True stops the run cleanly.
         thresholds: The health rule (the anomaly detector's), used to decide which
             updates carry per-layer and per-env detail.
+        parallel: Train as one rank of several (see
+            :mod:`esper_telemetry.training.parallel`): every rank calls ``train`` with
+            the same settings and its own hub; each plays ``config.envs`` envs of its
+            own (seeded ``config.seed + rank``), gradients are averaged over the ranks,
+            and after each update the ranks agree on the level, a halt and a stop, so
+            they all stop at the same update. ``should_stop`` is then this rank's wish,
+            honoured by every rank after the update under way. ``RunFinished`` carries
+            ``weights_crc32``, equal on every rank while the replicas agree.
 
     Raises:
         ConfigError: the run cannot fit in the memory available (:func:`check_memory`);
@@ -563,35 +591,28 @@ def train(
         )
     )
     result = TrainResult(status="completed", updates=0, env_steps=0)
+    runner: _Runner | None = None
+    agreed_stop = False  # with ``parallel``: a stop every rank agreed on at the last update
     try:
-        runner = _start(config, result)
+        runner = _start(config, result, parallel)
         try:
             for done in range(config.updates):
                 update = first + done
-                if should_stop is not None and should_stop():
+                # With ranks, only a stop they all agreed on: a rank that stopped alone
+                # would leave the others waiting in their next all-reduce.
+                stopping = agreed_stop if parallel is not None else _asked(should_stop)
+                if stopping:
                     result.status = "interrupted"
                     break
                 hub.raise_if_halted()
                 began = time.perf_counter()
-                progress = 1.0 - done / config.updates if config.anneal else 1.0
-                for group in runner.optimizer.param_groups:
-                    group["lr"] = config.lr * progress
-                rollout = _rollout(runner)  # 1. play ``steps`` steps in every env
-                clip = config.clip * progress if config.anneal else config.clip
-                stats = _ppo_epochs(  # 2. PPO epochs over whole sequences
-                    runner.model,
-                    runner.optimizer,
-                    config,
-                    clip,
-                    runner.generator,
-                    rollout.tensors(),
-                    rollout.initial_state,
-                )
-                stats["learning_rate"] = config.lr * progress
+                stats = _learn(runner, done, parallel)  # 1. rollout, 2. PPO epochs
                 info = _publish(runner, hub, update, stats, thresholds)  # 3. telemetry
                 result.updates = done + 1
+                if parallel is not None:  # 4. every rank at one level, halt and stop
+                    agreed_stop = parallel.agree(hub, stop=_asked(should_stop)).stop
                 if on_update is not None:
-                    on_update(replace(info, seconds=time.perf_counter() - began))
+                    on_update(replace(info, level=hub.level, seconds=time.perf_counter() - began))
             else:
                 hub.raise_if_halted()  # a halt requested by the last update still counts
         finally:
@@ -603,23 +624,59 @@ def train(
     except Exception as exc:  # the run ends on the record, whatever broke it
         result.status, result.message, result.error = "failed", _failure(exc, result), exc
         traceback.clear_frames(exc.__traceback__)  # keep the trace, free the tensors
-    _emit_finished(hub, result, first)
+    checksum = None if runner is None or parallel is None else weights_checksum(runner.model)
+    _emit_finished(hub, result, first, checksum)
     return result
 
 
-def _start(config: PPOConfig, result: TrainResult) -> _Runner:
-    """Seed everything, build the envs, the model and its optimiser, reset the envs."""
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+def _asked(should_stop: Callable[[], bool] | None) -> bool:
+    return should_stop is not None and should_stop()
+
+
+def _learn(r: _Runner, done: int, parallel: DataParallel | None) -> dict[str, float]:
+    """The learning of the update after ``done`` others: (1) play ``steps`` steps in
+    every env, (2) PPO epochs over whole sequences; the learning rate and the clip range
+    annealed. Returns the update's statistics."""
+    config = r.config
+    progress = 1.0 - done / config.updates if config.anneal else 1.0
+    for group in r.optimizer.param_groups:
+        group["lr"] = config.lr * progress
+    rollout = _rollout(r)
+    clip = config.clip * progress if config.anneal else config.clip
+    stats = _ppo_epochs(
+        r.model,
+        r.optimizer,
+        config,
+        clip,
+        r.generator,
+        rollout.tensors(),
+        rollout.initial_state,
+        parallel,
+    )
+    stats["learning_rate"] = config.lr * progress
+    return stats
+
+
+def _start(config: PPOConfig, result: TrainResult, parallel: DataParallel | None) -> _Runner:
+    """Seed everything, build the envs, the model and its optimiser, reset the envs.
+
+    With ``parallel``, the model starts from the first rank's weights, and the envs and
+    the action sampler of rank r are seeded ``seed + r``: the ranks play different games.
+    """
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    seed = config.seed + (parallel.rank if parallel is not None else 0)
+    generator = torch.Generator().manual_seed(seed)
     envs = make_cartpole_novel(config.envs)
     try:
         obs_space, act_space = envs.single_observation_space, envs.single_action_space
         assert obs_space.shape is not None
         assert hasattr(act_space, "n")
         model = RecurrentActorCritic(obs_space.shape[0], int(act_space.n), config)
+        if parallel is not None:
+            parallel.broadcast_parameters(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-5)
         norm = Normalizer(obs_space.shape[0], config.envs, config.gamma, config.normalize)
-        obs_np, _ = envs.reset(seed=config.seed)
+        obs_np, _ = envs.reset(seed=seed)
         return _Runner(
             config=config,
             envs=envs,
@@ -633,6 +690,7 @@ def _start(config: PPOConfig, result: TrainResult) -> _Runner:
             result=result,
             returns_window=deque(maxlen=20),
             episode_return=np.zeros(config.envs),
+            health_group=parallel.health_group if parallel is not None else None,
         )
     except BaseException:
         envs.close()
@@ -703,9 +761,7 @@ def _publish(
         r.state = (_corrupt(r.state[0], config.fault[0]), r.state[1])
     # At OFF, telemetry costs nothing: not even the health check. Detail is computed
     # always (cheap next to an LSTM step); the emitter publishes it when it is due.
-    health = (
-        compute_lstm_health(r.state[0], detail=True) if hub.level > TelemetryLevel.OFF else None
-    )
+    health = _health(r.state[0], r.health_group) if hub.level > TelemetryLevel.OFF else None
     window = r.returns_window
     mean_return = sum(window) / len(window) if window else math.nan
     stats.update(return_mean=mean_return, episodes=float(len(r.result.episode_returns)))
@@ -727,6 +783,28 @@ def _publish(
     )
 
 
+#: Whether ``compute_lstm_health`` can measure every rank's envs together (its ``group``).
+_HEALTH_TAKES_GROUP = "group" in inspect.signature(compute_lstm_health).parameters
+
+
+def _health(
+    state: LSTMState, group: dist.ProcessGroup | None
+) -> tuple[LSTMHealthMetrics, LSTMHealthDetail] | None:
+    """The health of the actor's state, with detail.
+
+    With ranks (``group``), of every rank's envs together, one collective on every
+    rank, where ``compute_lstm_health`` takes a process group; without one, of this
+    rank's own envs.
+    """
+    if group is None or not _HEALTH_TAKES_GROUP:
+        return compute_lstm_health(state, detail=True)
+    # The signature checked at import; typed loosely so both versions type-check.
+    measure = cast(
+        "Callable[..., tuple[LSTMHealthMetrics, LSTMHealthDetail] | None]", compute_lstm_health
+    )
+    return measure(state, detail=True, group=group)
+
+
 def _ppo_epochs(
     model: RecurrentActorCritic,
     optimizer: torch.optim.Optimizer,
@@ -735,6 +813,7 @@ def _ppo_epochs(
     generator: torch.Generator,
     rollout: tuple[torch.Tensor, ...],
     initial_state: RecurrentState,
+    parallel: DataParallel | None = None,
 ) -> dict[str, float]:
     """Clipped-surrogate PPO; returns the update's statistics as host floats."""
     obs, starts, actions, old_logp, old_values, advantages, returns = rollout
@@ -759,6 +838,8 @@ def _ppo_epochs(
             loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
+            if parallel is not None:  # every replica takes the same step
+                parallel.average_gradients(model)
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             with torch.no_grad():
@@ -792,13 +873,17 @@ def _corrupt(state: LSTMState, kind: FaultKind) -> LSTMState:
     return h, c
 
 
-def _emit_finished(hub: TelemetryHub, result: TrainResult, first: int) -> None:
+def _emit_finished(
+    hub: TelemetryHub, result: TrainResult, first: int, checksum: int | None = None
+) -> None:
     summary = {
         "updates": float(result.updates),
         "env_steps": float(result.env_steps),
         "episodes": float(len(result.episode_returns)),
         "return_mean_last20": result.mean_return,
     }
+    if checksum is not None:  # a CRC-32 is exact as a float
+        summary["weights_crc32"] = float(checksum)
     hub.emit(
         RunFinished(
             update=first + max(result.updates - 1, 0),
