@@ -87,13 +87,15 @@ def float_fields(payload: PPOUpdatePayload) -> dict[str, float]:
     return out
 
 
-def write_special_run(run_dir: Path, run_id: str = "special") -> list[TelemetryEvent]:
+def write_special_run(
+    run_dir: Path, run_id: str = "special", *, resume: bool = False
+) -> list[TelemetryEvent]:
     with TelemetryHub(run_id) as hub:
-        hub.subscribe(AnalyticsCollector(run_dir))
+        hub.subscribe(AnalyticsCollector(run_dir, resume=resume))
         emitted = [
             emit_ppo_update_event(
                 hub,
-                update=k,
+                update=hub.first_update + k,
                 metrics={"policy_loss": x, "value_loss": -x, "entropy": 0.5, "custom": x},
                 lstm_health=metrics(x),
             )
@@ -138,26 +140,47 @@ def test_any_float_round_trips_bit_exact(value: float) -> None:
     assert bits(back.payload.policy_loss) == bits(value)
 
 
-def test_appends_to_an_existing_file_and_never_truncates(tmp_path: Path) -> None:
-    """A second collector on the same run directory appends after the first one's lines.
-
-    (Another run's: a second writer of the same run would repeat its seqs, which readers
-    report as duplicates and skip.)"""
+def test_a_resumed_run_appends_after_the_first_lines_and_never_truncates(
+    tmp_path: Path,
+) -> None:
+    """Resuming the run on disk appends after its lines (seq and update carry on); the
+    bytes already written stay as they were."""
     first = write_special_run(tmp_path, "special-1")
-    size = (tmp_path / EVENTS_FILE).stat().st_size
-    second = write_special_run(tmp_path, "special-2")
-    assert (tmp_path / EVENTS_FILE).stat().st_size == 2 * size
+    before = (tmp_path / EVENTS_FILE).read_bytes()
+    second = write_special_run(tmp_path, "special-1", resume=True)
+    assert (tmp_path / EVENTS_FILE).read_bytes().startswith(before)
     assert [e.model_dump_json() for e in read_events(tmp_path)] == [
         e.model_dump_json() for e in first + second
     ]
+    n = len(first)
+    assert [(e.seq, e.update) for e in second] == [(n + k, n + k) for k in range(n)]
 
 
-def test_a_torn_tail_left_by_a_killed_writer_is_isolated(tmp_path: Path) -> None:
-    """A new collector starts a fresh line after a torn tail: only the fragment is lost."""
-    write_special_run(tmp_path)
+def test_a_resumed_run_drops_the_torn_tail_a_killed_writer_left(tmp_path: Path) -> None:
+    """Resuming drops the fragment of the line a killed writer was writing (nothing whole
+    is lost), so the log reads back with no bad line."""
+    first = write_special_run(tmp_path)
+    whole = (tmp_path / EVENTS_FILE).read_bytes()
     with (tmp_path / EVENTS_FILE).open("ab") as f:
         f.write(b'{"event_type":"PPO_UPDATE_COMPLETED","sch')
-    more = write_special_run(tmp_path, "special-2")  # another run: its own seqs
+    more = write_special_run(tmp_path, resume=True)
+    bad: list[BadLine] = []
+    read = list(read_events(tmp_path, on_bad_line=bad.append))
+    assert bad == []
+    assert (tmp_path / EVENTS_FILE).read_bytes().startswith(whole)
+    assert [e.model_dump_json() for e in read] == [e.model_dump_json() for e in first + more]
+
+
+def test_a_collector_used_without_a_hub_isolates_a_torn_tail(tmp_path: Path) -> None:
+    """Handed events directly, a new collector starts a fresh line after a torn tail:
+    only the fragment is lost, reported as one bad line."""
+    first = write_special_run(tmp_path)
+    with (tmp_path / EVENTS_FILE).open("ab") as f:
+        f.write(b'{"event_type":"PPO_UPDATE_COMPLETED","sch')
+    more = [e.model_copy(update={"seq": e.seq + len(first)}) for e in first]
+    with AnalyticsCollector(tmp_path) as collector:
+        for event in more:
+            collector.handle(event)
     bad: list[BadLine] = []
     read = list(read_events(tmp_path, on_bad_line=bad.append))
     n = len(SPECIAL_FLOATS)

@@ -12,7 +12,7 @@ README = (Path(__file__).parents[1] / "README.md").read_text()
 #: How ``print(event)`` starts for a PPO update: the event's repr.
 PRINTED_EVENT = re.compile(
     r"event_type=<EventType\.PPO_UPDATE_COMPLETED: 'PPO_UPDATE_COMPLETED'> schema_version=2 "
-    r"run_id='cartpole-lstm' seq=(?P<seq>\d+) update=(?P<update>\d+) "
+    r"run_id='[0-9]{8}-[0-9]{6}-[0-9a-f]{6}' seq=(?P<seq>\d+) update=(?P<update>\d+) "
 )
 
 

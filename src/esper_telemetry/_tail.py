@@ -127,6 +127,8 @@ def claim(path: Path, run_id: str, *, resume: bool, live: bool) -> Position | No
     if tail.size == 0:
         return None
     directory = path.parent
+    if tail.last is None and tail.torn_at == 0:
+        return None  # only a cut-off first line: no run to protect; it stays a line apart
     if tail.last is None:
         raise ValueError(
             f"{path} holds {tail.size} bytes but no line esper can read as an event; "
