@@ -126,7 +126,7 @@ def ppo_row(event: PPOUpdateCompleted) -> dict[str, Any]:
             row[f"ppo/{stat}"] = getattr(p, stat)
     health = p.health()
     assert health is not None
-    row.update({f"lstm/{k}": v for k, v in health.model_dump().items()})
+    row.update({f"lstm/{k}": getattr(health, k) for k in health.FIGURES})
     row["lstm/has_nan"] = int(health.has_nan)
     row["lstm/has_inf"] = int(health.has_inf)
     row["telemetry/level"] = int(event.level)
@@ -390,7 +390,7 @@ def test_summary_keeps_the_worst_lstm_values_and_the_run_outcome(scenario: Scena
 
 def test_metrics_are_declared_against_the_update(scenario: Scenario) -> None:
     """define_metric makes `update` every metric's x-axis and max the lstm/* summary."""
-    health = [f"lstm/{k}" for k in LSTMHealthMetrics.model_fields]
+    health = [f"lstm/{k}" for k in LSTMHealthMetrics.FIGURES]
     per_layer = [f"lstm/layer{i}/{x}_rms" for i in (0, 1) for x in "hc"]
     assert of_type(scenario.records, "metric") == [
         {"name": "update", "options": {"defined": True, "hidden": True}},

@@ -448,7 +448,7 @@ def test_float_fields_take_ints_and_non_finite_strings() -> None:
         (sample_payloads()[EventType.ANOMALY_DETECTED], "anomaly", None),
         (
             LSTMHealthMetrics(
-                **dict.fromkeys(LSTMHealthMetrics.model_fields, 0.0)
+                **dict.fromkeys(LSTMHealthMetrics.FIGURES, 0.0)
                 | {"has_nan": False, "has_inf": False}
             ),
             "h_rms",
@@ -594,7 +594,9 @@ def test_every_int_in_the_schemas_is_bounded_to_int64() -> None:
 
     defs = EVENT_ADAPTER.json_schema()["$defs"]
     found = ints({k: v for k, v in defs.items() if k != "TelemetryLevel"})  # an enum, 0-3
-    assert len(found) == 31  # 4 envelope ints x 5 events, 3 in payloads, 8 in the stats
+    # 4 envelope ints x 5 events, 3 in payloads, 3 in the LSTM detail (a worst env's rank
+    # and env, env_counts), 8 in the stats
+    assert len(found) == 34
     assert [(lo, hi) for lo, hi in found if not (lo >= I64_MIN and hi == I64_MAX)] == []
 
 
@@ -611,7 +613,7 @@ def test_a_float_field_refuses_an_int_too_big_for_a_float_naming_it() -> None:
 
 NORM_FIELDS = [
     (LSTMHealthMetrics, name)
-    for name in LSTMHealthMetrics.model_fields
+    for name in LSTMHealthMetrics.FIGURES
     if name not in ("has_nan", "has_inf")
 ] + [
     (PPOUpdatePayload, name)
@@ -622,7 +624,7 @@ NORM_FIELDS = [
 
 def _build(cls: type[BaseModel], field: str, value: float) -> BaseModel:
     if cls is LSTMHealthMetrics:
-        base: dict[str, Any] = dict.fromkeys(LSTMHealthMetrics.model_fields, 0.5)
+        base: dict[str, Any] = dict.fromkeys(LSTMHealthMetrics.FIGURES, 0.5)
         base |= {"has_nan": False, "has_inf": False}
         return LSTMHealthMetrics(**{**base, field: value})
     return cls(**{**_PPO_BASE, field: value})
@@ -727,7 +729,7 @@ def test_ppo_payload_lstm_fields_default_to_none() -> None:
 def test_ppo_payload_takes_metrics_to_dict() -> None:
     """The output of to_dict fills the PPO payload's lstm_ fields one to one."""
     m = LSTMHealthMetrics(
-        **dict.fromkeys(LSTMHealthMetrics.model_fields, 0.5) | {"has_nan": True, "has_inf": False}
+        **dict.fromkeys(LSTMHealthMetrics.FIGURES, 0.5) | {"has_nan": True, "has_inf": False}
     )
     p = PPOUpdatePayload(**_PPO_BASE, **m.to_dict())
     assert {k: getattr(p, k) for k in LSTM_KEYS} == m.to_dict()

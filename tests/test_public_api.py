@@ -61,6 +61,7 @@ SUBPACKAGES: dict[str, list[str]] = {
         "AnomalyDetectedPayload",
         "AnomalyReport",
         "AnomalyType",
+        "EnvRMS",
         "EventBase",
         "EventPayload",
         "EventType",

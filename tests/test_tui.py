@@ -201,7 +201,7 @@ HEALTH_VALUES = st.one_of(
 @st.composite
 def lstm_states(draw: st.DrawFn) -> LSTMHealthMetrics:
     """Any LSTM health, finite or not, around the default thresholds."""
-    names = [n for n in LSTMHealthMetrics.model_fields if n not in ("has_nan", "has_inf")]
+    names = [n for n in LSTMHealthMetrics.FIGURES if n not in ("has_nan", "has_inf")]
     values = {n: draw(HEALTH_VALUES) for n in names}
     return LSTMHealthMetrics(has_nan=draw(st.booleans()), has_inf=draw(st.booleans()), **values)
 
@@ -221,7 +221,7 @@ def test_the_panels_verdicts_are_the_one_health_rule(
 ) -> None:
     """The panel's verdicts on h, c and the state are status_of("h"/"c") and health_status."""
     state = PanelState(t)
-    lstm = {f"lstm_{k}": v for k, v in metrics.model_dump().items()}
+    lstm = metrics.to_dict()
     payload = PPOUpdatePayload(policy_loss=0.0, value_loss=0.0, entropy=0.0, **lstm)
     state.apply(PPOUpdateCompleted(update=0, payload=payload))
     assert state.health is not None

@@ -21,8 +21,10 @@ from esper_telemetry.backends import AnomalyEscalator
 from esper_telemetry.contracts import (
     EVENT_CLASSES,
     AnomalyDetected,
+    EnvRMS,
     EventBase,
     HealthThresholds,
+    LSTMHealthDetail,
     PPOUpdateCompleted,
     RunFinished,
     RunFinishedPayload,
@@ -70,6 +72,12 @@ def samples() -> dict[str, Contract]:
     assert detail is not None
     assert stats is not None
     report = AnomalyDetector().check_lstm_health(health)
+    # A group call's detail (tests/test_lstm_health_distributed.py makes real ones) names
+    # the worst envs of each rank; fill those fields in as such a call does.
+    worst = EnvRMS(rank=1, env=0, h_rms=12.5, c_rms=0.4)
+    detail = LSTMHealthDetail.model_validate(
+        {**detail.model_dump(), "worst_envs": [worst.model_dump()], "env_counts": [2, 3]}
+    )
     envelope = EventBase.model_validate(last[AnomalyDetected].model_dump(exclude={"payload"}))
     found: dict[str, Contract] = {
         type(c).__name__: c
@@ -82,6 +90,7 @@ def samples() -> dict[str, Contract]:
             HealthThresholds(),
             report,
             report.anomalies[0],
+            worst,
             stats,
             next(s for s in stats.subscribers if s.name == "fails"),
         )

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from esper_telemetry.contracts.format import format_value, json_float_text
     from esper_telemetry.contracts.health import (
         STATUS_COLOUR,
+        EnvRMS,
         HealthStatus,
         HealthThresholds,
         LSTMHealthDetail,
@@ -123,6 +124,7 @@ _LAZY = {
     **dict.fromkeys(
         (
             "STATUS_COLOUR",
+            "EnvRMS",
             "HealthStatus",
             "HealthThresholds",
             "LSTMHealthDetail",
@@ -177,6 +179,7 @@ __all__ = [
     "AnomalyDetectedPayload",
     "AnomalyReport",
     "AnomalyType",
+    "EnvRMS",
     "EventBase",
     "EventPayload",
     "EventType",

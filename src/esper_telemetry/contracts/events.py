@@ -158,7 +158,7 @@ class PPOUpdatePayload(Contract):
 
     def health(self) -> LSTMHealthMetrics | None:
         """The 12 ``lstm_*`` fields as ``LSTMHealthMetrics``; None when there is no LSTM."""
-        values = {name: getattr(self, f"lstm_{name}") for name in LSTMHealthMetrics.model_fields}
+        values = {name: getattr(self, f"lstm_{name}") for name in LSTMHealthMetrics.FIGURES}
         if any(v is None for v in values.values()):
             return None
         return LSTMHealthMetrics.model_validate(values)

@@ -9,19 +9,37 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Final, Literal, Self
+from typing import Annotated, ClassVar, Final, Literal, Self
 
 from pydantic import Field, model_validator
 
-from esper_telemetry.contracts._base import Bool, Contract, NonNegativeFloat, StrictFloat
+from esper_telemetry.contracts._base import (
+    Bool,
+    Contract,
+    Int,
+    NonNegativeFloat,
+    NonNegativeInt,
+    StrictFloat,
+)
+
+#: Where the figures of one health measurement come from (``LSTMHealthMetrics.scope``).
+HealthScope = Literal["process", "all_ranks", "this_rank"]
+
+#: At most this many envs per rank are named in a group call's detail (the worst ones).
+WORST_ENVS_PER_RANK: Final = 8
 
 
 class LSTMHealthMetrics(Contract):
-    """Health of one LSTM state ``(h, c)`` (the 12 fields of record TELE-340).
+    """Health of one LSTM state ``(h, c)`` (the 12 figures of record TELE-340), and whose.
 
     Non-finite values are data: an exploded state gives ``inf`` or ``nan`` here, and it
     is stored and shown as such. Every figure is a norm, an RMS or a largest |x|, so
     none is negative: a negative number or -Infinity is refused, naming the field.
+
+    ``scope`` and ``ranks`` say whose states the figures cover: one process on its own
+    (the default), every rank of a process group (``compute_lstm_health(...,
+    group=...)``), or one rank of a distributed run measured alone, which is never the
+    whole picture.
 
     >>> m = LSTMHealthMetrics(h_l2_total=2.0, c_l2_total=4.0, h_rms=0.5, c_rms=1.0,
     ...     h_env_rms_mean=0.5, h_env_rms_max=0.6, c_env_rms_mean=1.0, c_env_rms_max=1.2,
@@ -46,10 +64,47 @@ class LSTMHealthMetrics(Contract):
     c_max: NonNegativeFloat = Field(description="Largest absolute value in c.")
     has_nan: Bool = Field(description="True when h or c holds a NaN.")
     has_inf: Bool = Field(description="True when h or c holds +Inf or -Inf.")
+    scope: HealthScope = Field(
+        default="process",
+        description="Whose states: 'process' (a process on its own, not in a distributed "
+        "run of several ranks), 'all_ranks' (the union of every rank's batch in the process "
+        "group given, as if concatenated along the batch), 'this_rank' (only this rank's "
+        "batch, in a distributed run of several ranks: not the whole picture).",
+    )
+    ranks: Annotated[Int, Field(ge=1)] = Field(
+        default=1,
+        description="How many processes' states the figures cover: the group's size for "
+        "'all_ranks', else 1.",
+    )
+
+    #: The 12 health figures, in field order: every field but ``scope`` and ``ranks``.
+    FIGURES: ClassVar[tuple[str, ...]] = (
+        "h_l2_total",
+        "c_l2_total",
+        "h_rms",
+        "c_rms",
+        "h_env_rms_mean",
+        "h_env_rms_max",
+        "c_env_rms_mean",
+        "c_env_rms_max",
+        "h_max",
+        "c_max",
+        "has_nan",
+        "has_inf",
+    )
+
+    @model_validator(mode="after")
+    def _ranks_match_scope(self) -> Self:
+        if self.scope != "all_ranks" and self.ranks != 1:
+            raise ValueError(
+                f"ranks must be 1 unless scope is 'all_ranks', got ranks={self.ranks!r} "
+                f"with scope={self.scope!r}"
+            )
+        return self
 
     def to_dict(self) -> dict[str, float | bool]:
-        """Return the 12 values under ``lstm_``-prefixed keys (``lstm_h_rms``, ...)."""
-        return {f"lstm_{name}": getattr(self, name) for name in type(self).model_fields}
+        """Return the 12 figures under ``lstm_``-prefixed keys (``lstm_h_rms``, ...)."""
+        return {f"lstm_{name}": getattr(self, name) for name in self.FIGURES}
 
     def status_of(
         self, tensor: Literal["h", "c"], thresholds: HealthThresholds | None = None
@@ -63,25 +118,114 @@ class LSTMHealthMetrics(Contract):
         raise ValueError(f"tensor must be 'h' or 'c', got {tensor!r}")
 
 
+class EnvRMS(Contract):
+    """One env's RMS of h and of c, named by the rank of the process group that holds it."""
+
+    rank: NonNegativeInt = Field(
+        description="The rank in the process group (for torch.distributed.group.WORLD, the "
+        "global rank)."
+    )
+    env: NonNegativeInt = Field(description="The env's index in that rank's batch.")
+    h_rms: NonNegativeFloat = Field(description="RMS of h over the env's layers and units.")
+    c_rms: NonNegativeFloat = Field(description="RMS of c over the env's layers and units.")
+
+    def is_outlier(self, thresholds: HealthThresholds | None = None) -> bool:
+        """The rule of :meth:`LSTMHealthDetail.outlier_envs`, for this env."""
+        return _is_outlier(self.h_rms, self.c_rms, thresholds or HealthThresholds())
+
+
 class LSTMHealthDetail(Contract):
-    """Debug-level detail of one LSTM state, from ``compute_lstm_health(..., detail=True)``."""
+    """Debug-level detail of one LSTM state, from ``compute_lstm_health(..., detail=True)``.
+
+    With a process group, the per-layer figures cover every rank, the per-env tuples
+    only this rank's envs (the batch elements it holds), and ``worst_envs`` names the
+    worst envs of every rank, so that an outlier on any rank is seen on all of them.
+    """
 
     h_layer_rms: tuple[NonNegativeFloat, ...] = Field(
-        description="RMS of h per layer, layer 0 first."
+        description="RMS of h per layer, layer 0 first (with a group: over every rank's envs)."
     )
     c_layer_rms: tuple[NonNegativeFloat, ...] = Field(
-        description="RMS of c per layer, layer 0 first."
+        description="RMS of c per layer, layer 0 first (with a group: over every rank's envs)."
     )
-    h_env_rms: tuple[NonNegativeFloat, ...] = Field(description="RMS of h per env (batch element).")
-    c_env_rms: tuple[NonNegativeFloat, ...] = Field(description="RMS of c per env (batch element).")
+    h_env_rms: tuple[NonNegativeFloat, ...] = Field(
+        description="RMS of h per env (batch element); with a group, this rank's envs only."
+    )
+    c_env_rms: tuple[NonNegativeFloat, ...] = Field(
+        description="RMS of c per env (batch element); with a group, this rank's envs only."
+    )
+    worst_envs: tuple[EnvRMS, ...] | None = Field(
+        default=None,
+        description="With a group: the worst envs of every rank (largest of h and c RMS, "
+        f"non-finite first), at most {WORST_ENVS_PER_RANK} per rank, by rank then env. "
+        "None without a group.",
+    )
+    env_counts: tuple[NonNegativeInt, ...] | None = Field(
+        default=None,
+        description="With a group: how many envs each rank measured, by rank in the group "
+        "(a rank with more envs than it names in worst_envs may hold further outliers). "
+        "None without a group.",
+    )
+
+    @model_validator(mode="after")
+    def _group_fields_together(self) -> Self:
+        if (self.worst_envs is None) != (self.env_counts is None):
+            raise ValueError(
+                "worst_envs and env_counts come together (a group call) or not at all, got "
+                f"worst_envs={_shown(self.worst_envs)} and env_counts={self.env_counts!r}"
+            )
+        counts = self.env_counts or ()
+        for e in self.worst_envs or ():
+            if e.rank >= len(counts) or e.env >= counts[e.rank]:
+                raise ValueError(
+                    f"worst_envs names rank {e.rank} env {e.env}, outside env_counts={counts!r}"
+                )
+        return self
 
     def outlier_envs(self, thresholds: HealthThresholds | None = None) -> tuple[int, ...]:
-        """Indices of the envs whose h or c RMS is non-finite or above ``warning_rms``."""
+        """Indices of the envs whose h or c RMS is non-finite or above ``warning_rms``.
+
+        These are indices into ``h_env_rms``: with a group, this rank's own envs; see
+        :meth:`outlier_ranks_envs` for every rank's.
+        """
         t = thresholds or HealthThresholds()
         return tuple(
             i
             for i, (h, c) in enumerate(zip(self.h_env_rms, self.c_env_rms, strict=True))
-            if not (math.isfinite(h) and math.isfinite(c)) or t.is_warning(max(h, c))
+            if _is_outlier(h, c, t)
+        )
+
+    def outlier_ranks_envs(
+        self, thresholds: HealthThresholds | None = None
+    ) -> tuple[tuple[int, int], ...] | None:
+        """``(rank, env)`` of every env in ``worst_envs`` that breaks the outlier rule.
+
+        The rule is :meth:`outlier_envs`'s. None without a group. Complete unless
+        :meth:`capped_ranks` names a rank.
+        """
+        if self.worst_envs is None:
+            return None
+        t = thresholds or HealthThresholds()
+        return tuple((e.rank, e.env) for e in self.worst_envs if e.is_outlier(t))
+
+    def capped_ranks(self, thresholds: HealthThresholds | None = None) -> tuple[int, ...]:
+        """Ranks that may hold more outlier envs than ``worst_envs`` names.
+
+        A rank is capped when every env it names is an outlier and it measured more envs
+        than it names. Empty without a group.
+        """
+        if self.worst_envs is None or self.env_counts is None:
+            return ()
+        t = thresholds or HealthThresholds()
+        named = [0] * len(self.env_counts)
+        outliers = [0] * len(self.env_counts)
+        for e in self.worst_envs:
+            named[e.rank] += 1
+            outliers[e.rank] += e.is_outlier(t)
+        return tuple(
+            rank
+            for rank, count in enumerate(self.env_counts)
+            if count > named[rank] and outliers[rank] == named[rank]
         )
 
 
@@ -172,6 +316,14 @@ class HealthThresholds(Contract):
         if self.is_warning(rms):
             return HealthStatus.WARNING
         return HealthStatus.HEALTHY
+
+
+def _is_outlier(h_rms: float, c_rms: float, t: HealthThresholds) -> bool:
+    return not (math.isfinite(h_rms) and math.isfinite(c_rms)) or t.is_warning(max(h_rms, c_rms))
+
+
+def _shown(envs: tuple[EnvRMS, ...] | None) -> str:
+    return "None" if envs is None else f"{len(envs)} envs"
 
 
 def health_status(

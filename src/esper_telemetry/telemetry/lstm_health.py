@@ -21,16 +21,25 @@ values. Each such tensor is reduced again in float64 after dividing by its large
 finite |x|, so its norms stay exact instead of turning into a false ``inf`` or ``0``.
 This is decided per tensor, so a NaN in h does not stop the rescaling of c, and one
 second transfer serves all of it.
+
+With ``group=``, the ranks' states are measured together by ``_health_group``: one
+all-gather of a fixed-size row of partial figures, then the same single transfer. That
+path never takes a second pass (it would need a second collective): it always reduces
+where squares cannot leave the range, see its docstring.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
+import torch.distributed as dist
 
 from esper_telemetry.contracts import LSTMHealthDetail, LSTMHealthMetrics
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
@@ -45,26 +54,29 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 @overload
 def compute_lstm_health(
-    hidden: LSTMState | None, *, detail: Literal[False] = False
+    hidden: LSTMState | None,
+    *,
+    detail: Literal[False] = False,
+    group: ProcessGroup | None = None,
 ) -> LSTMHealthMetrics | None: ...
 
 
 @overload
 def compute_lstm_health(
-    hidden: LSTMState | None, *, detail: Literal[True]
+    hidden: LSTMState | None, *, detail: Literal[True], group: ProcessGroup | None = None
 ) -> tuple[LSTMHealthMetrics, LSTMHealthDetail] | None: ...
 
 
 @overload
 def compute_lstm_health(
-    hidden: LSTMState | None, *, detail: bool
+    hidden: LSTMState | None, *, detail: bool, group: ProcessGroup | None = None
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail] | None: ...
 
 
 def compute_lstm_health(
-    hidden: LSTMState | None, *, detail: bool = False
+    hidden: LSTMState | None, *, detail: bool = False, group: ProcessGroup | None = None
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail] | None:
-    """Measure the health of an LSTM state ``(h, c)``.
+    """Measure the health of an LSTM state ``(h, c)``, of this process or of every rank.
 
     Args:
         hidden: ``None`` when the policy has no LSTM, else ``(h, c)`` in ``nn.LSTM``
@@ -74,30 +86,56 @@ def compute_lstm_health(
             in float32. The tensors are read, never changed, and may require grad.
         detail: Also return per-layer and per-env RMS (used at DEBUG level), still in
             one transfer.
+        group: A ``torch.distributed`` process group (``torch.distributed.group.WORLD``
+            for every rank). Every rank of the group must then call this together, as
+            for any collective, with the same ``detail`` and a state of the same layers
+            and hidden sizes (batches may differ); each gets the metrics of all ranks'
+            states concatenated along the batch (``scope="all_ranks"``), for one
+            all-gather of a few hundred bytes on the state's device and the same single
+            transfer to the host. With detail, the per-layer RMS covers every rank, the
+            per-env RMS this rank's envs, and ``worst_envs`` the worst envs of each
+            rank. ``None`` measures this process alone; in an initialised distributed
+            run of several ranks that is only this rank's batch, and ``scope`` says
+            ``"this_rank"``. (``hidden=None`` returns None without a collective: every
+            rank must then pass None. A bad argument raises on its own rank before the
+            collective, and the others wait for the group's timeout, as with any
+            collective.)
 
     Returns:
         ``None`` for ``hidden=None``; the metrics; or ``(metrics, detail)`` when
         ``detail=True``.
 
     Raises:
-        TypeError: ``hidden`` is not a pair of tensors, or ``detail`` is not a bool.
+        TypeError: ``hidden`` is not a pair of tensors, ``detail`` is not a bool, or
+            ``group`` is not a process group.
         ValueError: a tensor is empty, not floating point, not dense (sparse, nested),
             on the meta device, of rank other than 2 or 3, or h and c disagree on layers,
-            batch or device. The message shows the shapes.
+            batch or device (the message shows the shapes); ``group`` is given while
+            torch.distributed is not initialised, or this process is not in it; the
+            ranks of the group disagree on hidden sizes (raised by every rank, after
+            the collective: none is left waiting), or this rank asked for ``detail``
+            and another did not (raised by the ranks that asked). Ranks that disagree
+            on the number of layers gather rows of different lengths, which the
+            collective itself refuses (gloo raises ``RuntimeError``).
 
     >>> import torch
     >>> lstm = torch.nn.LSTM(input_size=4, hidden_size=8, num_layers=2)
     >>> _, state = lstm(torch.zeros(5, 3, 4))
     >>> m = compute_lstm_health(state)
-    >>> m.has_nan, m.h_rms > 0
-    (False, True)
+    >>> m.has_nan, m.h_rms > 0, m.scope
+    (False, True, 'process')
     """
     if not isinstance(detail, bool):  # "yes", 1 or a numpy bool would pass a truth test
         raise TypeError(f"detail must be a bool, got {_type_name(detail)} {detail!r:.40}")
+    _check_group(group)
     if hidden is None:
         return None
     h, c = _validated(hidden)
     # h and c are detached views: nothing below records autograd history.
+    if group is not None:
+        from esper_telemetry.telemetry._health_group import group_health
+
+        return group_health(h, c, group, detail=detail)
     values = _reduce(h, c, detail=detail)
     h_amax, c_amax = _abs_max(values[0], values[1]), _abs_max(values[2], values[3])
     has_nan = math.isnan(h_amax) or math.isnan(c_amax)
@@ -118,6 +156,41 @@ def compute_lstm_health(
     elif has_nan:
         has_inf = bool(_any_inf(h, c).tolist())
     return _unpack(values, h, c, scale=scale, has_nan=has_nan, has_inf=has_inf, detail=detail)
+
+
+# --------------------------------------------------------------------------- process groups
+
+
+def _check_group(group: object) -> None:
+    if group is None:
+        return
+    if not dist.is_available():
+        raise TypeError(
+            "group must be None: this torch build has no torch.distributed, got "
+            f"{_type_name(group)}"
+        )
+    if isinstance(group, int) and group == dist.GroupMember.NON_GROUP_MEMBER:
+        raise ValueError(
+            "group: this process is not a member of that group (torch.distributed.new_group "
+            "gave it GroupMember.NON_GROUP_MEMBER); call with group= only on its ranks"
+        )
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(
+            "group must be None or a torch.distributed process group (such as "
+            f"torch.distributed.group.WORLD), got {_type_name(group)} {group!r:.40}"
+        )
+    if not dist.is_initialized():
+        raise ValueError(
+            "group: torch.distributed is not initialised (init_process_group was not called, "
+            "or the group was destroyed); pass group=None to measure this process alone"
+        )
+
+
+def _local_scope() -> Literal["process", "this_rank"]:
+    """``"this_rank"`` inside an initialised distributed run of several ranks."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return "this_rank"
+    return "process"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -342,6 +415,7 @@ def _unpack(
         c_max=c_max,
         has_nan=has_nan,
         has_inf=has_inf,
+        scope=_local_scope(),
     )
     if not detail:
         return metrics
