@@ -64,7 +64,7 @@ from esper_telemetry.contracts._base import (
     json_safe,
 )
 from esper_telemetry.contracts.anomaly import Anomaly
-from esper_telemetry.contracts.health import LSTMHealthDetail, LSTMHealthMetrics
+from esper_telemetry.contracts.health import HealthScope, LSTMHealthDetail, LSTMHealthMetrics
 from esper_telemetry.contracts.levels import TelemetryLevel
 from esper_telemetry.contracts.stats import HubStats
 
@@ -152,15 +152,30 @@ class PPOUpdatePayload(Contract):
         default=None,
         description="Envs whose RMS is non-finite or above warning_rms (with lstm_detail).",
     )
+    health_scope: HealthScope | None = Field(
+        default=None,
+        description="Whose states the lstm_* figures cover (LSTMHealthMetrics.scope): "
+        "'process', 'all_ranks' (every rank of a process group) or 'this_rank' (one rank "
+        "of a distributed run, measured alone). None in logs written before it existed.",
+    )
+    health_ranks: Annotated[Int, Field(ge=1)] | None = Field(
+        default=None, description="How many processes' states the lstm_* figures cover."
+    )
     extra: FrozenFloats = Field(
         default_factory=FrozenDict, description="The trainer's own scalars, by name (read-only)."
     )
 
     def health(self) -> LSTMHealthMetrics | None:
         """The 12 ``lstm_*`` fields as ``LSTMHealthMetrics``; None when there is no LSTM."""
-        values = {name: getattr(self, f"lstm_{name}") for name in LSTMHealthMetrics.FIGURES}
+        values: dict[str, object] = {
+            name: getattr(self, f"lstm_{name}") for name in LSTMHealthMetrics.FIGURES
+        }
         if any(v is None for v in values.values()):
             return None
+        if self.health_scope is not None:
+            values["scope"] = self.health_scope
+        if self.health_ranks is not None:
+            values["ranks"] = self.health_ranks
         return LSTMHealthMetrics.model_validate(values)
 
 

@@ -193,6 +193,7 @@ def _health_fields(
             f"a (metrics, detail) tuple, or None), got {type(health).__name__}"
         )
     fields: dict[str, object] = dict(health.to_dict())
+    fields["health_scope"], fields["health_ranks"] = health.scope, health.ranks
     if detail is not None and (
         level >= TelemetryLevel.DEBUG or health_status(health, thresholds) is HealthStatus.CRITICAL
     ):

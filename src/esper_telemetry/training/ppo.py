@@ -20,7 +20,6 @@ escalation and alerts can be watched on a real run.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import os
 import time
@@ -28,7 +27,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -783,26 +782,12 @@ def _publish(
     )
 
 
-#: Whether ``compute_lstm_health`` can measure every rank's envs together (its ``group``).
-_HEALTH_TAKES_GROUP = "group" in inspect.signature(compute_lstm_health).parameters
-
-
 def _health(
     state: LSTMState, group: dist.ProcessGroup | None
 ) -> tuple[LSTMHealthMetrics, LSTMHealthDetail] | None:
-    """The health of the actor's state, with detail.
-
-    With ranks (``group``), of every rank's envs together, one collective on every
-    rank, where ``compute_lstm_health`` takes a process group; without one, of this
-    rank's own envs.
-    """
-    if group is None or not _HEALTH_TAKES_GROUP:
-        return compute_lstm_health(state, detail=True)
-    # The signature checked at import; typed loosely so both versions type-check.
-    measure = cast(
-        "Callable[..., tuple[LSTMHealthMetrics, LSTMHealthDetail] | None]", compute_lstm_health
-    )
-    return measure(state, detail=True, group=group)
+    """The health of the actor's state, with detail: with ranks (``group``), of every
+    rank's envs together (one collective on every rank); else of this process's."""
+    return compute_lstm_health(state, detail=True, group=group)
 
 
 def _ppo_epochs(
