@@ -101,8 +101,9 @@ def _uneven_proj(draw: Draw, rank: int, last: int) -> State:
     return draw(2, 1 + 3 * rank, 5), draw(2, 1 + 3 * rank, 12)
 
 
-def _broken(draw: Draw, rank: int) -> State:
-    return draw(2, 4 + rank, 8), draw(2, 4 + rank, 6)
+def _broken(draw: Draw, rank: int, c_size: int = 6) -> State:
+    # c as wide as h (8) takes the path that reduces h and c as one tensor; 6 the other.
+    return draw(2, 4 + rank, 8), draw(2, 4 + rank, c_size)
 
 
 def _nan_one_rank(draw: Draw, rank: int, last: int) -> State:
@@ -113,14 +114,14 @@ def _nan_one_rank(draw: Draw, rank: int, last: int) -> State:
 
 
 def _inf_one_rank(draw: Draw, rank: int, last: int) -> State:
-    h, c = _broken(draw, rank)
+    h, c = _broken(draw, rank, c_size=8)
     if rank == 1:
         c[0, 1, 2] = -math.inf
     return h, c
 
 
 def _nan_hides_inf(draw: Draw, rank: int, last: int) -> State:
-    h, c = _broken(draw, rank)
+    h, c = _broken(draw, rank, c_size=8)
     if rank == last:  # the NaN makes max|h| NaN, which hides the Inf
         h[0, 0, 0] = math.nan
         h[1, 3, 7] = math.inf
@@ -138,7 +139,7 @@ def _nan_and_inf_apart(draw: Draw, rank: int, last: int) -> State:
 
 def _float32_limits(draw: Draw, rank: int, last: int) -> State:
     # Squares of 1e30 overflow float32, squares of 1e-30 underflow it.
-    h, c = _broken(draw, rank)
+    h, c = _broken(draw, rank, c_size=8)
     scale = 1e30 if rank == 0 else (1e-30 if rank == last else 1.0)
     return h * scale, c * scale
 

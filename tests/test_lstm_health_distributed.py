@@ -14,11 +14,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from esper_telemetry import compute_lstm_health
@@ -32,7 +35,13 @@ from esper_telemetry.contracts import (
 )
 from esper_telemetry.contracts.health import WORST_ENVS_PER_RANK
 from tests import health_ranks_child as child
-from tests.test_lstm_health import REL_TOL, assert_model_close, reference
+from tests.test_lstm_health import (
+    REL_TOL,
+    assert_model_close,
+    broken_lstm_states,
+    lstm_states,
+    reference,
+)
 
 CHILD = Path(child.__file__).resolve()
 
@@ -370,6 +379,41 @@ def test_the_group_still_works_after_the_errors(group: Results) -> None:
 
 
 # --------------------------------------------------------------------------- one process
+
+
+@pytest.fixture
+def one_rank(tmp_path: Path) -> Iterator[torch.distributed.ProcessGroup]:
+    """A gloo group of this process alone, destroyed after the test."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=(tmp_path / "rendezvous").as_uri(), rank=0, world_size=1
+    )
+    try:
+        group = torch.distributed.group.WORLD
+        assert group is not None
+        yield group
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(state=st.one_of(lstm_states(), broken_lstm_states()))
+def test_a_group_of_one_measures_what_one_process_does(
+    one_rank: torch.distributed.ProcessGroup, state: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """Random shapes, dtypes, scales, NaN and Inf: a group of one gives the one-process result.
+
+    The group is the same for every example (it holds no state between calls).
+    """
+    h, c = state
+    grouped = compute_lstm_health((h, c), detail=True, group=one_rank)
+    alone = compute_lstm_health((h, c), detail=True)
+    assert grouped is not None
+    assert alone is not None
+    (metrics, detail), (expected, expected_detail) = grouped, alone
+    assert (metrics.scope, metrics.ranks, detail.env_counts) == ("all_ranks", 1, (h.shape[-2],))
+    assert_model_close(figures(metrics), expected, REL_TOL[h.dtype])
+    plain = detail.model_copy(update={"worst_envs": None, "env_counts": None})
+    assert_model_close(plain, expected_detail, REL_TOL[h.dtype])
 
 
 def test_outside_a_distributed_run_the_scope_is_process() -> None:

@@ -12,8 +12,8 @@ Row layout (``_COLUMNS`` names the fixed part)::
 
     batch, layers, h_size, c_size, detail,            what the rank measured
     h_scale, c_scale,                                 divisors of the norms below
-    h_lo, h_hi, c_lo, c_hi,                           min and max (NaN when a NaN is there)
-    inf_probe,                                        non-finite exactly when h or c holds ±Inf
+    h_lo, c_lo, h_hi, c_hi,                           min and max (NaN when a NaN is there)
+    h_probe, c_probe,                                 non-finite exactly when h, c holds ±Inf
     h_l2, c_l2, h_env_sum, c_env_sum,                 L2 norm, sum of the per-env norms
     h_env_max, c_env_max,                             largest per-env norm
     h_layer_l2[layers], c_layer_l2[layers],           with detail (else zeros): per layer
@@ -23,12 +23,12 @@ No second pass, so no second collective. The single-process path reduces in the 
 dtype and, for states whose squares left that dtype's range, reduces again after a
 first transfer. Here a second pass would need a second collective (the other ranks need
 the corrected figures), so the partials are always made where they cannot overflow or
-underflow: norms of float32 (and float16, bfloat16) states are accumulated in float64,
-where the square of any finite float32 fits; a float64 state is divided by its largest
-finite |x| first, and that divisor travels in the row. NaN hides Inf in the min and max,
-so each row carries ``nansum(h) + nansum(c)`` of those float64 tensors: NaN is skipped,
-and no sum of finite float32 values (nor of values divided by their largest) can
-overflow float64, so the probe is non-finite exactly when h or c holds ±Inf.
+underflow: the norms of a float32 (or float16, bfloat16) state are taken of a float64
+copy, where the square of any finite float32 fits; a float64 state is divided by its
+largest finite |x| first, and that divisor travels in the row. NaN hides Inf in the min and max,
+so each row carries ``nansum`` of those float64 tensors: NaN is skipped, and no sum of
+finite float32 values (nor of values divided by their largest) can overflow float64, so
+a probe is non-finite exactly when its tensor holds ±Inf.
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ _COLUMNS: Final = (
     "h_scale",
     "c_scale",
     "h_lo",
-    "h_hi",
     "c_lo",
+    "h_hi",
     "c_hi",
-    "inf_probe",
+    "h_probe",
+    "c_probe",
     "h_l2",
     "c_l2",
     "h_env_sum",
@@ -70,7 +71,15 @@ _COLUMNS: Final = (
     "c_env_max",
 )
 _AT: Final = {name: i for i, name in enumerate(_COLUMNS)}
+#: Per tensor (0: h, 1: c), the column of each of its figures: ``_OF[t]["lo"]``.
+_OF: Final = tuple(
+    {k: _AT[f"{n}_{k}"] for k in ("scale", "lo", "hi", "probe", "l2", "env_sum", "env_max")}
+    for n in "hc"
+)
 _K: Final = WORST_ENVS_PER_RANK
+
+#: Up to this many elements, a float32 h and c of one shape are reduced as one tensor.
+_STACK_UP_TO: Final = 1 << 15
 
 
 def group_health(
@@ -117,25 +126,30 @@ def _partials(
     layers, batch, device = h.shape[0], h.shape[1], h.device
     head = [float(batch), float(layers), float(h.shape[2]), float(c.shape[2]), float(detail)]
     h, c = _at_least_float32(h), _at_least_float32(c)
-    (hw, h_scale), (cw, c_scale) = _widened(h), _widened(c)
     scales: torch.Tensor | None = None
-    if h_scale is None and c_scale is None:
+    if h.shape == c.shape and h.dtype == c.dtype == torch.float32 and h.numel() <= _STACK_UP_TO:
+        # Small, same-shaped float32 h and c: one float64 copy of both, half the ops.
+        both = torch.stack((h, c)).double()  # [2, layers, batch, hidden]
+        flat = both.view(2, -1)  # aminmax along a dim is several times slower here
+        rows = torch.linalg.vector_norm(both, dim=3)  # [2, layers, batch]
+        extremes = [flat.amin(dim=1), flat.amax(dim=1), torch.nansum(both, dim=(1, 2, 3))]
         parts = [_from_host([*head, 1.0, 1.0], device)]
-    else:  # a float64 state: its divisor goes in the row (1 for a float32 one beside it)
-        one = torch.ones((), dtype=torch.float64, device=device)
-        scales = torch.stack(
-            (one if h_scale is None else h_scale, one if c_scale is None else c_scale)
-        )
-        parts = [_from_host(head, device), scales]
-    h_lo, h_hi = _min_max(h)
-    c_lo, c_hi = _min_max(c)
-    probe = torch.nansum(hw) + torch.nansum(cw)
-    rows = torch.stack(
-        (torch.linalg.vector_norm(hw, dim=2), torch.linalg.vector_norm(cw, dim=2))
-    )  # [2, layers, batch]
-    env_norms = rows[:, 0] if layers == 1 else torch.linalg.vector_norm(rows, dim=1)  # [2, batch]
+    else:
+        h_lo, h_hi, h_rows, h_probe, h_scale = _reduced(h)
+        c_lo, c_hi, c_rows, c_probe, c_scale = _reduced(c)
+        rows = torch.stack((h_rows, c_rows))
+        extremes = [torch.stack((h_lo, c_lo, h_hi, c_hi, h_probe, c_probe))]
+        if h_scale is None and c_scale is None:
+            parts = [_from_host([*head, 1.0, 1.0], device)]
+        else:  # a float64 state: its divisor goes in the row (1 for a float32 one beside it)
+            one = torch.ones((), dtype=torch.float64, device=device)
+            scales = torch.stack(
+                (one if h_scale is None else h_scale, one if c_scale is None else c_scale)
+            )
+            parts = [_from_host(head, device), scales]
+    env_norms = rows[:, 0] if layers == 1 else torch.linalg.vector_norm(rows, dim=1)
     parts += [
-        torch.stack((h_lo, h_hi, c_lo, c_hi, probe)),  # promoted to float64 by cat
+        *extremes,  # made float64 by cat
         torch.linalg.vector_norm(env_norms, dim=1),  # h_l2, c_l2
         env_norms.sum(dim=1),
         env_norms.amax(dim=1),
@@ -149,15 +163,22 @@ def _partials(
     return torch.cat(parts), env_norms
 
 
-def _widened(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """x in float64, where its squares and sums cannot overflow or underflow, and the divisor.
+def _reduced(
+    x: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(min, max, row norms ``[layers, batch]``, Inf probe, divisor or None) of one tensor.
 
-    A float32 state is only converted (divisor None: 1); a float64 state is divided by
-    its largest finite |x|, which is returned.
+    The norms and the probe are taken of x in float64, where its squares and sums cannot
+    leave the range: a float32 x is only converted (divisor None: 1), a float64 one is
+    divided by its largest finite |x|. One tensor at a time, so that one float64 copy at
+    most is alive (an allocator hands a freed block of the same size back cheaply).
     """
+    lo, hi = _min_max(x)
     if x.dtype == torch.float64:
-        return _rescaled(x, True)
-    return x.double(), None
+        wide, scale = _rescaled(x, True)
+    else:
+        wide, scale = x.double(), None
+    return lo, hi, torch.linalg.vector_norm(wide, dim=2), torch.nansum(wide), scale
 
 
 def _worst_envs(
@@ -228,7 +249,7 @@ def _combined(rows: list[list[float]], ranks: int) -> tuple[LSTMHealthMetrics, t
     figures = [_tensor_figures(rows, t, layers, batch, sizes[t]) for t in (0, 1)]
     (h_l2, h_rms, h_mean, h_max_env, h_amax), (c_l2, c_rms, c_mean, c_max_env, c_amax) = figures
     has_nan = math.isnan(h_amax) or math.isnan(c_amax)
-    has_inf = any(not math.isfinite(row[_AT["inf_probe"]]) for row in rows)
+    has_inf = any(not math.isfinite(row[_OF[t]["probe"]]) for row in rows for t in (0, 1))
     metrics = LSTMHealthMetrics(
         h_l2_total=h_l2,
         c_l2_total=c_l2,
@@ -256,18 +277,16 @@ def _tensor_figures(
     Each row's sums are of ``x / scale``; they are brought to the largest scale of all
     rows before they are added, so that no sum leaves the float64 range on the way.
     """
-    name = "hc"[t]
-    lo, hi = _global_min_max(rows, name)
+    lo, hi = _global_min_max(rows, t)
     amax = _abs_max(hi, lo)
     if lo == hi:
         # Every element of every rank is hi: each RMS is |hi| exactly, as in one process.
         return amax * math.sqrt(layers * batch * size), amax, amax, amax, amax
-    top, weights = _weights(rows, name)
-    ss = sum((row[_AT[f"{name}_l2"]] * w) ** 2 for row, w in zip(rows, weights, strict=True))
-    env_sum = sum(
-        row[_AT[f"{name}_env_sum"]] / batch * w for row, w in zip(rows, weights, strict=True)
-    )
-    env_maxes = [row[_AT[f"{name}_env_max"]] * w for row, w in zip(rows, weights, strict=True)]
+    of = _OF[t]
+    top, weights = _weights(rows, t)
+    ss = sum((row[of["l2"]] * w) ** 2 for row, w in zip(rows, weights, strict=True))
+    env_sum = sum(row[of["env_sum"]] / batch * w for row, w in zip(rows, weights, strict=True))
+    env_maxes = [row[of["env_max"]] * w for row, w in zip(rows, weights, strict=True)]
     env_max = math.nan if any(math.isnan(v) for v in env_maxes) else max(env_maxes)
     env_div = math.sqrt(layers * size)
     return (
@@ -279,17 +298,17 @@ def _tensor_figures(
     )
 
 
-def _global_min_max(rows: list[list[float]], name: str) -> tuple[float, float]:
+def _global_min_max(rows: list[list[float]], t: int) -> tuple[float, float]:
     """(min, max) over every row, both NaN when one row holds a NaN (as aminmax does)."""
-    los, his = [row[_AT[f"{name}_lo"]] for row in rows], [row[_AT[f"{name}_hi"]] for row in rows]
+    los, his = [row[_OF[t]["lo"]] for row in rows], [row[_OF[t]["hi"]] for row in rows]
     if any(math.isnan(v) for v in (*los, *his)):
         return math.nan, math.nan
     return min(los), max(his)
 
 
-def _weights(rows: list[list[float]], name: str) -> tuple[float, list[float]]:
+def _weights(rows: list[list[float]], t: int) -> tuple[float, list[float]]:
     """The largest row scale, and each row's scale divided by it (<= 1)."""
-    scales = [row[_AT[f"{name}_scale"]] for row in rows]
+    scales = [row[_OF[t]["scale"]] for row in rows]
     top = max(scales)
     return top, [s / top for s in scales]
 
@@ -325,10 +344,10 @@ def _layer_rms(
     rows: list[list[float]], t: int, layers: int, batch: int, size: int, amax: float
 ) -> tuple[float, ...]:
     """RMS per layer of h (t=0) or c (t=1) over every rank's envs."""
-    lo, hi = _global_min_max(rows, "hc"[t])
+    lo, hi = _global_min_max(rows, t)
     if lo == hi:
         return (amax,) * layers
-    top, weights = _weights(rows, "hc"[t])
+    top, weights = _weights(rows, t)
     at = len(_COLUMNS) + t * layers
     sums = [
         sum((row[at + i] * w) ** 2 for row, w in zip(rows, weights, strict=True))
@@ -341,12 +360,11 @@ def _env_rms(
     row: list[float], t: int, norms: list[float], layers: int, size: int
 ) -> tuple[float, ...]:
     """RMS of each env of one rank (norms of ``x / scale``), as the single-process path."""
-    name = "hc"[t]
-    lo, hi = row[_AT[f"{name}_lo"]], row[_AT[f"{name}_hi"]]
+    lo, hi = row[_OF[t]["lo"]], row[_OF[t]["hi"]]
     amax = _abs_max(hi, lo)
     if lo == hi:  # this rank's tensor is constant: every env is |hi| exactly
         return (amax,) * len(norms)
-    factor = row[_AT[f"{name}_scale"]] / math.sqrt(layers * size)
+    factor = row[_OF[t]["scale"]] / math.sqrt(layers * size)
     return tuple(_at_most(v * factor, amax) for v in norms)
 
 
