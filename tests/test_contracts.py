@@ -594,9 +594,9 @@ def test_every_int_in_the_schemas_is_bounded_to_int64() -> None:
 
     defs = EVENT_ADAPTER.json_schema()["$defs"]
     found = ints({k: v for k, v in defs.items() if k != "TelemetryLevel"})  # an enum, 0-3
-    # 4 envelope ints x 5 events, 3 in payloads, 3 in the LSTM detail (a worst env's rank
-    # and env, env_counts), 8 in the stats
-    assert len(found) == 34
+    # 4 envelope ints x 5 events, 4 in payloads (health_ranks among them), 3 in the LSTM
+    # detail (a worst env's rank and env, env_counts), 8 in the stats
+    assert len(found) == 35
     assert [(lo, hi) for lo, hi in found if not (lo >= I64_MIN and hi == I64_MAX)] == []
 
 

@@ -60,6 +60,8 @@ def test_builds_the_payload_from_metrics_health_and_env_steps(hub: TelemetryHub)
         env_steps=4096,
         extra={"fps": 1200.0, "return_mean": 21.5},
         **health.to_dict(),
+        health_scope="process",
+        health_ranks=1,
     )
 
 

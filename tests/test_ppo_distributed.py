@@ -126,7 +126,11 @@ def test_publish_ranks_all_and_a_halt_on_rank_1_alone_stop_every_rank_at_one_upd
         assert updates(events) == [0, 1]
         assert (finished(events).update, finished(events).payload.status) == (1, "halted")
     anomalies = [(r, e.update) for r in (0, 1) for e in ranks[r] if isinstance(e, AnomalyDetected)]
-    assert anomalies == [(1, 1)]
+    # The health is global (every rank measures all ranks' states): rank 0 sees rank 1's
+    # explosion at the same update, and its event says the figures cover both ranks.
+    assert anomalies == [(0, 1), (1, 1)]
+    health = [e.payload.health() for e in ranks[0] if isinstance(e, PPOUpdateCompleted)]
+    assert [(h.scope, h.ranks) for h in health if h is not None] == [("all_ranks", 2)] * 2
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("esper ppo:")]
     assert "rank 1 halted the run" in line
     assert "rank 1: halted: training halted (update 1): lstm_c_explosion" in line

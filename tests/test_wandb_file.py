@@ -133,3 +133,30 @@ def test_the_final_file_is_read_once_wandb_core_wrote_its_end(
     log.write_text(json.dumps({"level": "ERROR", "msg": "write run-x.wandb: no space"}) + "\n")
     assert not read_final_run_file(growing, log, timeout=3600).exited
     assert sleeps == [0.05]
+
+
+def test_run_folders_of_one_id_include_those_w_and_b_numbered_in_the_same_second(
+    tmp_path: Path,
+) -> None:
+    """W&B adds -1, -2... to a folder of a run id started again within the same second;
+    the run file names the run, and the folders come oldest first."""
+    from esper_telemetry.backends._wandb_file import run_folders
+
+    names = [
+        "offline-run-20261202_032202-wb-1",
+        "offline-run-20261202_032202-wb",
+        "offline-run-20261202_032159-wb",
+        "offline-run-20261202_032203-other",
+        "run-20261202_032210-wb",
+    ]
+    for name in names:
+        (tmp_path / name).mkdir()
+        run_id = name.removeprefix("offline-").split("-")[2]
+        (tmp_path / name / f"run-{run_id}.wandb").write_bytes(b"")
+    (tmp_path / "offline-run-20261202_032300-wb-empty").mkdir()  # no run file: not a run
+    assert [p.name for p in run_folders(tmp_path, "wb")] == [
+        "offline-run-20261202_032159-wb",
+        "offline-run-20261202_032202-wb",
+        "offline-run-20261202_032202-wb-1",
+        "run-20261202_032210-wb",
+    ]

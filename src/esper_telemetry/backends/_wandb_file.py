@@ -64,6 +64,23 @@ class RunFileContents:
     """Reading stopped early: a chunk was cut off, failed its checksum or did not parse."""
 
 
+def run_folders(wandb_dir: str | Path, run_id: str) -> list[Path]:
+    """The run folders of W&B run ``run_id`` under ``wandb_dir``, oldest first.
+
+    W&B names a folder ``[offline-]run-<YYYYMMDD_HHMMSS>-<id>``, and adds ``-1``, ``-2``...
+    when a second run of that id starts within the same second; the run file inside,
+    ``run-<id>.wandb``, is what tells the run apart.
+    """
+    found = []
+    for folder in Path(wandb_dir).glob("*run-*"):
+        if not (folder / f"run-{run_id}.wandb").is_file():
+            continue
+        stamp = folder.name.removeprefix("offline-").removeprefix("run-")
+        extra = stamp[16:].removeprefix(run_id).removeprefix("-")
+        found.append(((stamp[:15], int(extra) if extra.isdigit() else 0), folder))
+    return [folder for _, folder in sorted(found)]
+
+
 def read_run_file(path: str | Path) -> RunFileContents:
     """Read the run file at ``path``; a missing or foreign file holds nothing.
 

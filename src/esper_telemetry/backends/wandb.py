@@ -85,6 +85,7 @@ from esper_telemetry.backends._wandb_file import (
     RunFileContents,
     first_error,
     read_final_run_file,
+    run_folders,
 )
 from esper_telemetry.hub import REDACTED, Backend, redact_secrets
 
@@ -491,7 +492,7 @@ class WandBBackend(Backend):
         (``resume=True``) or refused, never joined by a second one."""
         if self._resume or self._dir is None:
             return
-        earlier = sorted((self._dir / "wandb").glob(f"*run-*-{run_id}"))
+        earlier = run_folders(self._dir / "wandb", run_id)
         if earlier:
             raise ValueError(
                 f"{self._dir / 'wandb'} already holds a W&B run with id {run_id!r} "

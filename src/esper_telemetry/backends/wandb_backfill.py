@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from esper_telemetry.backends._wandb_file import read_run_file
+from esper_telemetry.backends._wandb_file import read_run_file, run_folders
 from esper_telemetry.backends.wandb import DEFAULT_FINISH_TIMEOUT_S, Mode, WandBBackend
 from esper_telemetry.contracts import (
     AnomalyDetected,
@@ -107,11 +107,8 @@ def _count(n: int, one: str, many: str | None = None) -> str:
 
 def wandb_holds(run_dir: str | os.PathLike[str], run_id: str) -> WandbHolds:
     """Read every local W&B run file of ``run_id`` under ``run_dir/wandb``."""
-    root = Path(run_dir) / "wandb"
-    folders = sorted(root.glob(f"*run-*-{run_id}"), key=lambda p: p.name.split("-")[-2])
-    files = tuple(
-        p / f"run-{run_id}.wandb" for p in folders if (p / f"run-{run_id}.wandb").is_file()
-    )
+    folders = run_folders(Path(run_dir) / "wandb", run_id)
+    files = tuple(p / f"run-{run_id}.wandb" for p in folders)
     steps: set[int] = set()
     summary: set[str] = set()
     project = None
