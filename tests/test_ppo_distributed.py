@@ -132,8 +132,8 @@ def test_publish_ranks_all_and_a_halt_on_rank_1_alone_stop_every_rank_at_one_upd
     health = [e.payload.health() for e in ranks[0] if isinstance(e, PPOUpdateCompleted)]
     assert [(h.scope, h.ranks) for h in health if h is not None] == [("all_ranks", 2)] * 2
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("esper ppo:")]
-    assert "rank 1 halted the run" in line
-    assert "rank 1: halted: training halted (update 1): lstm_c_explosion" in line
+    # Rank 0's own escalator saw the explosion too, so the verdict is its own halt.
+    assert line.startswith("esper ppo: halted: training halted (update 1): lstm_c_explosion")
     checksums = [finished(events).payload.summary["weights_crc32"] for events in ranks]
     assert checksums[0] == checksums[1]
 

@@ -59,9 +59,14 @@ class AnomalyDetector:
             raise TypeError(f"metrics must be LSTMHealthMetrics, got {type(metrics).__name__}")
         t = self._thresholds
         found: list[Anomaly] = []
-        if metrics.has_nan:
+        # A NaN or infinite figure is a NaN or Inf in the state, flags or not (the one rule,
+        # HealthThresholds.status, says CRITICAL for it too): metrics built by hand may
+        # carry one without the flag.
+        figures: tuple[float, ...] = (metrics.h_rms, metrics.c_rms, metrics.h_env_rms_max)
+        figures += (metrics.c_env_rms_max, metrics.h_max, metrics.c_max)
+        if metrics.has_nan or any(math.isnan(v) for v in figures):
             found.append(_critical(AnomalyType.LSTM_NAN, math.nan, None, "LSTM state holds NaN"))
-        if metrics.has_inf:
+        if metrics.has_inf or any(math.isinf(v) for v in figures[4:]):
             found.append(_critical(AnomalyType.LSTM_INF, math.inf, None, "LSTM state holds Inf"))
         for name, rms, env_max, explosion in (
             ("h", metrics.h_rms, metrics.h_env_rms_max, AnomalyType.LSTM_H_EXPLOSION),
