@@ -42,7 +42,9 @@ def test_readme_example_runs_and_publishes_one_event_per_update(
 
     exec(compile(code, "README.md", "exec"), {"num_updates": 3, "ppo_update": ppo_update})
     lines = capsys.readouterr().out.splitlines()
-    printed = [PRINTED_EVENT.match(line) for line in lines if line.startswith("event_type=")]
+    kinds = re.findall(r"^event_type=<EventType\.(\w+):", "\n".join(lines), re.M)
+    assert kinds == ["RUN_STARTED", *["PPO_UPDATE_COMPLETED"] * 3, "RUN_FINISHED"]
+    printed = [m for m in map(PRINTED_EVENT.match, lines) if m is not None]
     alarms = [line for line in lines if not line.startswith("event_type=")]
-    assert [m and (m["seq"], m["update"]) for m in printed] == [("0", "0"), ("1", "1"), ("2", "2")]
+    assert [(m["seq"], m["update"]) for m in printed] == [("1", "0"), ("2", "1"), ("3", "2")]
     assert alarms == ["update 1: LSTM state CRITICAL"]

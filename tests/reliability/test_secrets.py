@@ -230,7 +230,7 @@ def test_a_run_id_holding_a_secret_environment_value_is_refused(
 
 def test_a_bad_run_id_is_echoed_redacted() -> None:
     """A run id refused for its characters is quoted, unless it holds a secret."""
-    with pytest.raises(ValueError, match=r"got 'a b'$"):
+    with pytest.raises(ValueError, match=r"got 'a b'; use 'a-b' instead$"):
         TelemetryHub("a b")
     with pytest.raises(ValueError, match=r"got \[REDACTED\]$"):
         TelemetryHub(b"ghp_PlantedGitHubToken0123456789abcdefgh")  # type: ignore[arg-type]

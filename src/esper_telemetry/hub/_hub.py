@@ -31,7 +31,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, MutableSet
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSet
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -46,6 +47,9 @@ from esper_telemetry.contracts import (
     HubStats,
     PPOUpdateCompleted,
     RunFinished,
+    RunFinishedPayload,
+    RunStarted,
+    RunStartedPayload,
     TelemetryEvent,
     TelemetryLevel,
     TelemetryLevelChanged,
@@ -152,6 +156,7 @@ class TelemetryHub:
         self._run_id = _checked_run_id(run_id)
         self._idle: list[str] = []  # threaded subscriptions of a rank that does not publish
         self._warned_alone = False
+        self._ppo_updates = 0  # emitted by this hub, for hub.run()'s summary
         self._namespace = _OrderedNamespace()
         self._signals = {et: self._namespace.signal(et.value) for et in EventType}
         self._wake_chain = WakeChain()
@@ -448,7 +453,7 @@ class TelemetryHub:
         _check_update(event)
         if not self._warned_alone:
             self._warn_if_alone()
-        _check_metric_names(event)
+        _check_metric_names(self, event)
         clean = redact_marked(event, redact_secrets)
         with self._lock:
             stamped, reentrant = self._enqueue(clean, "emit")
@@ -520,6 +525,62 @@ class TelemetryHub:
         if not reentrant:
             self._run_pending_until(stamped)
         return stamped
+
+    # -- a run ----------------------------------------------------------------------------
+
+    @contextmanager
+    def run(
+        self,
+        *,
+        config: Mapping[str, Any] | None = None,
+        description: str = "",
+        summary: Mapping[str, float] | None = None,
+    ) -> Iterator[Self]:
+        """One run as a block: ``RUN_STARTED`` on entry, ``RUN_FINISHED`` on exit.
+
+        The status says how the block ended: ``completed``; ``halted`` by a
+        ``TrainingHalted`` (a halt the escalator asked for), which the block then ends
+        on without raising; ``interrupted`` by Ctrl-C (``KeyboardInterrupt``, raised
+        again); ``failed`` by any other exception, named with its type and first line in
+        the message (raised again). The summary holds ``updates`` (the PPO updates
+        emitted in the block) and your own ``summary`` scalars; ``hub_stats`` the hub's
+        counters. The hub is not closed.
+
+        >>> seen = []
+        >>> with TelemetryHub("run-demo") as hub:
+        ...     _ = hub.subscribe(seen.append, mode="inline")
+        ...     with hub.run(config={"lr": 0.001}):
+        ...         pass
+        >>> [e.event_type.value for e in seen], seen[-1].payload.status
+        (['RUN_STARTED', 'RUN_FINISHED'], 'completed')
+        """
+        started = RunStarted(
+            update=self._first_update,
+            payload=RunStartedPayload(config=dict(config or {}), description=description),
+        )
+        extra = dict(summary or {})
+        RunFinishedPayload(status="completed", summary=extra)  # a bad summary fails here
+        self.emit(started)
+        first = self._ppo_updates
+        status: Literal["completed", "interrupted", "halted", "failed"] = "completed"
+        message = ""
+        try:
+            yield self
+        except TrainingHalted as halt:
+            status, message = "halted", str(halt)
+        except KeyboardInterrupt:
+            status, message = "interrupted", "interrupted by the user"
+            raise
+        except Exception as exc:
+            status, message = "failed", _one_line(exc)
+            raise
+        finally:
+            if not self.closed:  # closed inside the block: nothing more can go out
+                totals = {"updates": float(self._ppo_updates - first), **extra}
+                finished = RunFinishedPayload(
+                    status=status, message=message, summary=totals, hub_stats=self.stats()
+                )
+                self.emit(RunFinished(update=self._last_update, payload=finished))
 
     # -- halting ------------------------------------------------------------------------
 
@@ -836,9 +897,14 @@ def _checked_run_id(run_id: str | None) -> str:
             "directory and appears in every event and log; choose another name"
         )
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        suggestion = ""
+        if isinstance(run_id, str):
+            clean = re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).lstrip("._-")[:128]
+            if _RUN_ID.fullmatch(clean):
+                suggestion = f"; use {redact_secrets(repr(clean))} instead"
         raise ValueError(
             f"run_id must be 1-128 letters, digits, '.', '_' or '-', starting with a letter "
-            f"or digit (it names a directory), got {redact_secrets(repr(run_id))}"
+            f"or digit (it names a directory), got {redact_secrets(repr(run_id))}" + suggestion
         )
     return run_id
 
@@ -919,11 +985,12 @@ def _check_update(event: EventBase) -> None:
         )
 
 
-def _check_metric_names(event: EventBase) -> None:
+def _check_metric_names(hub: TelemetryHub, event: EventBase) -> None:
     # The emitter refuses a metric name that looks like a secret; an event built by hand
     # is held to the same rule here, before any subscriber sees it.
     match event:
         case PPOUpdateCompleted(payload=p):
+            hub._ppo_updates += 1
             names, field = p.extra, "extra"
         case RunFinished(payload=p):
             names, field = p.summary, "summary"
@@ -933,6 +1000,11 @@ def _check_metric_names(event: EventBase) -> None:
         refused = secret_key_problem(name, field)
         if refused is not None:
             raise ValueError(refused)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = next((t.strip() for t in str(exc).splitlines() if t.strip()), "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _shown(value: object) -> str:

@@ -168,8 +168,15 @@ def _reason(msg: str) -> str:
 
 def _real(key: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = ""
+        if callable(getattr(value, "item", None)) and hasattr(value, "shape"):
+            hint = (
+                f"; pass a host number: metrics[{key!r}].item() (for many tensors, "
+                "torch.stack(...).tolist() moves them in one transfer)"
+            )
         raise ValueError(
-            f"metrics[{key!r}] must be a real number, got {type(value).__name__} {value!r:.80}"
+            f"metrics[{key!r}] must be a real number, got {type(value).__name__} "
+            f"{value!r:.80}{hint}"
         )
     try:
         return float(value)
@@ -184,6 +191,11 @@ def _health_fields(
         return {}
     detail: LSTMHealthDetail | None = None
     if isinstance(health, tuple):
+        if any(hasattr(x, "shape") and hasattr(x, "dtype") for x in health):
+            raise TypeError(
+                "lstm_health got the raw recurrent state (tensors); pass what "
+                "compute_lstm_health returns: lstm_health=compute_lstm_health((h, c))"
+            )
         if len(health) != 2 or not isinstance(health[1], LSTMHealthDetail):
             raise TypeError("lstm_health: expected (LSTMHealthMetrics, LSTMHealthDetail)")
         health, detail = health

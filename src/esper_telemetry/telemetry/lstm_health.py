@@ -203,6 +203,12 @@ def _validated(hidden: object) -> LSTMState:
             f"{type(hidden).__name__}{_len_note(hidden)}"
         )
     h, c = hidden
+    if all(isinstance(x, tuple | list) and len(x) == 2 for x in (h, c)):
+        raise TypeError(
+            "hidden holds two (h, c) pairs, as sb3-contrib's RNNStates does (pi for the "
+            "policy's LSTM, vf for the critic's); pass one pair, e.g. "
+            "compute_lstm_health(states.pi)"
+        )
     for name, t in (("h", h), ("c", c)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"hidden: {name} must be a torch.Tensor, got {type(t).__name__}")
