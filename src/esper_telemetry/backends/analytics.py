@@ -40,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal, Self, get_args
 
+from esper_telemetry._append import LineAppender
 from esper_telemetry._files import remove_if_empty
 from esper_telemetry._tail import claim
 from esper_telemetry.contracts import EventBase, RunLayout, TelemetryEvent
@@ -108,11 +109,8 @@ class AnalyticsCollector(Backend):
         self._fsync: FsyncPolicy = fsync
         self._lock = threading.Lock()
         self._new_file = not self._path.exists()
-        self._fd: int | None = os.open(
-            self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
-        )
-        # A torn last line (a killed writer, a failed write) must not swallow our first line.
-        self._needs_newline = not _ends_with_newline(self._path)
+        # One write per line; a torn last line stays a line apart (see LineAppender).
+        self._file: LineAppender | None = LineAppender(self._path)
         self._dir_synced = False
         self._written = 0
         self._resume = resume
@@ -137,7 +135,7 @@ class AnalyticsCollector(Backend):
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
-        return self._fd is None
+        return self._file is None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -159,7 +157,8 @@ class AnalyticsCollector(Backend):
             position = claim(
                 self._path, hub.run_id, resume=self._resume, live=hub.stats().emitted > 0
             )
-            self._needs_newline = not _ends_with_newline(self._path)
+            if self._file is not None:
+                self._file.reread_end()  # a resumed run's torn tail may be gone
         if position is not None:
             hub.resume_after(position.seq, position.update)
 
@@ -177,11 +176,11 @@ class AnalyticsCollector(Backend):
             raise TypeError(f"event must be a TelemetryEvent, got {type(event).__name__}")
         line = event.model_dump_json().encode("utf-8") + b"\n"
         with self._lock:
-            fd = self._open_fd("handle")
-            self._append(fd, line)
+            file = self._open_file("handle")
+            file.append(line)
             self._written += 1
             if self._fsync == "every_event":
-                self._sync(fd)
+                self._sync(file)
 
     def flush(self) -> None:
         """Make every event handled so far durable (``os.fsync``), unless ``fsync="never"``.
@@ -193,8 +192,8 @@ class AnalyticsCollector(Backend):
             OSError: the fsync failed; what it should have covered may not be durable.
         """
         with self._lock:
-            if self._fd is not None and self._fsync != "never":
-                self._sync(self._fd)
+            if self._file is not None and self._fsync != "never":
+                self._sync(self._file)
 
     def close(self) -> None:
         """Flush (per the policy) and close the file. Idempotent.
@@ -203,14 +202,14 @@ class AnalyticsCollector(Backend):
             OSError: the final fsync failed; the file is closed all the same.
         """
         with self._lock:
-            fd, self._fd = self._fd, None
-            if fd is None:
+            file, self._file = self._file, None
+            if file is None:
                 return
             try:
                 if self._fsync != "never":
-                    self._sync(fd)
+                    self._sync(file)
             finally:
-                os.close(fd)
+                file.close()
 
     def __enter__(self) -> Self:
         return self
@@ -228,54 +227,30 @@ class AnalyticsCollector(Backend):
     def _reopen(self, path: Path) -> None:
         """Write to ``path`` instead (a rank's own file), before any event was written;
         an ``events.jsonl`` this collector created, still empty, is removed."""
-        if path == self._path or self._fd is None or self._written:
+        if path == self._path or self._file is None or self._written:
             return
-        os.close(self._fd)
-        self._fd = None
+        self._file.close()
+        self._file = None
         if self._new_file:
             remove_if_empty(self._path)
         self._path = path
         self._new_file = not path.exists()
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._file = LineAppender(path)
 
-    def _open_fd(self, what: str) -> int:
-        if self._fd is None:
+    def _open_file(self, what: str) -> LineAppender:
+        if self._file is None:
             raise RuntimeError(
                 f"{what}() on a closed AnalyticsCollector ({str(self._path)!r}); "
                 "create a new collector to append more events"
             )
-        return self._fd
+        return self._file
 
-    def _append(self, fd: int, line: bytes) -> None:
-        data = b"\n" + line if self._needs_newline else line
-        view = memoryview(data)
-        done = 0
-        try:
-            # One write per line; the loop only continues a short write (a signal, a
-            # file size limit), whose next attempt usually raises the real error.
-            while done < len(data):
-                done += os.write(fd, view[done:])
-        finally:
-            if done == len(data):
-                self._needs_newline = False
-            elif done > 0:
-                self._needs_newline = True  # a fragment is in the file: end it first
-
-    def _sync(self, fd: int) -> None:
-        os.fsync(fd)
+    def _sync(self, file: LineAppender) -> None:
+        file.fsync()
         if self._new_file and not self._dir_synced:
             # A new file is durable only once its directory entry is.
             _fsync_directory(self._dir)
             self._dir_synced = True
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() == 0:
-            return True
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
 
 
 def _fsync_directory(directory: Path) -> None:
