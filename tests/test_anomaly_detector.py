@@ -437,4 +437,12 @@ def test_anomaly_record_fields() -> None:
         threshold=CRITICAL,
         message=anomaly.message,
     )
-    assert set(Anomaly.model_fields) == {"type", "severity", "observed", "threshold", "message"}
+    assert set(Anomaly.model_fields) == {
+        "type",
+        "severity",
+        "observed",
+        "threshold",
+        "message",
+        "state",
+    }
+    assert anomaly.state is None  # no name given to the detector

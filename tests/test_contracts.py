@@ -594,9 +594,10 @@ def test_every_int_in_the_schemas_is_bounded_to_int64() -> None:
 
     defs = EVENT_ADAPTER.json_schema()["$defs"]
     found = ints({k: v for k, v in defs.items() if k != "TelemetryLevel"})  # an enum, 0-3
-    # 4 envelope ints x 5 events, 4 in payloads (health_ranks among them), 3 in the LSTM
-    # detail (a worst env's rank and env, env_counts), 8 in the stats
-    assert len(found) == 35
+    # 4 envelope ints x 5 events, 5 in payloads (health_ranks, episode_return_window among
+    # them), 1 in the metrics of a named state (ranks), 3 in the LSTM detail (a worst env's
+    # rank and env, env_counts), 8 in the stats
+    assert len(found) == 37
     assert [(lo, hi) for lo, hi in found if not (lo >= I64_MIN and hi == I64_MAX)] == []
 
 
@@ -871,16 +872,18 @@ def test_version_1_anomaly_lines_still_read() -> None:
                 "observed": 260.9,
                 "threshold": 10.0,
                 "message": "c_rms = 260.9 is above critical_rms = 10",
+                "state": None,
             },
             "outlier_envs": [2],
         },
     )
 
 
-def test_new_anomaly_lines_nest_the_anomaly_and_carry_version_2() -> None:
-    """A new anomaly line holds the Anomaly itself under payload.anomaly."""
+def test_new_anomaly_lines_nest_the_anomaly_and_carry_version_3() -> None:
+    """A new anomaly line holds the Anomaly itself under payload.anomaly, with its state."""
     data = json.loads(sample_event(EventType.ANOMALY_DETECTED).model_dump_json())
-    assert (data["schema_version"], sorted(data["payload"])) == (2, ["anomaly", "outlier_envs"])
+    assert (data["schema_version"], sorted(data["payload"])) == (3, ["anomaly", "outlier_envs"])
+    assert "state" in data["payload"]["anomaly"]
 
 
 # --------------------------------------------------------------------------- redaction marks
@@ -917,6 +920,8 @@ def test_free_text_fields_are_marked_for_redaction() -> None:
     fields = sorted({f for cls in EVENT_CLASSES for f in _text_fields(cls)})
     assert fields == [
         ("payload.anomaly.message", True),
+        # State names are refused when they look like secrets (emit_ppo_update_event).
+        ("payload.anomaly.state", False),
         ("payload.config", True),
         ("payload.description", True),
         ("payload.extra", False),
@@ -924,7 +929,10 @@ def test_free_text_fields_are_marked_for_redaction() -> None:
         ("payload.hub_stats.subscribers.last_error", True),
         ("payload.hub_stats.subscribers.name", False),
         ("payload.message", True),
+        ("payload.primary_state", False),
         ("payload.reason", True),
+        ("payload.recurrent_detail", False),
+        ("payload.recurrent_health", False),
         ("payload.summary", False),
         ("run_id", False),
     ]

@@ -62,6 +62,8 @@ def test_builds_the_payload_from_metrics_health_and_env_steps(hub: TelemetryHub)
         **health.to_dict(),
         health_scope="process",
         health_ranks=1,
+        primary_state="policy",
+        recurrent_health={"policy": health},
     )
 
 

@@ -33,7 +33,8 @@ def test_a_raw_state_as_lstm_health_says_to_measure_it_first() -> None:
         emit_ppo_update_event(hub, update=0, metrics=PPO, lstm_health=lstm_state())  # type: ignore[arg-type]
     assert str(info.value) == (
         "lstm_health got the raw recurrent state (tensors); pass what compute_lstm_health "
-        "returns: lstm_health=compute_lstm_health((h, c))"
+        "returns: lstm_health=compute_lstm_health((h, c)), or track the module with "
+        "esper_telemetry.track(policy) and pass tracker="
     )
 
 

@@ -36,11 +36,14 @@ EXPECTED = [
     "TelemetryLevel",
     "TelemetryLevelChanged",
     "TrainingHalted",
+    "Tracker",
     "__version__",
     "compute_lstm_health",
+    "compute_recurrent_health",
     "emit_ppo_update_event",
     "health_status",
     "parse_event",
+    "track",
 ]
 
 #: Every public subpackage's ``__all__``, pinned like the root's.
@@ -115,8 +118,11 @@ SUBPACKAGES: dict[str, list[str]] = {
     ],
     "esper_telemetry.telemetry": [
         "AnomalyDetector",
+        "Tracker",
         "compute_lstm_health",
+        "compute_recurrent_health",
         "emit_ppo_update_event",
+        "track",
     ],
     "esper_telemetry.analytics": [
         "MAX_LINE_BYTES",

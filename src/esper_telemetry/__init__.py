@@ -1,8 +1,9 @@
 """esper: health telemetry for the recurrent state of PPO policies.
 
 Create a :class:`TelemetryHub`, subscribe backends (or any callable), and after each
-PPO update call :func:`compute_lstm_health` on the final LSTM state and
-:func:`emit_ppo_update_event`. Every subscriber receives one typed, validated event.
+PPO update call :func:`compute_lstm_health` on the final LSTM state (or
+:func:`track` the policy once) and :func:`emit_ppo_update_event`. Every subscriber
+receives one typed, validated event.
 
 Importing this package is cheap: the names that need torch (``compute_lstm_health``,
 ``emit_ppo_update_event``, ``AnomalyDetector``) and the hub load on first use.
@@ -41,8 +42,11 @@ if TYPE_CHECKING:
     from esper_telemetry.hub import Backend, TelemetryHub
     from esper_telemetry.telemetry import (
         AnomalyDetector,
+        Tracker,
         compute_lstm_health,
+        compute_recurrent_health,
         emit_ppo_update_event,
+        track,
     )
 
     __version__: str
@@ -78,7 +82,14 @@ _LAZY = {
     **dict.fromkeys(("EsperError", "HubClosedError", "TrainingHalted"), "esper_telemetry.errors"),
     **dict.fromkeys(("Backend", "TelemetryHub"), "esper_telemetry.hub"),
     **dict.fromkeys(
-        ("AnomalyDetector", "compute_lstm_health", "emit_ppo_update_event"),
+        (
+            "AnomalyDetector",
+            "Tracker",
+            "compute_lstm_health",
+            "compute_recurrent_health",
+            "emit_ppo_update_event",
+            "track",
+        ),
         "esper_telemetry.telemetry",
     ),
 }
@@ -107,12 +118,15 @@ __all__ = [
     "TelemetryHub",
     "TelemetryLevel",
     "TelemetryLevelChanged",
+    "Tracker",
     "TrainingHalted",
     "__version__",
     "compute_lstm_health",
+    "compute_recurrent_health",
     "emit_ppo_update_event",
     "health_status",
     "parse_event",
+    "track",
 ]
 
 

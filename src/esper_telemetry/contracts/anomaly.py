@@ -7,6 +7,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from esper_telemetry.contracts._base import Contract, Float, SecretText
+from esper_telemetry.contracts.health import StateName
 
 
 class AnomalyType(StrEnum):
@@ -37,6 +38,12 @@ class Anomaly(Contract):
         default=None, description="The threshold crossed; None for NaN and Inf, which need none."
     )
     message: SecretText = Field(description="One sentence for a person reading a log.")
+    state: StateName | None = Field(
+        default=None,
+        description="The named recurrent state it was found in (a key of the update's "
+        "recurrent_health, e.g. 'policy' or 'value'); None when the detector was given no "
+        "name, and in logs written before states had names.",
+    )
 
 
 class AnomalyReport(Contract):

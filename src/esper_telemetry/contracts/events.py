@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BeforeValidator,
@@ -64,13 +64,21 @@ from esper_telemetry.contracts._base import (
     json_safe,
 )
 from esper_telemetry.contracts.anomaly import Anomaly
-from esper_telemetry.contracts.health import HealthScope, LSTMHealthDetail, LSTMHealthMetrics
+from esper_telemetry.contracts.health import (
+    DEFAULT_STATE,
+    HealthScope,
+    LSTMHealthDetail,
+    LSTMHealthMetrics,
+    StateName,
+)
 from esper_telemetry.contracts.levels import TelemetryLevel
 from esper_telemetry.contracts.stats import HubStats
 
 #: Bumped when a change to a contract would make old readers misread new events.
 #: 2: the anomaly payload holds the ``Anomaly`` itself (version-1 lines still read).
-SCHEMA_VERSION = 2
+#: 3: named recurrent states (``recurrent_health``, ``Anomaly.state``), states without a
+#: cell (GRU: ``c_*`` None), declared episode returns. Older lines still read.
+SCHEMA_VERSION = 3
 
 
 class EventType(StrEnum):
@@ -102,9 +110,17 @@ class RunStartedPayload(Contract):
 
 
 class PPOUpdatePayload(Contract):
-    """Statistics of one PPO update and the health of the LSTM state it ended with.
+    """Statistics of one PPO update and the health of the recurrent states it ended with.
 
-    The 12 ``lstm_*`` fields are None when the policy has no LSTM.
+    ``recurrent_health`` holds every named state (``policy`` and ``value`` for an actor
+    and a critic with an LSTM each, or one per module that ``track`` found); the 12 flat
+    ``lstm_*`` fields repeat the figures of one of them, the primary state named by
+    ``primary_state`` (the policy's), so readers of the original record keep working.
+    The flat fields are None when the policy has no recurrent layer, and the ``lstm_c_*``
+    ones when the primary state has no cell (a GRU or RNN).
+
+    Building a payload with ``recurrent_health`` and ``primary_state`` fills the flat
+    fields from the primary state; flat fields given as well must agree with it.
     """
 
     policy_loss: Float = Field(description="Clipped surrogate policy loss.")
@@ -161,22 +177,146 @@ class PPOUpdatePayload(Contract):
     health_ranks: Annotated[Int, Field(ge=1)] | None = Field(
         default=None, description="How many processes' states the lstm_* figures cover."
     )
+    primary_state: StateName | None = Field(
+        default=None,
+        description="The name, in recurrent_health, of the state the lstm_* fields repeat. "
+        "None when there is no recurrent state, and in logs written before names existed.",
+    )
+    recurrent_health: FrozenDict[StateName, LSTMHealthMetrics] = Field(
+        default_factory=FrozenDict,
+        description="The health of every named recurrent state, the primary one included "
+        "(read-only). Empty without a recurrent state, and in logs written before it existed "
+        "(named_health() reads those too).",
+    )
+    recurrent_detail: FrozenDict[StateName, LSTMHealthDetail] = Field(
+        default_factory=FrozenDict,
+        description="Per-layer and per-env detail of the states other than the primary one "
+        "(whose detail is lstm_detail), under the same rule: at DEBUG level, and for a state "
+        "the thresholds call CRITICAL. Read it with detail_of(name).",
+    )
+    episode_return_mean: Float | None = Field(
+        default=None,
+        description="Mean undiscounted return of the last episode_return_window finished "
+        "episodes (fewer early on; NaN before the first one). None when the trainer reports "
+        "none.",
+    )
+    episode_return_window: Annotated[Int, Field(ge=1)] | None = Field(
+        default=None,
+        description="How many of the latest episodes episode_return_mean averages at most "
+        "(20 for esper ppo, 100 for Stable-Baselines3's ep_info_buffer).",
+    )
     extra: FrozenFloats = Field(
         default_factory=FrozenDict, description="The trainer's own scalars, by name (read-only)."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_primary(cls, data: Any) -> Any:
+        # The flat fields of the primary state, from recurrent_health when left out.
+        if not isinstance(data, Mapping):
+            return data
+        states, primary = data.get("recurrent_health"), data.get("primary_state")
+        if not isinstance(states, Mapping) or not isinstance(primary, str):
+            return data
+        metrics = states.get(primary)
+        if isinstance(metrics, Mapping):
+            metrics = LSTMHealthMetrics.model_validate(metrics)
+        if not isinstance(metrics, LSTMHealthMetrics) or "lstm_h_rms" in data:
+            return data
+        return {
+            **data,
+            **metrics.to_dict(),
+            "health_scope": metrics.scope,
+            "health_ranks": metrics.ranks,
+        }
+
+    @model_validator(mode="after")
+    def _states_agree(self) -> Self:
+        names = list(self.recurrent_health)
+        if self.episode_return_mean is not None and self.episode_return_window is None:
+            raise ValueError(
+                "episode_return_mean needs episode_return_window: how many episodes it "
+                "averages at most"
+            )
+        if not names:
+            if self.primary_state is not None or self.recurrent_detail:
+                raise ValueError(
+                    "primary_state and recurrent_detail need recurrent_health, which is empty"
+                )
+            return self
+        if self.primary_state not in self.recurrent_health:
+            raise ValueError(
+                f"primary_state must name one of recurrent_health's states {names}, got "
+                f"{self.primary_state!r}"
+            )
+        unknown = [n for n in self.recurrent_detail if n not in self.recurrent_health]
+        if unknown or self.primary_state in self.recurrent_detail:
+            raise ValueError(
+                "recurrent_detail holds the detail of recurrent_health's states other than "
+                f"the primary one ({self.primary_state!r}, whose detail is lstm_detail), got "
+                f"{list(self.recurrent_detail)}"
+            )
+        flat = self.health()
+        primary = self.recurrent_health[self.primary_state]
+        if flat is None or not _same_figures(flat, primary):
+            raise ValueError(
+                f"the lstm_* fields must repeat the figures of the primary state "
+                f"{self.primary_state!r} in recurrent_health (leave them out to have them "
+                "filled in)"
+            )
+        return self
+
     def health(self) -> LSTMHealthMetrics | None:
-        """The 12 ``lstm_*`` fields as ``LSTMHealthMetrics``; None when there is no LSTM."""
+        """The 12 ``lstm_*`` fields as ``LSTMHealthMetrics`` (the primary state's).
+
+        None when there is no recurrent state. A primary state without a cell (GRU)
+        has its ``c_*`` figures None.
+        """
         values: dict[str, object] = {
             name: getattr(self, f"lstm_{name}") for name in LSTMHealthMetrics.FIGURES
         }
-        if any(v is None for v in values.values()):
+        if any(values[name] is None for name in LSTMHealthMetrics.FIGURES if name[0] != "c"):
             return None
         if self.health_scope is not None:
             values["scope"] = self.health_scope
         if self.health_ranks is not None:
             values["ranks"] = self.health_ranks
         return LSTMHealthMetrics.model_validate(values)
+
+    def named_health(self) -> Mapping[str, LSTMHealthMetrics]:
+        """Every named state's health, the primary one first.
+
+        ``recurrent_health`` when the event has it; for a log written before names
+        existed, the flat fields under the name ``"policy"``; empty without a state.
+        """
+        if self.recurrent_health:
+            first = self.primary_state
+            assert first is not None  # checked by _states_agree
+            return {first: self.recurrent_health[first], **self.recurrent_health}
+        flat = self.health()
+        return {} if flat is None else {DEFAULT_STATE: flat}
+
+    def primary_name(self) -> str | None:
+        """The primary state's name (``"policy"`` for logs from before names existed)."""
+        if self.primary_state is not None:
+            return self.primary_state
+        return None if self.health() is None else DEFAULT_STATE
+
+    def detail_of(self, name: str) -> LSTMHealthDetail | None:
+        """The detail of the state ``name`` (``lstm_detail`` for the primary); None if absent."""
+        if name == self.primary_name():
+            return self.lstm_detail
+        return self.recurrent_detail.get(name)
+
+
+def _same_figures(a: LSTMHealthMetrics, b: LSTMHealthMetrics) -> bool:
+    # NaN is data: a NaN figure repeats a NaN figure.
+    def same(x: object, y: object) -> bool:
+        if isinstance(x, float) and isinstance(y, float) and x != x and y != y:
+            return True
+        return x == y
+
+    return all(same(getattr(a, n), getattr(b, n)) for n in (*a.FIGURES, "scope", "ranks"))
 
 
 def _anomaly_v1(data: Any) -> Any:

@@ -8,10 +8,11 @@ and :func:`health_status`, so they can never disagree.
 from __future__ import annotations
 
 import math
+import re
 from enum import StrEnum
 from typing import Annotated, ClassVar, Final, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from esper_telemetry.contracts._base import (
     Bool,
@@ -19,6 +20,7 @@ from esper_telemetry.contracts._base import (
     Int,
     NonNegativeFloat,
     NonNegativeInt,
+    Str,
     StrictFloat,
 )
 
@@ -28,9 +30,55 @@ HealthScope = Literal["process", "all_ranks", "this_rank"]
 #: At most this many envs per rank are named in a group call's detail (the worst ones).
 WORST_ENVS_PER_RANK: Final = 8
 
+#: The name of the primary state when a trainer names none (``lstm_health=`` alone).
+DEFAULT_STATE: Final = "policy"
+
+_STATE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+# W&B keys of the primary state's detail sit at lstm/layer<N>/ and lstm/outlier_envs: a
+# state of that name would land on them (its figures are logged at lstm/<name>/...).
+_RESERVED_STATE = re.compile(r"layer[0-9]+|outlier_envs")
+
+
+def check_state_name(name: str) -> str:
+    """``name`` if it can name a recurrent state, else ValueError saying what to change.
+
+    A name is 1 to 64 characters from letters, digits, ``_``, ``.`` and ``-``, not
+    starting with ``.`` or ``-`` (a module path such as ``encoder.lstm`` qualifies); it
+    becomes part of W&B keys (``lstm/<name>/h_rms``) and a value SQL filters on.
+    ``layer<N>`` and ``outlier_envs`` are taken by the primary state's own keys.
+
+    >>> check_state_name("encoder.lstm")
+    'encoder.lstm'
+    """
+    if not isinstance(name, str) or not _STATE_NAME.fullmatch(name):
+        raise ValueError(
+            "a state name must be 1-64 characters of letters, digits, '_', '.' or '-', not "
+            f"starting with '.' or '-', got {name!r:.80}; e.g. 'policy', 'value' or "
+            f"{_suggested(name)!r}"
+        )
+    if _RESERVED_STATE.fullmatch(name):
+        raise ValueError(
+            f"a state may not be named {name!r}: W&B keys lstm/{name}/... belong to the "
+            f"primary state's detail; call it e.g. {'state_' + name!r}"
+        )
+    return name
+
+
+def _suggested(name: object) -> str:
+    text = re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(name)).lstrip(".-")[:64]
+    return text or "policy"
+
+
+#: The name of a recurrent state: see :func:`check_state_name`.
+StateName = Annotated[Str, AfterValidator(check_state_name)]
+
 
 class LSTMHealthMetrics(Contract):
-    """Health of one LSTM state ``(h, c)`` (the 12 figures of record TELE-340), and whose.
+    """Health of one recurrent state (the 12 figures of record TELE-340), and whose.
+
+    An LSTM state ``(h, c)`` fills every figure. A GRU or ``nn.RNN`` state is h alone: its
+    ``c_*`` figures are None (all six together), ``has_nan`` and ``has_inf`` describe h,
+    and nothing about c is judged (:attr:`has_cell` is False).
 
     Non-finite values are data: an exploded state gives ``inf`` or ``nan`` here, and it
     is stored and shown as such. Every figure is a norm, an RMS or a largest |x|, so
@@ -49,19 +97,27 @@ class LSTMHealthMetrics(Contract):
     """
 
     h_l2_total: NonNegativeFloat = Field(description="L2 norm of the whole h tensor.")
-    c_l2_total: NonNegativeFloat = Field(description="L2 norm of the whole c tensor.")
+    c_l2_total: NonNegativeFloat | None = Field(
+        description="L2 norm of the whole c tensor. None without a cell."
+    )
     h_rms: NonNegativeFloat = Field(description="RMS of h: its L2 norm / sqrt(number of elements).")
-    c_rms: NonNegativeFloat = Field(description="RMS of c: its L2 norm / sqrt(number of elements).")
+    c_rms: NonNegativeFloat | None = Field(
+        description="RMS of c: its L2 norm / sqrt(number of elements). None without a cell."
+    )
     h_env_rms_mean: NonNegativeFloat = Field(
         description="Mean over the batch of each env's RMS of h."
     )
     h_env_rms_max: NonNegativeFloat = Field(description="Largest per-env RMS of h.")
-    c_env_rms_mean: NonNegativeFloat = Field(
-        description="Mean over the batch of each env's RMS of c."
+    c_env_rms_mean: NonNegativeFloat | None = Field(
+        description="Mean over the batch of each env's RMS of c. None without a cell."
     )
-    c_env_rms_max: NonNegativeFloat = Field(description="Largest per-env RMS of c.")
+    c_env_rms_max: NonNegativeFloat | None = Field(
+        description="Largest per-env RMS of c. None without a cell."
+    )
     h_max: NonNegativeFloat = Field(description="Largest absolute value in h.")
-    c_max: NonNegativeFloat = Field(description="Largest absolute value in c.")
+    c_max: NonNegativeFloat | None = Field(
+        description="Largest absolute value in c. None without a cell."
+    )
     has_nan: Bool = Field(description="True when h or c holds a NaN.")
     has_inf: Bool = Field(description="True when h or c holds +Inf or -Inf.")
     scope: HealthScope = Field(
@@ -93,8 +149,24 @@ class LSTMHealthMetrics(Contract):
         "has_inf",
     )
 
+    #: The six figures of c: all None for a state without a cell (GRU, RNN).
+    CELL_FIGURES: ClassVar[tuple[str, ...]] = (
+        "c_l2_total",
+        "c_rms",
+        "c_env_rms_mean",
+        "c_env_rms_max",
+        "c_max",
+    )
+
     @model_validator(mode="after")
     def _ranks_match_scope(self) -> Self:
+        given = [name for name in self.CELL_FIGURES if getattr(self, name) is not None]
+        if given and len(given) != len(self.CELL_FIGURES):
+            missing = [name for name in self.CELL_FIGURES if name not in given]
+            raise ValueError(
+                "the c figures come all together (an LSTM state) or not at all (GRU, RNN), "
+                f"got {', '.join(given)} without {', '.join(missing)}"
+            )
         if self.scope != "all_ranks" and self.ranks != 1:
             raise ValueError(
                 f"ranks must be 1 unless scope is 'all_ranks', got ranks={self.ranks!r} "
@@ -102,18 +174,31 @@ class LSTMHealthMetrics(Contract):
             )
         return self
 
-    def to_dict(self) -> dict[str, float | bool]:
-        """Return the 12 figures under ``lstm_``-prefixed keys (``lstm_h_rms``, ...)."""
+    @property
+    def has_cell(self) -> bool:
+        """True for an LSTM state (h and c), False for a GRU or RNN state (h alone)."""
+        return self.c_rms is not None
+
+    def to_dict(self) -> dict[str, float | bool | None]:
+        """Return the 12 figures under ``lstm_``-prefixed keys (``lstm_h_rms``, ...).
+
+        The ``lstm_c_*`` values are None for a state without a cell.
+        """
         return {f"lstm_{name}": getattr(self, name) for name in self.FIGURES}
 
     def status_of(
         self, tensor: Literal["h", "c"], thresholds: HealthThresholds | None = None
-    ) -> HealthStatus:
-        """The verdict on ``h`` or ``c`` alone, by :meth:`HealthThresholds.status`."""
+    ) -> HealthStatus | None:
+        """The verdict on ``h`` or ``c`` alone, by :meth:`HealthThresholds.status`.
+
+        None for ``"c"`` of a state without a cell (GRU, RNN): there is nothing to judge.
+        """
         t = thresholds if thresholds is not None else HealthThresholds()
         if tensor == "h":
             return t.status(self.h_rms, self.h_env_rms_max, self.h_max)
         if tensor == "c":
+            if self.c_rms is None or self.c_env_rms_max is None or self.c_max is None:
+                return None
             return t.status(self.c_rms, self.c_env_rms_max, self.c_max)
         raise ValueError(f"tensor must be 'h' or 'c', got {tensor!r}")
 
@@ -127,7 +212,10 @@ class EnvRMS(Contract):
     )
     env: NonNegativeInt = Field(description="The env's index in that rank's batch.")
     h_rms: NonNegativeFloat = Field(description="RMS of h over the env's layers and units.")
-    c_rms: NonNegativeFloat = Field(description="RMS of c over the env's layers and units.")
+    c_rms: NonNegativeFloat | None = Field(
+        default=None,
+        description="RMS of c over the env's layers and units; None without a cell.",
+    )
 
     def is_outlier(self, thresholds: HealthThresholds | None = None) -> bool:
         """The rule of :meth:`LSTMHealthDetail.outlier_envs`, for this env."""
@@ -145,14 +233,16 @@ class LSTMHealthDetail(Contract):
     h_layer_rms: tuple[NonNegativeFloat, ...] = Field(
         description="RMS of h per layer, layer 0 first (with a group: over every rank's envs)."
     )
-    c_layer_rms: tuple[NonNegativeFloat, ...] = Field(
-        description="RMS of c per layer, layer 0 first (with a group: over every rank's envs)."
+    c_layer_rms: tuple[NonNegativeFloat, ...] | None = Field(
+        description="RMS of c per layer, layer 0 first (with a group: over every rank's "
+        "envs). None without a cell."
     )
     h_env_rms: tuple[NonNegativeFloat, ...] = Field(
         description="RMS of h per env (batch element); with a group, this rank's envs only."
     )
-    c_env_rms: tuple[NonNegativeFloat, ...] = Field(
-        description="RMS of c per env (batch element); with a group, this rank's envs only."
+    c_env_rms: tuple[NonNegativeFloat, ...] | None = Field(
+        description="RMS of c per env (batch element); with a group, this rank's envs only. "
+        "None without a cell."
     )
     worst_envs: tuple[EnvRMS, ...] | None = Field(
         default=None,
@@ -169,6 +259,12 @@ class LSTMHealthDetail(Contract):
 
     @model_validator(mode="after")
     def _group_fields_together(self) -> Self:
+        if (self.c_layer_rms is None) != (self.c_env_rms is None):
+            raise ValueError(
+                "c_layer_rms and c_env_rms come together (an LSTM state) or not at all (GRU, "
+                f"RNN), got c_layer_rms={_count(self.c_layer_rms)} and "
+                f"c_env_rms={_count(self.c_env_rms)}"
+            )
         if (self.worst_envs is None) != (self.env_counts is None):
             raise ValueError(
                 "worst_envs and env_counts come together (a group call) or not at all, got "
@@ -189,9 +285,10 @@ class LSTMHealthDetail(Contract):
         :meth:`outlier_ranks_envs` for every rank's.
         """
         t = thresholds or HealthThresholds()
+        cs: tuple[float | None, ...] = self.c_env_rms or (None,) * len(self.h_env_rms)
         return tuple(
             i
-            for i, (h, c) in enumerate(zip(self.h_env_rms, self.c_env_rms, strict=True))
+            for i, (h, c) in enumerate(zip(self.h_env_rms, cs, strict=True))
             if _is_outlier(h, c, t)
         )
 
@@ -318,18 +415,25 @@ class HealthThresholds(Contract):
         return HealthStatus.HEALTHY
 
 
-def _is_outlier(h_rms: float, c_rms: float, t: HealthThresholds) -> bool:
-    return not (math.isfinite(h_rms) and math.isfinite(c_rms)) or t.is_warning(max(h_rms, c_rms))
+def _is_outlier(h_rms: float, c_rms: float | None, t: HealthThresholds) -> bool:
+    values = (h_rms,) if c_rms is None else (h_rms, c_rms)
+    return not all(math.isfinite(v) for v in values) or t.is_warning(max(values))
 
 
 def _shown(envs: tuple[EnvRMS, ...] | None) -> str:
     return "None" if envs is None else f"{len(envs)} envs"
 
 
+def _count(values: tuple[float, ...] | None) -> str:
+    return "None" if values is None else f"{len(values)} values"
+
+
 def health_status(
     metrics: LSTMHealthMetrics, thresholds: HealthThresholds | None = None
 ) -> HealthStatus:
-    """Classify one LSTM state: the worse of :meth:`HealthThresholds.status` on h and on c.
+    """Classify one recurrent state: the worse of :meth:`HealthThresholds.status` on h and c.
+
+    A state without a cell (GRU, RNN) is judged on h alone.
 
     CRITICAL when the state holds NaN or Inf, when h's or c's RMS or largest per-env
     RMS is above ``critical_rms``, or when an RMS is below ``vanishing_rms``. WARNING
@@ -353,4 +457,5 @@ def health_status(
         raise TypeError(f"thresholds must be HealthThresholds, got {type(t).__name__}")
     if metrics.has_nan or metrics.has_inf:
         return HealthStatus.CRITICAL
-    return max(metrics.status_of("h", t), metrics.status_of("c", t), key=lambda s: s.rank)
+    verdicts = [v for v in (metrics.status_of("h", t), metrics.status_of("c", t)) if v is not None]
+    return max(verdicts, key=lambda s: s.rank)

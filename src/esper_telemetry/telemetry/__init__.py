@@ -13,15 +13,26 @@ from esper_telemetry._lazy import lazy_attributes
 if TYPE_CHECKING:
     from esper_telemetry.telemetry.anomaly_detector import AnomalyDetector
     from esper_telemetry.telemetry.emitters import emit_ppo_update_event
-    from esper_telemetry.telemetry.lstm_health import compute_lstm_health
+    from esper_telemetry.telemetry.lstm_health import compute_lstm_health, compute_recurrent_health
+    from esper_telemetry.telemetry.track import Tracker, track
 
 _LAZY = {
     "AnomalyDetector": "esper_telemetry.telemetry.anomaly_detector",
     "compute_lstm_health": "esper_telemetry.telemetry.lstm_health",
     "emit_ppo_update_event": "esper_telemetry.telemetry.emitters",
+    "compute_recurrent_health": "esper_telemetry.telemetry.lstm_health",
+    "Tracker": "esper_telemetry.telemetry.track",
+    "track": "esper_telemetry.telemetry.track",
 }
 
-__all__ = ["AnomalyDetector", "compute_lstm_health", "emit_ppo_update_event"]
+__all__ = [
+    "AnomalyDetector",
+    "Tracker",
+    "compute_lstm_health",
+    "compute_recurrent_health",
+    "emit_ppo_update_event",
+    "track",
+]
 
 
 __getattr__ = lazy_attributes(__name__, _LAZY)

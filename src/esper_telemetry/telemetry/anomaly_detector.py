@@ -8,6 +8,7 @@ uses, so a state the detector flags is never shown as healthy elsewhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from esper_telemetry.contracts import (
     Anomaly,
@@ -17,6 +18,7 @@ from esper_telemetry.contracts import (
     LSTMHealthMetrics,
     Severity,
 )
+from esper_telemetry.contracts.health import check_state_name
 
 
 class AnomalyDetector:
@@ -45,33 +47,40 @@ class AnomalyDetector:
     def __repr__(self) -> str:
         return f"AnomalyDetector(thresholds={self._thresholds!r})"
 
-    def check_lstm_health(self, metrics: LSTMHealthMetrics) -> AnomalyReport:
+    def check_lstm_health(
+        self, metrics: LSTMHealthMetrics, *, state: str | None = None
+    ) -> AnomalyReport:
         """Return every anomaly in ``metrics``, in a fixed order.
 
         Order: ``lstm_nan``, ``lstm_inf``, then h before c for explosion and vanishing.
         A NaN RMS compares false with every threshold, so a NaN state reports
-        ``lstm_nan`` alone; an infinite RMS is also an explosion.
+        ``lstm_nan`` alone; an infinite RMS is also an explosion. A state without a cell
+        (GRU, RNN) is checked on h alone. With ``state``, every anomaly carries that
+        name (``Anomaly.state``) and its message begins with it.
 
         Raises:
             TypeError: ``metrics`` is not an ``LSTMHealthMetrics``.
+            ValueError: ``state`` is not a valid state name.
         """
         if not isinstance(metrics, LSTMHealthMetrics):
             raise TypeError(f"metrics must be LSTMHealthMetrics, got {type(metrics).__name__}")
         t = self._thresholds
         found: list[Anomaly] = []
+        tensors = [("h", metrics.h_rms, metrics.h_env_rms_max, metrics.h_max)]
+        if metrics.c_rms is not None and metrics.c_env_rms_max is not None:
+            tensors.append(("c", metrics.c_rms, metrics.c_env_rms_max, metrics.c_max or 0.0))
         # A NaN or infinite figure is a NaN or Inf in the state, flags or not (the one rule,
         # HealthThresholds.status, says CRITICAL for it too): metrics built by hand may
         # carry one without the flag.
-        figures: tuple[float, ...] = (metrics.h_rms, metrics.c_rms, metrics.h_env_rms_max)
-        figures += (metrics.c_env_rms_max, metrics.h_max, metrics.c_max)
+        figures = [v for _, rms, env_max, top in tensors for v in (rms, env_max, top)]
+        kind = "LSTM" if metrics.has_cell else "recurrent"
         if metrics.has_nan or any(math.isnan(v) for v in figures):
-            found.append(_critical(AnomalyType.LSTM_NAN, math.nan, None, "LSTM state holds NaN"))
-        if metrics.has_inf or any(math.isinf(v) for v in figures[4:]):
-            found.append(_critical(AnomalyType.LSTM_INF, math.inf, None, "LSTM state holds Inf"))
-        for name, rms, env_max, explosion in (
-            ("h", metrics.h_rms, metrics.h_env_rms_max, AnomalyType.LSTM_H_EXPLOSION),
-            ("c", metrics.c_rms, metrics.c_env_rms_max, AnomalyType.LSTM_C_EXPLOSION),
-        ):
+            found.append(_critical(AnomalyType.LSTM_NAN, math.nan, None, f"{kind} state holds NaN"))
+        if metrics.has_inf or any(math.isinf(top) for *_, top in tensors):
+            found.append(_critical(AnomalyType.LSTM_INF, math.inf, None, f"{kind} state holds Inf"))
+        explosions = {"h": AnomalyType.LSTM_H_EXPLOSION, "c": AnomalyType.LSTM_C_EXPLOSION}
+        for name, rms, env_max, _ in tensors:
+            explosion = explosions[name]
             if t.is_exploding(rms, env_max):
                 # Name the whole state when it is over the line, else the worst env.
                 if rms > t.critical_rms:
@@ -86,10 +95,9 @@ class AnomalyDetector:
                         f"{what} = {observed:.4g} is above critical_rms = {t.critical_rms:g}",
                     )
                 )
-        for name, rms, vanishing in (
-            ("h", metrics.h_rms, AnomalyType.LSTM_H_VANISHING),
-            ("c", metrics.c_rms, AnomalyType.LSTM_C_VANISHING),
-        ):
+        vanishings = {"h": AnomalyType.LSTM_H_VANISHING, "c": AnomalyType.LSTM_C_VANISHING}
+        for name, rms, _, _ in tensors:
+            vanishing = vanishings[name]
             if t.is_vanishing(rms):
                 found.append(
                     _critical(
@@ -99,7 +107,31 @@ class AnomalyDetector:
                         f"{name}_rms = {rms:.4g} is below vanishing_rms = {t.vanishing_rms:g}",
                     )
                 )
-        return AnomalyReport(anomalies=tuple(found))
+        return AnomalyReport(anomalies=tuple(_named(found, state)))
+
+    def check_states(self, states: Mapping[str, LSTMHealthMetrics]) -> AnomalyReport:
+        """Every anomaly of several named states, state by state in the mapping's order.
+
+        ``PPOUpdatePayload.named_health()`` gives the mapping of an update; each anomaly
+        names its state.
+
+        Raises:
+            TypeError: ``states`` is not a mapping of name to ``LSTMHealthMetrics``.
+        """
+        if not isinstance(states, Mapping):
+            raise TypeError(f"states must be a mapping of name to metrics, got {states!r:.60}")
+        return AnomalyReport().merge(
+            *(self.check_lstm_health(m, state=name) for name, m in states.items())
+        )
+
+
+def _named(found: list[Anomaly], state: str | None) -> list[Anomaly]:
+    if state is None:
+        return found
+    check_state_name(state)
+    return [
+        a.model_copy(update={"state": state, "message": f"{state}: {a.message}"}) for a in found
+    ]
 
 
 def _critical(kind: AnomalyType, observed: float, threshold: float | None, msg: str) -> Anomaly:

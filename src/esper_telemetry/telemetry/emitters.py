@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -20,8 +21,12 @@ from esper_telemetry.contracts import (
     health_status,
 )
 from esper_telemetry.contracts._base import INT64_MAX
+from esper_telemetry.contracts.health import DEFAULT_STATE, check_state_name
 from esper_telemetry.hub import TelemetryHub, redact_secrets
 from esper_telemetry.hub._redact import secret_key_problem
+
+if TYPE_CHECKING:
+    from esper_telemetry.telemetry.track import Tracker
 
 _REQUIRED = PPO_REQUIRED
 _OPTIONAL = PPO_STATISTICS[len(PPO_REQUIRED) :]
@@ -35,7 +40,12 @@ def emit_ppo_update_event(
     update: int,
     metrics: Mapping[str, object],
     lstm_health: LSTMHealth | None = None,
+    recurrent_health: Mapping[str, LSTMHealth] | None = None,
+    primary: str | None = None,
+    tracker: Tracker | None = None,
     env_steps: int | None = None,
+    episode_return_mean: float | None = None,
+    episode_return_window: int | None = None,
     thresholds: HealthThresholds | None = None,
 ) -> PPOUpdateCompleted | None:
     """Publish a :class:`PPOUpdateCompleted` event for one PPO update.
@@ -56,15 +66,31 @@ def emit_ppo_update_event(
             DEBUG level, and on any update whose state ``thresholds`` calls CRITICAL:
             the update that trips an anomaly carries its own detail, although the
             level only rises after it. Pass ``compute_lstm_health(state,
-            detail=True)`` to have it at hand.
+            detail=True)`` to have it at hand. It is the primary state, named
+            ``primary`` (default ``"policy"``).
+        recurrent_health: Several named states instead: name to what
+            ``compute_lstm_health`` returned for it (``compute_recurrent_health``
+            measures them all with one transfer). Every one lands in the payload's
+            ``recurrent_health``; the detail rule above applies to each.
+        primary: The name of the primary state, whose figures the flat ``lstm_*``
+            fields repeat: with ``recurrent_health`` or ``tracker``, ``"policy"`` when
+            that name is there, else the first state.
+        tracker: What ``esper_telemetry.track(module)`` returned: every state it holds
+            is measured now, with detail, in one transfer (``Tracker.health``). A
+            tracked module not yet run since ``track`` is left out.
         env_steps: Environment steps so far, all envs together.
+        episode_return_mean: Mean return of the latest finished episodes (NaN before
+            the first); needs ``episode_return_window``.
+        episode_return_window: How many latest episodes that mean covers at most (20
+            for ``esper ppo``, 100 for Stable-Baselines3).
         thresholds: The health rule (the anomaly detector's); default rule if None.
 
     Returns:
         The event as published, or None at level OFF (nothing is built).
 
     Raises:
-        TypeError: ``hub``, ``thresholds`` or ``lstm_health`` has the wrong type.
+        TypeError: ``hub``, ``thresholds``, ``lstm_health``, ``recurrent_health`` or
+            ``tracker`` has the wrong type, or more than one of the last three is given.
         ValueError: an ``update`` or ``env_steps`` that is not an int from 0 to
             2**63 - 1, a missing required metric, a metric that is not a real number
             (or a negative ``grad_norm``); the message names the key. Nothing is
@@ -96,15 +122,24 @@ def emit_ppo_update_event(
     level = hub.level
     if level is TelemetryLevel.OFF:
         return None
+    states = _named_states(lstm_health, recurrent_health, tracker, primary)
     fields: dict[str, object] = {"env_steps": env_steps, **_ppo_fields(metrics)}
-    fields.update(_health_fields(lstm_health, level, thresholds))
+    if episode_return_mean is not None or episode_return_window is not None:
+        if episode_return_mean is not None:
+            episode_return_mean = _real("episode_return_mean", episode_return_mean)
+        fields["episode_return_mean"] = episode_return_mean
+        fields["episode_return_window"] = episode_return_window
+    if states:
+        fields.update(_health_fields(states, _primary_of(states, primary), level, thresholds))
     try:
         payload = PPOUpdatePayload.model_validate(fields)
     except ValidationError as exc:  # e.g. a negative grad_norm: one line, naming the key
         errors = exc.errors(include_url=False)
-        key = errors[0]["loc"][0]
+        key = errors[0]["loc"][0] if errors[0]["loc"] else None
         # A Float field errs once per member of its union; the last one says why.
-        why = [e["msg"] for e in errors if e["loc"][0] == key][-1]
+        why = [e["msg"] for e in errors if (e["loc"][0] if e["loc"] else None) == key][-1]
+        if key in ("episode_return_mean", "episode_return_window", None):
+            raise ValueError(f"{key or 'emit_ppo_update_event'}: {_reason(why)}") from None
         raise ValueError(f"metrics[{key!r}]: {_reason(why)}") from None
     event = hub.emit(PPOUpdateCompleted(update=update, payload=payload))
     assert isinstance(event, PPOUpdateCompleted)
@@ -184,31 +219,122 @@ def _real(key: str, value: object) -> float:
         raise ValueError(f"metrics[{key!r}] = {value!r:.40} does not fit in a float") from None
 
 
-def _health_fields(
-    health: LSTMHealth | None, level: TelemetryLevel, thresholds: HealthThresholds | None
-) -> dict[str, object]:
-    if health is None:
+Measured = tuple[LSTMHealthMetrics, LSTMHealthDetail | None]
+
+
+def _named_states(
+    lstm_health: object, recurrent_health: object, tracker: object, primary: object
+) -> dict[str, Measured]:
+    """Every state given, by name, checked: ``{}`` when there is none."""
+    given = [
+        name
+        for name, value in (
+            ("lstm_health", lstm_health),
+            ("recurrent_health", recurrent_health),
+            ("tracker", tracker),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise TypeError(
+            f"pass one of lstm_health, recurrent_health and tracker, got {' and '.join(given)}"
+        )
+    if primary is not None:
+        _checked_name("primary", primary)
+    if lstm_health is not None:
+        name = DEFAULT_STATE if primary is None else str(primary)
+        return {name: _measured("lstm_health", lstm_health)}
+    if tracker is not None:
+        from esper_telemetry.telemetry.track import Tracker
+
+        if not isinstance(tracker, Tracker):
+            raise TypeError(
+                "tracker must be what esper_telemetry.track(module) returned, got "
+                f"{type(tracker).__name__}"
+            )
+        recurrent_health = tracker.health(detail=True)
+    if recurrent_health is None:
         return {}
+    if not isinstance(recurrent_health, Mapping):
+        raise TypeError(
+            "recurrent_health must map state names to what compute_lstm_health returned, "
+            f"e.g. {{'policy': ..., 'value': ...}}, got {type(recurrent_health).__name__}"
+        )
+    return {
+        _checked_name("recurrent_health", name): _measured(f"recurrent_health[{name!r}]", health)
+        for name, health in recurrent_health.items()
+    }
+
+
+def _checked_name(arg: str, name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{arg}: a state name must be a str, got {type(name).__name__}")
+    refused = secret_key_problem(name, arg)
+    if refused is not None:
+        raise ValueError(refused)
+    try:
+        return check_state_name(name)
+    except ValueError as exc:
+        raise ValueError(f"{arg}: {exc}") from None
+
+
+def _primary_of(states: Mapping[str, Measured], primary: str | None) -> str:
+    if primary is None:
+        return DEFAULT_STATE if DEFAULT_STATE in states else next(iter(states))
+    if primary not in states:
+        raise ValueError(f"primary: {primary!r} is not one of the states given: {list(states)}")
+    return primary
+
+
+def _measured(arg: str, health: object) -> Measured:
     detail: LSTMHealthDetail | None = None
     if isinstance(health, tuple):
         if any(hasattr(x, "shape") and hasattr(x, "dtype") for x in health):
             raise TypeError(
-                "lstm_health got the raw recurrent state (tensors); pass what "
-                "compute_lstm_health returns: lstm_health=compute_lstm_health((h, c))"
+                f"{arg} got the raw recurrent state (tensors); pass what "
+                f"compute_lstm_health returns: {arg}=compute_lstm_health((h, c)), or track "
+                "the module with esper_telemetry.track(policy) and pass tracker="
             )
         if len(health) != 2 or not isinstance(health[1], LSTMHealthDetail):
-            raise TypeError("lstm_health: expected (LSTMHealthMetrics, LSTMHealthDetail)")
+            raise TypeError(f"{arg}: expected (LSTMHealthMetrics, LSTMHealthDetail)")
         health, detail = health
+    if hasattr(health, "shape") and hasattr(health, "dtype"):
+        raise TypeError(
+            f"{arg} got a raw hidden state (a tensor); pass compute_lstm_health(h) of it, "
+            "or track the module with esper_telemetry.track(policy) and pass tracker="
+        )
     if not isinstance(health, LSTMHealthMetrics):
         raise TypeError(
-            "lstm_health must be what compute_lstm_health returned (LSTMHealthMetrics, "
+            f"{arg} must be what compute_lstm_health returned (LSTMHealthMetrics, "
             f"a (metrics, detail) tuple, or None), got {type(health).__name__}"
         )
+    return health, detail
+
+
+def _health_fields(
+    states: Mapping[str, Measured],
+    primary: str,
+    level: TelemetryLevel,
+    thresholds: HealthThresholds | None,
+) -> dict[str, object]:
+    health, detail = states[primary]
     fields: dict[str, object] = dict(health.to_dict())
     fields["health_scope"], fields["health_ranks"] = health.scope, health.ranks
-    if detail is not None and (
-        level >= TelemetryLevel.DEBUG or health_status(health, thresholds) is HealthStatus.CRITICAL
-    ):
+    fields["primary_state"] = primary
+    fields["recurrent_health"] = {name: m for name, (m, _) in states.items()}
+
+    def shown(metrics: LSTMHealthMetrics, info: LSTMHealthDetail | None) -> bool:
+        return info is not None and (
+            level >= TelemetryLevel.DEBUG
+            or health_status(metrics, thresholds) is HealthStatus.CRITICAL
+        )
+
+    if detail is not None and shown(health, detail):
         fields["lstm_detail"] = detail
         fields["lstm_outlier_envs"] = detail.outlier_envs(thresholds)
+    fields["recurrent_detail"] = {
+        name: info
+        for name, (m, info) in states.items()
+        if name != primary and info is not None and shown(m, info)
+    }
     return fields

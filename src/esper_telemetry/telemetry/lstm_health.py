@@ -31,17 +31,22 @@ where squares cannot leave the range, see its docstring.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 import torch.distributed as dist
 
 from esper_telemetry.contracts import LSTMHealthDetail, LSTMHealthMetrics
+from esper_telemetry.contracts.health import check_state_name
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
+#: An LSTM's ``(h, c)``, or the single hidden tensor of a GRU or ``nn.RNN``.
+RecurrentState = LSTMState | torch.Tensor
+Health = LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail]
 
 #: At or below this many [layer, batch] rows, the last steps of the reduction run in Python.
 _HOST_ROWS = 64
@@ -54,7 +59,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 @overload
 def compute_lstm_health(
-    hidden: LSTMState | None,
+    hidden: RecurrentState | None,
     *,
     detail: Literal[False] = False,
     group: ProcessGroup | None = None,
@@ -63,27 +68,30 @@ def compute_lstm_health(
 
 @overload
 def compute_lstm_health(
-    hidden: LSTMState | None, *, detail: Literal[True], group: ProcessGroup | None = None
+    hidden: RecurrentState | None, *, detail: Literal[True], group: ProcessGroup | None = None
 ) -> tuple[LSTMHealthMetrics, LSTMHealthDetail] | None: ...
 
 
 @overload
 def compute_lstm_health(
-    hidden: LSTMState | None, *, detail: bool, group: ProcessGroup | None = None
+    hidden: RecurrentState | None, *, detail: bool, group: ProcessGroup | None = None
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail] | None: ...
 
 
 def compute_lstm_health(
-    hidden: LSTMState | None, *, detail: bool = False, group: ProcessGroup | None = None
+    hidden: RecurrentState | None, *, detail: bool = False, group: ProcessGroup | None = None
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail] | None:
-    """Measure the health of an LSTM state ``(h, c)``, of this process or of every rank.
+    """Measure the health of a recurrent state, of this process or of every rank.
 
     Args:
-        hidden: ``None`` when the policy has no LSTM, else ``(h, c)`` in ``nn.LSTM``
-            layout ``[layers, batch, hidden]`` (a 2-D ``[batch, hidden]`` tensor is one
-            layer). h and c must agree on layers and batch; their last dimensions may
-            differ (``proj_size``). Any floating dtype and device; fp16/bf16 are reduced
-            in float32. The tensors are read, never changed, and may require grad.
+        hidden: ``None`` when the policy has no recurrent layer; ``(h, c)`` of an LSTM
+            in ``nn.LSTM`` layout ``[layers, batch, hidden]`` (a 2-D ``[batch, hidden]``
+            tensor is one layer, as ``nn.LSTMCell`` gives); or one tensor ``h``, the
+            state of a GRU or ``nn.RNN`` (``nn.GRUCell``: 2-D), whose metrics then have
+            every ``c_*`` figure None and ``has_nan``/``has_inf`` about h alone. h and c
+            must agree on layers and batch; their last dimensions may differ
+            (``proj_size``). Any floating dtype and device; fp16/bf16 are reduced in
+            float32. The tensors are read, never changed, and may require grad.
         detail: Also return per-layer and per-env RMS (used at DEBUG level), still in
             one transfer.
         group: A ``torch.distributed`` process group (``torch.distributed.group.WORLD``
@@ -106,7 +114,7 @@ def compute_lstm_health(
         ``detail=True``.
 
     Raises:
-        TypeError: ``hidden`` is not a pair of tensors, ``detail`` is not a bool, or
+        TypeError: ``hidden`` is not a tensor or a pair of them, ``detail`` is not a bool, or
             ``group`` is not a process group.
         ValueError: a tensor is empty, not floating point, not dense (sparse, nested),
             on the meta device, of rank other than 2 or 3, or h and c disagree on layers,
@@ -130,19 +138,132 @@ def compute_lstm_health(
     _check_group(group)
     if hidden is None:
         return None
-    h, c = _validated(hidden)
+    h, c, cell = _validated(hidden)
     # h and c are detached views: nothing below records autograd history.
     if group is not None:
-        from esper_telemetry.telemetry._health_group import group_health
+        return _group_health(h, c, cell, group, detail=detail)
+    pending, finish = _reduce_on_device(h, c, detail=detail)
+    return _completed(h, c, cell, finish(pending.tolist()), detail=detail)
 
-        return group_health(h, c, group, detail=detail)
-    values = _reduce(h, c, detail=detail)
+
+def compute_recurrent_health(
+    states: Mapping[str, RecurrentState],
+    *,
+    detail: bool = False,
+    group: ProcessGroup | None = None,
+) -> dict[str, Health]:
+    """Measure several named recurrent states, with one transfer to the host in all.
+
+    Each value of ``states`` is what :func:`compute_lstm_health` takes (``(h, c)`` or a
+    GRU's ``h``); the result maps each name to what it would return for that state. The
+    reductions of every state run on their devices and cross to the host together: one
+    ``tolist()`` per device (one in all when the states share a device), plus the second
+    transfer of a state that is already broken (see the module docstring). With
+    ``group``, each state is measured across the ranks as ``compute_lstm_health`` does,
+    one collective per state, in the order of ``states`` (every rank must pass the same
+    names in the same order).
+
+    Raises:
+        TypeError: ``states`` is not a mapping, or a state is not one (the message
+            names it).
+        ValueError: a state name is not a valid one (see ``check_state_name``), or a
+            state is refused by ``compute_lstm_health`` (the message names it).
+
+    >>> import torch
+    >>> gru, lstm = torch.nn.GRU(4, 8), torch.nn.LSTM(4, 8)
+    >>> x = torch.zeros(5, 3, 4)
+    >>> out = compute_recurrent_health({"policy": lstm(x)[1], "value": gru(x)[1]})
+    >>> out["policy"].has_cell, out["value"].has_cell, out["value"].c_rms
+    (True, False, None)
+    """
+    if not isinstance(detail, bool):
+        raise TypeError(f"detail must be a bool, got {_type_name(detail)} {detail!r:.40}")
+    if not isinstance(states, Mapping):
+        raise TypeError(
+            "states must be a mapping of name to state, e.g. {'policy': (h, c)}, got "
+            f"{_type_name(states)}"
+        )
+    _check_group(group)
+    checked: dict[str, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+    for name, hidden in states.items():
+        try:
+            check_state_name(name)
+            checked[name] = _validated(hidden)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"states[{name!r:.80}]: {exc}") from None
+    if group is not None:
+        return {
+            name: _group_health(h, c, cell, group, detail=detail)
+            for name, (h, c, cell) in checked.items()
+        }
+    pending = {name: _reduce_on_device(h, c, detail=detail) for name, (h, c, _) in checked.items()}
+    raw = _to_host({name: tensor for name, (tensor, _) in pending.items()})
+    return {
+        name: _completed(h, c, cell, pending[name][1](raw[name]), detail=detail)
+        for name, (h, c, cell) in checked.items()
+    }
+
+
+def _to_host(tensors: Mapping[str, torch.Tensor]) -> dict[str, list[float]]:
+    """Each 1-D tensor's values, in one ``tolist()`` per device."""
+    by_device: dict[torch.device, list[str]] = {}
+    for name, t in tensors.items():
+        by_device.setdefault(t.device, []).append(name)
+    out: dict[str, list[float]] = {}
+    for names in by_device.values():
+        parts = [tensors[n] for n in names]
+        dtype = parts[0].dtype
+        if any(p.dtype != dtype for p in parts):  # float32 values are exact in float64
+            parts = [p.double() for p in parts]
+        flat: list[float] = torch.cat(parts).tolist()
+        at = 0
+        for n, p in zip(names, parts, strict=True):
+            out[n] = flat[at : at + p.numel()]
+            at += p.numel()
+    return out
+
+
+def _group_health(
+    h: torch.Tensor, c: torch.Tensor, cell: bool, group: ProcessGroup, *, detail: bool
+) -> Health:
+    from esper_telemetry.telemetry._health_group import group_health
+
+    # Without a cell, c is h itself: every c figure then equals h's, so the choice of the
+    # worst envs follows h alone; the c figures are dropped afterwards.
+    result = group_health(h, h if not cell else c, group, detail=detail)
+    return result if cell else _without_cell(result)
+
+
+def _without_cell(result: Health) -> Health:
+    if isinstance(result, LSTMHealthMetrics):
+        return _metrics_without_cell(result)
+    metrics, info = result
+    worst = None
+    if info.worst_envs is not None:
+        worst = tuple(e.model_copy(update={"c_rms": None}) for e in info.worst_envs)
+    info = LSTMHealthDetail.model_validate(
+        {**dict(info), "c_layer_rms": None, "c_env_rms": None, "worst_envs": worst}
+    )
+    return _metrics_without_cell(metrics), info
+
+
+def _metrics_without_cell(metrics: LSTMHealthMetrics) -> LSTMHealthMetrics:
+    cleared: dict[str, object] = dict.fromkeys(LSTMHealthMetrics.CELL_FIGURES)
+    return LSTMHealthMetrics.model_validate({**metrics.model_dump(), **cleared})
+
+
+def _completed(
+    h: torch.Tensor, c: torch.Tensor, cell: bool, values: list[float], *, detail: bool
+) -> Health:
+    """The health of one state from its first transfer's values (``_reduce_on_device``)."""
     h_amax, c_amax = _abs_max(values[0], values[1]), _abs_max(values[2], values[3])
     has_nan = math.isnan(h_amax) or math.isnan(c_amax)
     has_inf = not has_nan and (math.isinf(h_amax) or math.isinf(c_amax))
     rescale = (
         _needs_rescale(values[4], h_amax, h, detail=detail),
-        _needs_rescale(values[5], c_amax, c, detail=detail),
+        # Without a cell, c is a slice of h (see _validated): a subset, so a NaN or Inf
+        # or overflow in it is one of h's, and its own figures are dropped.
+        cell and _needs_rescale(values[5], c_amax, c, detail=detail),
     )
     scale = (1.0, 1.0)
     if any(rescale):
@@ -155,7 +276,8 @@ def compute_lstm_health(
         del values[-2:]
     elif has_nan:
         has_inf = bool(_any_inf(h, c).tolist())
-    return _unpack(values, h, c, scale=scale, has_nan=has_nan, has_inf=has_inf, detail=detail)
+    result = _unpack(values, h, c, scale=scale, has_nan=has_nan, has_inf=has_inf, detail=detail)
+    return result if cell else _without_cell(result)
 
 
 # --------------------------------------------------------------------------- process groups
@@ -196,11 +318,24 @@ def _local_scope() -> Literal["process", "this_rank"]:
 # --------------------------------------------------------------------------- helpers
 
 
-def _validated(hidden: object) -> LSTMState:
+def _validated(hidden: object) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(h, c, has_cell): 3-D detached views; for a GRU's h alone, c is a 1-unit slice of h.
+
+    The slice costs one tiny reduction and keeps a single code path; its figures are
+    never reported.
+    """
+    if isinstance(hidden, torch.Tensor):
+        (h, _), cell = _validated_pair((hidden, hidden)), False
+        return h, h[..., :1], cell
+    h, c = _validated_pair(hidden)
+    return h, c, True
+
+
+def _validated_pair(hidden: object) -> LSTMState:
     if not isinstance(hidden, tuple | list) or len(hidden) != 2:
         raise TypeError(
-            "hidden must be None or a tuple (h, c) of two tensors, got "
-            f"{type(hidden).__name__}{_len_note(hidden)}"
+            "hidden must be None, a tensor h (GRU, RNN) or a tuple (h, c) of two tensors "
+            f"(LSTM), got {type(hidden).__name__}{_len_note(hidden)}"
         )
     h, c = hidden
     if all(isinstance(x, tuple | list) and len(x) == 2 for x in (h, c)):
@@ -268,7 +403,27 @@ def _reduce(
     rescale: tuple[bool, bool] = (False, False),
     find_inf: bool = False,
 ) -> list[float]:
-    """All reductions of (h, c) on their device, moved to the host in one ``tolist``.
+    """All reductions of (h, c) on their device, moved to the host in one ``tolist``."""
+    pending, finish = _reduce_on_device(h, c, detail=detail, rescale=rescale, find_inf=find_inf)
+    return finish(pending.tolist())
+
+
+def _identity(values: list[float]) -> list[float]:
+    return values
+
+
+def _reduce_on_device(
+    h: torch.Tensor,
+    c: torch.Tensor,
+    *,
+    detail: bool,
+    rescale: tuple[bool, bool] = (False, False),
+    find_inf: bool = False,
+) -> tuple[torch.Tensor, Callable[[list[float]], list[float]]]:
+    """All reductions of (h, c) as one 1-D tensor on their device, and how to read it.
+
+    ``finish(tensor.tolist())`` gives the values below; the transfer is the caller's, so
+    several states can share it (``compute_recurrent_health``).
 
     Layout: [h_hi, h_lo, c_hi, c_lo, h_ss, c_ss, h_env_norm_mean, c_env_norm_mean,
     h_env_norm_max, c_env_norm_max], then with detail the per-layer sums of squares
@@ -293,11 +448,13 @@ def _reduce(
     layers, batch = norms.shape[1], norms.shape[2]
     if layers * batch <= _HOST_ROWS:
         # Few rows: ship the row norms and finish in Python, saving ~6 tiny torch ops.
-        raw: list[float] = torch.cat((head, norms.flatten(), *tail)).tolist()
-        if not tail:
-            return raw[:4] + _finish_on_host(raw[4:], layers, batch, detail=detail)
-        end = len(raw) - sum(t.numel() for t in tail)
-        return raw[:4] + _finish_on_host(raw[4:end], layers, batch, detail=detail) + raw[end:]
+        tail_size = sum(t.numel() for t in tail)
+
+        def finish(raw: list[float]) -> list[float]:
+            end = len(raw) - tail_size
+            return raw[:4] + _finish_on_host(raw[4:end], layers, batch, detail=detail) + raw[end:]
+
+        return torch.cat((head, norms.flatten(), *tail)), finish
     squares = norms.square()  # [2, layers, batch]
     if norms.shape[1] == 1:
         env_ss, env_norm = squares[:, 0], norms[:, 0]
@@ -307,8 +464,7 @@ def _reduce(
     parts = [head, env_ss.sum(dim=1), env_norm.mean(dim=1), env_norm.amax(dim=1)]
     if detail:
         parts += [squares.sum(dim=2).flatten(), env_norm.flatten()]
-    values: list[float] = torch.cat(parts + tail).tolist()
-    return values
+    return torch.cat(parts + tail), _identity
 
 
 def _min_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,235 @@
+"""Track the recurrent layers of a module by forward hooks, instead of passing states.
+
+``track(policy)`` finds every ``nn.LSTM``, ``nn.GRU``, ``nn.RNN``, ``nn.LSTMCell`` and
+``nn.GRUCell`` inside ``policy`` and hooks its forward pass. Each hook keeps a reference
+to the state the layer returned last (``(h_n, c_n)`` of an LSTM, ``h_n`` of a GRU or
+RNN, the cell's output for the cell types), detached: a view sharing the layer's
+storage, so no copy is made, nothing leaves the device and no autograd history is kept
+alive. ``emit_ppo_update_event(..., tracker=tracker)`` then measures every state at once
+(:func:`compute_recurrent_health`, one transfer to the host in all).
+
+"Last" means the latest call: a layer run several times per step (on two inputs, or
+once per time step as a cell is) reports the state of its latest call. After a PPO
+update that is the state of the training pass's last minibatch unless the trainer runs
+the policy again (a rollout step, or the value of the last observation).
+
+>>> import torch
+>>> from esper_telemetry.telemetry.track import track
+>>> policy = torch.nn.ModuleDict({"actor": torch.nn.LSTM(4, 8), "critic": torch.nn.GRU(4, 8)})
+>>> with track(policy) as tracker:
+...     _ = policy["actor"](torch.zeros(5, 3, 4)), policy["critic"](torch.zeros(5, 3, 4))
+...     health = tracker.health()
+>>> sorted(health), health["critic"].has_cell
+(['actor', 'critic'], False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import torch
+from torch import nn
+
+from esper_telemetry.contracts import LSTMHealthDetail, LSTMHealthMetrics
+from esper_telemetry.contracts.health import check_state_name
+from esper_telemetry.telemetry.lstm_health import RecurrentState, compute_recurrent_health
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+    from torch.utils.hooks import RemovableHandle
+
+#: The layer types ``track`` hooks.
+RECURRENT_TYPES: tuple[type[nn.Module], ...] = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell)
+
+_Health = LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail]
+
+
+class Tracker:
+    """The latest output state of each tracked recurrent layer, by name.
+
+    Made by :func:`track`. A context manager: leaving the block removes every hook, as
+    :meth:`remove` does. The states it holds stay readable after removal.
+    """
+
+    def __init__(self, layers: Mapping[str, nn.Module]) -> None:
+        self._latest: dict[str, RecurrentState] = {}
+        self._names = tuple(layers)
+        self._handles: list[RemovableHandle] = [
+            layer.register_forward_hook(self._hook_for(name, layer))
+            for name, layer in layers.items()
+        ]
+        self._types = {name: type(layer).__name__ for name, layer in layers.items()}
+
+    def __repr__(self) -> str:
+        layers = ", ".join(f"{n}={t}" for n, t in self._types.items())
+        return f"Tracker({layers}{', removed' if self.removed else ''})"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names of the tracked layers, in the order ``track`` found them."""
+        return self._names
+
+    @property
+    def removed(self) -> bool:
+        """True once the hooks are removed (:meth:`remove`, or the end of a ``with``)."""
+        return not self._handles
+
+    def states(self) -> dict[str, RecurrentState]:
+        """The latest state of every tracked layer that has run, by name, in track order.
+
+        An LSTM's is ``(h, c)``, a GRU's or RNN's ``h``, in ``[layers, batch, hidden]``
+        (``[batch, hidden]`` for the cell types). These are detached views of the layer's
+        own output, not copies.
+        """
+        return {name: self._latest[name] for name in self._names if name in self._latest}
+
+    @overload
+    def health(
+        self, *, detail: Literal[False] = False, group: ProcessGroup | None = None
+    ) -> dict[str, LSTMHealthMetrics]: ...
+
+    @overload
+    def health(
+        self, *, detail: Literal[True], group: ProcessGroup | None = None
+    ) -> dict[str, tuple[LSTMHealthMetrics, LSTMHealthDetail]]: ...
+
+    def health(
+        self, *, detail: bool = False, group: ProcessGroup | None = None
+    ) -> dict[str, LSTMHealthMetrics] | dict[str, tuple[LSTMHealthMetrics, LSTMHealthDetail]]:
+        """Every held state's health (:func:`compute_recurrent_health`), by name.
+
+        One transfer to the host for all of them. Layers that have not run since
+        ``track`` are left out; with ``group``, every rank must hold the same names.
+        """
+        return compute_recurrent_health(self.states(), detail=detail, group=group)  # type: ignore[return-value]
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent); the states already held stay."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    def _hook_for(self, name: str, layer: nn.Module) -> Any:
+        cell = isinstance(layer, nn.LSTMCell | nn.GRUCell)
+        latest = self._latest
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            latest[name] = _cell_state(output) if cell else _layer_state(output)
+
+        return hook
+
+
+def _layer_state(output: Any) -> RecurrentState:
+    # nn.LSTM: (out, (h_n, c_n)); nn.GRU, nn.RNN: (out, h_n). out is a PackedSequence for
+    # packed input, else a tensor that is 2-D when the input was unbatched: h_n is then
+    # [layers, hidden], which compute_recurrent_health would read as [batch, hidden].
+    out, state = output
+    unbatched = isinstance(out, torch.Tensor) and out.dim() == 2
+    if isinstance(state, tuple):
+        h, c = state
+        if unbatched:
+            h, c = h.unsqueeze(1), c.unsqueeze(1)
+        return h.detach(), c.detach()
+    return (state.unsqueeze(1) if unbatched else state).detach()
+
+
+def _cell_state(output: Any) -> RecurrentState:
+    # nn.LSTMCell: (h, c); nn.GRUCell: h. [batch, hidden], or [hidden] when unbatched.
+    if isinstance(output, tuple):
+        h, c = output
+        if h.dim() == 1:
+            h, c = h.unsqueeze(0), c.unsqueeze(0)
+        return h.detach(), c.detach()
+    return (output.unsqueeze(0) if output.dim() == 1 else output).detach()
+
+
+def track(module: nn.Module, *, names: Mapping[str, str] | Sequence[str] | None = None) -> Tracker:
+    """Hook every recurrent layer inside ``module``; pass the result to the emitter.
+
+    Args:
+        module: A ``torch.nn.Module`` holding at least one ``nn.LSTM``, ``nn.GRU``,
+            ``nn.RNN``, ``nn.LSTMCell`` or ``nn.GRUCell`` (``module`` itself may be one).
+        names: How to name the states. None: by module path (``"encoder.lstm"``; the
+            lower-cased class name for ``module`` itself). A mapping from module path to
+            name: only those layers are tracked. A sequence: one name per recurrent
+            layer, in the order ``module.named_modules()`` finds them.
+
+    Returns:
+        A :class:`Tracker`; ``with track(policy) as tracker:`` removes its hooks at the
+        end of the block, ``tracker.remove()`` at any time.
+
+    Raises:
+        TypeError: ``module`` is not an ``nn.Module``, or ``names`` is neither a mapping
+            nor a sequence of str.
+        ValueError: ``module`` holds no recurrent layer; a path in ``names`` is not a
+            recurrent layer of ``module``; a sequence of names has the wrong length; a
+            name is not a valid state name or is used twice. Each message says what to
+            pass instead.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    found = {path: m for path, m in module.named_modules() if isinstance(m, RECURRENT_TYPES)}
+    if not found:
+        kinds = ", ".join(f"nn.{t.__name__}" for t in RECURRENT_TYPES)
+        raise ValueError(
+            f"module: {type(module).__name__} holds no recurrent layer ({kinds}); track the "
+            "module that holds the LSTM or GRU, or pass states to emit_ppo_update_event "
+            "with recurrent_health="
+        )
+    return Tracker(_named_layers(module, found, names))
+
+
+def _named_layers(
+    module: nn.Module, found: dict[str, nn.Module], names: object
+) -> dict[str, nn.Module]:
+    if names is None:
+        chosen = {(path or type(module).__name__.lower()): m for path, m in found.items()}
+    elif isinstance(names, Mapping):
+        unknown = [p for p in names if p not in found]
+        if unknown:
+            raise ValueError(
+                f"names: {unknown[0]!r} is not a recurrent layer of the module; its recurrent "
+                f"layers are {list(found)}"
+            )
+        chosen = {_name(names[path]): found[path] for path in names}
+    elif isinstance(names, Sequence) and not isinstance(names, str):
+        if len(names) != len(found):
+            raise ValueError(
+                f"names: {len(names)} names for {len(found)} recurrent layers {list(found)}; "
+                "give one per layer, or a mapping {path: name} to track some of them"
+            )
+        chosen = {_name(n): m for n, m in zip(names, found.values(), strict=True)}
+        if len(chosen) != len(names):
+            raise ValueError(f"names: each name must be used once, got {list(names)}")
+    else:
+        raise TypeError(
+            "names must be None, a mapping {module path: name} or a sequence of names, got "
+            f"{type(names).__name__}"
+        )
+    if isinstance(names, Mapping) and len(set(names.values())) != len(names):
+        raise ValueError(f"names: each name must be used once, got {list(names.values())}")
+    for name in chosen:
+        _name(name)
+    return chosen
+
+
+def _name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"names: a state name must be a str, got {type(name).__name__}")
+    try:
+        return check_state_name(name)
+    except ValueError as exc:
+        raise ValueError(f"names: {exc}; pass names= to choose the names") from None
