@@ -142,7 +142,7 @@ def test_halt_on_critical_stops_the_next_emit_after_delivering_everything() -> N
     trainer.update(0)
     trainer.update(1)
     trainer.update(2)
-    with pytest.raises(TrainingHalted, match=r"\(update 2\): lstm_nan: LSTM state holds NaN"):
+    with pytest.raises(TrainingHalted, match=r"\(update 2\): lstm_nan: policy: LSTM state holds NaN"):
         trainer.update(3)
     hub.close()
     assert [(e.update, e.event_type.value) for e in rec.events] == [
@@ -182,8 +182,8 @@ def test_every_anomaly_is_logged_as_a_warning(caplog: pytest.LogCaptureFixture) 
         run({1: "vanish"}, updates=2)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert [w.split(" = ")[0] for w in warnings] == [
-        "LSTM anomaly lstm_h_vanishing at update 1: h_rms",
-        "LSTM anomaly lstm_c_vanishing at update 1: c_rms",
+        "LSTM anomaly lstm_h_vanishing at update 1: policy: h_rms",
+        "LSTM anomaly lstm_c_vanishing at update 1: policy: c_rms",
     ]
 
 

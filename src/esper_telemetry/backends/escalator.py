@@ -17,6 +17,7 @@ from esper_telemetry.contracts import (
     AnomalyDetected,
     AnomalyDetectedPayload,
     PPOUpdateCompleted,
+    PPOUpdatePayload,
     Severity,
     TelemetryEvent,
     TelemetryLevel,
@@ -83,13 +84,11 @@ class AnomalyEscalator(Backend):
         hub = self._hub
         if hub is None:
             raise RuntimeError("AnomalyEscalator must be subscribed with TelemetryHub.subscribe")
-        metrics = event.payload.health()
-        report = self.detector.check_lstm_health(metrics) if metrics is not None else None
-        if report is None or not report.has_anomaly:
+        payload = event.payload
+        report = self.detector.check_states(payload.named_health())
+        if not report.has_anomaly:
             self._maybe_restore(hub, event.update)
             return
-        # The update that trips an anomaly carries its own detail (see the emitter).
-        outliers = event.payload.lstm_outlier_envs
         for anomaly in report.anomalies:
             logger.warning(
                 "LSTM anomaly %s at update %d: %s",
@@ -100,7 +99,9 @@ class AnomalyEscalator(Backend):
             hub.emit(
                 AnomalyDetected(
                     update=event.update,
-                    payload=AnomalyDetectedPayload(anomaly=anomaly, outlier_envs=outliers),
+                    payload=AnomalyDetectedPayload(
+                        anomaly=anomaly, outlier_envs=self._outliers(payload, anomaly.state)
+                    ),
                 )
             )
         self._last_anomaly_update = event.update
@@ -113,6 +114,13 @@ class AnomalyEscalator(Backend):
             if critical:
                 first = critical[0]
                 hub.request_halt(f"{first.type.value}: {first.message}", update=event.update)
+
+    def _outliers(self, payload: PPOUpdatePayload, state: str | None) -> tuple[int, ...] | None:
+        # The update that trips an anomaly carries its own detail (see the emitter).
+        if state is None or state == payload.primary_name():
+            return payload.lstm_outlier_envs
+        detail = payload.detail_of(state)
+        return None if detail is None else detail.outlier_envs(self.detector.thresholds)
 
     def _maybe_restore(self, hub: TelemetryHub, update: int) -> None:
         if self._restore_to is None or update - self._last_anomaly_update < self.escalate_for:

@@ -14,15 +14,15 @@ if TYPE_CHECKING:
     from esper_telemetry.telemetry.anomaly_detector import AnomalyDetector
     from esper_telemetry.telemetry.emitters import emit_ppo_update_event
     from esper_telemetry.telemetry.lstm_health import compute_lstm_health, compute_recurrent_health
-    from esper_telemetry.telemetry.track import Tracker, track
+    from esper_telemetry.telemetry.tracking import Tracker, track
 
 _LAZY = {
     "AnomalyDetector": "esper_telemetry.telemetry.anomaly_detector",
     "compute_lstm_health": "esper_telemetry.telemetry.lstm_health",
     "emit_ppo_update_event": "esper_telemetry.telemetry.emitters",
     "compute_recurrent_health": "esper_telemetry.telemetry.lstm_health",
-    "Tracker": "esper_telemetry.telemetry.track",
-    "track": "esper_telemetry.telemetry.track",
+    "Tracker": "esper_telemetry.telemetry.tracking",
+    "track": "esper_telemetry.telemetry.tracking",
 }
 
 __all__ = [

@@ -26,7 +26,7 @@ from esper_telemetry.hub import TelemetryHub, redact_secrets
 from esper_telemetry.hub._redact import secret_key_problem
 
 if TYPE_CHECKING:
-    from esper_telemetry.telemetry.track import Tracker
+    from esper_telemetry.telemetry.tracking import Tracker
 
 _REQUIRED = PPO_REQUIRED
 _OPTIONAL = PPO_STATISTICS[len(PPO_REQUIRED) :]
@@ -245,7 +245,7 @@ def _named_states(
         name = DEFAULT_STATE if primary is None else str(primary)
         return {name: _measured("lstm_health", lstm_health)}
     if tracker is not None:
-        from esper_telemetry.telemetry.track import Tracker
+        from esper_telemetry.telemetry.tracking import Tracker
 
         if not isinstance(tracker, Tracker):
             raise TypeError(

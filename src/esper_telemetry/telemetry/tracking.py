@@ -14,7 +14,7 @@ update that is the state of the training pass's last minibatch unless the traine
 the policy again (a rollout step, or the value of the last observation).
 
 >>> import torch
->>> from esper_telemetry.telemetry.track import track
+>>> from esper_telemetry.telemetry.tracking import track
 >>> policy = torch.nn.ModuleDict({"actor": torch.nn.LSTM(4, 8), "critic": torch.nn.GRU(4, 8)})
 >>> with track(policy) as tracker:
 ...     _ = policy["actor"](torch.zeros(5, 3, 4)), policy["critic"](torch.zeros(5, 3, 4))
