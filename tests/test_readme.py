@@ -11,7 +11,7 @@ import torch
 README = (Path(__file__).parents[1] / "README.md").read_text()
 #: How ``print(event)`` starts for a PPO update: the event's repr.
 PRINTED_EVENT = re.compile(
-    r"event_type=<EventType\.PPO_UPDATE_COMPLETED: 'PPO_UPDATE_COMPLETED'> schema_version=2 "
+    r"event_type=<EventType\.PPO_UPDATE_COMPLETED: 'PPO_UPDATE_COMPLETED'> schema_version=3 "
     r"run_id='[0-9]{8}-[0-9]{6}-[0-9a-f]{6}' seq=(?P<seq>\d+) update=(?P<update>\d+) "
 )
 
