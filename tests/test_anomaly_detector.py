@@ -317,7 +317,7 @@ def test_health_status_agrees_with_detector(m: LSTMHealthMetrics, t: HealthThres
     report = AnomalyDetector(thresholds=t).check_lstm_health(m)
     if report.has_anomaly:
         expected = HealthStatus.CRITICAL
-    elif m.h_rms > t.warning_rms or m.c_rms > t.warning_rms:
+    elif m.h_rms > t.warning_rms or (m.c_rms or 0.0) > t.warning_rms:
         expected = HealthStatus.WARNING
     else:
         expected = HealthStatus.HEALTHY

@@ -45,6 +45,7 @@ def test_the_ddp_example_halts_both_ranks_on_rank_1s_explosion(tmp_path: Path) -
     assert [e.update for e in updates] == [0, 1, 2, 3]
     health = updates[3].payload.health()
     assert health is not None
+    assert health.c_max is not None
     assert health.c_max > 1e3  # rank 1's state, seen in rank 0's event
     assert health.scope == "all_ranks"
     assert health.ranks == 2

@@ -176,6 +176,7 @@ def test_debug_level_carries_detail_and_outlier_envs() -> None:
     assert p.lstm_detail == health[1]
     assert p.lstm_outlier_envs == (2,)
     assert len(p.lstm_detail.h_layer_rms) == 2
+    assert p.lstm_detail.c_env_rms is not None
     assert len(p.lstm_detail.c_env_rms) == 4
 
 
@@ -186,7 +187,7 @@ def test_normal_level_drops_the_detail_of_a_healthy_state() -> None:
         event = emit_ppo_update_event(hub, update=0, metrics=PPO, lstm_health=health)
     assert event is not None
     assert (event.payload.lstm_detail, event.payload.lstm_outlier_envs) == (None, None)
-    assert event.payload.lstm_h_rms == health[0].h_rms  # type: ignore[index]
+    assert event.payload.lstm_h_rms == health[0].h_rms
 
 
 @pytest.mark.parametrize(

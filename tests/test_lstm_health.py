@@ -282,6 +282,7 @@ def test_constant_state_measures_exactly_its_value(
     batch = h.shape[-2]
     h_l2, c_l2 = h_value * math.sqrt(h.numel()), c_value * math.sqrt(c.numel())
     assert math.isclose(metrics.h_l2_total, h_l2, rel_tol=1e-12, abs_tol=0.0)
+    assert metrics.c_l2_total is not None
     assert math.isclose(metrics.c_l2_total, c_l2, rel_tol=1e-12, abs_tol=0.0)
     assert metrics == LSTMHealthMetrics(
         h_l2_total=metrics.h_l2_total,  # checked above, to 1e-12
@@ -342,9 +343,14 @@ def test_rms_of_plus_minus_a_value_never_exceeds_it(
     assert_model_close(metrics, expected, REL_TOL[dtype])
     assert_model_close(detail, expected_detail, REL_TOL[dtype])
     h_figures = (metrics.h_rms, metrics.h_env_rms_mean, metrics.h_env_rms_max)
+    assert metrics.c_rms is not None
+    assert metrics.c_env_rms_mean is not None
+    assert metrics.c_env_rms_max is not None
     c_figures = (metrics.c_rms, metrics.c_env_rms_mean, metrics.c_env_rms_max)
     assert max(h_figures + detail.h_layer_rms + detail.h_env_rms) <= 0.5 == metrics.h_max
-    assert max(c_figures + detail.c_layer_rms + detail.c_env_rms) <= 10.0 == metrics.c_max
+    assert detail.c_layer_rms is not None
+    assert detail.c_env_rms is not None
+    assert max((*c_figures, *detail.c_layer_rms, *detail.c_env_rms)) <= 10.0 == metrics.c_max
     assert health_status(metrics) is HealthStatus.WARNING
 
 
@@ -464,6 +470,7 @@ def test_nan_in_h_with_constant_c_gives_c_exactly(dtype: torch.dtype, value: flo
     assert (metrics.c_rms, metrics.c_env_rms_mean, metrics.c_env_rms_max, metrics.c_max) == (
         (stored,) * 4
     )
+    assert metrics.c_l2_total is not None
     assert math.isclose(metrics.c_l2_total, stored * math.sqrt(c.numel()), rel_tol=1e-12)
     assert math.isnan(metrics.h_rms)
     assert (metrics.has_nan, metrics.has_inf) == (True, False)

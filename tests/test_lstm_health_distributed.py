@@ -217,6 +217,7 @@ def test_detail_layers_cover_all_ranks_and_envs_this_rank(group: Results, name: 
     """Per-layer RMS is of all ranks together; per-env RMS is this rank's slice of the batch."""
     world = world_of(group)
     _, expected = one_process(name, list(range(world)), world)
+    assert expected.c_env_rms is not None
     start = 0
     for r in range(world):
         got = detail_of(group[r][name])
@@ -238,6 +239,7 @@ def test_worst_envs_are_each_ranks_worst_with_their_rms(group: Results, name: st
     world = world_of(group)
     _, expected = one_process(name, list(range(world)), world)
     batches = [child.state(name, r, world)[0].shape[-2] for r in range(world)]
+    assert expected.c_env_rms is not None
     wanted: list[tuple[int, int, float, float]] = []
     start = 0
     for r, batch in enumerate(batches):

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from esper_telemetry import (
+    AnomalyDetected,
     AnomalyType,
     PPOUpdateCompleted,
     TelemetryHub,
@@ -126,7 +127,7 @@ def test_nan_in_a_gru_state_is_an_anomaly_that_names_the_state(hub: TelemetryHub
     with track(policy, names=["value"]) as tracker, capture_events(hub) as rec:
         policy(torch.randn(4, 3, 4), h0)
         emit_ppo_update_event(hub, update=0, metrics=PPO, tracker=tracker)
-    anomalies = [e.payload.anomaly for e in rec.events if e.event_type == "ANOMALY_DETECTED"]
+    anomalies = [e.payload.anomaly for e in rec.events if isinstance(e, AnomalyDetected)]
     assert [(a.type, a.state) for a in anomalies] == [(AnomalyType.LSTM_NAN, "value")]
     assert anomalies[0].message.startswith("value: ")
     update = rec.events[0]

@@ -244,7 +244,7 @@ class PPOUpdatePayload(Contract):
                     "primary_state and recurrent_detail need recurrent_health, which is empty"
                 )
             return self
-        if self.primary_state not in self.recurrent_health:
+        if self.primary_state is None or self.primary_state not in self.recurrent_health:
             raise ValueError(
                 f"primary_state must name one of recurrent_health's states {names}, got "
                 f"{self.primary_state!r}"

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 import torch.distributed as dist
@@ -55,6 +55,21 @@ _HOST_ROWS = 64
 _SPLIT_MIN_MAX = (1 << 16, 1 << 19)
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@overload
+def compute_lstm_health(
+    hidden: RecurrentState,
+    *,
+    detail: Literal[False] = False,
+    group: ProcessGroup | None = None,
+) -> LSTMHealthMetrics: ...
+
+
+@overload
+def compute_lstm_health(
+    hidden: RecurrentState, *, detail: Literal[True], group: ProcessGroup | None = None
+) -> tuple[LSTMHealthMetrics, LSTMHealthDetail]: ...
 
 
 @overload
@@ -146,12 +161,36 @@ def compute_lstm_health(
     return _completed(h, c, cell, finish(pending.tolist()), detail=detail)
 
 
+@overload
+def compute_recurrent_health(
+    states: Mapping[str, RecurrentState],
+    *,
+    detail: Literal[False] = False,
+    group: ProcessGroup | None = None,
+) -> dict[str, LSTMHealthMetrics]: ...
+
+
+@overload
+def compute_recurrent_health(
+    states: Mapping[str, RecurrentState],
+    *,
+    detail: Literal[True],
+    group: ProcessGroup | None = None,
+) -> dict[str, tuple[LSTMHealthMetrics, LSTMHealthDetail]]: ...
+
+
+@overload
+def compute_recurrent_health(
+    states: Mapping[str, RecurrentState], *, detail: bool, group: ProcessGroup | None = None
+) -> dict[str, Health]: ...
+
+
 def compute_recurrent_health(
     states: Mapping[str, RecurrentState],
     *,
     detail: bool = False,
     group: ProcessGroup | None = None,
-) -> dict[str, Health]:
+) -> dict[str, Any]:
     """Measure several named recurrent states, with one transfer to the host in all.
 
     Each value of ``states`` is what :func:`compute_lstm_health` takes (``(h, c)`` or a

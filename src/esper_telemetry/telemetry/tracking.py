@@ -103,7 +103,9 @@ class Tracker:
         One transfer to the host for all of them. Layers that have not run since
         ``track`` are left out; with ``group``, every rank must hold the same names.
         """
-        return compute_recurrent_health(self.states(), detail=detail, group=group)  # type: ignore[return-value]
+        if detail:
+            return compute_recurrent_health(self.states(), detail=True, group=group)
+        return compute_recurrent_health(self.states(), detail=False, group=group)
 
     def remove(self) -> None:
         """Remove every hook (idempotent); the states already held stay."""
@@ -132,7 +134,7 @@ class Tracker:
         return hook
 
 
-def _layer_state(output: Any) -> RecurrentState:
+def _layer_state(output: tuple[Any, Any]) -> RecurrentState:
     # nn.LSTM: (out, (h_n, c_n)); nn.GRU, nn.RNN: (out, h_n). out is a PackedSequence for
     # packed input, else a tensor that is 2-D when the input was unbatched: h_n is then
     # [layers, hidden], which compute_recurrent_health would read as [batch, hidden].
@@ -140,9 +142,12 @@ def _layer_state(output: Any) -> RecurrentState:
     unbatched = isinstance(out, torch.Tensor) and out.dim() == 2
     if isinstance(state, tuple):
         h, c = state
+        assert isinstance(h, torch.Tensor)
+        assert isinstance(c, torch.Tensor)
         if unbatched:
             h, c = h.unsqueeze(1), c.unsqueeze(1)
         return h.detach(), c.detach()
+    assert isinstance(state, torch.Tensor)
     return (state.unsqueeze(1) if unbatched else state).detach()
 
 
@@ -150,9 +155,12 @@ def _cell_state(output: Any) -> RecurrentState:
     # nn.LSTMCell: (h, c); nn.GRUCell: h. [batch, hidden], or [hidden] when unbatched.
     if isinstance(output, tuple):
         h, c = output
+        assert isinstance(h, torch.Tensor)
+        assert isinstance(c, torch.Tensor)
         if h.dim() == 1:
             h, c = h.unsqueeze(0), c.unsqueeze(0)
         return h.detach(), c.detach()
+    assert isinstance(output, torch.Tensor)
     return (output.unsqueeze(0) if output.dim() == 1 else output).detach()
 
 
