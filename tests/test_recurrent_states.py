@@ -304,3 +304,32 @@ def test_bad_episode_returns_are_one_line_naming_the_argument(
         emit_ppo_update_event(hub, update=0, metrics=PPO, **kwargs)
     assert "\n" not in str(info.value)
     assert hub.stats().emitted == 0
+
+
+# --------------------------------------------------------------------------- across ranks
+
+
+def test_a_gru_state_across_a_process_group_has_no_c_and_the_local_h(tmp_path: Any) -> None:
+    """The group path (one gloo rank, in this process) drops c just as the local one does."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        h = gru_state()
+        metrics, info = compute_lstm_health(h, detail=True, group=dist.group.WORLD)
+        both = compute_recurrent_health(
+            {"policy": lstm_state(), "value": h}, group=dist.group.WORLD
+        )
+    finally:
+        dist.destroy_process_group()
+    local = compute_lstm_health(h)
+    assert (metrics.scope, metrics.ranks, metrics.has_cell) == ("all_ranks", 1, False)
+    for name in ("h_rms", "h_env_rms_max", "h_max"):
+        assert getattr(metrics, name) == pytest.approx(getattr(local, name), rel=1e-6)
+    assert (info.c_layer_rms, info.c_env_rms) == (None, None)
+    assert info.worst_envs is not None
+    assert {e.c_rms for e in info.worst_envs} == {None}
+    assert both["policy"].has_cell
+    assert not both["value"].has_cell

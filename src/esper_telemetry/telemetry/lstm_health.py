@@ -315,8 +315,9 @@ def _completed(
         del values[-2:]
     elif has_nan:
         has_inf = bool(_any_inf(h, c).tolist())
-    result = _unpack(values, h, c, scale=scale, has_nan=has_nan, has_inf=has_inf, detail=detail)
-    return result if cell else _without_cell(result)
+    return _unpack(
+        values, h, c, cell=cell, scale=scale, has_nan=has_nan, has_inf=has_inf, detail=detail
+    )
 
 
 # --------------------------------------------------------------------------- process groups
@@ -594,6 +595,7 @@ def _unpack(
     h: torch.Tensor,
     c: torch.Tensor,
     *,
+    cell: bool,
     scale: tuple[float, float],
     has_nan: bool,
     has_inf: bool,
@@ -602,7 +604,15 @@ def _unpack(
     layers, batch = h.shape[0], h.shape[1]
     h_shape, c_shape = (layers, batch, h.shape[2]), (layers, batch, c.shape[2])
     h_l2, h_rms, h_env_mean, h_env_max, h_max = _figures(values, 0, scale[0], h_shape)
-    c_l2, c_rms, c_env_mean, c_env_max, c_max = _figures(values, 1, scale[1], c_shape)
+    c_l2: float | None
+    c_rms: float | None
+    c_env_mean: float | None
+    c_env_max: float | None
+    c_max: float | None
+    if cell:
+        c_l2, c_rms, c_env_mean, c_env_max, c_max = _figures(values, 1, scale[1], c_shape)
+    else:  # c is a slice of h standing in for a missing cell: its figures are not reported
+        c_l2 = c_rms = c_env_mean = c_env_max = c_max = None
     metrics = LSTMHealthMetrics(
         h_l2_total=h_l2,
         c_l2_total=c_l2,
@@ -621,7 +631,10 @@ def _unpack(
     if not detail:
         return metrics
     h_layer, h_env = _detail_figures(values, 0, scale[0], h_shape)
-    c_layer, c_env = _detail_figures(values, 1, scale[1], c_shape)
+    c_layer: tuple[float, ...] | None = None
+    c_env: tuple[float, ...] | None = None
+    if cell:
+        c_layer, c_env = _detail_figures(values, 1, scale[1], c_shape)
     info = LSTMHealthDetail(
         h_layer_rms=h_layer, c_layer_rms=c_layer, h_env_rms=h_env, c_env_rms=c_env
     )
