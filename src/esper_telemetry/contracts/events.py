@@ -213,7 +213,7 @@ class PPOUpdatePayload(Contract):
     @classmethod
     def _fill_primary(cls, data: Any) -> Any:
         # The flat fields of the primary state, from recurrent_health when left out.
-        if not isinstance(data, Mapping):
+        if not isinstance(data, Mapping) or "lstm_h_rms" in data:
             return data
         states, primary = data.get("recurrent_health"), data.get("primary_state")
         if not isinstance(states, Mapping) or not isinstance(primary, str):
@@ -221,7 +221,7 @@ class PPOUpdatePayload(Contract):
         metrics = states.get(primary)
         if isinstance(metrics, Mapping):
             metrics = LSTMHealthMetrics.model_validate(metrics)
-        if not isinstance(metrics, LSTMHealthMetrics) or "lstm_h_rms" in data:
+        if not isinstance(metrics, LSTMHealthMetrics):
             return data
         return {
             **data,
@@ -256,9 +256,7 @@ class PPOUpdatePayload(Contract):
                 f"the primary one ({self.primary_state!r}, whose detail is lstm_detail), got "
                 f"{list(self.recurrent_detail)}"
             )
-        flat = self.health()
-        primary = self.recurrent_health[self.primary_state]
-        if flat is None or not _same_figures(flat, primary):
+        if not _repeats(self, self.recurrent_health[self.primary_state]):
             raise ValueError(
                 f"the lstm_* fields must repeat the figures of the primary state "
                 f"{self.primary_state!r} in recurrent_health (leave them out to have them "
@@ -309,14 +307,21 @@ class PPOUpdatePayload(Contract):
         return self.recurrent_detail.get(name)
 
 
-def _same_figures(a: LSTMHealthMetrics, b: LSTMHealthMetrics) -> bool:
-    # NaN is data: a NaN figure repeats a NaN figure.
-    def same(x: object, y: object) -> bool:
-        if isinstance(x, float) and isinstance(y, float) and x != x and y != y:
-            return True
-        return x == y
+def _repeats(payload: PPOUpdatePayload, primary: LSTMHealthMetrics) -> bool:
+    """True when the payload's flat fields hold exactly the figures of ``primary``."""
 
-    return all(same(getattr(a, n), getattr(b, n)) for n in (*a.FIGURES, "scope", "ranks"))
+    def same(x: object, y: object) -> bool:
+        # NaN is data: a NaN figure repeats a NaN figure.
+        return x == y or (isinstance(x, float) and isinstance(y, float) and x != x and y != y)
+
+    return (
+        all(same(getattr(payload, _FLAT[n]), getattr(primary, n)) for n in primary.FIGURES)
+        and payload.health_scope == primary.scope
+        and payload.health_ranks == primary.ranks
+    )
+
+
+_FLAT = {name: f"lstm_{name}" for name in LSTMHealthMetrics.FIGURES}
 
 
 def _anomaly_v1(data: Any) -> Any:
