@@ -98,8 +98,9 @@ def test_a_run_writes_every_output_with_the_same_updates(tmp_path: Path) -> None
 
 
 def test_an_injected_nan_is_detected_escalated_alerted_and_logged(tmp_path: Path) -> None:
-    """nan@3: one lstm_nan anomaly at update 3 naming env 0, DEBUG afterwards, one W&B alert,
-    one error line in the structured log with the anomaly's fields flat."""
+    """nan@3: one lstm_nan anomaly in the policy state at update 3 naming env 0, DEBUG
+    afterwards, one W&B alert, one error line in the structured log with the anomaly's fields
+    flat."""
     result = esper(
         tmp_path, "--episodes", "6", "--run-id", "nan", "--inject-fault", "nan@3", *SMALL
     )
@@ -107,17 +108,23 @@ def test_an_injected_nan_is_detected_escalated_alerted_and_logged(tmp_path: Path
     run_dir = tmp_path / "runs" / "nan"
     events = events_of(run_dir)
     anomalies = [
-        (e.update, e.payload.anomaly.type, e.payload.anomaly.severity, e.payload.outlier_envs)
+        (
+            e.update,
+            e.payload.anomaly.state,
+            e.payload.anomaly.type,
+            e.payload.anomaly.severity,
+            e.payload.outlier_envs,
+        )
         for e in events
         if isinstance(e, AnomalyDetected)
     ]
-    assert anomalies == [(3, AnomalyType.LSTM_NAN, Severity.CRITICAL, (0,))]
+    assert anomalies == [(3, "policy", AnomalyType.LSTM_NAN, Severity.CRITICAL, (0,))]
     levels = [(e.update, e.level.name) for e in events if isinstance(e, PPOUpdateCompleted)]
     assert levels == [(k, "NORMAL") for k in range(4)] + [(k, "DEBUG") for k in (4, 5)]
     alerts = of_type(inspect_run(wandb_run(run_dir)), "alert")
     assert [(a["title"], a["level"]) for a in alerts] == [("esper: lstm_nan", "ERROR")]
     errors = [
-        {k: r[k] for k in ("update", "anomaly_type", "severity", "observed", "message")}
+        {k: r[k] for k in ("update", "state", "anomaly_type", "severity", "observed", "message")}
         | {"outlier_envs": r["outlier_envs"]}
         for r in log_lines(run_dir)
         if r["level"] == "error"
@@ -125,10 +132,11 @@ def test_an_injected_nan_is_detected_escalated_alerted_and_logged(tmp_path: Path
     assert errors == [
         {
             "update": 3,
+            "state": "policy",
             "anomaly_type": "lstm_nan",
             "severity": "critical",
             "observed": "NaN",
-            "message": "LSTM state holds NaN",
+            "message": "policy: LSTM state holds NaN",
             "outlier_envs": [0],
         }
     ]

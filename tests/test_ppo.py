@@ -175,6 +175,13 @@ def updates_of(events: list[TelemetryEvent]) -> list[PPOUpdatePayload]:
     return [e.payload for e in events if isinstance(e, PPOUpdateCompleted)]
 
 
+def returns_of(payloads: list[PPOUpdatePayload]) -> list[float]:
+    """The mean returns the updates declare (NaN where one declares none), after checking
+    that each declares esper ppo's window of 20 episodes."""
+    assert [p.episode_return_window for p in payloads] == [20] * len(payloads)
+    return [math.nan if p.episode_return_mean is None else p.episode_return_mean for p in payloads]
+
+
 def test_a_run_frames_its_updates_and_is_deterministic() -> None:
     """RunStarted, one PPOUpdateCompleted per update with 12 lstm fields, RunFinished; a
     second run with the same seed publishes the same numbers."""
@@ -190,6 +197,26 @@ def test_a_run_frames_its_updates_and_is_deterministic() -> None:
     assert isinstance(finished, RunFinished)
     assert (finished.payload.status, finished.payload.summary["updates"]) == ("completed", 3.0)
     assert (result.status, result.updates, result.env_steps) == ("completed", 3, 48)
+
+
+def test_each_update_names_its_one_state_policy_and_declares_its_mean_return() -> None:
+    """The actor's LSTM state is the one named state, "policy", which the flat lstm_* fields
+    repeat; the mean return of the last 20 episodes is declared (NaN before the first one
+    ends), and extra keeps only the count of finished episodes."""
+    # 2 steps per update: the first episode ends at update 4.
+    events, result = run_events(PPOConfig(updates=6, envs=2, steps=2, epochs=1, hidden=8))
+    updates = updates_of(events)
+    assert [(p.primary_state, list(p.recurrent_health)) for p in updates] == [
+        ("policy", ["policy"])
+    ] * 6
+    assert [p.recurrent_health["policy"] == p.health() for p in updates] == [True] * 6
+    assert [(dict(p.recurrent_detail), sorted(p.extra)) for p in updates] == [
+        ({}, ["episodes"])
+    ] * 6
+    returns, episodes = returns_of(updates), [p.extra["episodes"] for p in updates]
+    assert [math.isnan(r) for r in returns] == [True] * 4 + [False] * 2
+    assert [n == 0 for n in episodes] == [True] * 4 + [False] * 2
+    assert (returns[-1], episodes[-1]) == (result.mean_return, len(result.episode_returns))
 
 
 def test_injected_nan_is_measured_and_training_goes_on() -> None:
@@ -266,7 +293,7 @@ def test_the_reference_trainer_learns() -> None:
     above that of the first 5 (see LEARNING_GAIN)."""
     with TelemetryHub("learns") as hub, capture_events(hub, events=[PPOUpdateCompleted]) as rec:
         result = train(PPOConfig(updates=LEARNING_UPDATES, seed=0), hub)
-    returns = [p.extra["return_mean"] for p in updates_of(rec.events)]
+    returns = returns_of(updates_of(rec.events))
     assert result.status == "completed"
     assert [math.isfinite(r) for r in returns] == [True] * LEARNING_UPDATES
     early, late = statistics.mean(returns[:5]), statistics.mean(returns[-5:])

@@ -171,6 +171,7 @@ SUBPACKAGES: dict[str, list[str]] = {
         "FIGURE_DPI",
         "FIGURE_SIZE",
         "ReportData",
+        "StateSeries",
         "build_figure",
         "collect",
         "write_report",

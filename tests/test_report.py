@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import math
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from matplotlib.axes import Axes
 from matplotlib.collections import Collection, PathCollection
@@ -17,6 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from rich.console import Console
 
+from esper_telemetry import compute_recurrent_health, emit_ppo_update_event
 from esper_telemetry.analytics import read_events
 from esper_telemetry.backends import AnalyticsCollector, AnomalyEscalator
 from esper_telemetry.cli import main
@@ -29,8 +33,10 @@ from esper_telemetry.contracts import (
     AnomalyType,
     HealthThresholds,
     PPOUpdateCompleted,
+    PPOUpdatePayload,
     RunLayout,
     Severity,
+    TelemetryEvent,
     TelemetryLevel,
 )
 from esper_telemetry.hub import TelemetryHub
@@ -38,6 +44,7 @@ from esper_telemetry.report import (
     FIGURE_DPI,
     FIGURE_SIZE,
     ReportData,
+    StateSeries,
     build_figure,
     collect,
     write_report,
@@ -45,42 +52,86 @@ from esper_telemetry.report import (
 from esper_telemetry.run import EXIT_OK, RunOptions, run_ppo
 from esper_telemetry.testing import capture_events
 from esper_telemetry.training.ppo import PPOConfig
-from tests.faulty_lstm import FaultyLSTM
+from tests.faulty_lstm import PPO_STATS, FaultyLSTM
 
 WIDTH, HEIGHT = int(FIGURE_SIZE[0] * FIGURE_DPI), int(FIGURE_SIZE[1] * FIGURE_DPI)
+RMS = ("h_rms", "c_rms", "env_rms_max")
 
 
 def record_run(run_dir: Path, updates: int, faults: dict[int, str] | None = None) -> Path:
-    """A run's events.jsonl: a real LSTM, the escalator, faults at the given updates, and an
-    episode return of 10 × update in each PPO payload, as the trainer logs it."""
+    """A run's events.jsonl: a real LSTM, the escalator, faults at the given updates, and a
+    mean return of the last 20 episodes of 10 × update in each PPO payload, declared as the
+    trainer declares it."""
     with TelemetryHub("r") as hub, capture_events(hub) as recorder:
         hub.subscribe(AnomalyEscalator(escalate_for=3), mode="inline")
         lstm = FaultyLSTM(hub, faults)
         for k in range(updates):
             lstm.update(k)
+    return write_run(run_dir, recorder.events, lambda k: {"episode_return_mean": 10.0 * k})
+
+
+def write_run(
+    run_dir: Path,
+    events: list[TelemetryEvent],
+    returns: Callable[[int], dict[str, Any]],
+    window: int = 20,
+) -> Path:
+    """Write ``events`` to run_dir/events.jsonl, each PPO payload given ``returns(update)``
+    (with ``episode_return_window=window`` when it declares a mean)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with AnalyticsCollector(run_dir) as collector:
-        for event in recorder.events:
+        for event in events:
             if isinstance(event, PPOUpdateCompleted):
-                extra = {"return_mean": 10.0 * event.update}
+                fields = returns(event.update)
+                if "episode_return_mean" in fields:
+                    fields["episode_return_window"] = window
+                payload = event.payload.model_dump() | fields
                 event = event.model_copy(
-                    update={"payload": event.payload.model_copy(update={"extra": extra})}
+                    update={"payload": PPOUpdatePayload.model_validate(payload)}
                 )
             collector.handle(event)
     return run_dir
 
 
-def png_size(path: Path) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk."""
-    header = path.read_bytes()[:24]
+def record_states_run(run_dir: Path, updates: int, nan_at: int | None = None) -> Path:
+    """A run with two named states: policy, a real LSTM (primary), and value, a real GRU,
+    NaN at ``nan_at``; the escalator; a mean return of the last 100 episodes of update."""
+    torch.manual_seed(0)
+    lstm, gru = torch.nn.LSTM(3, 8), torch.nn.GRU(3, 8)
+    with TelemetryHub("s") as hub, capture_events(hub) as recorder:
+        hub.subscribe(AnomalyEscalator(escalate_for=3), mode="inline")
+        for k in range(updates):
+            with torch.no_grad():
+                _, policy = lstm(torch.randn(4, 6, 3))
+                _, value = gru(torch.randn(4, 6, 3))
+            if k == nan_at:
+                value[0, 2, 0] = math.nan
+            emit_ppo_update_event(
+                hub,
+                update=k,
+                metrics=PPO_STATS,
+                recurrent_health=compute_recurrent_health({"policy": policy, "value": value}),
+            )
+    return write_run(run_dir, recorder.events, lambda k: {"episode_return_mean": k}, 100)
+
+
+def png_size(png: Path | bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (of a file, or of its bytes)."""
+    header = (png if isinstance(png, bytes) else png.read_bytes())[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", header[16:24])
     return width, height
 
 
 def health_axes(fig: Figure) -> Axes:
-    """The top panel: RMS against update."""
+    """The top panel: RMS of the primary state against update."""
     return fig.axes[0]
+
+
+def state_series(name: str, h: tuple[float, ...], c: tuple[float, ...] | None) -> StateSeries:
+    """A state's series over updates 0, 1, ..., its env-RMS max 1.2 × the larger RMS."""
+    env = tuple(1.2 * max(v) for v in zip(h, c or h, strict=True))
+    return StateSeries(name=name, updates=tuple(range(len(h))), h_rms=h, c_rms=c, env_rms_max=env)
 
 
 def lines_with(ax: Axes, gid: str) -> list[Line2D]:
@@ -104,13 +155,19 @@ def offsets_x(collection: Collection) -> list[float]:
 
 
 def test_collect_gathers_the_numbers_behind_the_figure(tmp_path: Path) -> None:
-    """Per update h_rms, c_rms, the env-RMS max and the return; anomalies and level changes."""
+    """Per update the state's h_rms, c_rms and env-RMS max and the declared return with its
+    window; anomalies and level changes."""
     events = list(read_events(record_run(tmp_path, 6, {2: "explode"})))
     data = collect(events)
     assert data.updates == (0, 1, 2, 3, 4, 5)
-    assert data.returns == (0.0, 10.0, 20.0, 30.0, 40.0, 50.0)
-    assert [rms > 10 for rms in data.c_rms] == [False, False, True, False, False, False]
-    assert [m >= c for m, c in zip(data.env_rms_max, data.c_rms, strict=True)] == [True] * 6
+    assert (data.returns, data.return_windows) == ((0.0, 10.0, 20.0, 30.0, 40.0, 50.0), (20,))
+    assert [(s.name, s.updates, s.has_cell) for s in data.states] == [
+        ("policy", (0, 1, 2, 3, 4, 5), True)
+    ]
+    policy = data.state("policy")
+    assert policy.c_rms is not None
+    assert [rms > 10 for rms in policy.c_rms] == [False, False, True, False, False, False]
+    assert [m >= c for m, c in zip(policy.env_rms_max, policy.c_rms, strict=True)] == [True] * 6
     assert data.anomalies == tuple(e for e in events if isinstance(e, AnomalyDetected))
     assert [(a.update, a.payload.anomaly.type) for a in data.anomalies] == [
         (2, AnomalyType.LSTM_C_EXPLOSION)
@@ -152,8 +209,8 @@ def test_anomaly_markers_sit_at_the_anomalous_updates(tmp_path: Path) -> None:
 def test_nan_updates_are_marked_along_the_top_edge(tmp_path: Path) -> None:
     """A NaN state has no point on a log scale; an X marks its update instead."""
     data = collect(read_events(record_run(tmp_path, 4, {1: "nan"})))
-    assert data.non_finite_updates == (1,)
-    assert [math.isnan(v) for v in data.h_rms] == [False, True, False, False]
+    assert (data.non_finite_updates, data.state("policy").non_finite_updates) == ((1,), (1,))
+    assert [math.isnan(v) for v in data.state("policy").h_rms] == [False, True, False, False]
     ax = health_axes(build_figure(data))
     (marks,) = [c for c in ax.collections if c.get_gid() == "non-finite"]
     assert offsets_x(marks) == [1.0]
@@ -165,10 +222,9 @@ def test_thresholds_are_drawn_as_bands_from_the_thresholds_given() -> None:
     data = ReportData(
         run_ids=("x",),
         updates=(0, 1),
-        h_rms=(0.5, 0.6),
-        c_rms=(1.0, 1.1),
-        env_rms_max=(1.2, 1.3),
+        states=(state_series("policy", (0.5, 0.6), (1.0, 1.1)),),
         returns=(math.nan, 5.0),
+        return_windows=(20,),
         thresholds=t,
     )
     ax = health_axes(build_figure(data))
@@ -180,14 +236,14 @@ def test_thresholds_are_drawn_as_bands_from_the_thresholds_given() -> None:
 
 
 def test_the_second_panel_plots_the_episode_return() -> None:
-    """The return panel's line is extra["return_mean"] against update."""
+    """The return panel's line is the declared mean return against update, titled with the
+    number of episodes it averages."""
     data = ReportData(
         run_ids=("x",),
         updates=(0, 1, 2),
-        h_rms=(0.5,) * 3,
-        c_rms=(0.5,) * 3,
-        env_rms_max=(0.6,) * 3,
+        states=(state_series("policy", (0.5,) * 3, (0.5,) * 3),),
         returns=(math.nan, 12.0, 30.5),
+        return_windows=(20,),
         anomalies=(
             AnomalyDetected(
                 update=1,
@@ -206,6 +262,48 @@ def test_the_second_panel_plots_the_episode_return() -> None:
     (line,) = lines_with(fig.axes[1], "return")
     assert floats(line.get_xdata()) == [0.0, 1.0, 2.0]
     np.testing.assert_array_equal(floats(line.get_ydata()), [math.nan, 12.0, 30.5])
+    assert fig.axes[1].get_title("left") == "episode return (mean of the last 20 episodes)"
+
+
+@pytest.mark.parametrize(
+    ("schema_version", "fields", "returns", "windows", "title"),
+    [
+        (
+            3,
+            {"episode_return_mean": 7.5, "episode_return_window": 100},
+            (7.5,),
+            (100,),
+            "episode return (mean of the last 100 episodes)",
+        ),
+        (
+            2,
+            {"extra": {"return_mean": 9.0}},
+            (9.0,),
+            (None,),
+            'episode return (extra["return_mean"] of an old log: window not recorded)',
+        ),
+        (3, {"extra": {"return_mean": 9.0}}, (math.nan,), (), "episode return (none logged)"),
+    ],
+    ids=["declared", "old-log", "just-an-extra"],
+)
+def test_the_return_comes_from_the_declared_field_or_an_old_logs_extra(
+    schema_version: int,
+    fields: dict[str, Any],
+    returns: tuple[float, ...],
+    windows: tuple[int | None, ...],
+    title: str,
+) -> None:
+    """The declared episode_return_mean, titled with its window; for a log written before it
+    existed, extra["return_mean"], titled as such; in a newer event that extra is no return."""
+    event = PPOUpdateCompleted(
+        update=0,
+        schema_version=schema_version,
+        payload=PPOUpdatePayload(policy_loss=0.0, value_loss=0.0, entropy=0.0, **fields),
+    )
+    data = collect([event])
+    np.testing.assert_array_equal(data.returns, returns)
+    assert data.return_windows == windows
+    assert build_figure(data).axes[1].get_title("left") == title
 
 
 def test_an_html_report_embeds_the_figure_and_lists_the_anomalies(tmp_path: Path) -> None:
@@ -214,7 +312,76 @@ def test_an_html_report_embeds_the_figure_and_lists_the_anomalies(tmp_path: Path
     page = write_report(run_dir, tmp_path / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
     assert "data:image/png;base64," in page
-    assert "<td>1</td><td>lstm_inf</td><td>critical</td><td>inf</td>" in page
+    assert "<td>1</td><td>policy</td><td>lstm_inf</td><td>critical</td><td>inf</td>" in page
+    assert "<td>policy</td><td>LSTM (h, c)</td><td>4</td>" in page
+    assert "episode return: mean of the last 20 episodes" in page
+
+
+def test_every_named_state_gets_its_panel_and_a_gru_no_c_line(tmp_path: Path) -> None:
+    """policy (an LSTM, primary) on top, value (a GRU) below, with no c line; the NaN in value
+    at update 2 is marked in value's panel only, and the HTML names the state."""
+    run_dir = record_states_run(tmp_path / "run", 5, nan_at=2)
+    data = collect(read_events(run_dir))
+    assert [(s.name, s.has_cell, s.non_finite_updates) for s in data.states] == [
+        ("policy", True, ()),
+        ("value", False, (2,)),
+    ]
+    assert [(a.update, a.payload.anomaly.state) for a in data.anomalies] == [(2, "value")]
+    fig = build_figure(data)
+    policy, value, _ = fig.axes
+    assert [policy.get_gid(), value.get_gid()] == ["health:policy", "health:value"]
+    assert [
+        [line.get_gid() for line in ax.get_lines() if line.get_gid() in RMS]
+        for ax in (policy, value)
+    ] == [
+        ["h_rms", "c_rms", "env_rms_max"],
+        ["h_rms", "env_rms_max"],
+    ]
+    assert value.get_legend_handles_labels()[1][:2] == ["value h_rms", "value env-RMS max (h)"]
+    assert policy.get_legend_handles_labels()[1][:3] == [
+        "policy h_rms",
+        "policy c_rms",
+        "policy env-RMS max (h or c)",
+    ]
+    assert [xs(lines_with(ax, "anomaly")) for ax in (policy, value)] == [[], [2.0]]
+    assert [
+        [offsets_x(c) for c in ax.collections if c.get_gid() == "non-finite"]
+        for ax in (policy, value)
+    ] == [[], [[2.0]]]
+    assert [ax.get_title("left") for ax in fig.axes] == [
+        "state policy (primary) — h and c",
+        "state value — h only (no cell: a GRU or RNN)",
+        "episode return (mean of the last 100 episodes)",
+    ]
+    assert png_size(write_report(run_dir)) == (WIDTH, HEIGHT)
+    page = write_report(run_dir, tmp_path / "report.html").read_text()
+    assert "<td>2</td><td>value</td><td>lstm_nan</td><td>critical</td><td>nan</td>" in page
+    assert "<td>value</td><td>h only (GRU, RNN)</td><td>5</td>" in page
+
+
+def test_a_run_without_a_recurrent_state_gets_an_empty_health_panel_that_says_so() -> None:
+    """No update carried a state: no series, and one health panel saying none was logged."""
+    event = PPOUpdateCompleted(
+        update=0, payload=PPOUpdatePayload(policy_loss=0.0, value_loss=0.0, entropy=0.0)
+    )
+    data = collect([event])
+    assert (data.states, data.non_finite_updates) == ((), ())
+    health, _ = build_figure(data).axes
+    assert (health.get_title("left"), [t.get_text() for t in health.texts]) == (
+        "recurrent state health",
+        ["no recurrent state logged"],
+    )
+
+
+def test_each_state_beyond_two_makes_the_figure_200_pixels_taller() -> None:
+    """Three states: three health panels over the return panel, in a 1200 × 950 figure."""
+    states = tuple(state_series(n, (0.5, 0.6), None) for n in ("a", "b", "c"))
+    data = ReportData(run_ids=("x",), updates=(0, 1), states=states, returns=(1.0, 2.0))
+    fig = build_figure(data)
+    assert [ax.get_gid() for ax in fig.axes] == ["health:a", "health:b", "health:c", None]
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=FIGURE_DPI)
+    assert png_size(png.getvalue()) == (WIDTH, HEIGHT + 200)
 
 
 def test_the_report_replaces_an_old_one_and_is_readable_by_others(tmp_path: Path) -> None:

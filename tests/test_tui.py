@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,11 +21,16 @@ from rich.text import Span, Text
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
+from esper_telemetry import compute_recurrent_health, emit_ppo_update_event
 from esper_telemetry.analytics import read_events
 from esper_telemetry.backends import AnalyticsCollector, AnomalyEscalator
 from esper_telemetry.cli import main
 from esper_telemetry.contracts import (
     STATUS_COLOUR,
+    Anomaly,
+    AnomalyDetected,
+    AnomalyDetectedPayload,
+    AnomalyType,
     HealthStatus,
     HealthThresholds,
     LSTMHealthMetrics,
@@ -33,6 +39,7 @@ from esper_telemetry.contracts import (
     RunFinished,
     RunFinishedPayload,
     RunLayout,
+    Severity,
     TelemetryEvent,
     health_status,
 )
@@ -67,21 +74,47 @@ HEALTHY = {
 }
 
 
+#: A GRU state: h alone, every c figure None.
+GRU = {**HEALTHY, **dict.fromkeys(LSTMHealthMetrics.CELL_FIGURES), "h_rms": 0.4, "h_max": 1.25}
+
+PPO_STATS: dict[str, Any] = {
+    "policy_loss": -0.0123,
+    "value_loss": 0.5,
+    "entropy": 0.69,
+    "approx_kl": 1.5e-5,
+}
+
+
 def ppo_event(update: int, seq: int | None = None, **health: Any) -> PPOUpdateCompleted:
-    """A PPO update with the HEALTHY state, changed by ``health``."""
+    """A PPO update with the HEALTHY state, changed by ``health``, and a declared return."""
     values = {**HEALTHY, **health}
     return PPOUpdateCompleted(
         run_id="t",
         seq=update if seq is None else seq,
         update=update,
         payload=PPOUpdatePayload(
-            policy_loss=-0.0123,
-            value_loss=0.5,
-            entropy=0.69,
-            approx_kl=1.5e-5,
+            **PPO_STATS,
             env_steps=256 * (update + 1),
-            extra={"return_mean": 21.5},
+            episode_return_mean=21.5,
+            episode_return_window=20,
+            extra={"episodes": 7.0},
             **{f"lstm_{k}": v for k, v in values.items()},
+        ),
+    )
+
+
+def states_event(
+    update: int, states: dict[str, dict[str, Any]], primary: str = "policy"
+) -> PPOUpdateCompleted:
+    """A PPO update carrying the named states given (their figures by name)."""
+    return PPOUpdateCompleted(
+        run_id="t",
+        seq=update,
+        update=update,
+        payload=PPOUpdatePayload(
+            **PPO_STATS,
+            recurrent_health={name: LSTMHealthMetrics(**v) for name, v in states.items()},
+            primary_state=primary,
         ),
     )
 
@@ -200,9 +233,11 @@ HEALTH_VALUES = st.one_of(
 
 @st.composite
 def lstm_states(draw: st.DrawFn) -> LSTMHealthMetrics:
-    """Any LSTM health, finite or not, around the default thresholds."""
+    """Any LSTM or GRU health (c figures all None), finite or not, around the default
+    thresholds."""
     names = [n for n in LSTMHealthMetrics.FIGURES if n not in ("has_nan", "has_inf")]
-    values = {n: draw(HEALTH_VALUES) for n in names}
+    cell = draw(st.booleans())
+    values = {n: draw(HEALTH_VALUES) if cell or n[0] == "h" else None for n in names}
     return LSTMHealthMetrics(has_nan=draw(st.booleans()), has_inf=draw(st.booleans()), **values)
 
 
@@ -215,21 +250,29 @@ def thresholds(draw: st.DrawFn) -> HealthThresholds:
     return HealthThresholds(vanishing_rms=vanishing, warning_rms=warning, critical_rms=critical)
 
 
-@given(lstm_states(), thresholds())
+@given(lstm_states(), lstm_states(), thresholds())
 def test_the_panels_verdicts_are_the_one_health_rule(
-    metrics: LSTMHealthMetrics, t: HealthThresholds
+    policy: LSTMHealthMetrics, value: LSTMHealthMetrics, t: HealthThresholds
 ) -> None:
-    """The panel's verdicts on h, c and the state are status_of("h"/"c") and health_status."""
+    """The panel's verdicts on h, c and each named state are status_of("h"/"c") (None for c
+    without a cell) and health_status; the overall verdict is the worst of them."""
     state = PanelState(t)
-    lstm = metrics.to_dict()
-    payload = PPOUpdatePayload(policy_loss=0.0, value_loss=0.0, entropy=0.0, **lstm)
+    payload = PPOUpdatePayload(
+        policy_loss=0.0,
+        value_loss=0.0,
+        entropy=0.0,
+        recurrent_health={"policy": policy, "value": value},
+        primary_state="policy",
+    )
     state.apply(PPOUpdateCompleted(update=0, payload=payload))
     assert state.health is not None
     view = state.health
-    assert (view.h_status, view.c_status, view.status) == (
-        metrics.status_of("h", t),
-        metrics.status_of("c", t),
-        health_status(metrics, t),
+    assert [(s.name, s.h_status, s.c_status, s.status) for s in view.states] == [
+        (name, m.status_of("h", t), m.status_of("c", t), health_status(m, t))
+        for name, m in (("policy", policy), ("value", value))
+    ]
+    assert view.status == max(
+        (health_status(policy, t), health_status(value, t)), key=lambda s: s.rank
     )
 
 
@@ -283,6 +326,84 @@ def test_health_row_shows_env_rms_and_max_abs() -> None:
             ["env-RMS mean", "0.200", "0.450"],
             ["env-RMS max", "0.310", "0.700"],
             ["max |x|", "0.900", "2.500"],
+        ]
+
+    drive(app, script)
+
+
+def test_every_named_state_has_a_row_the_primary_first() -> None:
+    """policy (an LSTM, primary) and value (a GRU, h in the warning band): a row each, policy
+    first; value's c reads "—"; the overall line names the worst state; policy in detail."""
+    app = HealthPanel()
+
+    async def script(pilot: Pilot[None]) -> None:
+        await show(pilot, app, states_event(0, {"value": {**GRU, "h_rms": 6.0}, "policy": HEALTHY}))
+        assert rows(app, "states") == [
+            ["policy (primary)", "0.213", "0.500", "2.500", "HEALTHY"],
+            ["value", "6.000", "—", "1.250", "WARNING"],
+        ]
+        h_rms, word = cell(app, "states", "value", "h rms"), cell(app, "states", "value", "status")
+        assert [str(h_rms.style), str(word.style)] == [
+            STATUS_COLOUR[HealthStatus.WARNING],
+            bold(HealthStatus.WARNING),
+        ]
+        assert static_text(app, "overall").startswith("worst state WARNING: value   update 0")
+        assert static_text(app, "detail-title") == "policy (primary)   s: next state"
+        assert rows(app, "health")[0] == ["rms", "0.213", "0.500"]
+
+    drive(app, script)
+
+
+def test_s_shows_the_next_state_in_detail_with_its_own_history() -> None:
+    """s: value in detail (a GRU: "—" for every c cell, no c sparkline, its history from
+    the update it first appeared in), then policy again; an old log's state is "policy"."""
+    app = HealthPanel()
+
+    async def script(pilot: Pilot[None]) -> None:
+        await show(pilot, app, ppo_event(0), states_event(1, {"policy": HEALTHY, "value": GRU}))
+        await pilot.press("s")
+        await settle(pilot, lambda: app.shows_latest)
+        assert static_text(app, "detail-title") == "value   s: next state"
+        assert rows(app, "health") == [
+            ["rms", "0.400", "—"],
+            ["status", "HEALTHY", "—"],
+            ["env-RMS mean", "0.200", "—"],
+            ["env-RMS max", "0.310", "—"],
+            ["max |x|", "1.250", "—"],
+        ]
+        assert static_text(app, "sparklines").splitlines() == [
+            "h_rms ▅  0.400",
+            "updates 1–1, log scale",
+        ]
+        await pilot.press("s")
+        await settle(pilot, lambda: app.shows_latest)
+        assert static_text(app, "detail-title") == "policy (primary)   s: next state"
+        assert static_text(app, "sparklines").splitlines()[-1] == "updates 0–1, log scale"
+
+    drive(app, script)
+
+
+def test_a_gru_state_alone_is_judged_on_h_and_shows_no_c() -> None:
+    """A run whose one state is a GRU: no states table, c is "—" with no verdict, the state's
+    verdict is h's (WARNING here), and there is no c sparkline."""
+    app = HealthPanel()
+
+    async def script(pilot: Pilot[None]) -> None:
+        gru = [{**GRU, "h_rms": rms} for rms in (0.4, 7.0)]
+        events = [states_event(k, {"encoder.gru": g}, "encoder.gru") for k, g in enumerate(gru)]
+        await show(pilot, app, *events)
+        assert not app.query_one("#states", DataTable).display
+        assert static_text(app, "detail-title") == "encoder.gru (primary)"
+        assert [cell(app, "health", key, "c").plain for key in ("rms", "status", "max")] == [
+            "—",
+            "—",
+            "—",
+        ]
+        assert cell(app, "health", "status", "h").plain == "WARNING"
+        assert static_text(app, "overall").startswith("state WARNING   update 1")
+        assert static_text(app, "sparklines").splitlines() == [
+            "h_rms ▁█  7.000",
+            "updates 0–1, log scale",
         ]
 
     drive(app, script)
@@ -346,7 +467,8 @@ def test_ppo_statistics_of_the_last_update_are_shown() -> None:
             ["entropy", "0.690"],
             ["approx_kl", "1.500e-05"],
             ["env_steps", "512"],
-            ["return_mean", "21.500"],
+            ["return (last 20)", "21.500"],
+            ["episodes", "7.000"],
         ]
         assert app.query_one("#ppo").border_title == "PPO statistics — update 1"
 
@@ -375,8 +497,8 @@ def test_an_injected_fault_adds_anomaly_rows_newest_first_and_raises_the_level()
         (explosion,) = [a for a in app.state.anomalies if a.update == 4]
         observed = format_value(explosion.payload.anomaly.observed)
         assert rows(app, "anomalies") == [
-            ["4", "lstm_c_explosion", "CRITICAL", observed, "10.000"],  # the threshold crossed
-            ["2", "lstm_nan", "CRITICAL", "nan", "—"],
+            ["4", "policy", "lstm_c_explosion", "CRITICAL", observed, "10.000"],  # threshold
+            ["2", "policy", "lstm_nan", "CRITICAL", "nan", "—"],
         ]
         level = static_text(app, "level")
         assert level.startswith("DEBUG  since update 2 (")
@@ -386,6 +508,106 @@ def test_an_injected_fault_adds_anomaly_rows_newest_first_and_raises_the_level()
         drive(app, script)
     finally:
         hub.close(timeout=10)
+
+
+def test_anomaly_rows_name_the_state_they_were_found_in() -> None:
+    """A NaN in the value state (a real GRU) next to a healthy policy LSTM: the escalator's
+    anomaly row names "value"; an anomaly of an old log, which names no state, reads "—"."""
+    app = HealthPanel()
+    hub = TelemetryHub("states")
+    hub.subscribe(AnomalyEscalator(), mode="inline")
+    torch.manual_seed(0)
+    lstm, gru = torch.nn.LSTM(3, 8), torch.nn.GRU(3, 8)
+
+    def publish(k: int) -> None:
+        with torch.no_grad():
+            _, policy = lstm(torch.randn(4, 6, 3))
+            _, value = gru(torch.randn(4, 6, 3))
+        if k == 1:
+            value[0, 2, 0] = math.nan
+        emit_ppo_update_event(
+            hub,
+            update=k,
+            metrics=PPO_STATS,
+            recurrent_health=compute_recurrent_health({"policy": policy, "value": value}),
+        )
+
+    old = AnomalyDetected(
+        run_id="t",
+        seq=99,
+        update=0,
+        schema_version=2,
+        payload=AnomalyDetectedPayload(
+            anomaly=Anomaly(
+                type=AnomalyType.LSTM_INF,
+                severity=Severity.CRITICAL,
+                observed=math.inf,
+                message="LSTM state holds Inf",
+            )
+        ),
+    )
+
+    async def script(pilot: Pilot[None]) -> None:
+        subscribe_panel(hub, app)
+        for k in range(2):
+            await asyncio.to_thread(publish, k)
+        assert await asyncio.to_thread(hub.flush, 10)
+        await settle(pilot, lambda: app.state.ppo_update == 1 and app.shows_latest)
+        await show(pilot, app, old)
+        assert rows(app, "anomalies") == [
+            ["0", "—", "lstm_inf", "CRITICAL", "inf", "—"],
+            ["1", "value", "lstm_nan", "CRITICAL", "nan", "—"],
+        ]
+        assert [a.payload.anomaly.message for a in app.state.anomalies][1].startswith("value: ")
+        assert cell(app, "states", "value", "status").plain == "CRITICAL"
+
+    try:
+        drive(app, script)
+    finally:
+        hub.close(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("payload", "schema_version", "expected"),
+    [
+        (
+            {"episode_return_mean": 180.25, "episode_return_window": 100},
+            3,
+            [["return (last 100)", "180.250"]],
+        ),
+        (
+            {"episode_return_mean": math.nan, "episode_return_window": 20},
+            3,
+            [["return (last 20)", "nan"]],
+        ),
+        (
+            {"extra": {"return_mean": 9.0, "episodes": 2.0}},
+            2,
+            [["return", "9.000"], ["episodes", "2.000"]],
+        ),
+        (
+            {"extra": {"return_mean": 9.0, "episodes": 2.0}},
+            3,
+            [["episodes", "2.000"], ["return_mean", "9.000"]],
+        ),
+    ],
+    ids=["window-100", "no-episode-yet", "old-log", "just-an-extra"],
+)
+def test_the_return_row_says_over_how_many_episodes(
+    payload: dict[str, Any], schema_version: int, expected: list[list[str]]
+) -> None:
+    """The declared return reads "return (last N)"; an old log's extra["return_mean"] reads
+    "return" (its window was not recorded); in a newer event it is only an extra."""
+    app = HealthPanel()
+    event = PPOUpdateCompleted(
+        update=0, schema_version=schema_version, payload=PPOUpdatePayload(**PPO_STATS, **payload)
+    )
+
+    async def script(pilot: Pilot[None]) -> None:
+        await show(pilot, app, event)
+        assert rows(app, "ppo")[len(PPO_STATS) :] == expected
+
+    drive(app, script)
 
 
 def test_the_subscriber_table_shows_the_hubs_live_counts() -> None:

@@ -467,7 +467,7 @@ def watch(run_dir: Path, poll: float) -> None:
     RUN_DIR is a run directory (RUN_DIR/events.jsonl, which may not exist yet) or an
     events file. New lines are picked up as they land; a last line still being written
     is waited for, and lines that cannot be read are reported in the panel. Keys: q quit,
-    p pause the display, ? help.
+    p pause the display, s next recurrent state in detail, ? help.
     """
     try:
         from esper_telemetry.tui import HealthPanel, LogFollower
@@ -499,8 +499,8 @@ def watch(run_dir: Path, poll: float) -> None:
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="The file to write: .png, or .html (the figure and tables of anomalies and "
-    "level changes). Default: RUN_DIR/report.png.",
+    help="The file to write: .png, or .html (the figure and tables of the recurrent "
+    "states, anomalies and level changes). Default: RUN_DIR/report.png.",
 )
 def report_command(run_dir: Path, output: Path | None) -> None:
     """Draw a run's LSTM health and episode return against PPO update.

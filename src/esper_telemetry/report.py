@@ -3,13 +3,18 @@
 Needs the ``report`` extra: ``pip install 'esper-telemetry[report]'`` (matplotlib).
 
 ``esper report RUN_DIR`` (and ``esper ppo --report`` at the end of a run) reads the
-run's ``events.jsonl`` and draws two panels sharing the PPO-update axis:
+run's ``events.jsonl`` and draws panels sharing the PPO-update axis:
 
-* h_rms, c_rms and the largest per-env RMS (of h or c) on a log scale, with the
-  warning and critical thresholds as bands (the same ``HealthThresholds`` the detector
-  uses), NaN/Inf updates marked along the top edge, each anomaly marked at its update
-  and each telemetry-level change drawn as a dotted line;
-* the episode return the trainer logs as ``extra["return_mean"]`` in each update.
+* for each named recurrent state (``PPOUpdatePayload.named_health``: the primary one
+  first, ``"policy"`` for logs written before states had names), one panel of its
+  h_rms, c_rms and largest per-env RMS on a log scale (no c line for a state without a
+  cell: a GRU or RNN), with the warning and critical thresholds as bands (the same
+  ``HealthThresholds`` the detector uses), NaN/Inf updates marked along the top edge,
+  each anomaly marked at its update in the panel of the state it was found in, and each
+  telemetry-level change drawn as a dotted line;
+* the mean episode return the trainer declares (``episode_return_mean``), titled with
+  the number of episodes it averages (``episode_return_window``); for a log written
+  before those fields existed, ``extra["return_mean"]``, whose window was not recorded.
 
 Three steps, each usable alone: :func:`collect` turns events into :class:`ReportData`
 (the numbers behind the figure), :func:`build_figure` draws it (a matplotlib
@@ -41,6 +46,7 @@ except ModuleNotFoundError as exc:
     ) from exc
 
 from esper_telemetry._files import atomic_write
+from esper_telemetry._returns import LEGACY_RETURN_KEY, episode_return
 from esper_telemetry.analytics import BadLine, OnBadLine, read_events
 from esper_telemetry.contracts import (
     AnomalyDetected,
@@ -58,20 +64,52 @@ __all__ = [
     "FIGURE_DPI",
     "FIGURE_SIZE",
     "ReportData",
+    "StateSeries",
     "build_figure",
     "collect",
     "write_report",
 ]
 
-#: Size of the figure in inches; at ``FIGURE_DPI`` the PNG is 1200 x 750 pixels.
+#: Size of the figure in inches for one or two recurrent states; at ``FIGURE_DPI`` the
+#: PNG is 1200 x 750 pixels. Each further state makes it 2 inches (200 pixels) taller.
 FIGURE_SIZE: Final = (12.0, 7.5)
 FIGURE_DPI: Final = 100
+_STATE_HEIGHT: Final = 2.0  # inches added for each state beyond two
 
 _FORMATS: Final = {".png": "png", ".html": "html"}
 _MAX_LABELS: Final = 30  # anomalous updates named on the figure; the rest only marked
 _COLOURS: Final = {"h_rms": "tab:blue", "c_rms": "tab:orange", "env_rms_max": "tab:purple"}
 _LABELS: Final = {"h_rms": "h_rms", "c_rms": "c_rms", "env_rms_max": "env-RMS max (h or c)"}
+_NO_STATE: Final = "(none)"  # the panel drawn when no update carried a recurrent state
 _BOX: Final = {"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1}
+
+
+@dataclass(frozen=True)
+class StateSeries:
+    """The figures of one named recurrent state, one entry per update that carried it.
+
+    Attributes:
+        name: The state's name (``"policy"`` in logs written before states had names).
+        updates: The PPO updates that carried this state, in file order.
+        h_rms: RMS of h at each of those updates.
+        c_rms: RMS of c; None for a state without a cell (GRU, RNN).
+        env_rms_max: The largest per-env RMS of h or c (of h alone without a cell; NaN
+            when either is NaN).
+        non_finite_updates: The updates whose state held NaN or Inf (or whose RMS
+            overflowed): they have no point on a log scale and are marked instead.
+    """
+
+    name: str
+    updates: tuple[int, ...]
+    h_rms: tuple[float, ...]
+    c_rms: tuple[float, ...] | None
+    env_rms_max: tuple[float, ...]
+    non_finite_updates: tuple[int, ...] = ()
+
+    @property
+    def has_cell(self) -> bool:
+        """True for an LSTM state (h and c), False for a GRU or RNN state."""
+        return self.c_rms is not None
 
 
 @dataclass(frozen=True)
@@ -81,14 +119,16 @@ class ReportData:
     Attributes:
         run_ids: The runs whose events were read (usually one).
         updates: The PPO update of each point.
-        h_rms: RMS of h (NaN where an update carried no LSTM health).
-        c_rms: RMS of c.
-        env_rms_max: The largest per-env RMS of h or c (NaN when either is NaN).
-        returns: ``extra["return_mean"]`` (NaN before the first finished episode).
+        states: Every named recurrent state, the primary one first, then in the order
+            they first appear; empty when no update carried one.
+        returns: The mean episode return of each update (NaN where it reports none, and
+            before the first finished episode).
+        return_windows: How many episodes those means average, each window once in
+            order of appearance; None for ``extra["return_mean"]`` of a log written
+            before the declared fields (its window was not recorded). Empty when no
+            update reports a return.
         anomalies: Every ``AnomalyDetected`` event, in file order.
         level_changes: Every ``TelemetryLevelChanged`` event, in file order.
-        non_finite_updates: The updates whose LSTM state held NaN or Inf (or whose
-            RMS overflowed): they have no point on a log scale and are marked instead.
         status: How the run ended (RUN_FINISHED), or None when it has not.
         thresholds: The thresholds drawn as bands.
         bad_lines: Lines of the events file that were skipped.
@@ -96,16 +136,30 @@ class ReportData:
 
     run_ids: tuple[str, ...]
     updates: tuple[int, ...]
-    h_rms: tuple[float, ...]
-    c_rms: tuple[float, ...]
-    env_rms_max: tuple[float, ...]
+    states: tuple[StateSeries, ...]
     returns: tuple[float, ...]
+    return_windows: tuple[int | None, ...] = ()
     anomalies: tuple[AnomalyDetected, ...] = ()
     level_changes: tuple[TelemetryLevelChanged, ...] = ()
-    non_finite_updates: tuple[int, ...] = ()
     status: str | None = None
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
     bad_lines: tuple[BadLine, ...] = ()
+
+    def state(self, name: str) -> StateSeries:
+        """The series of the state called ``name``.
+
+        Raises:
+            KeyError: no update carried a state of that name.
+        """
+        for series in self.states:
+            if series.name == name:
+                return series
+        raise KeyError(f"no state {name!r} in the report; it has {[s.name for s in self.states]}")
+
+    @property
+    def non_finite_updates(self) -> tuple[int, ...]:
+        """The updates at which any state held NaN or Inf, in order."""
+        return tuple(sorted({u for s in self.states for u in s.non_finite_updates}))
 
 
 def collect(
@@ -118,10 +172,10 @@ def collect(
 
     >>> from esper_telemetry.contracts import PPOUpdateCompleted, PPOUpdatePayload
     >>> e = PPOUpdateCompleted(update=0, payload=PPOUpdatePayload(policy_loss=0.1,
-    ...     value_loss=0.2, entropy=0.6, extra={"return_mean": 21.5}))
+    ...     value_loss=0.2, entropy=0.6, episode_return_mean=21.5, episode_return_window=20))
     >>> data = collect([e])
-    >>> data.updates, data.returns, data.h_rms
-    ((0,), (21.5,), (nan,))
+    >>> data.updates, data.returns, data.return_windows, data.states
+    ((0,), (21.5,), (20,), ())
     """
     t = thresholds if thresholds is not None else HealthThresholds()
     if not isinstance(t, HealthThresholds):
@@ -132,13 +186,11 @@ def collect(
     return ReportData(
         run_ids=tuple(series.run_ids),
         updates=tuple(series.updates),
-        h_rms=tuple(series.h_rms),
-        c_rms=tuple(series.c_rms),
-        env_rms_max=tuple(series.env_rms_max),
+        states=series.states(),
         returns=tuple(series.returns),
+        return_windows=tuple(series.windows),
         anomalies=tuple(series.anomalies),
         level_changes=tuple(series.level_changes),
-        non_finite_updates=tuple(series.non_finite),
         status=series.status,
         thresholds=t,
         bad_lines=tuple(bad_lines),
@@ -148,21 +200,33 @@ def collect(
 def build_figure(data: ReportData) -> Figure:
     """Draw the report; headless (Agg canvas), touching no global matplotlib state.
 
-    Artists carry a ``gid`` so that tests and tools can find them: ``"h_rms"``,
-    ``"c_rms"``, ``"env_rms_max"``, ``"return"`` (lines), ``"warning-band"``,
-    ``"critical-band"``, ``"vanishing-band"``, ``"anomaly"`` (one vertical line per
-    anomalous update), ``"anomaly-label"`` (its types), ``"anomaly-points"`` (the value
-    seen, when it can be drawn), ``"non-finite"`` and ``"level-change"``.
+    One panel per recurrent state (the primary one on top; each state's axes have the
+    gid ``"health:<name>"``), all on the same log scale, then the return panel. Artists carry
+    a ``gid`` so that tests and tools can find them: in a state's panel ``"h_rms"``,
+    ``"c_rms"`` (not for a state without a cell), ``"env_rms_max"`` (lines),
+    ``"warning-band"``, ``"critical-band"``, ``"vanishing-band"``, ``"anomaly"`` (one
+    vertical line per update with an anomaly in that state), ``"anomaly-label"`` (its
+    types), ``"anomaly-points"`` (the value seen, when it can be drawn), ``"non-finite"``
+    and ``"level-change"``; in the return panel ``"return"``.
     """
-    fig = Figure(figsize=FIGURE_SIZE, dpi=FIGURE_DPI, layout="constrained")
+    names = [s.name for s in data.states] or [_NO_STATE]
+    extra = max(len(names) - 2, 0) * _STATE_HEIGHT
+    fig = Figure(
+        figsize=(FIGURE_SIZE[0], FIGURE_SIZE[1] + extra), dpi=FIGURE_DPI, layout="constrained"
+    )
     FigureCanvasAgg(fig)
-    health_ax, return_ax = fig.subplots(
-        2, 1, sharex=True, gridspec_kw={"height_ratios": (2.2, 1.0)}
+    ratios = (2.2, 1.0) if len(names) == 1 else (*(1.6,) * len(names), 1.0)
+    *health_axes, return_ax = fig.subplots(
+        len(names) + 1, 1, sharex=True, gridspec_kw={"height_ratios": ratios}
     )
     runs = ", ".join(data.run_ids) or "(no events)"
     ending = f" — {data.status}" if data.status else " — not finished"
     fig.suptitle(f"esper run {runs}{ending}")
-    _draw_health(health_ax, data)
+    limits = _rms_limits(data)
+    anomalies = _anomalies_by_state(data)
+    for i, ax in enumerate(health_axes):
+        series = data.states[i] if data.states else None
+        _draw_health(ax, data, series, anomalies.get(names[i], ()), limits, top=i == 0)
     _draw_returns(return_ax, data)
     if data.bad_lines:
         s = "" if len(data.bad_lines) == 1 else "s"
@@ -188,7 +252,7 @@ def write_report(
     Args:
         run_dir: A run directory (its ``events.jsonl``) or an events file.
         output: A ``.png`` file or a ``.html`` page (the figure embedded, with tables of
-            the anomalies and level changes). Default: the run directory's
+            the recurrent states, the anomalies and the level changes). Default: the run directory's
             ``REPORT_FILE`` (``report.png``). Replaced atomically if it exists.
         thresholds: The thresholds to draw; pass the run's own (default: the defaults).
         on_bad_line: Called with each skipped line of the events file (the figure
@@ -231,37 +295,91 @@ def write_report(
 # -- drawing --------------------------------------------------------------------------
 
 
-def _draw_health(ax: Axes, data: ReportData) -> None:
-    low, high = _rms_limits(data)
+def _draw_health(
+    ax: Axes,
+    data: ReportData,
+    series: StateSeries | None,
+    anomalies: tuple[AnomalyDetected, ...],
+    limits: tuple[float, float],
+    *,
+    top: bool,
+) -> None:
+    """One state's panel (``series`` None: the empty panel of a run without a state).
+
+    Every panel has the bands and the level changes; the top one names them in its
+    legend and writes the new level beside each change.
+    """
+    low, high = limits
     ax.set_yscale("log")
-    _plot_rms(ax, data)
-    _draw_bands(ax, data.thresholds, low, high)
+    if series is not None:
+        ax.set_gid(f"health:{series.name}")
+        _plot_rms(ax, series)
+        _mark_non_finite(ax, series.non_finite_updates)
+    _draw_bands(ax, data.thresholds, low, high, top)
     ax.set_ylim(low, high)
-    _mark_non_finite(ax, data.non_finite_updates)
-    _draw_anomalies(ax, data, low, high)
-    _draw_level_changes(ax, data.level_changes)
+    _draw_anomalies(ax, anomalies, low, high)
+    _draw_level_changes(ax, data.level_changes, top)
     ax.set_ylabel("RMS (log scale)")
-    ax.set_title("LSTM state health", loc="left", fontsize=10)
+    ax.set_title(_health_title(data, series), loc="left", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8, ncols=3, framealpha=0.85)
+    if series is None:
+        ax.text(
+            0.5,
+            0.5,
+            "no recurrent state logged",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="tab:gray",
+        )
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(loc="upper left", fontsize=8, ncols=3, framealpha=0.85)
 
 
-def _rms_series(data: ReportData) -> dict[str, tuple[float, ...]]:
-    return {"h_rms": data.h_rms, "c_rms": data.c_rms, "env_rms_max": data.env_rms_max}
+def _health_title(data: ReportData, series: StateSeries | None) -> str:
+    if series is None:
+        return "recurrent state health"
+    primary = " (primary)" if len(data.states) > 1 and series is data.states[0] else ""
+    kind = "h and c" if series.has_cell else "h only (no cell: a GRU or RNN)"
+    return f"state {series.name}{primary} — {kind}"
+
+
+def _anomalies_by_state(data: ReportData) -> dict[str, tuple[AnomalyDetected, ...]]:
+    """The anomalies of each state's panel: those naming no state, or a state no update
+    carried, go to the primary (top) one."""
+    names = {s.name for s in data.states}
+    first = data.states[0].name if data.states else _NO_STATE
+    by_state: dict[str, list[AnomalyDetected]] = {}
+    for e in data.anomalies:
+        state = e.payload.anomaly.state
+        by_state.setdefault(state if state in names else first, []).append(e)
+    return {name: tuple(events) for name, events in by_state.items()}
+
+
+def _rms_series(s: StateSeries) -> dict[str, tuple[float, ...]]:
+    rms = {"h_rms": s.h_rms, "c_rms": s.c_rms, "env_rms_max": s.env_rms_max}
+    return {name: values for name, values in rms.items() if values is not None}
 
 
 def _rms_limits(data: ReportData) -> tuple[float, float]:
-    """The y range: every drawable RMS and the warning and critical thresholds, with room."""
+    """The y range of every state's panel: every drawable RMS of every state and the
+    warning and critical thresholds, with room."""
     t = data.thresholds
-    values = _rms_series(data).values()
-    plotted = [v for series in values for v in series if math.isfinite(v) and v > 0]
+    plotted = [
+        v
+        for s in data.states
+        for values in _rms_series(s).values()
+        for v in values
+        if math.isfinite(v) and v > 0
+    ]
     return min([*plotted, t.warning_rms]) / 3, max([*plotted, t.critical_rms]) * 3
 
 
-def _plot_rms(ax: Axes, data: ReportData) -> None:
-    x = list(data.updates)
-    for name, values in _rms_series(data).items():
+def _plot_rms(ax: Axes, s: StateSeries) -> None:
+    x = list(s.updates)
+    for name, values in _rms_series(s).items():
         dashed = name == "env_rms_max"
+        label = _LABELS[name] if s.has_cell else _LABELS[name].replace("h or c", "h")
         ax.plot(
             x,
             [v if math.isfinite(v) and v > 0 else math.nan for v in values],
@@ -269,18 +387,18 @@ def _plot_rms(ax: Axes, data: ReportData) -> None:
             linewidth=1.0 if dashed else 1.4,
             linestyle="--" if dashed else "-",
             color=_COLOURS[name],
-            label=_LABELS[name],
+            label=f"{s.name} {label}",
             gid=name,
         )
 
 
-def _draw_bands(ax: Axes, t: HealthThresholds, low: float, high: float) -> None:
+def _draw_bands(ax: Axes, t: HealthThresholds, low: float, high: float, legend: bool) -> None:
     ax.axhspan(
         t.warning_rms,
         t.critical_rms,
         color="gold",
         alpha=0.25,
-        label=f"warning (> {t.warning_rms:g})",
+        label=f"warning (> {t.warning_rms:g})" if legend else None,
         gid="warning-band",
     )
     ax.axhspan(
@@ -288,7 +406,7 @@ def _draw_bands(ax: Axes, t: HealthThresholds, low: float, high: float) -> None:
         high,
         color="red",
         alpha=0.15,
-        label=f"critical (> {t.critical_rms:g})",
+        label=f"critical (> {t.critical_rms:g})" if legend else None,
         gid="critical-band",
     )
     if low < t.vanishing_rms:
@@ -297,7 +415,7 @@ def _draw_bands(ax: Axes, t: HealthThresholds, low: float, high: float) -> None:
             t.vanishing_rms,
             color="red",
             alpha=0.15,
-            label=f"vanishing (< {t.vanishing_rms:g})",
+            label=f"vanishing (< {t.vanishing_rms:g})" if legend else None,
             gid="vanishing-band",
         )
 
@@ -319,7 +437,10 @@ def _mark_non_finite(ax: Axes, updates: tuple[int, ...]) -> None:
     )
 
 
-def _draw_level_changes(ax: Axes, changes: tuple[TelemetryLevelChanged, ...]) -> None:
+def _draw_level_changes(
+    ax: Axes, changes: tuple[TelemetryLevelChanged, ...], labelled: bool
+) -> None:
+    """A dotted line at each level change; the new level written beside it when ``labelled``."""
     top = ax.get_xaxis_transform()
     for i, change in enumerate(changes):
         ax.axvline(
@@ -328,8 +449,10 @@ def _draw_level_changes(ax: Axes, changes: tuple[TelemetryLevelChanged, ...]) ->
             linestyle=":",
             linewidth=1.2,
             gid="level-change",
-            label="level change" if i == 0 else None,
+            label="level change" if i == 0 and labelled else None,
         )
+        if not labelled:
+            continue
         ax.text(
             change.update,
             0.02,
@@ -344,10 +467,12 @@ def _draw_level_changes(ax: Axes, changes: tuple[TelemetryLevelChanged, ...]) ->
         )
 
 
-def _draw_anomalies(ax: Axes, data: ReportData, low: float, high: float) -> None:
-    if not data.anomalies:
+def _draw_anomalies(
+    ax: Axes, anomalies: tuple[AnomalyDetected, ...], low: float, high: float
+) -> None:
+    if not anomalies:
         return
-    updates = sorted({a.update for a in data.anomalies})
+    updates = sorted({a.update for a in anomalies})
     for i, update in enumerate(updates):
         ax.axvline(
             update,
@@ -359,9 +484,7 @@ def _draw_anomalies(ax: Axes, data: ReportData, low: float, high: float) -> None
         )
     top = ax.get_xaxis_transform()
     for update in updates[:_MAX_LABELS]:
-        kinds = dict.fromkeys(
-            e.payload.anomaly.type.value for e in data.anomalies if e.update == update
-        )
+        kinds = dict.fromkeys(e.payload.anomaly.type.value for e in anomalies if e.update == update)
         ax.text(
             update,
             0.9,
@@ -375,7 +498,7 @@ def _draw_anomalies(ax: Axes, data: ReportData, low: float, high: float) -> None
             gid="anomaly-label",
             bbox=_BOX,
         )
-    _mark_anomaly_values(ax, data.anomalies, low, high)
+    _mark_anomaly_values(ax, anomalies, low, high)
 
 
 def _mark_anomaly_values(
@@ -408,18 +531,29 @@ def _draw_returns(ax: Axes, data: ReportData) -> None:
         ax.axvline(update, color="red", linewidth=1.0, alpha=0.4)
     ax.set_xlabel("PPO update")
     ax.set_ylabel("episode return")
-    ax.set_title("episode return (mean of the last 20 episodes)", loc="left", fontsize=10)
+    ax.set_title(f"episode return ({_return_words(data)})", loc="left", fontsize=10)
     ax.grid(True, alpha=0.3)
     if not any(math.isfinite(r) for r in data.returns):
         ax.text(
             0.5,
             0.5,
-            "no finished episode logged",
+            "no finished episode logged" if data.return_windows else "no episode return logged",
             transform=ax.transAxes,
             ha="center",
             va="center",
             color="tab:gray",
         )
+
+
+def _return_words(data: ReportData) -> str:
+    """What the returns are: "mean of the last 20 episodes", or where they come from."""
+    windows = [w for w in data.return_windows if w is not None]
+    parts = []
+    if windows:
+        parts.append(f"mean of the last {' or '.join(map(str, windows))} episodes")
+    if None in data.return_windows:
+        parts.append(f'extra["{LEGACY_RETURN_KEY}"] of an old log: window not recorded')
+    return "; ".join(parts) or "none logged"
 
 
 # -- output ---------------------------------------------------------------------------
@@ -430,6 +564,7 @@ def _html(data: ReportData, png: bytes) -> str:
     runs = esc(", ".join(data.run_ids) or "(no events)")
     image = base64.b64encode(png).decode("ascii")
     anomaly_rows = "".join(_anomaly_row(e) for e in data.anomalies)
+    state_rows = "".join(_state_row(s, data) for s in data.states)
     level_rows = "".join(
         _table_row(
             c.update, f"{c.payload.previous.name} → {c.payload.level.name}", c.payload.reason
@@ -444,11 +579,17 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}}</style></head>
 <body><h1>esper report: run {runs}</h1>
 <p>status: {esc(data.status or "not finished")}; {len(data.updates)} PPO updates;
 thresholds: warning &gt; {data.thresholds.warning_rms:g}, critical &gt;
-{data.thresholds.critical_rms:g}, vanishing &lt; {data.thresholds.vanishing_rms:g}</p>
+{data.thresholds.critical_rms:g}, vanishing &lt; {data.thresholds.vanishing_rms:g};
+episode return: {esc(_return_words(data))}</p>
 <img alt="LSTM health and episode return against PPO update"
  src="data:image/png;base64,{image}">
+<h2>Recurrent states ({len(data.states)})</h2>
+<table><tr><th>state</th><th>kind</th><th>updates</th><th>last h_rms</th><th>last c_rms</th>
+<th>largest h_rms</th><th>largest c_rms</th><th>NaN/Inf updates</th><th>anomalies</th></tr>
+{state_rows}</table>
 <h2>Anomalies ({len(data.anomalies)})</h2>
-<table><tr><th>update</th><th>type</th><th>severity</th><th>value</th></tr>{anomaly_rows}</table>
+<table><tr><th>update</th><th>state</th><th>type</th><th>severity</th><th>value</th></tr>
+{anomaly_rows}</table>
 <h2>Telemetry level changes ({len(data.level_changes)})</h2>
 <table><tr><th>update</th><th>change</th><th>reason</th></tr>{level_rows}</table>
 {f"<h2>Skipped lines ({len(data.bad_lines)})</h2><ul>{bad}</ul>" if bad else ""}
@@ -463,7 +604,31 @@ def _table_row(*cells: object) -> str:
 
 def _anomaly_row(event: AnomalyDetected) -> str:
     a = event.payload.anomaly
-    return _table_row(event.update, a.type.value, a.severity.value, format_value(a.observed))
+    state = format_value(None) if a.state is None else a.state  # "—": no state named
+    return _table_row(event.update, state, a.type.value, a.severity.value, format_value(a.observed))
+
+
+def _state_row(s: StateSeries, data: ReportData) -> str:
+    """One state's row: its kind, how often it was measured, its last and largest RMS."""
+    primary = " (primary)" if len(data.states) > 1 and s is data.states[0] else ""
+    c = s.c_rms or ()
+    found = len(_anomalies_by_state(data).get(s.name, ()))
+    return _table_row(
+        f"{s.name}{primary}",
+        "LSTM (h, c)" if s.has_cell else "h only (GRU, RNN)",
+        len(s.updates),
+        format_value(s.h_rms[-1] if s.h_rms else None),
+        format_value(c[-1] if c else None),
+        format_value(_largest(s.h_rms)),
+        format_value(_largest(c)),
+        len(s.non_finite_updates),
+        found,
+    )
+
+
+def _largest(values: Iterable[float]) -> float | None:
+    """The largest value that is not NaN (inf counts); None when there is none."""
+    return max((v for v in values if not math.isnan(v)), default=None)
 
 
 class _Series:
@@ -472,13 +637,11 @@ class _Series:
     def __init__(self) -> None:
         self.run_ids: dict[str, None] = {}  # insertion-ordered set
         self.updates: list[int] = []
-        self.h_rms: list[float] = []
-        self.c_rms: list[float] = []
-        self.env_rms_max: list[float] = []
+        self.by_state: dict[str, _StatePoints] = {}  # primary first: see _add_states
         self.returns: list[float] = []
+        self.windows: dict[int | None, None] = {}  # insertion-ordered set
         self.anomalies: list[AnomalyDetected] = []
         self.level_changes: list[TelemetryLevelChanged] = []
-        self.non_finite: list[int] = []
         self.status: str | None = None
 
     def add(self, event: TelemetryEvent) -> None:
@@ -486,8 +649,12 @@ class _Series:
         match event:
             case PPOUpdateCompleted(update=update, payload=payload):
                 self.updates.append(update)
-                self._add_health(update, payload.health())
-                self.returns.append(payload.extra.get("return_mean", math.nan))
+                for name, health in payload.named_health().items():
+                    self.by_state.setdefault(name, _StatePoints()).add(update, health)
+                r = episode_return(event)
+                self.returns.append(math.nan if r is None else r.mean)
+                if r is not None:
+                    self.windows.setdefault(r.window)
             case AnomalyDetected():
                 self.anomalies.append(event)
             case TelemetryLevelChanged():
@@ -495,19 +662,42 @@ class _Series:
             case RunFinished(payload=payload):
                 self.status = payload.status
 
-    def _add_health(self, update: int, health: LSTMHealthMetrics | None) -> None:
-        if health is None:
-            self.h_rms.append(math.nan)
-            self.c_rms.append(math.nan)
-            self.env_rms_max.append(math.nan)
-            return
-        env_max = _max(health.h_env_rms_max, health.c_env_rms_max)
+    def states(self) -> tuple[StateSeries, ...]:
+        return tuple(points.series(name) for name, points in self.by_state.items())
+
+
+class _StatePoints:
+    """One state's figures, gathered one update at a time."""
+
+    def __init__(self) -> None:
+        self.updates: list[int] = []
+        self.h_rms: list[float] = []
+        self.c_rms: list[float] = []
+        self.has_cell = False
+        self.env_rms_max: list[float] = []
+        self.non_finite: list[int] = []
+
+    def add(self, update: int, health: LSTMHealthMetrics) -> None:
+        c_rms, c_env = health.c_rms, health.c_env_rms_max
+        self.has_cell |= c_rms is not None
+        env_max = health.h_env_rms_max if c_env is None else _max(health.h_env_rms_max, c_env)
+        self.updates.append(update)
         self.h_rms.append(health.h_rms)
-        self.c_rms.append(health.c_rms)
+        self.c_rms.append(math.nan if c_rms is None else c_rms)
         self.env_rms_max.append(env_max)
-        values = (health.h_rms, health.c_rms, env_max)
+        values = (health.h_rms, env_max) if c_rms is None else (health.h_rms, c_rms, env_max)
         if health.has_nan or health.has_inf or not all(map(math.isfinite, values)):
             self.non_finite.append(update)
+
+    def series(self, name: str) -> StateSeries:
+        return StateSeries(
+            name=name,
+            updates=tuple(self.updates),
+            h_rms=tuple(self.h_rms),
+            c_rms=tuple(self.c_rms) if self.has_cell else None,
+            env_rms_max=tuple(self.env_rms_max),
+            non_finite_updates=tuple(self.non_finite),
+        )
 
 
 def _max(a: float, b: float) -> float:

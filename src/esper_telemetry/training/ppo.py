@@ -27,7 +27,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 import torch
@@ -56,6 +56,9 @@ if TYPE_CHECKING:
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 #: (actor (h, c), critic (h, c)).
 RecurrentState = tuple[LSTMState, LSTMState]
+
+#: How many of the latest finished episodes the published mean return covers at most.
+_RETURN_WINDOW: Final = 20
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -461,7 +464,8 @@ class UpdateInfo:
     env_steps: int
     """Environment steps so far, all envs together."""
     mean_return: float
-    """Mean return of the last 20 finished episodes (NaN before any)."""
+    """Mean return of the last 20 finished episodes (NaN before any): the update's
+    ``episode_return_mean``."""
     health: LSTMHealthMetrics | None
     """Health of the actor's LSTM state at the end of the update."""
     level: TelemetryLevel
@@ -486,7 +490,7 @@ class TrainResult:
     @property
     def mean_return(self) -> float:
         """Mean return of the last 20 finished episodes (NaN before any finished)."""
-        last = self.episode_returns[-20:]
+        last = self.episode_returns[-_RETURN_WINDOW:]
         return sum(last) / len(last) if last else math.nan
 
 
@@ -687,7 +691,7 @@ def _start(config: PPOConfig, result: TrainResult, parallel: DataParallel | None
             starts=torch.ones(config.envs, dtype=torch.bool),
             state=model.initial_state(config.envs),
             result=result,
-            returns_window=deque(maxlen=20),
+            returns_window=deque(maxlen=_RETURN_WINDOW),
             episode_return=np.zeros(config.envs),
             health_group=parallel.health_group if parallel is not None else None,
         )
@@ -763,13 +767,15 @@ def _publish(
     health = _health(r.state[0], r.health_group) if hub.level > TelemetryLevel.OFF else None
     window = r.returns_window
     mean_return = sum(window) / len(window) if window else math.nan
-    stats.update(return_mean=mean_return, episodes=float(len(r.result.episode_returns)))
+    stats["episodes"] = float(len(r.result.episode_returns))
     emit_ppo_update_event(
         hub,
         update=update,
         metrics=stats,
-        lstm_health=health,
+        lstm_health=health,  # the primary state, named "policy"
         env_steps=r.result.env_steps,
+        episode_return_mean=mean_return,
+        episode_return_window=_RETURN_WINDOW,
         thresholds=thresholds,
     )
     return UpdateInfo(

@@ -1,12 +1,16 @@
 """HealthPanel: the live terminal panel of one run's LSTM health (Textual).
 
-The panel shows what :class:`~esper_telemetry.tui._state.PanelState` holds: h_rms and
-c_rms with their verdicts (a word and a colour from ``STATUS_COLOUR``, by the one rule:
-``LSTMHealthMetrics.status_of`` per tensor, ``health_status`` for the whole state, with
-the run's ``HealthThresholds``), env-RMS mean and max, max |h| and |c|, the NaN/Inf
-flags, sparklines of h_rms and c_rms, the last update's PPO statistics, the anomaly
-log (newest first), the telemetry level and when it changed, and each subscriber's
-counters.
+The panel shows what :class:`~esper_telemetry.tui._state.PanelState` holds: every
+named recurrent state of the last update (a row each, the primary state first, when
+there are several: h_rms, c_rms or "—" for a state without a cell, max |x| and the
+state's verdict), and one of them in detail (the primary; ``s`` picks the next): h_rms
+and c_rms with their verdicts (a word and a colour from ``STATUS_COLOUR``, by the one
+rule: ``LSTMHealthMetrics.status_of`` per tensor, ``health_status`` for the whole state,
+with the run's ``HealthThresholds``; nothing about c for a GRU state), env-RMS mean and
+max, max |h| and |c|, sparklines of h_rms and c_rms; the NaN/Inf flags; the last
+update's PPO statistics with the mean episode return labelled with its window; the
+anomaly log (newest first, each naming its state); the telemetry level and when it
+changed; and each subscriber's counters.
 
 Events reach it two ways, both as messages on its own thread:
 
@@ -17,7 +21,8 @@ Events reach it two ways, both as messages on its own thread:
 
 Widgets are redrawn at most four times a second whatever the event rate, only where
 what they show changed, and never while the display is paused. Keys: ``q`` quit,
-``p`` pause the display (training goes on), ``?`` help.
+``p`` pause the display (training goes on), ``s`` show the next state in detail,
+``?`` help.
 """
 
 from __future__ import annotations
@@ -51,9 +56,11 @@ from esper_telemetry.contracts import (
 )
 from esper_telemetry.tui._follow import LogFollower
 from esper_telemetry.tui._format import sparkline, status_style, status_text
-from esper_telemetry.tui._state import HealthView, PanelState
+from esper_telemetry.tui._state import PanelState, StateView
 
-#: Rows of the health table (key, label); its columns are h and c.
+#: Columns of the states table (one row per named state).
+_STATE_COLUMNS = ("state", "h rms", "c rms", "max |x|", "status")
+#: Rows of the detail table (key, label); its columns are h and c.
 _HEALTH_ROWS = (
     ("rms", "rms"),
     ("status", "status"),
@@ -61,8 +68,10 @@ _HEALTH_ROWS = (
     ("env_max", "env-RMS max"),
     ("max", "max |x|"),
 )
-_ANOMALY_COLUMNS = ("update", "type", "severity", "value", "threshold")
+_ANOMALY_COLUMNS = ("update", "state", "type", "severity", "value", "threshold")
 Cell = str | Text
+#: What a cell shows where there is nothing: c of a state without a cell, an unnamed state.
+_NOTHING = format_value(None)
 
 _SUBSCRIBER_COLUMNS = ("subscriber", "delivered", "failed", "dropped", "queue")
 
@@ -78,6 +87,7 @@ HELP_TEXT = f"""\
   [b]q[/b]   quit (in `esper ppo --tui`: stops training after the current
       update, flushes every backend, then prints the summary)
   [b]p[/b]   pause / resume the display (training is never paused)
+  [b]s[/b]   show the next recurrent state in detail (with several states)
   [b]?[/b]   this help (escape or ? closes it)
 
 Status words follow the one health rule (the detector's thresholds):
@@ -88,6 +98,7 @@ Status words follow the one health rule (the detector's thresholds):
 
 Sparklines: h_rms and c_rms of the last updates, log scale,
 each bar coloured by its own verdict; × marks a NaN or Inf.
+A state without a cell (GRU, RNN) has no c: "—", and no c verdict.
 """
 
 
@@ -138,6 +149,7 @@ class HealthPanel(App[None]):
     #left { width: 1fr; }
     #right { width: 2fr; max-width: 62; }
     #health-box { height: auto; border: round $accent; padding: 0 1; }
+    #states { height: auto; margin-bottom: 1; }
     #health { height: auto; }
     #anomalies { height: 1fr; min-height: 5; border: round $accent; }
     #ppo { height: auto; border: round $accent; }
@@ -149,6 +161,7 @@ class HealthPanel(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
         Binding("p", "toggle_pause", "Pause display"),
+        Binding("s", "next_state", "Next state"),
         Binding("question_mark", "help", "Help", key_display="?"),
     ]
 
@@ -266,6 +279,8 @@ class HealthPanel(App[None]):
             with Vertical(id="left"):
                 with Vertical(id="health-box"):
                     yield Static(id="overall")
+                    yield DataTable(id="states", cursor_type="none", show_cursor=False)
+                    yield Static(id="detail-title")
                     yield DataTable(id="health", cursor_type="none", show_cursor=False)
                     yield Static(id="sparklines")
                     yield Static(id="thresholds")
@@ -286,6 +301,10 @@ class HealthPanel(App[None]):
         self.query_one("#anomalies").border_title = "Anomalies (newest first)"
         self.query_one("#level").border_title = "Telemetry level"
         self.query_one("#subscribers").border_title = "Subscribers"
+        states = self._table("states")
+        for name in _STATE_COLUMNS:
+            states.add_column(name, key=name)
+        states.display = False
         health = self._table("health")
         health.add_column("", key="metric")
         health.add_column("h", key="h")
@@ -352,6 +371,12 @@ class HealthPanel(App[None]):
             self._render_all()
         self._render_status()
 
+    def action_next_state(self) -> None:
+        """Show the next recurrent state of the last update in detail."""
+        self.state.select_next()
+        self._dirty = True
+        self._render_all()
+
     def action_help(self) -> None:
         """Show the key and colour legend."""
         if not isinstance(self.screen, HelpScreen):
@@ -380,7 +405,7 @@ class HealthPanel(App[None]):
             self._read_error = None
             self._dirty = True
         if chunk.restarted:
-            self.state = PanelState(self.thresholds, history=self.state.rms_history.maxlen or 60)
+            self.state = PanelState(self.thresholds, history=self.state.history)
             self._shown_anomalies = -1
             self._shown_text.clear()
             self._shown_rows.clear()
@@ -454,30 +479,44 @@ class HealthPanel(App[None]):
         self._shown_rows[name] = rows
 
     def _render_health(self) -> None:
-        view = self.state.health
-        if view is None:
+        view, shown = self.state.health, self.state.detail()
+        if view is None or shown is None:
             self._set_text("overall", Text("no LSTM health yet", style="dim"))
             return
-        m = view.metrics
+        several = len(view.states) > 1
+        worst = [s.name for s in view.states if s.status is view.status]
         self._set_text(
             "overall",
             Text.assemble(
-                "state ",
+                "worst state " if several else "state ",
                 status_text(view.status),
+                f": {', '.join(worst)}" if several and len(worst) < len(view.states) else "",
                 f"   update {view.update}   NaN ",
-                _flag(m.has_nan),
+                _flag(view.has_nan),
                 "   Inf ",
-                _flag(m.has_inf),
+                _flag(view.has_inf),
             ),
         )
-        self._sync_table("health", _health_rows(view))
-        self._set_text("sparklines", self._sparklines(view.update))
+        states = self._table("states")
+        if states.display != several:
+            states.display = several
+        if several:
+            self._sync_table("states", [_state_row(s, s is shown) for s in view.states])
+        title = Text.assemble((shown.name, "bold"), (" (primary)" if shown.primary else "", "dim"))
+        if several:
+            title.append("   s: next state", style="dim")
+        self._set_text("detail-title", title)
+        self._sync_table("health", _health_rows(shown))
+        self._set_text("sparklines", self._sparklines(shown.name, view.update))
 
-    def _sparklines(self, update: int) -> Text:
-        history = list(self.state.rms_history)
+    def _sparklines(self, name: str, update: int) -> Text:
+        history = list(self.state.rms_history[name])
         lines = Text()
-        for label, index in (("h_rms", 1), ("c_rms", 2)):
-            values = [entry[index] for entry in history]
+        series = (("h_rms", [h for _, h, _ in history]), ("c_rms", [c for *_, c in history]))
+        for label, column in series:
+            values = [v for v in column if v is not None]
+            if not values:  # a state without a cell: no c line
+                continue
             lines.append(f"{label} ")
             lines.append_text(sparkline(values, self.thresholds))
             lines.append(f"  {format_value(values[-1])}\n")
@@ -576,18 +615,48 @@ class HealthPanel(App[None]):
         return text
 
 
-def _health_rows(view: HealthView) -> list[tuple[str, tuple[Cell, ...]]]:
-    """The health table: one row per ``_HEALTH_ROWS`` entry, a cell for h and one for c."""
+def _state_row(view: StateView, selected: bool) -> tuple[str, tuple[Cell, ...]]:
+    """One row of the states table, keyed by the state's name; the state in detail in bold."""
+    m = view.metrics
+    name = Text(view.name, style="bold" if selected else "")
+    if view.primary:
+        name.append(" (primary)", style="dim")
+    cells: tuple[Cell, ...] = (
+        name,
+        _rms_cell(m.h_rms, view.h_status),
+        _rms_cell(m.c_rms, view.c_status),
+        format_value(_max(m.h_max, m.c_max)),
+        status_text(view.status),
+    )
+    return view.name, cells
+
+
+def _health_rows(view: StateView) -> list[tuple[str, tuple[Cell, ...]]]:
+    """The detail table of one state: a row per ``_HEALTH_ROWS`` entry, a cell for h and
+    one for c ("—" throughout for a state without a cell)."""
     m = view.metrics
     cells: dict[str, list[Cell]] = {key: [label] for key, label in _HEALTH_ROWS}
     for tensor, status in (("h", view.h_status), ("c", view.c_status)):
-        style = status_style(status, bold=False)
-        cells["rms"].append(Text(format_value(getattr(m, f"{tensor}_rms")), style=style))
-        cells["status"].append(status_text(status))
+        cells["rms"].append(_rms_cell(getattr(m, f"{tensor}_rms"), status))
+        cells["status"].append(_NOTHING if status is None else status_text(status))
         cells["env_mean"].append(format_value(getattr(m, f"{tensor}_env_rms_mean")))
         cells["env_max"].append(format_value(getattr(m, f"{tensor}_env_rms_max")))
         cells["max"].append(format_value(getattr(m, f"{tensor}_max")))
     return [(key, tuple(values)) for key, values in cells.items()]
+
+
+def _rms_cell(rms: float | None, status: HealthStatus | None) -> Cell:
+    """An RMS in its verdict's colour, or "—" for c of a state without a cell."""
+    if rms is None or status is None:
+        return _NOTHING
+    return Text(format_value(rms), style=status_style(status, bold=False))
+
+
+def _max(a: float, b: float | None) -> float:
+    # The larger of max |h| and max |c|; a NaN wins (max() would depend on the order).
+    if b is None:
+        return a
+    return a if a != a or a >= b else b
 
 
 def _anomaly_row(event: AnomalyDetected) -> tuple[str, tuple[Cell, ...]]:
@@ -596,6 +665,7 @@ def _anomaly_row(event: AnomalyDetected) -> tuple[str, tuple[Cell, ...]]:
     style = status_style(_SEVERITY_STATUS[a.severity])
     cells: tuple[Cell, ...] = (
         str(event.update),
+        _NOTHING if a.state is None else a.state,
         Text(a.type.value, style=style),
         Text(a.severity.value.upper(), style=style),
         format_value(a.observed),

@@ -4,6 +4,11 @@
 knows nothing of Textual, so the panel's logic is plain, testable Python and the
 widgets only copy it to the screen. Events are kept as they came (the anomaly log holds
 the ``AnomalyDetected`` events themselves), never copied into look-alike rows.
+
+An update may carry several named recurrent states (``PPOUpdatePayload.named_health``:
+the primary one first, ``"policy"`` for logs written before states had names); each
+gets its verdicts and its own RMS history, and one of them, the primary unless the
+user picked another (:meth:`PanelState.select_next`), is shown in detail.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from esper_telemetry._returns import LEGACY_RETURN_KEY as LEGACY
+from esper_telemetry._returns import EpisodeReturn, episode_return
 from esper_telemetry.analytics import BadLine
 from esper_telemetry.contracts import (
     PPO_STATISTICS,
@@ -32,16 +39,49 @@ from esper_telemetry.contracts import (
 #: PPO statistics shown first, in this order; ``extra`` scalars follow by name.
 PPO_FIELDS = PPO_STATISTICS
 
+#: One point of a state's RMS history: (update, h_rms, c_rms or None without a cell).
+RMSPoint = tuple[int, float, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class StateView:
+    """One named recurrent state of the last update, with the verdicts of the one rule."""
+
+    name: str
+    primary: bool
+    metrics: LSTMHealthMetrics
+    status: HealthStatus
+    """``health_status``: the verdict on the whole state."""
+    h_status: HealthStatus
+    c_status: HealthStatus | None
+    """``status_of("c")``: None for a state without a cell (GRU, RNN)."""
+
 
 @dataclass(frozen=True, slots=True)
 class HealthView:
-    """The health of the last PPO update, with the verdicts of the one rule."""
+    """The health of the last PPO update: every named state, the primary one first."""
 
     update: int
-    metrics: LSTMHealthMetrics
-    status: HealthStatus
-    h_status: HealthStatus
-    c_status: HealthStatus
+    states: tuple[StateView, ...]
+
+    @property
+    def status(self) -> HealthStatus:
+        """The worst verdict of any state."""
+        return max((s.status for s in self.states), key=lambda status: status.rank)
+
+    @property
+    def has_nan(self) -> bool:
+        """True when any state holds a NaN."""
+        return any(s.metrics.has_nan for s in self.states)
+
+    @property
+    def has_inf(self) -> bool:
+        """True when any state holds an Inf."""
+        return any(s.metrics.has_inf for s in self.states)
+
+    def get(self, name: str | None) -> StateView:
+        """The state called ``name``; the primary one when there is no such state."""
+        return next((s for s in self.states if s.name == name), self.states[0])
 
 
 class PanelState:
@@ -54,6 +94,11 @@ class PanelState:
         max_bad_lines: How many skipped lines of a followed log are kept for display.
 
     Attributes:
+        health: The states of the last update that carried any (None before one).
+        rms_history: Per state name, its last ``history`` points (update, h_rms,
+            c_rms); a state's history grows only in the updates that carry it.
+        selected: The state the user picked for the detail view (None: the primary).
+        episode_return: The last update's mean episode return (None if it had none).
         anomalies: The last ``max_anomalies`` anomaly events, newest first.
         level: The telemetry level: the first event's, then each change's new level
             (None before the first event).
@@ -69,12 +114,15 @@ class PanelState:
         max_bad_lines: int = 20,
     ) -> None:
         self.thresholds = thresholds
+        self.history = history
         self.run_id = ""
         self.events_seen = 0
         self.ppo_update: int | None = None
         self.ppo: PPOUpdatePayload | None = None
+        self.episode_return: EpisodeReturn | None = None
         self.health: HealthView | None = None
-        self.rms_history: deque[tuple[int, float, float]] = deque(maxlen=history)
+        self.rms_history: dict[str, deque[RMSPoint]] = {}
+        self.selected: str | None = None
         self.anomalies: deque[AnomalyDetected] = deque(maxlen=max_anomalies)
         self.anomaly_count = 0
         self.level: TelemetryLevel | None = None
@@ -92,8 +140,8 @@ class PanelState:
         if self.level is None:
             self.level = event.level
         match event:
-            case PPOUpdateCompleted(update=update, payload=payload):
-                self._apply_update(update, payload)
+            case PPOUpdateCompleted():
+                self._apply_update(event)
             case AnomalyDetected():
                 self.anomaly_count += 1
                 self.anomalies.appendleft(event)
@@ -115,10 +163,26 @@ class PanelState:
         self.bad_line_count += 1
         self.bad_lines.append(bad)
 
-    def ppo_rows(self) -> list[tuple[str, float | int]]:
-        """The last update's statistics as (name, value) rows: known fields, then extras.
+    def detail(self) -> StateView | None:
+        """The state shown in detail: the one selected, else (or once it is gone) the primary."""
+        return None if self.health is None else self.health.get(self.selected)
 
-        Fields the trainer did not report (None) are left out.
+    def select_next(self) -> None:
+        """Show the next state of the last update in detail (after the last: the primary)."""
+        if self.health is None:
+            return
+        names = [s.name for s in self.health.states]
+        shown = self.health.get(self.selected).name
+        self.selected = names[(names.index(shown) + 1) % len(names)]
+
+    def ppo_rows(self) -> list[tuple[str, float | int]]:
+        """The last update's statistics as (label, value) rows.
+
+        The known fields, the env steps, the mean episode return labelled with its
+        window (``return (last 20)``), then the trainer's extras by name. Fields the
+        trainer did not report (None) are left out; in an old log whose return is
+        ``extra["return_mean"]``, that extra is the return row (``return``: the log
+        does not say over how many episodes).
         """
         p = self.ppo
         if p is None:
@@ -128,22 +192,40 @@ class PanelState:
         ]
         if p.env_steps is not None:
             rows.append(("env_steps", p.env_steps))
-        rows.extend(sorted(p.extra.items()))
+        r = self.episode_return
+        if r is not None:
+            rows.append((r.label, r.mean))
+        legacy = r is not None and r.legacy
+        rows.extend(sorted((k, v) for k, v in p.extra.items() if not (legacy and k == LEGACY)))
         return rows
 
-    def _apply_update(self, update: int, payload: PPOUpdatePayload) -> None:
+    def _apply_update(self, event: PPOUpdateCompleted) -> None:
+        update, payload = event.update, event.payload
         self.ppo_update = update
         self.ppo = payload
-        metrics = payload.health()
-        if metrics is None:
+        self.episode_return = episode_return(event)
+        states = payload.named_health()
+        if not states:
             self.health = None
             return
-        t = self.thresholds
+        primary = payload.primary_name()
         self.health = HealthView(
             update=update,
+            states=tuple(self._view(name, m, name == primary) for name, m in states.items()),
+        )
+        for name, m in states.items():
+            points = self.rms_history.setdefault(name, deque(maxlen=self.history))
+            points.append((update, m.h_rms, m.c_rms))
+
+    def _view(self, name: str, metrics: LSTMHealthMetrics, primary: bool) -> StateView:
+        t = self.thresholds
+        h_status = metrics.status_of("h", t)
+        assert h_status is not None  # h is always judged
+        return StateView(
+            name=name,
+            primary=primary,
             metrics=metrics,
             status=health_status(metrics, t),
-            h_status=metrics.status_of("h", t),
+            h_status=h_status,
             c_status=metrics.status_of("c", t),
         )
-        self.rms_history.append((update, metrics.h_rms, metrics.c_rms))
