@@ -199,16 +199,18 @@ def test_a_run_frames_its_updates_and_is_deterministic() -> None:
     assert (result.status, result.updates, result.env_steps) == ("completed", 3, 48)
 
 
-def test_each_update_names_its_one_state_policy_and_declares_its_mean_return() -> None:
-    """The actor's LSTM state is the one named state, "policy", which the flat lstm_* fields
-    repeat; the mean return of the last 20 episodes is declared (NaN before the first one
-    ends), and extra keeps only the count of finished episodes."""
+def test_each_update_names_its_two_states_and_declares_its_mean_return() -> None:
+    """The actor's LSTM state is the primary state, "policy", which the flat lstm_* fields
+    repeat, and the critic's is "value"; the mean return of the last 20 episodes is
+    declared (NaN before the first one ends), and extra keeps only the count of finished
+    episodes."""
     # 2 steps per update: the first episode ends at update 4.
     events, result = run_events(PPOConfig(updates=6, envs=2, steps=2, epochs=1, hidden=8))
     updates = updates_of(events)
     assert [(p.primary_state, list(p.recurrent_health)) for p in updates] == [
-        ("policy", ["policy"])
+        ("policy", ["policy", "value"])
     ] * 6
+    assert all(p.recurrent_health["policy"] != p.recurrent_health["value"] for p in updates)
     assert [p.recurrent_health["policy"] == p.health() for p in updates] == [True] * 6
     assert [(dict(p.recurrent_detail), sorted(p.extra)) for p in updates] == [
         ({}, ["episodes"])

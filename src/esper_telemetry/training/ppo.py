@@ -4,8 +4,9 @@ Read it top to bottom: the configuration, the LSTM actor-critic, GAE, then ``tra
 whose loop is (1) a rollout of ``steps`` steps in every env with the LSTM state carried
 from step to step and zeroed where an episode begins, (2) ``epochs`` passes of clipped-
 surrogate PPO over minibatches of whole env sequences, unrolled again from the state
-each sequence started with (truncated BPTT), (3) ``compute_lstm_health`` on the LSTM
-state the update ends with, and ``emit_ppo_update_event``.
+each sequence started with (truncated BPTT), (3) ``compute_recurrent_health`` on the two
+LSTM states the update ends with (the actor's, named ``policy`` and primary, and the
+critic's, ``value``), and ``emit_ppo_update_event``.
 
 The defaults follow RL Zoo's ``ppo_lstm`` settings for CartPoleNoVel-v1 (8 envs, 32
 steps, one minibatch of 256, 20 epochs, gamma 0.98, lambda 0.8, learning rate 1e-3 and
@@ -45,7 +46,7 @@ from esper_telemetry.contracts import (
 )
 from esper_telemetry.errors import TrainingHalted
 from esper_telemetry.hub import TelemetryHub
-from esper_telemetry.telemetry import compute_lstm_health, emit_ppo_update_event
+from esper_telemetry.telemetry import compute_recurrent_health, emit_ppo_update_event
 from esper_telemetry.training.envs import KEPT, make_cartpole_novel
 from esper_telemetry.training.faults import FAULT_KINDS, FaultKind
 from esper_telemetry.training.parallel import DataParallel, weights_checksum
@@ -308,7 +309,8 @@ class RecurrentActorCritic(nn.Module):
     """An actor LSTM with a policy head and a critic LSTM with a value head.
 
     Separate LSTMs, as RL Zoo's setting (``enable_critic_lstm``): the value loss never
-    pulls on the policy's memory. Telemetry watches the actor's state, the policy's own.
+    pulls on the policy's memory. Telemetry watches both states: the actor's is the
+    primary one (``policy``), the critic's is ``value``.
     """
 
     def __init__(self, obs_dim: int, n_actions: int, config: PPOConfig) -> None:
@@ -758,13 +760,14 @@ def _publish(
     stats: dict[str, float],
     thresholds: HealthThresholds | None,
 ) -> UpdateInfo:
-    """Measure the actor's LSTM state and emit the update's event (the demo fault first)."""
+    """Measure both LSTM states and emit the update's event (the demo fault first)."""
     config = r.config
     if config.fault is not None and config.fault[1] == update:
         r.state = (_corrupt(r.state[0], config.fault[0]), r.state[1])
     # At OFF, telemetry costs nothing: not even the health check. Detail is computed
     # always (cheap next to an LSTM step); the emitter publishes it when it is due.
-    health = _health(r.state[0], r.health_group) if hub.level > TelemetryLevel.OFF else None
+    states = _health(r.state, r.health_group) if hub.level > TelemetryLevel.OFF else None
+    health = states["policy"] if states is not None else None
     window = r.returns_window
     mean_return = sum(window) / len(window) if window else math.nan
     stats["episodes"] = float(len(r.result.episode_returns))
@@ -772,7 +775,7 @@ def _publish(
         hub,
         update=update,
         metrics=stats,
-        lstm_health=health,  # the primary state, named "policy"
+        recurrent_health=states,  # "policy" is the primary state
         env_steps=r.result.env_steps,
         episode_return_mean=mean_return,
         episode_return_window=_RETURN_WINDOW,
@@ -789,11 +792,14 @@ def _publish(
 
 
 def _health(
-    state: LSTMState, group: dist.ProcessGroup | None
-) -> tuple[LSTMHealthMetrics, LSTMHealthDetail] | None:
-    """The health of the actor's state, with detail: with ranks (``group``), of every
-    rank's envs together (one collective on every rank); else of this process's."""
-    return compute_lstm_health(state, detail=True, group=group)
+    state: RecurrentState, group: dist.ProcessGroup | None
+) -> dict[str, tuple[LSTMHealthMetrics, LSTMHealthDetail]]:
+    """The health of the actor's (``policy``) and critic's (``value``) states, with
+    detail: with ranks (``group``), of every rank's envs together (one collective per
+    state on every rank); else of this process's, in one transfer."""
+    return compute_recurrent_health(
+        {"policy": state[0], "value": state[1]}, detail=True, group=group
+    )
 
 
 def _ppo_epochs(
