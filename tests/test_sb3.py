@@ -493,10 +493,53 @@ def test_a_checkpoint_during_learn_saves_the_model_without_the_wrappers(
 
 
 def test_one_learn_takes_one_esper_callback(hub: TelemetryHub) -> None:
-    """Two EsperCallbacks in one learn() would publish every update twice: refused."""
+    """Two EsperCallbacks in one learn() would publish every update twice: refused, and
+    the first one's run ends failed."""
     model = recurrent()
-    with pytest.raises(RuntimeError, match="already has an EsperCallback"):
+    with capture_events(hub) as rec, pytest.raises(RuntimeError, match="two EsperCallbacks"):
         model.learn(PER_UPDATE, callback=[EsperCallback(hub), EsperCallback(hub)])
+    assert kinds(rec.events) == [("RUN_STARTED", 0), ("RUN_FINISHED", 0)]
+    assert finished(rec).payload.message.startswith("RuntimeError: this learn() has two")
+    assert not WRAPPED & set(vars(model))
+
+
+class FailsToStart(BaseCallback):
+    """Raises in on_training_start: after EsperCallback's, before any wrapped call."""
+
+    def _on_training_start(self) -> None:
+        raise RuntimeError("no GPU")
+
+    def _on_step(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("same_callback", "then"),
+    [
+        (
+            True,
+            [("RUN_STARTED", None), ("PPO_UPDATE_COMPLETED", None), ("RUN_FINISHED", "completed")],
+        ),
+        (False, []),  # a learn() without the callback publishes nothing
+    ],
+    ids=["same-callback", "no-callback"],
+)
+def test_a_run_ended_out_of_sight_is_ended_failed_by_the_next_learn(
+    hub: TelemetryHub, same_callback: bool, then: list[tuple[str, str | None]]
+) -> None:
+    """An exception where nothing is wrapped leaves the run open; the model's next
+    learn() ends it failed and runs on its own (unwrapped) methods."""
+    model, callback = recurrent(), EsperCallback(hub)
+    with capture_events(hub) as rec:
+        with pytest.raises(RuntimeError, match="no GPU"):
+            model.learn(PER_UPDATE, callback=[callback, FailsToStart()])
+        assert kinds(rec.events) == [("RUN_STARTED", 0)]
+        model.learn(PER_UPDATE, callback=callback if same_callback else None)
+    rows = [(e.event_type.value, getattr(e.payload, "status", None)) for e in rec.events]
+    assert rows == [("RUN_STARTED", None), ("RUN_FINISHED", "failed"), *then]
+    ends = [e for e in rec.events if isinstance(e, RunFinished)]
+    assert ends[0].payload.message.startswith("RuntimeError: learn() ended without reaching")
+    assert not WRAPPED & set(vars(model))
 
 
 def test_bad_arguments_are_refused(hub: TelemetryHub) -> None:

@@ -64,7 +64,9 @@ four methods of the model instance (never its class), and puts them back when it
   ``learn()`` stops and calls ``on_training_end`` (``on_step`` returns False as well, for
   a halt requested while a rollout runs);
 - ``collect_rollouts``, ``train`` and ``dump_logs``: an exception leaving one of them ends
-  the run ``failed`` (Ctrl-C: ``interrupted``) on its way out of ``learn()``;
+  the run ``failed`` (Ctrl-C: ``interrupted``) on its way out of ``learn()``, except
+  ``TrainingHalted`` (another callback calling ``hub.raise_if_halted()``), which becomes
+  a halt as above and never leaves ``learn()``;
 - ``_excluded_save_params``: keeps the wrappers out of ``model.save()``, so a
   ``CheckpointCallback`` saving during ``learn()`` saves the model as it is.
 
@@ -87,8 +89,8 @@ again); for a new run, make a new hub and a new callback.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping
-from contextlib import ExitStack, suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from typing import Any, Final
 
 import numpy as np
@@ -165,8 +167,9 @@ class EsperCallback(BaseCallback):
     Raises:
         TypeError: ``hub`` is not a TelemetryHub, ``thresholds`` not HealthThresholds,
             or (at the start of ``learn()``) the model is not an on-policy algorithm.
-        RuntimeError: (at the start of ``learn()``) another EsperCallback already
-            publishes this ``learn()``'s updates.
+        RuntimeError: (at the start of ``learn()``) it is the second EsperCallback of
+            that ``learn()``, which would publish every update twice (the first one's run
+            then ends ``failed``).
     """
 
     def __init__(
@@ -235,42 +238,44 @@ class EsperCallback(BaseCallback):
 
     # -- the wrapped methods ------------------------------------------------------------------
 
-    def _train(self, *args: Any, **kwargs: Any) -> Any:
+    def _train(self, *args: Any, **kwargs: Any) -> None:
         if not self._live():
             return self._learner.train(*args, **kwargs)  # put back by _live
-        try:
-            result = self._originals["train"](*args, **kwargs)
-            with suppress(TrainingHalted):  # asked for earlier: the next rollout stops it
-                self._publish()
-        except BaseException as exc:
-            self._end(exc)
-            raise
-        return result
+        with self._guard():
+            self._originals["train"](*args, **kwargs)
+            self._publish()
+        return None
 
-    def _collect_rollouts(self, *args: Any, **kwargs: Any) -> Any:
+    def _collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
         if not self._live():
             return self._learner.collect_rollouts(*args, **kwargs)
-        if self.hub.halted is not None:
-            return False  # learn() stops before this rollout's first forward pass
-        try:
-            return self._originals["collect_rollouts"](*args, **kwargs)
-        except TrainingHalted:
-            return False  # e.g. another callback's hub.raise_if_halted() in its on_step
-        except BaseException as exc:
-            self._end(exc)
-            raise
+        with self._guard():
+            if self.hub.halted is None:
+                return bool(self._originals["collect_rollouts"](*args, **kwargs))
+        return False  # halted: learn() stops before this rollout's first forward pass
 
-    def _dump_logs(self, *args: Any, **kwargs: Any) -> Any:
+    def _dump_logs(self, *args: Any, **kwargs: Any) -> None:
         if not self._live():
             return self._learner.dump_logs(*args, **kwargs)
-        try:
-            return self._originals["dump_logs"](*args, **kwargs)
-        except BaseException as exc:
-            self._end(exc)
-            raise
+        with self._guard():
+            self._originals["dump_logs"](*args, **kwargs)
+        return None
 
     def _excluded_save_params(self) -> list[str]:
         return [*self._originals["_excluded_save_params"](), *_WRAPPED]
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Around a wrapped call: a ``TrainingHalted`` becomes the hub's halt request
+        (``learn()`` then stops before the next rollout, and no exception escapes it);
+        any other exception ends the run on its way out."""
+        try:
+            yield
+        except TrainingHalted as halt:
+            self.hub.request_halt(halt.reason, update=halt.update)  # the first one wins
+        except BaseException as exc:
+            self._end(exc)
+            raise
 
     @property
     def _learner(self) -> OnPolicyAlgorithm:
@@ -335,12 +340,15 @@ class EsperCallback(BaseCallback):
         for name in _WRAPPED:
             owner = getattr(current.get(name), "__self__", None)
             if isinstance(owner, EsperCallback) and owner is not self:
-                if owner._run is not None and owner._learn_started == model.start_time:
-                    raise RuntimeError(
-                        "this learn() already has an EsperCallback; pass one (several hubs: "
-                        "one hub with several backends)"
-                    )
-                owner._abandon()  # left behind by a learn() that ended unseen
+                if owner._run is None or owner._learn_started != model.start_time:
+                    owner._abandon()  # left behind by a learn() that ended unseen
+                    continue
+                error = RuntimeError(
+                    "this learn() has two EsperCallbacks, which would publish every update "
+                    "twice; pass one (for several destinations: one hub, several backends)"
+                )
+                owner._end(error)
+                raise error
         self._saved = {name: current[name] for name in _WRAPPED if name in current}
         self._originals = {name: getattr(model, name) for name in _WRAPPED if hasattr(model, name)}
         wrappers: dict[str, Callable[..., Any]] = {
