@@ -543,11 +543,13 @@ def test_a_run_ended_out_of_sight_is_ended_failed_by_the_next_learn(
 
 
 def test_bad_arguments_are_refused(hub: TelemetryHub) -> None:
-    """The hub and thresholds are type-checked when the callback is made."""
+    """The hub, thresholds and config are checked when the callback is made."""
     with pytest.raises(TypeError, match="hub must be a TelemetryHub"):
         EsperCallback("hub")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="thresholds must be a HealthThresholds"):
         EsperCallback(hub, thresholds={"warning_rms": 1.0})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^config\.env: input was not a valid JSON value"):
+        EsperCallback(hub, config={"env": object()})
 
 
 def test_without_sb3_the_import_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

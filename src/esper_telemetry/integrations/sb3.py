@@ -94,6 +94,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any, Final
 
 import numpy as np
+from pydantic import ValidationError
 
 try:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -107,7 +108,7 @@ except ImportError as err:  # pragma: no cover - exercised in a test that hides 
         name="stable_baselines3",
     ) from err
 
-from esper_telemetry.contracts import PPO_STATISTICS, HealthThresholds
+from esper_telemetry.contracts import PPO_STATISTICS, HealthThresholds, RunStartedPayload
 from esper_telemetry.errors import TrainingHalted
 from esper_telemetry.hub import TelemetryHub
 from esper_telemetry.telemetry.emitters import LSTMHealth, emit_ppo_update_event
@@ -167,6 +168,8 @@ class EsperCallback(BaseCallback):
     Raises:
         TypeError: ``hub`` is not a TelemetryHub, ``thresholds`` not HealthThresholds,
             or (at the start of ``learn()``) the model is not an on-policy algorithm.
+        ValueError: ``config`` holds a value that is not JSON, or ``description`` is not
+            text (checked here, not at ``learn()``).
         RuntimeError: (at the start of ``learn()``) it is the second EsperCallback of
             that ``learn()``, which would publish every update twice (the first one's run
             then ends ``failed``).
@@ -190,6 +193,13 @@ class EsperCallback(BaseCallback):
             )
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config must be a mapping or None, got {type(config).__name__}")
+        try:  # a bad config fails here, not once learn() has begun
+            RunStartedPayload(config=dict(config or {}), description=description)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(map(str, error["loc"]))
+            # Not quoting the value: a config may hold a secret (the contract redacts it).
+            raise ValueError(f"{where}: {error['msg']}") from None
         self.hub = hub
         self.thresholds = thresholds
         self.config = dict(config or {})
