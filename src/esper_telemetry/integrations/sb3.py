@@ -48,6 +48,14 @@ The states measured are the ones the rollout ended with, which the next rollout 
 from; ``train()`` does not change them (it replays the states the rollout buffer
 stored). Plain PPO has no recurrent state: its events carry no health.
 
+``RUN_STARTED``'s config holds the algorithm and policy class, ``learning_rate``,
+``n_steps``, ``batch_size``, ``n_epochs``, ``gamma``, ``gae_lambda``, ``clip_range``,
+``ent_coef``, ``vf_coef``, ``max_grad_norm`` and the other settings of PPO,
+``policy_kwargs``, the LSTM sizes (RecurrentPPO), ``n_envs``, ``seed``, ``device``, and
+``learn()``'s ``total_timesteps``, ``reset_num_timesteps`` and ``log_interval``. A
+schedule (``learning_rate``, ``clip_range``) is recorded as its value at SB3's current
+progress, with ``<name>_schedule: true`` beside it.
+
 SB3 does not expose the gradient norm (``train()`` drops what ``clip_grad_norm_``
 returns), so ``grad_norm`` is None; nor per-minibatch or per-epoch figures (only the
 means above), nor the hidden states inside a rollout (only the last ones).
@@ -80,10 +88,11 @@ Updates are numbered from ``hub.first_update`` (0 in a new run) and the count go
 across the ``learn()`` calls made with the same callback, with or without
 ``reset_num_timesteps``: a hub is one run (one run id, one W&B run, one
 ``events.jsonl``), whose update index never repeats. Each ``learn()`` is a run block of
-its own, with the hyper-parameters it ran with; ``env_steps`` follows SB3's
-``num_timesteps``, which ``reset_num_timesteps=True`` sets back to 0. Pass the same
-callback to every ``learn()`` on a hub (a new callback counts from ``hub.first_update``
-again); for a new run, make a new hub and a new callback.
+its own, with the hyper-parameters it ran with (its ``RUN_STARTED``, like any that
+:meth:`TelemetryHub.run` emits, has the envelope update ``hub.first_update``);
+``env_steps`` follows SB3's ``num_timesteps``, which ``reset_num_timesteps=True`` sets
+back to 0. Pass the same callback to every ``learn()`` on a hub (a new callback counts
+from ``hub.first_update`` again); for a new run, make a new hub and a new callback.
 """
 
 from __future__ import annotations
