@@ -57,6 +57,8 @@ NEVER: dict[str, tuple[str, ...]] = {
     "training": ("backends", "analytics", "tui", "report", "cli", "run"),
     "tui": ("training", "backends", "telemetry", "cli", "run"),
     "report": ("training", "backends", "telemetry", "hub", "tui", "cli", "run"),
+    # An integration is a trainer's glue: it publishes like a trainer, never runs esper's.
+    "integrations": ("training", "analytics", "tui", "report", "cli", "run"),
 }
 
 #: part -> third-party libraries importing it may not load.

@@ -12,6 +12,8 @@ EXTRA_OF: Final = {
     "pyarrow": "analytics",
     "textual": "tui",
     "matplotlib": "report",
+    "stable_baselines3": "sb3",
+    "sb3_contrib": "sb3",
 }
 
 

@@ -111,9 +111,10 @@ try:
     from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
     from stable_baselines3.common.utils import safe_mean
 except ImportError as err:  # pragma: no cover - exercised in a test that hides sb3
+    from esper_telemetry._extras import missing_message
+
     raise ImportError(
-        "esper_telemetry.integrations.sb3 needs stable_baselines3: "
-        "pip install 'esper-telemetry[sb3]'",
+        missing_message("esper_telemetry.integrations.sb3", "stable_baselines3"),
         name="stable_baselines3",
     ) from err
 
