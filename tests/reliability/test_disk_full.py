@@ -117,7 +117,7 @@ def test_a_file_size_limit_is_reported_damages_nothing_written_and_training_goes
             f"seq={written}; the other subscribers are unaffected ({EFBIG})",
             f"error: telemetry subscriber 'structlog' raised handling PPO_UPDATE_COMPLETED "
             f"seq={len(records)}; the other subscribers are unaffected ({EFBIG})",
-            "warning: LSTM anomaly lstm_nan at update 6: LSTM state holds NaN",
+            "warning: LSTM anomaly lstm_nan at update 6: policy: LSTM state holds NaN",
             verdict,
         ]
     )
