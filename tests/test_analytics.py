@@ -493,8 +493,9 @@ def columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]
 LEVEL = "ENUM('OFF', 'MINIMAL', 'NORMAL', 'DEBUG')"
 
 
-def test_connect_creates_the_four_tables_with_typed_columns(tmp_path: Path) -> None:
-    """events, ppo_updates, anomalies and level_changes exist with the documented types."""
+def test_connect_creates_the_five_tables_with_typed_columns(tmp_path: Path) -> None:
+    """events, ppo_updates, recurrent_health, anomalies and level_changes exist with the
+    documented types."""
     write_run(tmp_path, "r1")
     con = connect(tmp_path)
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
@@ -512,7 +513,9 @@ def test_connect_creates_the_four_tables_with_typed_columns(tmp_path: Path) -> N
     ]
     ppo = dict(columns(con, "ppo_updates"))
     assert list(ppo)[:6] == ["run_id", "seq", "update", "timestamp", "rank", "level"]
-    assert list(ppo)[6:] == list(PPOUpdatePayload.model_fields)
+    # Every payload field but the named states, which are recurrent_health's rows.
+    named = ("recurrent_health", "recurrent_detail")
+    assert list(ppo)[6:] == [n for n in PPOUpdatePayload.model_fields if n not in named]
     booleans = {"lstm_has_nan", "lstm_has_inf"}
     doubles = (
         {n for n in ppo if n.startswith("lstm_")}
@@ -533,9 +536,26 @@ def test_connect_creates_the_four_tables_with_typed_columns(tmp_path: Path) -> N
         "BIGINT[]",
         "MAP(VARCHAR, DOUBLE)",
     )
+    assert {n: ppo[n] for n in ("health_scope", "health_ranks", "primary_state")} == {
+        "health_scope": "VARCHAR",
+        "health_ranks": "BIGINT",
+        "primary_state": "VARCHAR",
+    }
+    assert (ppo["episode_return_mean"], ppo["episode_return_window"]) == ("DOUBLE", "BIGINT")
+    figures = LSTMHealthMetrics.FIGURES
+    assert columns(con, "recurrent_health") == [
+        *columns(con, "ppo_updates")[:6],
+        ("name", "VARCHAR"),
+        ("is_primary", "BOOLEAN"),
+        *((f, "BOOLEAN" if f.startswith("has_") else "DOUBLE") for f in figures),
+        ("has_cell", "BOOLEAN"),
+        ("scope", "VARCHAR"),
+        ("ranks", "BIGINT"),
+        ("detail", "JSON"),
+    ]
     assert [c for c, _ in columns(con, "anomalies")] == [
         *("run_id", "seq", "update", "timestamp", "rank", "level", "anomaly_type", "severity"),
-        *("observed", "threshold", "message", "outlier_envs"),
+        *("observed", "threshold", "message", "state", "outlier_envs"),
     ]
     assert columns(con, "level_changes")[-3:] == [
         ("previous", LEVEL),

@@ -213,10 +213,12 @@ def _strict(x: float) -> float | str:
 
 
 def test_a_query_naming_no_table_sees_every_table(runs: Path) -> None:
-    """SHOW TABLES names no analytics table, so all four are loaded and listed."""
+    """SHOW TABLES names no analytics table, so all five are loaded and listed."""
     code, out, _ = invoke("query", str(runs / "a"), "SHOW TABLES", "--format", "csv")
     assert code == 0
-    assert out.splitlines() == ["name", "anomalies", "events", "level_changes", "ppo_updates"]
+    assert out.splitlines() == [
+        *("name", "anomalies", "events", "level_changes", "ppo_updates", "recurrent_health")
+    ]
 
 
 def test_query_names_the_extra_when_duckdb_is_missing(
