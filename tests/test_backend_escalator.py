@@ -142,7 +142,9 @@ def test_halt_on_critical_stops_the_next_emit_after_delivering_everything() -> N
     trainer.update(0)
     trainer.update(1)
     trainer.update(2)
-    with pytest.raises(TrainingHalted, match=r"\(update 2\): lstm_nan: policy: LSTM state holds NaN"):
+    with pytest.raises(
+        TrainingHalted, match=r"\(update 2\): lstm_nan: policy: LSTM state holds NaN"
+    ):
         trainer.update(3)
     hub.close()
     assert [(e.update, e.event_type.value) for e in rec.events] == [

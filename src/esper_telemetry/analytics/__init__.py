@@ -103,7 +103,8 @@ def connect(
 ) -> duckdb.DuckDBPyConnection:
     """Load runs' events into a new in-memory DuckDB database and return its connection.
 
-    Tables (one row per event; ``timestamp`` is TIMESTAMPTZ in UTC; ``level``,
+    Tables (one row per event, one per named state in ``recurrent_health``;
+    ``timestamp`` is TIMESTAMPTZ in UTC; ``level``,
     ``previous`` are the ENUM ``telemetry_level`` ordered OFF < MINIMAL < NORMAL < DEBUG,
     so compare them with ``'NORMAL'::telemetry_level``, not a bare string):
 
@@ -133,9 +134,9 @@ def connect(
     * ``level_changes``: run_id, seq, update, timestamp, rank, previous, level, reason.
 
     Logs of every ``schema_version`` this package reads load into the same columns
-    (version-1 anomaly lines included); a field a log predates is NULL. The events are streamed through
-    :func:`read_events` and loaded ``chunk_rows`` at a time, so Python's memory
-    stays bounded whatever the size of the logs (DuckDB holds the tables). The events
+    (version-1 anomaly lines included); a field a log predates is NULL. The events are
+    streamed through :func:`read_events` and loaded ``chunk_rows`` at a time, so Python's
+    memory stays bounded whatever the size of the logs (DuckDB holds the tables). The events
     files are only ever opened for reading. Unless ``allow_file_access``, the returned
     connection can read or write no file and load no extension (DuckDB's
     ``enable_external_access=false``, with the configuration locked): SQL run on it
@@ -178,7 +179,8 @@ def export_parquet(
 ) -> int:
     """Write one table of :func:`connect` to a Parquet file; return the number of rows.
 
-    Rows are ordered by ``run_id, seq`` and streamed in batches. The file is written
+    Rows are ordered by ``run_id, seq`` (then ``name`` in ``recurrent_health``) and
+    streamed in batches. The file is written
     beside ``destination`` (whose folder is created if missing) and renamed onto it when
     complete, so a failed export leaves no partial file. Float columns are written
     without Parquet statistics: DuckDB 2.0 misses NaN in ``isnan`` filters over such

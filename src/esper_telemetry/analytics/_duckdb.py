@@ -116,7 +116,9 @@ def export_parquet(
     rows = 0
     con = connect(path_or_glob, tables=[table], on_bad_line=on_bad_line)
     try:
-        reader = con.sql(f"SELECT * FROM {table} ORDER BY run_id, seq").to_arrow_reader(
+        (spec,) = [s for s in _table_specs() if s.name == table]
+        order = ", ".join(spec.key)
+        reader = con.sql(f"SELECT * FROM {table} ORDER BY {order}").to_arrow_reader(
             batch_size=batch_rows
         )
         # DuckDB (2.0) misses NaN in isnan() filters over Parquet float statistics
@@ -182,6 +184,7 @@ class _TableSpec(Generic[E]):
     classes: tuple[type[EventBase], ...]  # the events that make its rows
     columns: tuple[tuple[str, str, pa.DataType], ...]  # name, DuckDB type, Arrow type
     rows: Callable[[E], Iterable[Row]]  # an event's rows: one, or one per named state
+    key: tuple[str, ...] = ("run_id", "seq")  # what tells its rows apart, and orders them
 
     def ddl(self) -> str:
         body = ", ".join(f'"{name}" {sql}' for name, sql, _ in self.columns)
@@ -325,7 +328,9 @@ def _recurrent_health_table() -> _TableSpec[PPOUpdateCompleted]:
         *metric_columns[len(figures) :],
         ("detail", "JSON", pa.string()),
     )
-    return _TableSpec("recurrent_health", (PPOUpdateCompleted,), columns, rows)
+    return _TableSpec(
+        "recurrent_health", (PPOUpdateCompleted,), columns, rows, ("run_id", "seq", "name")
+    )
 
 
 def _anomalies_table() -> _TableSpec[AnomalyDetected]:
