@@ -297,7 +297,9 @@ def _recurrent_health_table() -> _TableSpec[PPOUpdateCompleted]:
     """
     figures = LSTMHealthMetrics.FIGURES
     properties: dict[str, Any] = LSTMHealthMetrics.model_json_schema()["properties"]
-    metric_columns = [(n, *_column_type(properties[n])) for n in (*figures, "scope", "ranks")]
+
+    def typed(*names: str) -> list[Column]:
+        return [(n, *_column_type(properties[n])) for n in names]
 
     def rows(e: PPOUpdateCompleted) -> list[Row]:
         p = e.payload
@@ -323,9 +325,9 @@ def _recurrent_health_table() -> _TableSpec[PPOUpdateCompleted]:
         ("level", *_LEVEL),
         ("name", "VARCHAR", pa.string()),
         ("is_primary", "BOOLEAN", pa.bool_()),
-        *metric_columns[: len(figures)],
+        *typed(*figures),
         ("has_cell", "BOOLEAN", pa.bool_()),
-        *metric_columns[len(figures) :],
+        *typed("scope", "ranks"),
         ("detail", "JSON", pa.string()),
     )
     return _TableSpec(

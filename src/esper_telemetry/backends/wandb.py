@@ -604,7 +604,7 @@ class WandBBackend(Backend):
         # One name at a time: when two globs match a key ("lstm/*" and "*"), W&B 0.31
         # picks one at random per key, so a glob "lstm/*" summary would miss some keys.
         # W&B reads "." in a defined name as nesting: a state named "encoder.lstm" has
-        # its dots escaped, or its keys would get neither the axis nor the summary.
+        # its dots escaped, or its keys' summary would be the last value, not the max.
         run.define_metric(key.replace(".", "\\."), step_metric="update", summary="max")
         self._max_keys.add(key)
 
