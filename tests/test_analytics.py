@@ -493,8 +493,9 @@ def columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]
 LEVEL = "ENUM('OFF', 'MINIMAL', 'NORMAL', 'DEBUG')"
 
 
-def test_connect_creates_the_four_tables_with_typed_columns(tmp_path: Path) -> None:
-    """events, ppo_updates, anomalies and level_changes exist with the documented types."""
+def test_connect_creates_the_five_tables_with_typed_columns(tmp_path: Path) -> None:
+    """events, ppo_updates, recurrent_health, anomalies and level_changes exist with the
+    documented types."""
     write_run(tmp_path, "r1")
     con = connect(tmp_path)
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
@@ -512,7 +513,9 @@ def test_connect_creates_the_four_tables_with_typed_columns(tmp_path: Path) -> N
     ]
     ppo = dict(columns(con, "ppo_updates"))
     assert list(ppo)[:6] == ["run_id", "seq", "update", "timestamp", "rank", "level"]
-    assert list(ppo)[6:] == list(PPOUpdatePayload.model_fields)
+    # Every payload field but the named states, which are recurrent_health's rows.
+    named = ("recurrent_health", "recurrent_detail")
+    assert list(ppo)[6:] == [n for n in PPOUpdatePayload.model_fields if n not in named]
     booleans = {"lstm_has_nan", "lstm_has_inf"}
     doubles = (
         {n for n in ppo if n.startswith("lstm_")}
@@ -533,9 +536,26 @@ def test_connect_creates_the_four_tables_with_typed_columns(tmp_path: Path) -> N
         "BIGINT[]",
         "MAP(VARCHAR, DOUBLE)",
     )
+    assert {n: ppo[n] for n in ("health_scope", "health_ranks", "primary_state")} == {
+        "health_scope": "VARCHAR",
+        "health_ranks": "BIGINT",
+        "primary_state": "VARCHAR",
+    }
+    assert (ppo["episode_return_mean"], ppo["episode_return_window"]) == ("DOUBLE", "BIGINT")
+    figures = LSTMHealthMetrics.FIGURES
+    assert columns(con, "recurrent_health") == [
+        *columns(con, "ppo_updates")[:6],
+        ("name", "VARCHAR"),
+        ("is_primary", "BOOLEAN"),
+        *((f, "BOOLEAN" if f.startswith("has_") else "DOUBLE") for f in figures),
+        ("has_cell", "BOOLEAN"),
+        ("scope", "VARCHAR"),
+        ("ranks", "BIGINT"),
+        ("detail", "JSON"),
+    ]
     assert [c for c, _ in columns(con, "anomalies")] == [
         *("run_id", "seq", "update", "timestamp", "rank", "level", "anomaly_type", "severity"),
-        *("observed", "threshold", "message", "outlier_envs"),
+        *("observed", "threshold", "message", "state", "outlier_envs"),
     ]
     assert columns(con, "level_changes")[-3:] == [
         ("previous", LEVEL),
@@ -718,6 +738,259 @@ def test_tables_selects_what_is_loaded(tmp_path: Path) -> None:
         connect(tmp_path, chunk_rows=0)
 
 
+# -- named recurrent states -----------------------------------------------------------
+
+
+def gru_health(h_rms: float) -> LSTMHealthMetrics:
+    """The health of a GRU state: h alone, every c figure None."""
+    return LSTMHealthMetrics(
+        h_l2_total=1.5,
+        c_l2_total=None,
+        h_rms=h_rms,
+        c_rms=None,
+        h_env_rms_mean=0.2,
+        h_env_rms_max=0.3,
+        c_env_rms_mean=None,
+        c_env_rms_max=None,
+        h_max=0.7,
+        c_max=None,
+        has_nan=math.isnan(h_rms),
+        has_inf=math.isinf(h_rms),
+    )
+
+
+#: The h RMS of the GRU state "value" at each update of write_named_run.
+VALUE_H_RMS = [0.25, math.nan, 2.0]
+#: Its detail at update 1, where its NaN makes it CRITICAL (so the update carries it).
+VALUE_DETAIL = LSTMHealthDetail(
+    h_layer_rms=(math.nan,), c_layer_rms=None, h_env_rms=(math.nan, 0.1), c_env_rms=None
+)
+
+
+def write_named_run(run_dir: Path, run_id: str, primary: str = "policy") -> None:
+    """Three updates of two named states, the LSTM "policy" and the GRU "value", and an
+    anomaly found in "value" at update 1."""
+    with TelemetryHub(run_id) as hub:
+        hub.subscribe(AnalyticsCollector(run_dir))
+        for k, h_rms in enumerate(VALUE_H_RMS):
+            emit_ppo_update_event(
+                hub,
+                update=k,
+                metrics={"policy_loss": 0.1, "value_loss": 0.2, "entropy": 0.3},
+                recurrent_health={
+                    "policy": health(0.5),
+                    "value": (gru_health(h_rms), VALUE_DETAIL),
+                },
+                primary=primary,
+                episode_return_mean=math.nan if k == 0 else 10.0 * k,
+                episode_return_window=20,
+            )
+            if k == 1:
+                anomaly = Anomaly(
+                    type="lstm_nan",
+                    severity="critical",
+                    observed=math.nan,
+                    message="NaN in h.",
+                    state="value",
+                )
+                hub.emit(AnomalyDetected(update=k, payload=AnomalyDetectedPayload(anomaly=anomaly)))
+
+
+def shown(row: tuple[object, ...]) -> tuple[object, ...]:
+    """A row with each NaN as the string "NaN", so rows compare with ==."""
+    return tuple("NaN" if isinstance(v, float) and math.isnan(v) else v for v in row)
+
+
+FIGURES = ", ".join(LSTMHealthMetrics.FIGURES)
+
+
+def test_recurrent_health_holds_one_row_per_named_state_of_each_update(tmp_path: Path) -> None:
+    """Two named states give two rows per update, each with its exact figures (NaN kept, c
+    NULL for the GRU), told apart by name, the primary one marked."""
+    write_named_run(tmp_path, "named")
+    con = connect(tmp_path)
+    rows = con.execute(
+        f"SELECT update, name, is_primary, {FIGURES}, has_cell, scope, ranks "
+        "FROM recurrent_health ORDER BY update, name"
+    ).fetchall()
+    expected = [
+        (k, name, name == "policy", *(getattr(m, f) for f in m.FIGURES), m.has_cell, "process", 1)
+        for k, h_rms in enumerate(VALUE_H_RMS)
+        for name, m in (("policy", health(0.5)), ("value", gru_health(h_rms)))
+    ]
+    assert [shown(r) for r in rows] == [shown(r) for r in expected]
+    value = con.execute(
+        "SELECT update, h_rms, isnan(h_rms), c_rms, c_max, has_nan, has_cell "
+        "FROM recurrent_health WHERE name = 'value' ORDER BY update"
+    ).fetchall()
+    assert [shown(r) for r in value] == [
+        (0, 0.25, False, None, None, False, False),
+        (1, "NaN", True, None, None, True, False),
+        (2, 2.0, False, None, None, False, False),
+    ]
+    assert con.execute(
+        "SELECT count(*) FROM recurrent_health WHERE name = 'value' AND isnan(h_rms)"
+    ).fetchall() == [(1,)]
+
+
+def test_recurrent_health_holds_the_detail_of_a_state_where_the_update_has_it(
+    tmp_path: Path,
+) -> None:
+    """The detail column is the state's LSTMHealthDetail as strict JSON, NaN as "NaN", and
+    NULL where the update carries no detail of that state."""
+    write_named_run(tmp_path, "named")
+    con = connect(tmp_path, tables=["recurrent_health"])
+    rows = con.execute(
+        "SELECT update, name, detail FROM recurrent_health WHERE detail IS NOT NULL"
+    ).fetchall()
+    assert [(u, n) for u, n, _ in rows] == [(1, "value")]
+    text = rows[0][2]
+    assert json.loads(text)["h_layer_rms"] == ["NaN"]
+    assert json.loads(text)["c_layer_rms"] is None
+    assert LSTMHealthDetail.model_validate_json(text).model_dump_json() == (
+        VALUE_DETAIL.model_dump_json()
+    )
+
+
+def test_ppo_updates_name_the_primary_state_and_the_episode_returns(tmp_path: Path) -> None:
+    """ppo_updates keeps one row per update: the primary state's flat figures, its name,
+    and the declared episode returns (NaN kept)."""
+    write_named_run(tmp_path, "named")
+    con = connect(tmp_path)
+    rows = con.execute(
+        "SELECT update, primary_state, lstm_h_rms, lstm_c_rms, episode_return_mean, "
+        "episode_return_window FROM ppo_updates ORDER BY update"
+    ).fetchall()
+    assert [shown(r) for r in rows] == [
+        (0, "policy", 0.5, 1.0, "NaN", 20),
+        (1, "policy", 0.5, 1.0, 10.0, 20),
+        (2, "policy", 0.5, 1.0, 20.0, 20),
+    ]
+
+
+def test_a_gru_primary_state_leaves_the_c_columns_null(tmp_path: Path) -> None:
+    """With the GRU "value" as the primary state, ppo_updates holds its h figures and NULL
+    for every lstm_c_* column."""
+    write_named_run(tmp_path, "gru", primary="value")
+    con = connect(tmp_path, tables=["ppo_updates", "recurrent_health"])
+    c_columns = [f"lstm_{f}" for f in LSTMHealthMetrics.FIGURES if f.startswith("c_")]
+    rows = con.execute(
+        f"SELECT update, primary_state, lstm_h_rms, {', '.join(c_columns)} "
+        "FROM ppo_updates ORDER BY update"
+    ).fetchall()
+    assert [shown(r) for r in rows] == [
+        (k, "value", h, None, None, None, None, None)
+        for k, h in enumerate(shown(tuple(VALUE_H_RMS)))
+    ]
+    assert con.execute(
+        "SELECT DISTINCT name FROM recurrent_health WHERE is_primary"
+    ).fetchall() == [("value",)]
+
+
+def test_anomalies_name_the_state_they_were_found_in(tmp_path: Path) -> None:
+    """anomalies.state is the anomaly's state; NULL for an anomaly that names none."""
+    write_named_run(tmp_path / "named", "named")
+    write_run(tmp_path / "unnamed", "unnamed")
+    con = connect(str(tmp_path / "*"), tables=["anomalies"])
+    assert con.execute(
+        "SELECT run_id, update, anomaly_type, state FROM anomalies ORDER BY run_id"
+    ).fetchall() == [("named", 1, "lstm_nan", "value"), ("unnamed", 1, "lstm_nan", None)]
+
+
+#: A PPO update and an anomaly as schema_version 2 wrote them: the state's figures only in
+#: the flat lstm_* fields, no state names, no episode returns.
+V2_LINES = (
+    b'{"event_type":"PPO_UPDATE_COMPLETED","schema_version":2,"run_id":"v2","seq":0,'
+    b'"update":0,"timestamp":"2026-01-02T03:04:05.678901Z","rank":0,"level":2,"payload":'
+    b'{"policy_loss":-0.01,"value_loss":0.5,"entropy":0.69,"approx_kl":0.01,'
+    b'"clip_fraction":null,"explained_variance":null,"grad_norm":null,"learning_rate":null,'
+    b'"env_steps":256,"lstm_h_l2_total":2.0,"lstm_c_l2_total":4.0,"lstm_h_rms":"NaN",'
+    b'"lstm_c_rms":1.0,"lstm_h_env_rms_mean":0.5,"lstm_h_env_rms_max":"Infinity",'
+    b'"lstm_c_env_rms_mean":1.0,"lstm_c_env_rms_max":1.2,"lstm_h_max":0.9,"lstm_c_max":2.5,'
+    b'"lstm_has_nan":true,"lstm_has_inf":true,"lstm_detail":{"h_layer_rms":["NaN"],'
+    b'"c_layer_rms":[1.0],"h_env_rms":["NaN",0.5],"c_env_rms":[1.0,1.0]},'
+    b'"lstm_outlier_envs":[0],"health_scope":"all_ranks","health_ranks":2,'
+    b'"extra":{"mean_reward":1.5}}}\n',
+    b'{"event_type":"ANOMALY_DETECTED","schema_version":2,"run_id":"v2","seq":1,"update":0,'
+    b'"timestamp":"2026-01-02T03:04:05.678901Z","rank":0,"level":2,"payload":{"anomaly":'
+    b'{"type":"lstm_nan","severity":"critical","observed":"NaN","threshold":null,'
+    b'"message":"NaN in h."},"outlier_envs":[0]}}\n',
+)
+
+
+def test_a_log_from_before_state_names_gives_a_policy_row(tmp_path: Path) -> None:
+    """A version-2 update, with only the flat lstm_* fields, is one recurrent_health row
+    named "policy" holding those figures and its detail; an update without a recurrent
+    state gives none; names, state and returns it predates are NULL."""
+    (tmp_path / EVENTS_FILE).write_bytes(b"".join(V2_LINES) + ppo_line(1, seq=2))
+    con = connect(tmp_path)
+    rows = con.execute(
+        f"SELECT seq, name, is_primary, {FIGURES}, has_cell, scope, ranks, detail->'$.h_env_rms' "
+        "FROM recurrent_health"
+    ).fetchall()
+    assert [shown(r) for r in rows] == [
+        (
+            *(0, "policy", True, 2.0, 4.0, "NaN", 1.0, 0.5, math.inf, 1.0, 1.2, 0.9, 2.5),
+            *(True, True, True, "all_ranks", 2, '["NaN",0.5]'),
+        )
+    ]
+    assert con.execute(
+        "SELECT seq, primary_state, episode_return_mean, episode_return_window FROM ppo_updates "
+        "ORDER BY seq"
+    ).fetchall() == [(0, None, None, None), (2, None, None, None)]
+    assert con.execute("SELECT seq, state FROM anomalies").fetchall() == [(1, None)]
+
+
+def test_old_and_new_runs_answer_the_same_query(tmp_path: Path) -> None:
+    """One query over a version-2 run and a run with named states reads the primary state
+    of both, and a state by name."""
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / EVENTS_FILE).write_bytes(b"".join(V2_LINES))
+    write_named_run(tmp_path / "new", "new")
+    con = connect(str(tmp_path / "*"), tables=["recurrent_health"])
+    rows = con.execute(
+        "SELECT run_id, update, name, h_rms, c_rms FROM recurrent_health "
+        "WHERE name = 'policy' ORDER BY run_id, update"
+    ).fetchall()
+    assert [shown(r) for r in rows] == [
+        ("new", 0, "policy", 0.5, 1.0),
+        ("new", 1, "policy", 0.5, 1.0),
+        ("new", 2, "policy", 0.5, 1.0),
+        ("v2", 0, "policy", "NaN", 1.0),
+    ]
+    assert con.execute(
+        "SELECT run_id, count(*) FROM recurrent_health WHERE is_primary GROUP BY run_id "
+        "ORDER BY run_id"
+    ).fetchall() == [("new", 3), ("v2", 1)]
+
+
+def test_run_query_over_recurrent_health_loads_only_that_table(tmp_path: Path) -> None:
+    """A statement over recurrent_health runs on a database that holds only it."""
+    write_named_run(tmp_path, "named")
+    sql = (
+        "SELECT (SELECT list(table_name ORDER BY table_name) FROM duckdb_tables()) AS loaded, "
+        "count(*) AS n FROM recurrent_health WHERE name = 'value'"
+    )
+    assert list(run_query(tmp_path, sql, fmt="json")) == ['{"loaded":["recurrent_health"],"n":3}\n']
+
+
+def test_recurrent_health_exports_to_parquet_in_key_order(tmp_path: Path) -> None:
+    """export_parquet(table='recurrent_health') writes every row, by run_id, seq, name."""
+    write_named_run(tmp_path / "run", "named")
+    dest = tmp_path / "states.parquet"
+    assert export_parquet(tmp_path / "run", dest, table="recurrent_health") == 6
+    assert duckdb.connect().execute(
+        f"SELECT update, name, isnan(h_rms) FROM '{dest}'"
+    ).fetchall() == [
+        (0, "policy", False),
+        (0, "value", False),
+        (1, "policy", False),
+        (1, "value", True),
+        (2, "policy", False),
+        (2, "value", False),
+    ]
+
+
 @pytest.mark.parametrize(
     "sql",
     [
@@ -888,6 +1161,7 @@ def test_tables_in_names_the_tables_a_statement_reads() -> None:
         "SHOW TABLES",
         "SELEC 1",
         "PRAGMA table_info('events')",
+        "SELECT * FROM recurrent_health r JOIN ppo_updates p USING (run_id, seq)",
     ]
     assert [tables_in(sql) for sql in statements] == [
         ["ppo_updates"],
@@ -898,6 +1172,7 @@ def test_tables_in_names_the_tables_a_statement_reads() -> None:
         None,
         None,
         None,
+        ["ppo_updates", "recurrent_health"],
     ]
 
 

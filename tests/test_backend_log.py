@@ -20,9 +20,13 @@ from esper_telemetry.contracts import (
     AnomalyDetected,
     AnomalyDetectedPayload,
     AnomalyType,
+    HealthThresholds,
+    LSTMHealthDetail,
+    LSTMHealthMetrics,
     PPOUpdateCompleted,
     PPOUpdatePayload,
     Severity,
+    TelemetryEvent,
 )
 
 
@@ -74,6 +78,180 @@ def test_json_lines_are_strict_and_carry_the_payload(tmp_path: Path) -> None:
         "lstm_h_rms": "NaN",
         "lstm_c_rms": -0.0,
         "extra": {},
+    }
+
+
+def lstm_state(h_rms: float) -> LSTMHealthMetrics:
+    return LSTMHealthMetrics(
+        h_l2_total=2.0,
+        c_l2_total=4.0,
+        h_rms=h_rms,
+        c_rms=1.0,
+        h_env_rms_mean=0.5,
+        h_env_rms_max=0.6,
+        c_env_rms_mean=1.0,
+        c_env_rms_max=1.2,
+        h_max=0.9,
+        c_max=2.5,
+        has_nan=False,
+        has_inf=False,
+    )
+
+
+GRU_NAN = LSTMHealthMetrics(
+    h_l2_total=math.nan,
+    c_l2_total=None,
+    h_rms=math.nan,
+    c_rms=None,
+    h_env_rms_mean=math.nan,
+    h_env_rms_max=math.nan,
+    c_env_rms_mean=None,
+    c_env_rms_max=None,
+    h_max=math.nan,
+    c_max=None,
+    has_nan=True,
+    has_inf=False,
+)
+GRU_DETAIL = LSTMHealthDetail(
+    h_layer_rms=(math.nan,), c_layer_rms=None, h_env_rms=(math.nan,), c_env_rms=None
+)
+#: What the log holds of lstm_state(0.5): its figures as JSON, and where they come from.
+LSTM_FIELDS = {
+    "h_l2_total": 2.0,
+    "c_l2_total": 4.0,
+    "h_rms": 0.5,
+    "c_rms": 1.0,
+    "h_env_rms_mean": 0.5,
+    "h_env_rms_max": 0.6,
+    "c_env_rms_mean": 1.0,
+    "c_env_rms_max": 1.2,
+    "h_max": 0.9,
+    "c_max": 2.5,
+    "has_nan": False,
+    "has_inf": False,
+    "scope": "process",
+    "ranks": 1,
+}
+
+
+def logged(*events: TelemetryEvent, **options: Any) -> list[dict[str, Any]]:
+    """The strict-JSON records a StructlogBackend writes for ``events``, without timestamps."""
+    out = io.StringIO()
+    with TelemetryHub("states") as hub:
+        hub.subscribe(StructlogBackend(stream=out, **options), mode="inline")
+        for event in events:
+            hub.emit(event)
+    records = [strict(line) for line in out.getvalue().splitlines()]
+    for record in records:
+        record.pop("timestamp")
+    return records
+
+
+def test_an_update_logs_each_named_state_with_its_status() -> None:
+    """states maps each named state to its status and figures (a GRU without c figures, NaN
+    as "NaN"); the flat lstm_* keys repeat the primary state, recurrent_detail the others'."""
+    payload = PPOUpdatePayload(
+        policy_loss=0.1,
+        value_loss=0.2,
+        entropy=0.3,
+        recurrent_health={"policy": lstm_state(0.5), "value": GRU_NAN},
+        primary_state="policy",
+        recurrent_detail={"value": GRU_DETAIL},
+        episode_return_mean=12.5,
+        episode_return_window=20,
+    )
+    (record,) = logged(PPOUpdateCompleted(update=3, payload=payload))
+    assert record == {
+        "event": "PPO_UPDATE_COMPLETED",
+        "level": "info",
+        "run_id": "states",
+        "seq": 0,
+        "update": 3,
+        "rank": 0,
+        "telemetry_level": "NORMAL",
+        "policy_loss": 0.1,
+        "value_loss": 0.2,
+        "entropy": 0.3,
+        **{f"lstm_{k}": v for k, v in LSTM_FIELDS.items() if k not in ("scope", "ranks")},
+        "health_scope": "process",
+        "health_ranks": 1,
+        "primary_state": "policy",
+        "states": {
+            "policy": {"status": "HEALTHY", **LSTM_FIELDS},
+            "value": {
+                "status": "CRITICAL",
+                **dict.fromkeys(("h_l2_total", "h_rms", "h_env_rms_mean"), "NaN"),
+                **dict.fromkeys(("h_env_rms_max", "h_max"), "NaN"),
+                "has_nan": True,
+                "has_inf": False,
+                "scope": "process",
+                "ranks": 1,
+            },
+        },
+        "recurrent_detail": {
+            "value": {
+                "h_layer_rms": ["NaN"],
+                "c_layer_rms": None,
+                "h_env_rms": ["NaN"],
+                "c_env_rms": None,
+                "worst_envs": None,
+                "env_counts": None,
+            }
+        },
+        "episode_return_mean": 12.5,
+        "episode_return_window": 20,
+        "extra": {},
+    }
+
+
+def test_an_update_from_before_state_names_logs_its_state_as_policy() -> None:
+    """An update with only the flat lstm_* fields (a log from before names) logs states
+    with one state, policy, from them; no primary_state, no recurrent_detail."""
+    flat = {f"lstm_{k}": v for k, v in LSTM_FIELDS.items() if k not in ("scope", "ranks")}
+    payload = PPOUpdatePayload.model_validate(
+        {"policy_loss": 0.1, "value_loss": 0.2, "entropy": 0.3, **flat}
+    )
+    (record,) = logged(PPOUpdateCompleted(update=0, payload=payload))
+    assert record["states"] == {"policy": {"status": "HEALTHY", **LSTM_FIELDS}}
+    assert [
+        k for k in ("primary_state", "recurrent_health", "recurrent_detail") if k in record
+    ] == []
+
+
+def test_the_status_of_a_state_follows_the_thresholds_given() -> None:
+    """thresholds= is the rule each state's status is judged by."""
+    payload = PPOUpdatePayload(
+        policy_loss=0.1,
+        value_loss=0.2,
+        entropy=0.3,
+        recurrent_health={"policy": lstm_state(0.5)},
+        primary_state="policy",
+    )
+    event = PPOUpdateCompleted(update=0, payload=payload)
+    strict_rule = HealthThresholds(warning_rms=0.4)
+    assert [r["states"]["policy"]["status"] for r in logged(event)] == ["HEALTHY"]
+    assert [r["states"]["policy"]["status"] for r in logged(event, thresholds=strict_rule)] == [
+        "WARNING"
+    ]
+    with pytest.raises(TypeError, match="thresholds must be a HealthThresholds or None"):
+        StructlogBackend(thresholds=0.4)  # type: ignore[arg-type]
+
+
+def test_an_anomaly_line_names_the_state_it_was_found_in() -> None:
+    """An anomaly found in a named state logs that state's name as state."""
+    found = Anomaly(
+        type=AnomalyType.LSTM_NAN,
+        severity=Severity.CRITICAL,
+        observed=math.nan,
+        message="NaN in h.",
+        state="value",
+    )
+    (record,) = logged(AnomalyDetected(update=1, payload=AnomalyDetectedPayload(anomaly=found)))
+    assert {k: record[k] for k in ("anomaly_type", "state", "observed", "message")} == {
+        "anomaly_type": "lstm_nan",
+        "state": "value",
+        "observed": "NaN",
+        "message": "NaN in h.",
     }
 
 

@@ -29,6 +29,7 @@ from esper_telemetry import (
     Severity,
     TelemetryHub,
     compute_lstm_health,
+    compute_recurrent_health,
     emit_ppo_update_event,
 )
 from esper_telemetry.backends.wandb import WandBBackend
@@ -126,11 +127,15 @@ def ppo_row(event: PPOUpdateCompleted) -> dict[str, Any]:
             row[f"ppo/{stat}"] = getattr(p, stat)
     health = p.health()
     assert health is not None
-    row.update({f"lstm/{k}": getattr(health, k) for k in health.FIGURES})
-    row["lstm/has_nan"] = int(health.has_nan)
-    row["lstm/has_inf"] = int(health.has_inf)
+    for prefix, state in [
+        ("lstm", health),
+        *((f"lstm/{n}", m) for n, m in p.named_health().items()),
+    ]:
+        row.update({f"{prefix}/{k}": getattr(state, k) for k in state.FIGURES})
+        row[f"{prefix}/has_nan"] = int(state.has_nan)
+        row[f"{prefix}/has_inf"] = int(state.has_inf)
     row["telemetry/level"] = int(event.level)
-    return {k: as_json(v) for k, v in row.items()}
+    return {k: as_json(v) for k, v in row.items() if v is not None}
 
 
 class Collect(logging.Handler):
@@ -281,13 +286,14 @@ def test_history_has_one_row_per_update_with_every_value(scenario: Scenario) -> 
     p2 = u2.payload
     assert isinstance(p2, PPOUpdatePayload)
     assert p2.lstm_detail is not None
+    assert p2.lstm_detail.c_layer_rms is not None
     debug_keys = {
-        "lstm/layer0/h_rms": p2.lstm_detail.h_layer_rms[0],
-        "lstm/layer0/c_rms": p2.lstm_detail.c_layer_rms[0],
-        "lstm/layer1/h_rms": p2.lstm_detail.h_layer_rms[1],
-        "lstm/layer1/c_rms": p2.lstm_detail.c_layer_rms[1],
-        "lstm/outlier_envs": 0,
+        f"{prefix}/layer{i}/{x}_rms": layers[i]
+        for prefix in ("lstm", "lstm/policy")
+        for i in (0, 1)
+        for x, layers in (("h", p2.lstm_detail.h_layer_rms), ("c", p2.lstm_detail.c_layer_rms))
     }
+    debug_keys["lstm/outlier_envs"] = 0
     assert history(scenario.records) == [
         ppo_row(u0),
         {
@@ -375,11 +381,12 @@ def test_summary_keeps_the_worst_lstm_values_and_the_run_outcome(scenario: Scena
     assert isinstance(u0, PPOUpdatePayload)
     summary = {k: v for k, v in scenario.summary["summary"].items() if not k.startswith("_")}
     lstm = {k: v for k, v in summary.items() if k.startswith("lstm/")}
-    assert len(lstm) == 12 + 5
+    assert len(lstm) == 12 + 5 + 12 + 4  # the primary state flat, then as "policy"
     assert all(list(v) == ["max"] for v in lstm.values())
     assert lstm["lstm/h_rms"] == {"max": "NaN"}
     assert lstm["lstm/has_nan"] == {"max": 1}
-    assert lstm["lstm/c_max"] == {"max": u0.lstm_c_max}
+    assert lstm["lstm/c_max"] == lstm["lstm/policy/c_max"] == {"max": u0.lstm_c_max}
+    assert lstm["lstm/policy/h_rms"] == {"max": "NaN"}
     outcome = {k: v for k, v in summary.items() if k.startswith(("run/", "final/"))}
     assert outcome == {"run/status": "completed", "final/mean_return": 1.5, "final/worst_kl": "NaN"}
     assert (scenario.summary["notes"], scenario.summary["state"]) == (
@@ -391,7 +398,9 @@ def test_summary_keeps_the_worst_lstm_values_and_the_run_outcome(scenario: Scena
 def test_metrics_are_declared_against_the_update(scenario: Scenario) -> None:
     """define_metric makes `update` every metric's x-axis and max the lstm/* summary."""
     health = [f"lstm/{k}" for k in LSTMHealthMetrics.FIGURES]
+    policy = [f"lstm/policy/{k}" for k in LSTMHealthMetrics.FIGURES]
     per_layer = [f"lstm/layer{i}/{x}_rms" for i in (0, 1) for x in "hc"]
+    policy_layers = [f"lstm/policy/layer{i}/{x}_rms" for i in (0, 1) for x in "hc"]
     assert of_type(scenario.records, "metric") == [
         {"name": "update", "options": {"defined": True, "hidden": True}},
         *(
@@ -409,7 +418,9 @@ def test_metrics_are_declared_against_the_update(scenario: Scenario) -> None:
                 "step_metric": "update",
                 "summary": {"max": True},
             }
-            for key in [*health, *per_layer, "lstm/outlier_envs"]
+            # each lstm/ key declared as it first appears: policy's with update 0, the
+            # per-layer ones with the detail of update 2
+            for key in [*health, *policy, *per_layer, "lstm/outlier_envs", *policy_layers]
         ),
     ]
 
@@ -695,3 +706,114 @@ def test_per_layer_maxima_include_the_update_that_exploded(wandb_dir: Path) -> N
         spike["lstm/layer0/c_rms"] == spike["lstm/c_rms"],  # one layer: the layer is the state
         summary["lstm/layer0/c_rms"]["max"] == summary["lstm/c_rms"]["max"] == spike["lstm/c_rms"],
     ) == ([False, False, False, True, True], True, True)
+
+
+#: The figures of a state without a cell (a GRU): h's, and the flags.
+H_FIGURES = (
+    "h_l2_total",
+    "h_rms",
+    "h_env_rms_mean",
+    "h_env_rms_max",
+    "h_max",
+    "has_nan",
+    "has_inf",
+)
+
+
+def drive_named_states() -> list[PPOUpdateCompleted]:
+    """Two updates at DEBUG of a GRU primary state "policy" and an LSTM "critic.lstm" (NaN
+    in its c at update 1), and an anomaly found in "critic.lstm" at update 1."""
+    torch.manual_seed(0)
+    gru, lstm = torch.nn.GRU(3, 4), torch.nn.LSTM(3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        h_gru = gru(x)[1]
+        h, c = lstm(x)[1]
+    broken_c = c.clone()
+    broken_c[1, 0, 2] = NAN
+    events: list[PPOUpdateCompleted] = []
+    with TelemetryHub("named-run") as hub:
+        hub.subscribe(WandBBackend("esper-tests"))
+        hub.set_level("debug")
+        for k, cell in enumerate((c, broken_c)):
+            states = compute_recurrent_health(
+                {"policy": h_gru, "critic.lstm": (h, cell)}, detail=True
+            )
+            event = emit_ppo_update_event(
+                hub,
+                update=k,
+                metrics={"policy_loss": 0.1, "value_loss": 0.2, "entropy": 0.3},
+                recurrent_health=states,
+                episode_return_mean=NAN if k == 0 else 12.5,
+                episode_return_window=20,
+            )
+            assert event is not None
+            events.append(event)
+        found = Anomaly(
+            type=AnomalyType.LSTM_NAN,
+            severity=Severity.CRITICAL,
+            observed=NAN,
+            message="c holds NaN.",
+            state="critic.lstm",
+        )
+        hub.emit(AnomalyDetected(update=1, payload=AnomalyDetectedPayload(anomaly=found)))
+    return events
+
+
+def named_row(event: PPOUpdateCompleted) -> dict[str, Any]:
+    """The history row of an update of drive_named_states, written by hand."""
+    p = event.payload
+    gru_state, lstm_state_ = p.recurrent_health["policy"], p.recurrent_health["critic.lstm"]
+    gru_detail, lstm_detail = p.detail_of("policy"), p.detail_of("critic.lstm")
+    assert gru_detail is not None
+    assert lstm_detail is not None
+    assert lstm_detail.c_layer_rms is not None
+    row: dict[str, Any] = {"_step": event.update, "update": event.update}
+    row |= {"ppo/policy_loss": 0.1, "ppo/value_loss": 0.2, "ppo/entropy": 0.3}
+    row["ppo/episode_return_mean"] = p.episode_return_mean
+    for prefix in ("lstm", "lstm/policy"):
+        row |= {f"{prefix}/{f}": getattr(gru_state, f) for f in H_FIGURES}
+        row[f"{prefix}/layer0/h_rms"] = gru_detail.h_layer_rms[0]
+    row["lstm/outlier_envs"] = 0
+    row |= {f"lstm/critic.lstm/{f}": getattr(lstm_state_, f) for f in LSTMHealthMetrics.FIGURES}
+    for i in (0, 1):
+        row[f"lstm/critic.lstm/layer{i}/h_rms"] = lstm_detail.h_layer_rms[i]
+        row[f"lstm/critic.lstm/layer{i}/c_rms"] = lstm_detail.c_layer_rms[i]
+    row["telemetry/level"] = 3
+    return {k: as_json(int(v) if isinstance(v, bool) else v) for k, v in row.items()}
+
+
+def test_every_named_state_is_logged_under_its_name_and_a_gru_has_no_c_keys(
+    wandb_dir: Path,
+) -> None:
+    """A GRU primary state "policy" and an LSTM "critic.lstm": the primary at lstm/<figure>
+    without any c key, each state at lstm/<name>/<figure> with its per-layer RMS, NaN kept,
+    each key's summary its max (a dotted name too), the episode return under ppo/."""
+    events = drive_named_states()
+    run_dir = run_dir_of(wandb_dir, "named-run")
+    records = inspect_run(run_dir)
+    rows = history(records)
+    assert rows == [named_row(events[0]), {**named_row(events[1]), "anomaly/lstm_nan": 1}]
+    assert (rows[1]["lstm/critic.lstm/c_rms"], rows[1]["lstm/critic.lstm/has_nan"]) == ("NaN", 1)
+    assert not any("c_" in k for k in rows[0] if not k.startswith("lstm/critic.lstm/"))
+    summary = inspect_summary(run_dir)["summary"]
+    lstm_keys = {k for k in rows[0] if k.startswith("lstm/")}
+    assert {k: list(summary[k]) for k in lstm_keys} == {k: ["max"] for k in lstm_keys}
+    assert summary["lstm/critic.lstm/c_rms"] == {"max": "NaN"}
+    defined = {r.get("name") for r in of_type(records, "metric")}
+    assert {"lstm/critic\\.lstm/c_rms", "lstm/policy/h_rms"} <= defined
+
+
+def test_an_alert_names_the_state_its_anomaly_was_found_in(wandb_dir: Path) -> None:
+    """The alert of an anomaly found in "critic.lstm" names that state in its title and text."""
+    drive_named_states()
+    records = inspect_run(run_dir_of(wandb_dir, "named-run"))
+    assert of_type(records, "alert") == [
+        {
+            "level": "ERROR",
+            "title": "esper: lstm_nan in critic.lstm",
+            "text": "run named-run, update 1, state critic.lstm: observed nan, threshold none. "
+            "c holds NaN.",
+            "wait_duration": "60000",
+        }
+    ]

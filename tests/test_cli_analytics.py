@@ -127,6 +127,51 @@ def test_query_json_is_strict_json_lines(runs: Path) -> None:
     assert rows[0]["timestamp"].endswith("+00:00")
 
 
+def test_query_reads_a_named_state_from_recurrent_health(tmp_path: Path) -> None:
+    """esper query filters recurrent_health by a state's name: the GRU state "value" has its
+    h figures, NaN spelled out, and no c figures."""
+    gru = LSTMHealthMetrics(
+        h_l2_total=1.0,
+        c_l2_total=None,
+        h_rms=0.25,
+        c_rms=None,
+        h_env_rms_mean=0.3,
+        h_env_rms_max=0.4,
+        c_env_rms_mean=None,
+        c_env_rms_max=None,
+        h_max=0.9,
+        c_max=None,
+        has_nan=False,
+        has_inf=False,
+    )
+    with TelemetryHub("states") as hub:
+        hub.subscribe(AnalyticsCollector(tmp_path))
+        for k, h_rms in enumerate(H_RMS):
+            value = gru.model_copy(
+                update={"h_rms": h_rms, "has_nan": math.isnan(h_rms), "has_inf": math.isinf(h_rms)}
+            )
+            emit_ppo_update_event(
+                hub,
+                update=k,
+                metrics={"policy_loss": 0.5, "value_loss": -1.0, "entropy": 0.69},
+                recurrent_health={"policy": gru.model_copy(update={"h_rms": 0.5}), "value": value},
+            )
+    sql = (
+        "SELECT update, name, is_primary, h_rms, c_rms, has_cell FROM recurrent_health "
+        "WHERE name='value' ORDER BY update"
+    )
+    code, out, err = invoke("query", str(tmp_path), sql)
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "update  name   is_primary     h_rms  c_rms  has_cell",
+        "------  -----  ----------  --------  -----  --------",
+        "     0  value  false           0.25  NULL   false",
+        "     1  value  false            NaN  NULL   false",
+        "     2  value  false       Infinity  NULL   false",
+        "(3 rows)",
+    ]
+
+
 def test_query_of_an_empty_result_prints_the_header(runs: Path) -> None:
     """A query with no rows still prints its columns in each format."""
     sql = "SELECT run_id, message FROM anomalies"
@@ -213,10 +258,12 @@ def _strict(x: float) -> float | str:
 
 
 def test_a_query_naming_no_table_sees_every_table(runs: Path) -> None:
-    """SHOW TABLES names no analytics table, so all four are loaded and listed."""
+    """SHOW TABLES names no analytics table, so all five are loaded and listed."""
     code, out, _ = invoke("query", str(runs / "a"), "SHOW TABLES", "--format", "csv")
     assert code == 0
-    assert out.splitlines() == ["name", "anomalies", "events", "level_changes", "ppo_updates"]
+    assert out.splitlines() == [
+        *("name", "anomalies", "events", "level_changes", "ppo_updates", "recurrent_health")
+    ]
 
 
 def test_query_names_the_extra_when_duckdb_is_missing(

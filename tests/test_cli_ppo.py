@@ -98,9 +98,8 @@ def test_a_run_writes_every_output_with_the_same_updates(tmp_path: Path) -> None
 
 
 def test_an_injected_nan_is_detected_escalated_alerted_and_logged(tmp_path: Path) -> None:
-    """nan@3: one lstm_nan anomaly in the policy state at update 3 naming env 0, DEBUG
-    afterwards, one W&B alert, one error line in the structured log with the anomaly's fields
-    flat."""
+    """nan@3: one lstm_nan anomaly at update 3 naming env 0, DEBUG afterwards, one W&B alert
+    naming the state, one error line in the structured log with the anomaly's fields flat."""
     result = esper(
         tmp_path, "--episodes", "6", "--run-id", "nan", "--inject-fault", "nan@3", *SMALL
     )
@@ -122,7 +121,7 @@ def test_an_injected_nan_is_detected_escalated_alerted_and_logged(tmp_path: Path
     levels = [(e.update, e.level.name) for e in events if isinstance(e, PPOUpdateCompleted)]
     assert levels == [(k, "NORMAL") for k in range(4)] + [(k, "DEBUG") for k in (4, 5)]
     alerts = of_type(inspect_run(wandb_run(run_dir)), "alert")
-    assert [(a["title"], a["level"]) for a in alerts] == [("esper: lstm_nan", "ERROR")]
+    assert [(a["title"], a["level"]) for a in alerts] == [("esper: lstm_nan in policy", "ERROR")]
     errors = [
         {k: r[k] for k in ("update", "state", "anomaly_type", "severity", "observed", "message")}
         | {"outlier_envs": r["outlier_envs"]}

@@ -396,9 +396,10 @@ def query(runs: str, sql: str, fmt: QueryFormat) -> None:
     """Run SQL over the events of a run, or of many runs (quote a glob: 'runs/*').
 
     Tables: events, ppo_updates, anomalies, level_changes (one row per event, with
-    run_id). The database lives in memory, loaded from the events files, which are
-    only read; the SQL cannot read or write any file. NaN and infinities print as
-    NaN, Infinity and -Infinity, as in the logs.
+    run_id) and recurrent_health (one row per named recurrent state of each update:
+    filter on name). The database lives in memory, loaded from the events files,
+    which are only read; the SQL cannot read or write any file. NaN and infinities
+    print as NaN, Infinity and -Infinity, as in the logs.
 
     \b
     Example:

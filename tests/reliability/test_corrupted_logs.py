@@ -286,10 +286,12 @@ def test_an_event_of_a_newer_schema_is_skipped_naming_both_versions(
 
 
 def version_1(line: bytes) -> bytes:
-    """An anomaly line as schema_version 1 wrote it: the anomaly's fields flat in the payload."""
+    """An anomaly line as schema_version 1 wrote it: the anomaly's fields flat in the payload,
+    and no state named (states have names since schema_version 3)."""
     data = json.loads(line)
     payload = data["payload"]
     anomaly = payload.pop("anomaly")
+    del anomaly["state"]
     data["schema_version"] = 1
     data["payload"] = {"anomaly_type": anomaly.pop("type"), **anomaly, **payload}
     return json.dumps(data).encode()
@@ -300,18 +302,29 @@ def test_an_anomaly_line_of_schema_version_1_reads_as_the_anomaly_it_was(
     tmp_path: Path, reader: str
 ) -> None:
     """Every line of the clean log, its anomaly rewritten in the flat version-1 shape, reads
-    back: the anomaly event the same as the version-2 one but for its schema_version."""
+    back: the anomaly event the same as the current one but for its schema_version and the
+    state it names (version 1 named none)."""
     lines = clean_log().split(b"\n")[:-1]
     (i,) = [n for n, line in enumerate(lines) if b'"ANOMALY_DETECTED"' in line]
     old = [*lines[:i], version_1(lines[i]), *lines[i + 1 :]]
     (tmp_path / EVENTS_FILE).write_bytes(b"".join(line + b"\n" for line in old))
     events, bad = read_with(reader, tmp_path)
-    expected = list(read_events(run_holding(tmp_path / "v2", clean_log())))
+    unnamed = [*lines[:i], without_state(lines[i]), *lines[i + 1 :]]
+    current = b"".join(line + b"\n" for line in unnamed)
+    expected = list(read_events(run_holding(tmp_path / "current", current)))
+    assert json.loads(lines[i])["payload"]["anomaly"]["state"] == "policy"
     versions = [SCHEMA_VERSION] * len(lines)
     versions[i] = 1
     assert bad == []
     assert [e.schema_version for e in events] == versions
     assert [e.model_copy(update={"schema_version": SCHEMA_VERSION}) for e in events] == expected
+
+
+def without_state(line: bytes) -> bytes:
+    """An anomaly line as the current version writes it, its anomaly's state unnamed."""
+    data = json.loads(line)
+    data["payload"]["anomaly"]["state"] = None
+    return json.dumps(data).encode()
 
 
 def run_holding(folder: Path, data: bytes) -> Path:

@@ -10,8 +10,9 @@ and is the run's source of truth. Its layout (``EVENTS_FILE``) comes from
 * :class:`EventCursor` reads, each time it is asked, the complete lines a growing file
   gained since (``esper watch`` follows a live run with it);
 * :func:`connect` loads one run directory, or a glob of them (``runs/*``), into an
-  in-memory DuckDB database with four tables: ``events``, ``ppo_updates``,
-  ``anomalies`` and ``level_changes``; :func:`export_parquet` writes one of them to a
+  in-memory DuckDB database with five tables: ``events``, ``ppo_updates``,
+  ``recurrent_health``, ``anomalies`` and ``level_changes``; :func:`export_parquet`
+  writes one of them to a
   Parquet file; :func:`run_query` runs SQL and renders its result as text
   (:func:`tables_in`, :func:`render_result`: what ``esper query`` prints). These need
   the ``analytics`` extra: ``pip install 'esper-telemetry[analytics]'``; this module
@@ -102,25 +103,40 @@ def connect(
 ) -> duckdb.DuckDBPyConnection:
     """Load runs' events into a new in-memory DuckDB database and return its connection.
 
-    Tables (one row per event; ``timestamp`` is TIMESTAMPTZ in UTC; ``level``,
+    Tables (one row per event, one per named state in ``recurrent_health``;
+    ``timestamp`` is TIMESTAMPTZ in UTC; ``level``,
     ``previous`` are the ENUM ``telemetry_level`` ordered OFF < MINIMAL < NORMAL < DEBUG,
     so compare them with ``'NORMAL'::telemetry_level``, not a bare string):
 
     * ``events``: run_id, seq, update, event_type, level, rank, timestamp,
       schema_version, payload (JSON text, strict: NaN is "NaN");
     * ``ppo_updates``: run_id, seq, update, timestamp, rank, level, then one typed
-      column per ``PPOUpdatePayload`` field: DOUBLE for the losses and every ``lstm_*``
-      number (NaN and ±Inf kept as such, so ``isnan(lstm_h_rms)`` works), BIGINT
-      ``env_steps``, BOOLEAN ``lstm_has_nan``/``lstm_has_inf``, JSON ``lstm_detail``,
-      BIGINT[] ``lstm_outlier_envs``, MAP(VARCHAR, DOUBLE) ``extra``;
+      column per ``PPOUpdatePayload`` field but the named states': DOUBLE for the
+      losses, ``episode_return_mean`` and every ``lstm_*`` number (NaN and ±Inf kept as
+      such, so ``isnan(lstm_h_rms)`` works; the ``lstm_c_*`` ones NULL when the primary
+      state has no cell, a GRU), BIGINT ``env_steps``, ``health_ranks`` and
+      ``episode_return_window``, BOOLEAN ``lstm_has_nan``/``lstm_has_inf``, JSON
+      ``lstm_detail``, BIGINT[] ``lstm_outlier_envs``, VARCHAR ``health_scope`` and
+      ``primary_state`` (NULL in logs from before states had names), MAP(VARCHAR,
+      DOUBLE) ``extra``;
+    * ``recurrent_health``: one row per named recurrent state of each update (the
+      primary one included): run_id, seq, update, timestamp, rank, level, VARCHAR
+      ``name``, BOOLEAN ``is_primary``, the 12 figures of ``LSTMHealthMetrics``
+      (DOUBLE ``h_l2_total`` ... ``c_max``, NaN and ±Inf kept, the ``c_*`` ones NULL
+      for a state without a cell; BOOLEAN ``has_nan``, ``has_inf``), BOOLEAN
+      ``has_cell``, VARCHAR ``scope``, BIGINT ``ranks``, and JSON ``detail`` (the
+      state's ``LSTMHealthDetail`` where the update has it, else NULL). An update logged
+      before states had names gives one row, ``policy``, from its ``lstm_*`` fields;
+      one without a recurrent state gives none. ``(run_id, seq, name)`` is a key;
     * ``anomalies``: run_id, seq, update, timestamp, rank, level, anomaly_type,
-      severity, observed, threshold, message, outlier_envs;
+      severity, observed, threshold, message, state (the named state it was found in;
+      NULL when none was named), outlier_envs;
     * ``level_changes``: run_id, seq, update, timestamp, rank, previous, level, reason.
 
     Logs of every ``schema_version`` this package reads load into the same columns
-    (version-1 anomaly lines included). The events are streamed through
-    :func:`read_events` and loaded ``chunk_rows`` at a time, so Python's memory
-    stays bounded whatever the size of the logs (DuckDB holds the tables). The events
+    (version-1 anomaly lines included); a field a log predates is NULL. The events are
+    streamed through :func:`read_events` and loaded ``chunk_rows`` at a time, so Python's
+    memory stays bounded whatever the size of the logs (DuckDB holds the tables). The events
     files are only ever opened for reading. Unless ``allow_file_access``, the returned
     connection can read or write no file and load no extension (DuckDB's
     ``enable_external_access=false``, with the configuration locked): SQL run on it
@@ -163,7 +179,8 @@ def export_parquet(
 ) -> int:
     """Write one table of :func:`connect` to a Parquet file; return the number of rows.
 
-    Rows are ordered by ``run_id, seq`` and streamed in batches. The file is written
+    Rows are ordered by ``run_id, seq`` (then ``name`` in ``recurrent_health``) and
+    streamed in batches. The file is written
     beside ``destination`` (whose folder is created if missing) and renamed onto it when
     complete, so a failed export leaves no partial file. Float columns are written
     without Parquet statistics: DuckDB 2.0 misses NaN in ``isnan`` filters over such

@@ -31,6 +31,7 @@ from esper_telemetry.contracts import (
     EVENTS_FILE,
     AnomalyDetected,
     EventBase,
+    LSTMHealthMetrics,
     PPOUpdateCompleted,
     PPOUpdatePayload,
     RunLayout,
@@ -115,7 +116,9 @@ def export_parquet(
     rows = 0
     con = connect(path_or_glob, tables=[table], on_bad_line=on_bad_line)
     try:
-        reader = con.sql(f"SELECT * FROM {table} ORDER BY run_id, seq").to_arrow_reader(
+        (spec,) = [s for s in _table_specs() if s.name == table]
+        order = ", ".join(spec.key)
+        reader = con.sql(f"SELECT * FROM {table} ORDER BY {order}").to_arrow_reader(
             batch_size=batch_rows
         )
         # DuckDB (2.0) misses NaN in isnan() filters over Parquet float statistics
@@ -180,7 +183,8 @@ class _TableSpec(Generic[E]):
     name: str
     classes: tuple[type[EventBase], ...]  # the events that make its rows
     columns: tuple[tuple[str, str, pa.DataType], ...]  # name, DuckDB type, Arrow type
-    row: Callable[[E], Row]
+    rows: Callable[[E], Iterable[Row]]  # an event's rows: one, or one per named state
+    key: tuple[str, ...] = ("run_id", "seq")  # what tells its rows apart, and orders them
 
     def ddl(self) -> str:
         body = ", ".join(f'"{name}" {sql}' for name, sql, _ in self.columns)
@@ -201,7 +205,7 @@ class _Loader(Generic[E]):
         con.execute(spec.ddl())
 
     def add(self, event: E) -> None:
-        self._rows.append(self.spec.row(event))
+        self._rows.extend(self.spec.rows(event))
         if len(self._rows) >= self._chunk_rows:
             self.flush()
 
@@ -239,15 +243,23 @@ _STAMP: Final[tuple[Column, ...]] = (
 
 
 def _table_specs() -> list[_TableSpec[Any]]:
-    """The four tables, in :data:`TABLES` order."""
-    return [_events_table(), _ppo_table(), _anomalies_table(), _level_changes_table()]
+    """The five tables, in :data:`TABLES` order."""
+    return [
+        _events_table(),
+        _ppo_table(),
+        _recurrent_health_table(),
+        _anomalies_table(),
+        _level_changes_table(),
+    ]
 
 
 def _events_table() -> _TableSpec[TelemetryEvent]:
-    def row(e: TelemetryEvent) -> Row:
+    def rows(e: TelemetryEvent) -> tuple[Row]:
         return (
-            *(e.run_id, e.seq, e.update, e.event_type.value, e.level.name, e.rank),
-            *(e.timestamp, e.schema_version, e.payload.model_dump_json()),
+            (
+                *(e.run_id, e.seq, e.update, e.event_type.value, e.level.name, e.rank),
+                *(e.timestamp, e.schema_version, e.payload.model_dump_json()),
+            ),
         )
 
     columns: tuple[Column, ...] = (
@@ -259,29 +271,79 @@ def _events_table() -> _TableSpec[TelemetryEvent]:
         ("schema_version", "BIGINT", pa.int64()),
         ("payload", "JSON", pa.string()),
     )
-    return _TableSpec[TelemetryEvent]("events", EVENT_CLASSES, columns, row)
+    return _TableSpec[TelemetryEvent]("events", EVENT_CLASSES, columns, rows)
 
 
 def _ppo_table() -> _TableSpec[PPOUpdateCompleted]:
     ppo_columns, ppo_values = _ppo_payload_columns()
 
-    def row(e: PPOUpdateCompleted) -> Row:
+    def rows(e: PPOUpdateCompleted) -> tuple[Row]:
         return (
-            *(e.run_id, e.seq, e.update, e.timestamp, e.rank, e.level.name),
-            *ppo_values(e.payload),
+            (
+                *(e.run_id, e.seq, e.update, e.timestamp, e.rank, e.level.name),
+                *ppo_values(e.payload),
+            ),
         )
 
     columns = (*_HEAD, *_STAMP, ("level", *_LEVEL), *ppo_columns)
-    return _TableSpec("ppo_updates", (PPOUpdateCompleted,), columns, row)
+    return _TableSpec("ppo_updates", (PPOUpdateCompleted,), columns, rows)
+
+
+def _recurrent_health_table() -> _TableSpec[PPOUpdateCompleted]:
+    """One row per named recurrent state of each update (``named_health()``).
+
+    A log written before states had names gives one row, ``policy``, from the flat
+    ``lstm_*`` fields, so old and new runs answer the same queries.
+    """
+    figures = LSTMHealthMetrics.FIGURES
+    properties: dict[str, Any] = LSTMHealthMetrics.model_json_schema()["properties"]
+
+    def typed(*names: str) -> list[Column]:
+        return [(n, *_column_type(properties[n])) for n in names]
+
+    def rows(e: PPOUpdateCompleted) -> list[Row]:
+        p = e.payload
+        head = (e.run_id, e.seq, e.update, e.timestamp, e.rank, e.level.name)
+        primary = p.primary_name()
+        out: list[Row] = []
+        for name, m in p.named_health().items():
+            detail = p.detail_of(name)
+            out.append(
+                (
+                    *head,
+                    *(name, name == primary),
+                    *(getattr(m, f) for f in figures),
+                    *(m.has_cell, m.scope, m.ranks),
+                    None if detail is None else detail.model_dump_json(),
+                )
+            )
+        return out
+
+    columns: tuple[Column, ...] = (
+        *_HEAD,
+        *_STAMP,
+        ("level", *_LEVEL),
+        ("name", "VARCHAR", pa.string()),
+        ("is_primary", "BOOLEAN", pa.bool_()),
+        *typed(*figures),
+        ("has_cell", "BOOLEAN", pa.bool_()),
+        *typed("scope", "ranks"),
+        ("detail", "JSON", pa.string()),
+    )
+    return _TableSpec(
+        "recurrent_health", (PPOUpdateCompleted,), columns, rows, ("run_id", "seq", "name")
+    )
 
 
 def _anomalies_table() -> _TableSpec[AnomalyDetected]:
-    def row(e: AnomalyDetected) -> Row:
+    def rows(e: AnomalyDetected) -> tuple[Row]:
         a = e.payload.anomaly
         return (
-            *(e.run_id, e.seq, e.update, e.timestamp, e.rank, e.level.name),
-            *(a.type.value, a.severity.value, a.observed, a.threshold, a.message),
-            e.payload.outlier_envs,
+            (
+                *(e.run_id, e.seq, e.update, e.timestamp, e.rank, e.level.name),
+                *(a.type.value, a.severity.value, a.observed, a.threshold, a.message),
+                *(a.state, e.payload.outlier_envs),
+            ),
         )
 
     columns: tuple[Column, ...] = (
@@ -293,17 +355,20 @@ def _anomalies_table() -> _TableSpec[AnomalyDetected]:
         ("observed", "DOUBLE", pa.float64()),
         ("threshold", "DOUBLE", pa.float64()),
         ("message", "VARCHAR", pa.string()),
+        ("state", "VARCHAR", pa.string()),
         ("outlier_envs", "BIGINT[]", pa.list_(pa.int64())),
     )
-    return _TableSpec("anomalies", (AnomalyDetected,), columns, row)
+    return _TableSpec("anomalies", (AnomalyDetected,), columns, rows)
 
 
 def _level_changes_table() -> _TableSpec[TelemetryLevelChanged]:
-    def row(e: TelemetryLevelChanged) -> Row:
+    def rows(e: TelemetryLevelChanged) -> tuple[Row]:
         p = e.payload
         return (
-            *(e.run_id, e.seq, e.update, e.timestamp, e.rank),
-            *(p.previous.name, p.level.name, p.reason),
+            (
+                *(e.run_id, e.seq, e.update, e.timestamp, e.rank),
+                *(p.previous.name, p.level.name, p.reason),
+            ),
         )
 
     columns: tuple[Column, ...] = (
@@ -313,7 +378,12 @@ def _level_changes_table() -> _TableSpec[TelemetryLevelChanged]:
         ("level", *_LEVEL),
         ("reason", "VARCHAR", pa.string()),
     )
-    return _TableSpec("level_changes", (TelemetryLevelChanged,), columns, row)
+    return _TableSpec("level_changes", (TelemetryLevelChanged,), columns, rows)
+
+
+#: PPOUpdatePayload fields that are not columns of ppo_updates: the recurrent_health
+#: table holds them, one row per named state.
+_OWN_TABLE: Final = frozenset({"recurrent_health", "recurrent_detail"})
 
 
 def _ppo_payload_columns() -> tuple[
@@ -321,15 +391,18 @@ def _ppo_payload_columns() -> tuple[
 ]:
     """One typed column per ``PPOUpdatePayload`` field, derived from its JSON Schema.
 
-    Numbers become DOUBLE, integers BIGINT, booleans BOOLEAN, integer arrays BIGINT[],
-    string-to-number objects MAP(VARCHAR, DOUBLE); anything else (a sub-model) is kept
-    as JSON text. A field added to the contract thus gets a column without a change here.
+    Numbers become DOUBLE, integers BIGINT, booleans BOOLEAN, strings VARCHAR, integer
+    arrays BIGINT[], string-to-number objects MAP(VARCHAR, DOUBLE); anything else (a
+    sub-model) is kept as JSON text. A field added to the contract thus gets a column
+    without a change here. The named states (``recurrent_health``, ``recurrent_detail``)
+    are the rows of the ``recurrent_health`` table instead.
     """
     columns: list[tuple[str, str, pa.DataType]] = []
     as_json: list[int] = []
     as_map: list[int] = []
     properties: dict[str, Any] = PPOUpdatePayload.model_json_schema()["properties"]
-    for index, (name, prop) in enumerate(properties.items()):
+    kept = [(n, prop) for n, prop in properties.items() if n not in _OWN_TABLE]
+    for index, (name, prop) in enumerate(kept):
         sql, arrow = _column_type(prop)
         columns.append((name, sql, arrow))
         if sql == "JSON":
@@ -361,6 +434,8 @@ def _column_type(prop: dict[str, Any]) -> tuple[str, pa.DataType]:
         return "BIGINT", pa.int64()
     if kinds == {"boolean"}:
         return "BOOLEAN", pa.bool_()
+    if kinds == {"string"}:
+        return "VARCHAR", pa.string()
     if kinds == {"array"} and all(o.get("items", {}).get("type") == "integer" for o in options):
         return "BIGINT[]", pa.list_(pa.int64())
     if kinds == {"object"} and all(

@@ -10,4 +10,4 @@ QueryFormat = Literal["table", "csv", "json"]
 QUERY_FORMATS: Final[tuple[QueryFormat, ...]] = get_args(QueryFormat)
 
 #: The tables :func:`~esper_telemetry.analytics.connect` creates, which SQL reads.
-TABLES: Final = ("events", "ppo_updates", "anomalies", "level_changes")
+TABLES: Final = ("events", "ppo_updates", "recurrent_health", "anomalies", "level_changes")

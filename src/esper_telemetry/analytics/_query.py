@@ -107,8 +107,8 @@ def run_query(
 
     Args:
         path_or_glob: A run directory, an events file, or a glob pattern of them.
-        sql: One SQL statement over ``events``, ``ppo_updates``, ``anomalies``,
-            ``level_changes``.
+        sql: One SQL statement over ``events``, ``ppo_updates``,
+            ``recurrent_health``, ``anomalies``, ``level_changes``.
         fmt: One of :data:`QUERY_FORMATS`.
         on_bad_line: Called with each skipped line of the events files.
 

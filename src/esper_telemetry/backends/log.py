@@ -31,9 +31,14 @@ from esper_telemetry._files import remove_if_empty
 from esper_telemetry._tail import claim
 from esper_telemetry.contracts import (
     AnomalyDetected,
+    HealthThresholds,
+    LSTMHealthMetrics,
+    PPOUpdateCompleted,
+    PPOUpdatePayload,
     Severity,
     TelemetryEvent,
     TelemetryLevelChanged,
+    health_status,
     json_safe,
 )
 from esper_telemetry.contracts.layout import per_rank_name
@@ -58,6 +63,8 @@ class StructlogBackend(Backend):
         stream: A text stream to write to instead (default: standard error).
         format: ``"json"`` (strict JSON lines) or ``"console"`` (human-readable).
         resume: Continue the run already in the JSON log at ``path`` (see below).
+        thresholds: The health rule each state's ``status`` is judged by (pass the
+            anomaly detector's); the default rule if None.
 
     A JSON log file belongs to one run: subscribed to a hub, the backend refuses a file
     that already holds another run's lines (or an earlier run's with the same id) unless
@@ -70,7 +77,17 @@ class StructlogBackend(Backend):
     field whose name is one of those (or ``event``/``level``) is logged as
     ``payload_<name>``, and telemetry levels are written by name. An anomaly's fields
     are logged flat: ``anomaly_type``, ``severity``, ``observed``, ``threshold``,
-    ``message``, ``outlier_envs``.
+    ``message``, ``state`` (the named state it was found in, when it names one),
+    ``outlier_envs``.
+
+    A PPO update logs its recurrent states under ``states``, in place of the payload's
+    ``recurrent_health``: each named state (the primary one first; a log from before
+    states had names gives ``policy``, from the flat ``lstm_*`` fields) maps to its
+    ``status`` (``HEALTHY``, ``WARNING`` or ``CRITICAL``, by ``thresholds``) and its
+    figures, ``scope`` and ``ranks``; a state without a cell has no ``c_*`` figures.
+    ``primary_state`` names the state the flat ``lstm_*`` keys repeat, and
+    ``recurrent_detail`` holds the detail of the other states when the update has any;
+    an update without a named state has neither ``states`` nor ``recurrent_detail``.
     """
 
     name = "structlog"
@@ -82,9 +99,15 @@ class StructlogBackend(Backend):
         stream: TextIO | None = None,
         format: Literal["json", "console"] = "json",
         resume: bool = False,
+        thresholds: HealthThresholds | None = None,
     ) -> None:
         if not isinstance(resume, bool):
             raise ValueError(f"resume must be True or False, got {resume!r}")
+        if thresholds is not None and not isinstance(thresholds, HealthThresholds):
+            raise TypeError(
+                f"thresholds must be a HealthThresholds or None, got {type(thresholds).__name__}"
+            )
+        self._thresholds = thresholds or HealthThresholds()
         if format not in ("json", "console"):
             raise ValueError(f"format must be 'json' or 'console', got {format!r}")
         if path is not None and stream is not None:
@@ -164,6 +187,8 @@ class StructlogBackend(Backend):
         payload = event.payload.model_dump(mode="json")
         level = "info"
         match event:
+            case PPOUpdateCompleted(payload=p):
+                payload = _with_states(payload, p, self._thresholds)
             case AnomalyDetected(payload=p):
                 anomaly = payload.pop("anomaly")
                 payload = {"anomaly_type": anomaly.pop("type"), **anomaly, **payload}
@@ -201,6 +226,30 @@ class StructlogBackend(Backend):
                 self._file.close()
             elif self._out is not None:
                 self._out.flush()
+
+
+def _with_states(
+    dumped: dict[str, Any], payload: PPOUpdatePayload, thresholds: HealthThresholds
+) -> dict[str, Any]:
+    """The dumped payload with ``states`` in place of ``recurrent_health``, and without a
+    ``recurrent_detail`` that holds nothing."""
+    states = {name: _state(metrics, thresholds) for name, metrics in payload.named_health().items()}
+    fields: dict[str, Any] = {}
+    for key, value in dumped.items():
+        if key == "recurrent_health":
+            if states:
+                fields["states"] = states
+        elif key != "recurrent_detail" or value:
+            fields[key] = value
+    return fields
+
+
+def _state(metrics: LSTMHealthMetrics, thresholds: HealthThresholds) -> dict[str, Any]:
+    figures = metrics.model_dump(mode="json")
+    return {
+        "status": health_status(metrics, thresholds).value,
+        **{k: v for k, v in figures.items() if v is not None},
+    }
 
 
 class _LineLogger:

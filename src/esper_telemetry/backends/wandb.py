@@ -10,16 +10,37 @@ What goes where:
 event                          W&B
 =============================  =============================================================
 ``RUN_STARTED``                ``run.config`` (secrets redacted), ``run.notes``
-``PPO_UPDATE_COMPLETED``       ``ppo/<stat>``, ``ppo/env_steps``, ``ppo/<extra>``, the 12
-                               ``lstm/<metric>`` (flags as 0/1), ``telemetry/level``; at DEBUG
-                               also ``lstm/layer<i>/h_rms``, ``lstm/layer<i>/c_rms`` and
-                               ``lstm/outlier_envs`` (a count)
+``PPO_UPDATE_COMPLETED``       ``ppo/<stat>``, ``ppo/env_steps``, ``ppo/episode_return_mean``,
+                               ``ppo/<extra>``, the ``lstm/...`` keys below,
+                               ``telemetry/level``
 ``ANOMALY_DETECTED``           ``anomaly/<type>``: how many so far; ``run.alert`` for the
-                               severities in ``alert_on``
+                               severities in ``alert_on``, its title and text naming the
+                               state the anomaly was found in
 ``TELEMETRY_LEVEL_CHANGED``    ``telemetry/level``: the new level
 ``RUN_FINISHED``               ``run.summary``: ``run/status``, ``run/message``; its
                                summary scalars as ``final/<name>`` in the last row
 =============================  =============================================================
+
+The recurrent states of an update (``<figure>`` is one of the 12 of
+:class:`~esper_telemetry.contracts.LSTMHealthMetrics`, flags as 0/1):
+
+======================================  ====================================================
+key                                     what
+======================================  ====================================================
+``lstm/<figure>``                       the primary state (``primary_state``): the keys of
+                                        runs from before states had names
+``lstm/layer<i>/h_rms``, ``.../c_rms``  its per-layer RMS, on an update with its detail (at
+                                        DEBUG, and when it is critical)
+``lstm/outlier_envs``                   how many of its envs are outliers, with the detail
+``lstm/<name>/<figure>``                every named state, the primary one included (a log
+                                        from before names: ``policy``), e.g.
+                                        ``lstm/value/c_rms``
+``lstm/<name>/layer<i>/h_rms``, ...     its per-layer RMS, on an update with its detail
+======================================  ====================================================
+
+A state without a cell (GRU, RNN) has no ``c`` figures: no ``.../c_*`` key is logged for it
+(W&B is given no value rather than a made-up one). The keys of a named state appear with
+the first update that has it.
 
 One x-axis: every ``run.log`` passes ``step=event.update`` and the key ``update``, which
 ``define_metric`` declares as the step metric of every key above. W&B merges logs of one step
@@ -27,8 +48,9 @@ until the step advances and silently drops a lower step, so an event whose updat
 lower than one already logged is not logged: it is counted in :attr:`WandBBackend.skipped`,
 reported to the hub as undelivered (so ``hub.stats()`` counts it as lost and ``esper ppo``
 exits 4), and the first one is logged as a warning. NaN and Inf are logged as they are. Every
-``lstm/*`` key's summary is its maximum over the run, so the runs table shows the worst
-value; one NaN makes that summary NaN, which is the worst value there is.
+``lstm/*`` key's summary is its maximum over the run (declared by name, as each key first
+appears), so the runs table shows the worst value; one NaN makes that summary NaN, which is
+the worst value there is.
 
 W&B's service process can fail to write what it was given (a full disk) without telling
 the SDK. So when an offline run the backend created is closed, its ``.wandb`` file is
@@ -65,7 +87,10 @@ from esper_telemetry._extras import missing_message
 from esper_telemetry.contracts import (
     PPO_STATISTICS,
     WANDB_MODES,
+    Anomaly,
     AnomalyDetected,
+    LSTMHealthDetail,
+    LSTMHealthMetrics,
     PPOUpdateCompleted,
     PPOUpdatePayload,
     RunFinished,
@@ -113,7 +138,7 @@ _MODES = WANDB_MODES
 # W&B's older spellings of the modes, still accepted in WANDB_MODE.
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 _BAD_PROJECT_CHARS = frozenset("/\\#?%:")
-_PPO_STATS = (*PPO_STATISTICS, "env_steps")
+_PPO_STATS = (*PPO_STATISTICS, "env_steps", "episode_return_mean")
 _LSTM_FIELDS = tuple(name for name in PPOUpdatePayload.model_fields if name.startswith("lstm_"))
 _LSTM_METRICS = tuple(n for n in _LSTM_FIELDS if n not in ("lstm_detail", "lstm_outlier_envs"))
 # Key prefixes under a glob; lstm/ keys are declared one by one (see _declare_max).
@@ -322,7 +347,7 @@ class WandBBackend(Backend):
                 self._log(run, event, {f"anomaly/{kind}": self._anomalies[kind]})
                 if p.anomaly.severity in self._alert_on:
                     run.alert(
-                        title=f"esper: {kind}",
+                        title=_alert_title(p.anomaly),
                         text=_alert_text(event),
                         level=_ALERT_LEVELS[p.anomaly.severity],
                     )
@@ -578,7 +603,9 @@ class WandBBackend(Backend):
     def _declare_max(self, run: wandb.Run, key: str) -> None:
         # One name at a time: when two globs match a key ("lstm/*" and "*"), W&B 0.31
         # picks one at random per key, so a glob "lstm/*" summary would miss some keys.
-        run.define_metric(key, step_metric="update", summary="max")
+        # W&B reads "." in a defined name as nesting: a state named "encoder.lstm" has
+        # its dots escaped, or its keys' summary would be the last value, not the max.
+        run.define_metric(key.replace(".", "\\."), step_metric="update", summary="max")
         self._max_keys.add(key)
 
 
@@ -589,28 +616,69 @@ def _ppo_row(event: PPOUpdateCompleted, payload: PPOUpdatePayload) -> dict[str, 
         value = getattr(payload, stat)
         if value is not None:
             row[f"ppo/{stat}"] = value
-    for field in _LSTM_METRICS:
-        value = getattr(payload, field)
-        if value is not None:
-            row[f"lstm/{field.removeprefix('lstm_')}"] = (
-                int(value) if isinstance(value, bool) else value
-            )
-    detail = payload.lstm_detail
-    if detail is not None:
-        for i, (h, c) in enumerate(zip(detail.h_layer_rms, detail.c_layer_rms, strict=True)):
-            row[f"lstm/layer{i}/h_rms"] = h
-            row[f"lstm/layer{i}/c_rms"] = c
-    if payload.lstm_outlier_envs is not None:
-        row["lstm/outlier_envs"] = len(payload.lstm_outlier_envs)
+    row.update(_primary_keys(payload))
+    # Every named state, the primary one included, at lstm/<name>/<figure>.
+    for name, health in payload.named_health().items():
+        row.update(_state_keys(f"lstm/{name}", health, payload.detail_of(name)))
     row["telemetry/level"] = int(event.level)
     return row
+
+
+def _primary_keys(payload: PPOUpdatePayload) -> dict[str, float | int]:
+    """The primary state at ``lstm/<figure>``: the keys of runs from before names."""
+    keys: dict[str, float | int] = {}
+    for field in _LSTM_METRICS:
+        value = getattr(payload, field)
+        if value is not None:  # a GRU primary state has no lstm_c_* figures
+            keys[f"lstm/{field.removeprefix('lstm_')}"] = _number(value)
+    if payload.lstm_detail is not None:
+        keys.update(_layer_keys("lstm", payload.lstm_detail))
+    if payload.lstm_outlier_envs is not None:
+        keys["lstm/outlier_envs"] = len(payload.lstm_outlier_envs)
+    return keys
+
+
+def _state_keys(
+    prefix: str, health: LSTMHealthMetrics, detail: LSTMHealthDetail | None
+) -> dict[str, float | int]:
+    """One named state at ``<prefix>/<figure>``, and its per-layer RMS when detailed."""
+    keys: dict[str, float | int] = {}
+    for figure in health.FIGURES:
+        value = getattr(health, figure)
+        if value is not None:  # a state without a cell has no c figures
+            keys[f"{prefix}/{figure}"] = _number(value)
+    if detail is not None:
+        keys.update(_layer_keys(prefix, detail))
+    return keys
+
+
+def _layer_keys(prefix: str, detail: LSTMHealthDetail) -> dict[str, float]:
+    """``<prefix>/layer<i>/h_rms`` and, for a state with a cell, ``.../c_rms``."""
+    cs: tuple[float | None, ...] = detail.c_layer_rms or (None,) * len(detail.h_layer_rms)
+    keys: dict[str, float] = {}
+    for i, (h, c) in enumerate(zip(detail.h_layer_rms, cs, strict=True)):
+        keys[f"{prefix}/layer{i}/h_rms"] = h
+        if c is not None:
+            keys[f"{prefix}/layer{i}/c_rms"] = c
+    return keys
+
+
+def _number(value: float | bool) -> float | int:
+    # W&B plots numbers: a flag becomes 0 or 1.
+    return int(value) if isinstance(value, bool) else value
+
+
+def _alert_title(anomaly: Anomaly) -> str:
+    where = "" if anomaly.state is None else f" in {anomaly.state}"
+    return f"esper: {anomaly.type.value}{where}"
 
 
 def _alert_text(event: AnomalyDetected) -> str:
     anomaly, envs = event.payload.anomaly, event.payload.outlier_envs
     threshold = "none" if anomaly.threshold is None else f"{anomaly.threshold:g}"
+    state = "" if anomaly.state is None else f", state {anomaly.state}"
     text = (
-        f"run {event.run_id}, update {event.update}: observed {anomaly.observed:g}, "
+        f"run {event.run_id}, update {event.update}{state}: observed {anomaly.observed:g}, "
         f"threshold {threshold}. {anomaly.message}"
     )
     if envs:
