@@ -432,7 +432,7 @@ def _number(value: object) -> float | None:
     return None
 
 
-def _recurrent_health(model: BaseAlgorithm) -> dict[str, LSTMHealth] | None:
+def _recurrent_health(model: BaseAlgorithm) -> Mapping[str, LSTMHealth] | None:
     """RecurrentPPO's last LSTM states, measured in one transfer; None without one."""
     states = getattr(model, "_last_lstm_states", None)
     if states is None:
