@@ -23,8 +23,10 @@ import pytest
 import torch
 import wandb
 
+import esper_telemetry
 from esper_telemetry import (
     AnomalyType,
+    HealthThresholds,
     HubStats,
     Severity,
     TelemetryHub,
@@ -351,7 +353,14 @@ def test_late_events_are_skipped_counted_and_warned_once(scenario: Scenario) -> 
 
 def test_config_is_merged_and_secrets_are_redacted(scenario: Scenario) -> None:
     """RUN_STARTED's config joins the constructor's (which wins) with every secret redacted."""
-    assert scenario.summary["config"] == {
+    config = dict(scenario.summary["config"])
+    esper = config.pop("esper")
+    # Always recorded: the version and the rule in force (the default one here).
+    assert esper == {
+        "version": esper_telemetry.__version__,
+        "thresholds": {"vanishing_rms": 1e-6, "warning_rms": 5.0, "critical_rms": 10.0},
+    }
+    assert config == {
         "team": "esper",
         "db_password": "[REDACTED]",
         "seed": 7,
@@ -461,7 +470,14 @@ def test_a_run_handed_in_is_used_from_its_step_and_never_finished(wandb_dir: Pat
         {"_step": 4, "caller/metric": 1},  # the caller's metrics keep their own axis
     ]
     assert backend.skipped == 1
-    assert of_type(records, "config") == [{"update": {"api_token": "[REDACTED]", "batch": 4}}]
+    # config=, and esper's section, which a run handed in gets too.
+    esper = {
+        "thresholds": {"critical_rms": 10, "vanishing_rms": 1e-06, "warning_rms": 5},
+        "version": esper_telemetry.__version__,
+    }
+    assert of_type(records, "config") == [
+        {"update": {"api_token": "[REDACTED]", "batch": 4, "esper": esper}}
+    ]
     assert len(of_type(records, "exit")) == 1
 
 
@@ -817,3 +833,98 @@ def test_an_alert_names_the_state_its_anomaly_was_found_in(wandb_dir: Path) -> N
             "wait_duration": "60000",
         }
     ]
+
+
+def test_entity_group_tags_job_type_thresholds_and_level_policy_reach_the_run(
+    wandb_dir: Path,
+) -> None:
+    """W&B's own settings and esper's section of the config, read back by wandb's reader."""
+    rule = HealthThresholds(warning_rms=4.0, critical_rms=8.0)
+    policy = {"initial": "NORMAL", "escalate_to": "DEBUG", "escalate_for": 5, "halt_on": None}
+    backend = WandBBackend(
+        "esper-tests",
+        entity="esper-team",
+        group="sweep-7",
+        tags=["lstm", "cartpole", "lstm"],
+        job_type="train",
+        thresholds=rule,
+        level_policy=policy,
+    )
+    with TelemetryHub("settings") as hub:
+        hub.subscribe(backend)
+        hub.emit(RunStarted(update=0, payload=RunStartedPayload(config={"esper": "mine"})))
+    run_dir = run_dir_of(wandb_dir, "settings")
+    (run,) = of_type(inspect_run(run_dir), "run")
+    assert (run["entity"], run["run_group"], run["job_type"], run["tags"]) == (
+        "esper-team",
+        "sweep-7",
+        "train",
+        ["lstm", "cartpole"],  # a repeated tag once
+    )
+    esper = inspect_summary(run_dir)["config"]["esper"]
+    assert esper["thresholds"] == {"vanishing_rms": 1e-6, "warning_rms": 4.0, "critical_rms": 8.0}
+    assert esper["level_policy"] == policy
+    assert esper["version"] == esper_telemetry.__version__  # not the RUN_STARTED "esper" key
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"tags": "lstm"}, r"tags must be a list of strings"),
+        ({"tags": ["x" * 65]}, r"tags must be a non-empty string of at most 64"),
+        ({"group": ""}, r"group must be a non-empty string"),
+        ({"entity": "a\nb"}, r"entity must be a non-empty string .* without control"),
+        ({"job_type": 3}, r"job_type must be a non-empty string"),
+    ],
+)
+def test_bad_run_settings_are_one_line_naming_the_argument(
+    kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        WandBBackend("p", mode="disabled", **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_run_settings_are_refused_with_a_run_handed_in(wandb_dir: Path) -> None:
+    run = wandb.init(project="p", id="handed")
+    try:
+        with pytest.raises(ValueError, match=r"entity, tags: only applies to a run the backend"):
+            WandBBackend(run=run, entity="me", tags=["a"])
+        with pytest.raises(TypeError, match="thresholds must be a HealthThresholds"):
+            WandBBackend(run=run, thresholds={"warning_rms": 1.0})  # type: ignore[arg-type]
+    finally:
+        run.finish()
+
+
+def test_mode_none_leaves_the_mode_to_wandb_as_wandb_init_does(
+    wandb_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without WANDB_MODE, mode=None is W&B's choice: here `wandb offline`'s settings file.
+
+    (Before, the backend chose offline itself; wandb.init would have gone online.)"""
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.chdir(wandb_dir)
+    settings = wandb_dir / "wandb" / "settings"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text("[default]\nmode = offline\n")  # what `wandb offline` writes
+    backend = WandBBackend("esper-tests")
+    assert "mode=None" in repr(backend)
+    with TelemetryHub("w-and-b-decides") as hub:
+        hub.subscribe(backend)
+        assert backend.run is not None
+        assert backend.run.offline
+    assert run_dir_of(wandb_dir, "w-and-b-decides").is_dir()
+
+
+def test_mode_none_online_without_credentials_says_what_to_do(
+    wandb_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B choosing online without a login fails at subscribe, in one line, nothing sent."""
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.chdir(wandb_dir)
+    with TelemetryHub("no-login") as hub, pytest.raises(RuntimeError) as info:
+        hub.subscribe(WandBBackend("esper-tests", init_timeout=60))
+    message = str(info.value)
+    assert message.startswith("WandBBackend(mode=None (W&B chose online)) could not start")
+    assert "wandb login" in message
+    assert "mode='offline'" in message

@@ -110,7 +110,8 @@ def main() -> None:
     type=click.Choice(WANDB_MODES),
     default="offline",
     show_default=True,
-    help="Weights & Biases mode; online needs `wandb login`.",
+    help="Weights & Biases mode; online needs `wandb login`. Offline unless asked: "
+    "WANDB_MODE does not change it (WandBBackend(mode=None) follows wandb.init instead).",
 )
 @click.option(
     "--halt-on",

@@ -545,7 +545,17 @@ def _subscribe_all(
         if options.resume:
             console.print(_backfill(run_dir, options.wandb))
         wandb_backend = WandBBackend(
-            options.wandb_project, mode=options.wandb, dir=run_dir, resume=options.resume
+            options.wandb_project,
+            mode=options.wandb,
+            dir=run_dir,
+            resume=options.resume,
+            thresholds=options.thresholds,
+            level_policy={
+                "initial": options.level.name,
+                "escalate_to": TelemetryLevel.DEBUG.name,  # on an anomaly (AnomalyEscalator)
+                "escalate_for": options.escalate_for,
+                "halt_on": options.halt_on,
+            },
         )
         hub.subscribe(wandb_backend)
     hub.subscribe(AnalyticsCollector(run_dir, fsync="flush", resume=options.resume))

@@ -89,6 +89,7 @@ from esper_telemetry.contracts import (
     WANDB_MODES,
     Anomaly,
     AnomalyDetected,
+    HealthThresholds,
     LSTMHealthDetail,
     LSTMHealthMetrics,
     PPOUpdateCompleted,
@@ -157,7 +158,9 @@ class WandBBackend(Backend):
         mode: ``"offline"`` writes the run under ``dir`` only (sync it later with
             ``wandb sync``); ``"online"`` streams it to W&B and needs ``wandb login`` or
             ``WANDB_API_KEY``; ``"disabled"`` makes every call a no-op. None (default):
-            ``WANDB_MODE`` when it is set, else ``"offline"``. Not allowed with ``run``.
+            what ``wandb.init`` itself would do: ``WANDB_MODE`` when it is set (checked
+            here), else W&B's settings (``wandb offline`` in the working directory makes
+            runs offline), else online. Not allowed with ``run``.
         run: An existing W&B run to log to. The backend then never finishes it; its
             step must be the PPO update (a step it has passed is skipped here).
         dir: The folder the run's ``wandb/`` folder goes in (created if missing); None
@@ -178,6 +181,23 @@ class WandBBackend(Backend):
             run's step is skipped (W&B would drop it). Offline, W&B writes a new run
             folder for the same id, which ``wandb sync`` uploads after the first. Not
             allowed with ``run``.
+        entity: The W&B entity (user or team) of the run; None lets W&B decide
+            (``WANDB_ENTITY``, else your default entity). Not allowed with ``run``.
+        group: The W&B group of the run (for the runs of one sweep or of one distributed
+            job); None: none, or ``<run_id>`` for the per-rank runs of a distributed run
+            where every rank publishes. Not allowed with ``run``.
+        tags: W&B tags of the run (each 1 to 64 characters). Not allowed with ``run``.
+        job_type: W&B's job type of the run (``"train"``, ``"eval"``...). Not allowed
+            with ``run``.
+        thresholds: The ``HealthThresholds`` the run is judged by (the anomaly
+            detector's); recorded in ``run.config`` under ``esper.thresholds``. None:
+            the default rule.
+        level_policy: How the telemetry level moves, as the trainer sets it up (e.g.
+            ``{"initial": "NORMAL", "escalate_to": "DEBUG", "escalate_for": 5,
+            "halt_on": "critical"}``): JSON values, recorded under ``esper.level_policy``.
+
+    ``run.config`` always holds ``esper.version`` (the esper-telemetry version) and
+    ``esper.thresholds``, also for a run handed in.
 
     Secrets never reach W&B: ``config`` and the ``RUN_STARTED`` config go through the
     hub's one rule (:func:`esper_telemetry.hub.redact_secrets`): a value under a key that
@@ -214,6 +234,12 @@ class WandBBackend(Backend):
         finish_timeout: float = DEFAULT_FINISH_TIMEOUT_S,
         init_timeout: float = DEFAULT_INIT_TIMEOUT_S,
         resume: bool = False,
+        entity: str | None = None,
+        group: str | None = None,
+        tags: Iterable[str] | None = None,
+        job_type: str | None = None,
+        thresholds: HealthThresholds | None = None,
+        level_policy: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(resume, bool):
             raise ValueError(f"resume must be True or False, got {resume!r}")
@@ -224,6 +250,10 @@ class WandBBackend(Backend):
                 "dir": dir,
                 "name": name,
                 "resume": resume or None,
+                "entity": entity,
+                "group": group,
+                "tags": tags,
+                "job_type": job_type,
             }
             clash = [k for k, v in given.items() if v is not None]
             if clash:
@@ -237,6 +267,11 @@ class WandBBackend(Backend):
         self._mode: Mode | None = _resolved_mode(mode) if run is None else None
         self._dir = _checked_dir(dir)
         self._config = _redacted(_checked_config(config))
+        self._entity = _checked_text("entity", entity)
+        self._user_group = _checked_text("group", group, limit=128)
+        self._tags = _checked_tags(tags)
+        self._job_type = _checked_text("job_type", job_type, limit=64)
+        self._esper = _esper_config(thresholds, level_policy)
         self._alert_on = _checked_severities(alert_on)
         self._name = _checked_name(name)
         self._finish_timeout = _checked_timeout(finish_timeout)
@@ -300,8 +335,9 @@ class WandBBackend(Backend):
                 return within ``init_timeout`` (W&B's service process is then stopped);
                 or the backend is already subscribed or closed.
         """
+        self._group = self._user_group
         if hub.per_rank_files:  # every rank publishes: one W&B run per rank, grouped
-            self._group = hub.run_id
+            self._group = self._user_group or hub.run_id
             self._open(f"{hub.run_id}-rank{hub.rank}")
         else:
             self._open(hub.run_id)
@@ -320,8 +356,7 @@ class WandBBackend(Backend):
         else:
             # W&B drops steps below the run's current one; start skipping where it does.
             self._last_step = _current_step(self._run)
-            if self._config:
-                _update_config(self._run, self._config)
+            _update_config(self._run, {**self._config, "esper": self._esper})
         run = self._run
         run.define_metric("update", hidden=True)
         # One glob per section, no "*": the metrics of a run handed in keep their axis.
@@ -355,7 +390,8 @@ class WandBBackend(Backend):
                 self._log(run, event, {"telemetry/level": int(p.level)})
             case RunStarted(payload=p):
                 config = _redacted(dict(p.config))
-                fresh = {k: v for k, v in config.items() if k not in self._config}
+                # Ours win: config= given to the backend, and the esper section.
+                fresh = {k: v for k, v in config.items() if k not in self._config and k != "esper"}
                 _update_config(run, fresh)
                 if p.description:
                     run.notes = p.description
@@ -535,18 +571,22 @@ class WandBBackend(Backend):
                 id=run_id,
                 name=self._name or run_id,
                 group=self._group,
+                entity=self._entity,
+                tags=list(self._tags) if self._tags else None,
+                job_type=self._job_type,
                 dir=self._dir,
-                config=dict(self._config),
+                config={**self._config, "esper": self._esper},
                 mode=self._mode,
                 # Never hand back or finish a run the user started with wandb.init.
                 reinit="create_new",
                 resume="allow" if self._resume else None,
             )
         except (wandb.errors.UsageError, wandb.errors.AuthenticationError) as err:
-            if self._mode != "online":
+            if self._mode not in ("online", None):
                 raise
+            chose = "mode='online'" if self._mode else "mode=None (W&B chose online)"
             raise RuntimeError(
-                "WandBBackend(mode='online') could not start a W&B run: online mode needs "
+                f"WandBBackend({chose}) could not start a W&B run: online mode needs "
                 "credentials from `wandb login` or the WANDB_API_KEY environment variable, "
                 f"or pass mode='offline' to write the run locally (wandb said: {err})"
             ) from err
@@ -944,11 +984,12 @@ def _redacted(config: dict[str, Any]) -> dict[str, Any]:
     return redacted
 
 
-def _resolved_mode(mode: object) -> Mode:
+def _resolved_mode(mode: object) -> Mode | None:
+    """``mode`` checked; for None, WANDB_MODE checked, or None when unset (W&B decides)."""
     if mode is None:
         env = os.environ.get("WANDB_MODE", "").strip().lower()
         if not env:
-            return "offline"
+            return None
         resolved = _MODE_ALIASES.get(env, env)
         if resolved not in _MODES:
             raise ValueError(
@@ -1011,6 +1052,56 @@ def _checked_name(name: object) -> str | None:
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ValueError(f"name must be a non-empty string or None, got {name!r}")
     return name
+
+
+def _checked_text(arg: str, value: object, *, limit: int = 256) -> str | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > limit
+        or any(ch < " " for ch in value)
+    ):
+        raise ValueError(
+            f"{arg} must be a non-empty string of at most {limit} characters without control "
+            f"characters, or None, got {value!r:.80}"
+        )
+    return value
+
+
+def _checked_tags(tags: object) -> tuple[str, ...]:
+    if tags is None:
+        return ()
+    if isinstance(tags, str) or not isinstance(tags, Iterable):
+        raise ValueError(
+            f"tags must be a list of strings, e.g. tags=['lstm', 'cartpole'], got {tags!r:.80}"
+        )
+    checked = tuple(tags)
+    for tag in checked:
+        _checked_text("tags", tag, limit=64)  # W&B's limit for a tag
+    return tuple(dict.fromkeys(checked))
+
+
+def _esper_config(thresholds: object, level_policy: object) -> dict[str, Any]:
+    """What ``run.config["esper"]`` records: the version, the rule, the level policy."""
+    from esper_telemetry import __version__
+
+    if thresholds is None:
+        thresholds = HealthThresholds()
+    if not isinstance(thresholds, HealthThresholds):
+        raise TypeError(
+            f"thresholds must be a HealthThresholds or None, got {type(thresholds).__name__}"
+        )
+    out: dict[str, Any] = {"version": __version__, "thresholds": thresholds.model_dump()}
+    if level_policy is not None:
+        if not isinstance(level_policy, Mapping):
+            raise TypeError(
+                f"level_policy must be a mapping of str to JSON values, got "
+                f"{type(level_policy).__name__}"
+            )
+        out["level_policy"] = _redacted(_checked_config(level_policy))
+    return out
 
 
 def _checked_timeout(timeout: object, name: str = "finish_timeout") -> float:
