@@ -413,3 +413,34 @@ def _update_or_fragment(line: str) -> int | str:
     except ValueError:
         return "fragment"
     return update
+
+
+def test_esper_ppo_judges_the_logged_states_by_its_own_thresholds(tmp_path: Path) -> None:
+    """run_ppo hands its HealthThresholds to the structured log: one rule everywhere."""
+    import io
+
+    from rich.console import Console
+
+    from esper_telemetry.contracts import HealthThresholds, RunLayout
+    from esper_telemetry.run import RunOptions, run_ppo
+    from esper_telemetry.training import PPOConfig
+
+    # Every state of a fresh LSTM has an RMS far below 2: vanishing under this rule.
+    rule = HealthThresholds(vanishing_rms=2.0, warning_rms=3.0, critical_rms=4.0)
+    options = RunOptions(
+        config=PPOConfig(updates=2, envs=2, steps=4, hidden=8, epochs=1),
+        run_root=tmp_path,
+        run_id="rule",
+        wandb="disabled",
+        progress=False,
+        thresholds=rule,
+    )
+    run_ppo(options, Console(file=io.StringIO()))
+    lines = [json.loads(line) for line in RunLayout(tmp_path / "rule").log.read_text().splitlines()]
+    statuses = {
+        (line["update"], name): state["status"]
+        for line in lines
+        if "states" in line
+        for name, state in line["states"].items()
+    }
+    assert statuses == {(u, s): "CRITICAL" for u in (0, 1) for s in ("policy", "value")}

@@ -559,7 +559,11 @@ def _subscribe_all(
         )
         hub.subscribe(wandb_backend)
     hub.subscribe(AnalyticsCollector(run_dir, fsync="flush", resume=options.resume))
-    hub.subscribe(StructlogBackend(RunLayout(run_dir).log, resume=options.resume))
+    hub.subscribe(
+        StructlogBackend(
+            RunLayout(run_dir).log, resume=options.resume, thresholds=options.thresholds
+        )
+    )
     for backend in options.backends:
         try:
             hub.subscribe(backend)
