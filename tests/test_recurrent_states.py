@@ -294,7 +294,10 @@ def test_episode_returns_have_their_declared_fields(hub: TelemetryHub) -> None:
     [
         ({"episode_return_mean": 1.0}, "episode_return_mean needs episode_return_window"),
         ({"episode_return_mean": 1.0, "episode_return_window": 0}, "episode_return_window"),
-        ({"episode_return_mean": "high", "episode_return_window": 5}, "episode_return_mean"),
+        (
+            {"episode_return_mean": "high", "episode_return_window": 5},
+            r"^episode_return_mean must be a real number, got str 'high'$",
+        ),
     ],
 )
 def test_bad_episode_returns_are_one_line_naming_the_argument(

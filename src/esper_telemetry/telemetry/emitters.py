@@ -126,7 +126,7 @@ def emit_ppo_update_event(
     fields: dict[str, object] = {"env_steps": env_steps, **_ppo_fields(metrics)}
     if episode_return_mean is not None or episode_return_window is not None:
         if episode_return_mean is not None:
-            episode_return_mean = _real("episode_return_mean", episode_return_mean)
+            episode_return_mean = _real("", episode_return_mean, arg="episode_return_mean")
         fields["episode_return_mean"] = episode_return_mean
         fields["episode_return_window"] = episode_return_window
     if states:
@@ -201,22 +201,23 @@ def _reason(msg: str) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def _real(key: str, value: object) -> float:
+def _real(key: str, value: object, *, arg: str | None = None) -> float:
+    """``value`` as a float; errors name ``metrics[key]``, or the argument ``arg``."""
+    where = arg or f"metrics[{key!r}]"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         hint = ""
         if callable(getattr(value, "item", None)) and hasattr(value, "shape"):
             hint = (
-                f"; pass a host number: metrics[{key!r}].item() (for many tensors, "
+                f"; pass a host number: {where}.item() (for many tensors, "
                 "torch.stack(...).tolist() moves them in one transfer)"
             )
         raise ValueError(
-            f"metrics[{key!r}] must be a real number, got {type(value).__name__} "
-            f"{value!r:.80}{hint}"
+            f"{where} must be a real number, got {type(value).__name__} {value!r:.80}{hint}"
         )
     try:
         return float(value)
     except OverflowError:
-        raise ValueError(f"metrics[{key!r}] = {value!r:.40} does not fit in a float") from None
+        raise ValueError(f"{where} = {value!r:.40} does not fit in a float") from None
 
 
 Measured = tuple[LSTMHealthMetrics, LSTMHealthDetail | None]
