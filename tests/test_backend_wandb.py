@@ -384,18 +384,27 @@ def test_no_secret_appears_in_any_file_wandb_wrote(scenario: Scenario) -> None:
     assert leaks == []
 
 
-def test_summary_keeps_the_worst_lstm_values_and_the_run_outcome(scenario: Scenario) -> None:
-    """lstm/* summaries are the run's max (NaN once NaN was seen); RUN_FINISHED fills the rest."""
-    u0 = scenario.events["u0"].payload
+def test_summary_keeps_the_current_and_the_worst_lstm_values_and_the_outcome(
+    scenario: Scenario,
+) -> None:
+    """lstm/* summaries: the last value (how the state is now) and the worst (max, and min
+    for a figure that can vanish; NaN once NaN was seen); RUN_FINISHED fills the rest."""
+    u0, u2 = scenario.events["u0"].payload, scenario.events["u2"].payload
     assert isinstance(u0, PPOUpdatePayload)
+    assert isinstance(u2, PPOUpdatePayload)
     summary = {k: v for k, v in scenario.summary["summary"].items() if not k.startswith("_")}
     lstm = {k: v for k, v in summary.items() if k.startswith("lstm/")}
     assert len(lstm) == 12 + 5 + 12 + 4  # the primary state flat, then as "policy"
-    assert all(list(v) == ["max"] for v in lstm.values())
-    assert lstm["lstm/h_rms"] == {"max": "NaN"}
-    assert lstm["lstm/has_nan"] == {"max": 1}
-    assert lstm["lstm/c_max"] == lstm["lstm/policy/c_max"] == {"max": u0.lstm_c_max}
-    assert lstm["lstm/policy/h_rms"] == {"max": "NaN"}
+    flags = ("/has_nan", "/has_inf", "/outlier_envs")
+    assert {k: sorted(v) for k, v in lstm.items()} == {
+        k: ["last", "max"] if k.endswith(flags) else ["last", "max", "min"] for k in lstm
+    }
+    # Update 1's h held a NaN, update 2's is healthy again: worst NaN, current healthy.
+    assert lstm["lstm/h_rms"] == {"max": "NaN", "min": "NaN", "last": u2.lstm_h_rms}
+    assert lstm["lstm/has_nan"] == {"max": 1, "last": 0}
+    c_max = {"max": u0.lstm_c_max, "min": u0.lstm_c_max, "last": u0.lstm_c_max}
+    assert lstm["lstm/c_max"] == lstm["lstm/policy/c_max"] == c_max
+    assert lstm["lstm/policy/h_rms"] == lstm["lstm/h_rms"]
     outcome = {k: v for k, v in summary.items() if k.startswith(("run/", "final/"))}
     assert outcome == {"run/status": "completed", "final/mean_return": 1.5, "final/worst_kl": "NaN"}
     assert (scenario.summary["notes"], scenario.summary["state"]) == (
@@ -425,7 +434,10 @@ def test_metrics_are_declared_against_the_update(scenario: Scenario) -> None:
                 "name": key,
                 "options": {"defined": True, "step_sync": True},
                 "step_metric": "update",
-                "summary": {"max": True},
+                # The current value and the worst: max, and min where a figure can vanish.
+                "summary": {"last": True, "max": True}
+                if key.endswith(("/has_nan", "/has_inf", "/outlier_envs"))
+                else {"last": True, "max": True, "min": True},
             }
             # each lstm/ key declared as it first appears: policy's with update 0, the
             # per-layer ones with the detail of update 2
@@ -814,8 +826,13 @@ def test_every_named_state_is_logged_under_its_name_and_a_gru_has_no_c_keys(
     assert not any("c_" in k for k in rows[0] if not k.startswith("lstm/critic.lstm/"))
     summary = inspect_summary(run_dir)["summary"]
     lstm_keys = {k for k in rows[0] if k.startswith("lstm/")}
-    assert {k: list(summary[k]) for k in lstm_keys} == {k: ["max"] for k in lstm_keys}
-    assert summary["lstm/critic.lstm/c_rms"] == {"max": "NaN"}
+    assert {k: sorted(summary[k]) for k in lstm_keys} == {
+        k: ["last", "max"]
+        if k.endswith(("/has_nan", "/has_inf", "/outlier_envs"))
+        else ["last", "max", "min"]
+        for k in lstm_keys
+    }
+    assert summary["lstm/critic.lstm/c_rms"] == {"max": "NaN", "min": "NaN", "last": "NaN"}
     defined = {r.get("name") for r in of_type(records, "metric")}
     assert {"lstm/critic\\.lstm/c_rms", "lstm/policy/h_rms"} <= defined
 

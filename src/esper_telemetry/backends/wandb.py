@@ -48,9 +48,11 @@ until the step advances and silently drops a lower step, so an event whose updat
 lower than one already logged is not logged: it is counted in :attr:`WandBBackend.skipped`,
 reported to the hub as undelivered (so ``hub.stats()`` counts it as lost and ``esper ppo``
 exits 4), and the first one is logged as a warning. NaN and Inf are logged as they are. Every
-``lstm/*`` key's summary is its maximum over the run (declared by name, as each key first
-appears), so the runs table shows the worst value; one NaN makes that summary NaN, which is
-the worst value there is.
+``lstm/*`` key keeps three summaries (declared by name, as each key first appears): ``last``,
+how the state is now; ``max``, the worst an explosion reached; and ``min``, the worst a
+vanishing state reached (the flags and ``outlier_envs`` keep ``last`` and ``max``). The runs
+table shows either; one NaN makes ``max`` and ``min`` NaN, which is the worst value there is,
+while ``last`` says whether the state has recovered.
 
 W&B's service process can fail to write what it was given (a full disk) without telling
 the SDK. So when an offline run the backend created is closed, its ``.wandb`` file is
@@ -645,8 +647,19 @@ class WandBBackend(Backend):
         # picks one at random per key, so a glob "lstm/*" summary would miss some keys.
         # W&B reads "." in a defined name as nesting: a state named "encoder.lstm" has
         # its dots escaped, or its keys' summary would be the last value, not the max.
-        run.define_metric(key.replace(".", "\\."), step_metric="update", summary="max")
+        run.define_metric(key.replace(".", "\\."), step_metric="update", summary=_summary_of(key))
         self._max_keys.add(key)
+
+
+def _summary_of(key: str) -> str:
+    """A health key's summaries: the current value and the worst one.
+
+    ``last`` answers "how is it now", ``max`` "how bad did it get" (an explosion, a NaN
+    flag, outlier envs), and for a figure that can also vanish, ``min``.
+    """
+    if key.endswith(("/has_nan", "/has_inf", "/outlier_envs")):
+        return "max,last"
+    return "min,max,last"
 
 
 def _ppo_row(event: PPOUpdateCompleted, payload: PPOUpdatePayload) -> dict[str, Any]:
