@@ -121,7 +121,7 @@ def ppo_row(event: PPOUpdateCompleted) -> dict[str, Any]:
     p = event.payload
     assert isinstance(p, PPOUpdatePayload)
     row: dict[str, Any] = {"_step": event.update, "update": event.update}
-    row.update({f"ppo/{k}": v for k, v in p.extra.items()})
+    row.update({f"extra/{k}": v for k, v in p.extra.items()})
     stats: tuple[str, ...] = ("policy_loss", "value_loss", "entropy", "approx_kl")
     stats += ("clip_fraction", "explained_variance", "grad_norm", "learning_rate", "env_steps")
     for stat in stats:
@@ -427,7 +427,7 @@ def test_metrics_are_declared_against_the_update(scenario: Scenario) -> None:
                 "options": {"defined": True, "step_sync": True},
                 "step_metric": "update",
             }
-            for section in ("ppo", "anomaly", "telemetry", "final")
+            for section in ("ppo", "extra", "anomaly", "telemetry", "final")
         ),
         *(
             {

@@ -11,7 +11,8 @@ event                          W&B
 =============================  =============================================================
 ``RUN_STARTED``                ``run.config`` (secrets redacted), ``run.notes``
 ``PPO_UPDATE_COMPLETED``       ``ppo/<stat>``, ``ppo/env_steps``, ``ppo/episode_return_mean``,
-                               ``ppo/<extra>``, the ``lstm/...`` keys below,
+                               ``extra/<name>`` (the trainer's own scalars), the
+                               ``lstm/...`` keys below,
                                ``telemetry/level``
 ``ANOMALY_DETECTED``           ``anomaly/<type>``: how many so far; ``run.alert`` for the
                                severities in ``alert_on``, its title and text naming the
@@ -145,7 +146,7 @@ _PPO_STATS = (*PPO_STATISTICS, "env_steps", "episode_return_mean")
 _LSTM_FIELDS = tuple(name for name in PPOUpdatePayload.model_fields if name.startswith("lstm_"))
 _LSTM_METRICS = tuple(n for n in _LSTM_FIELDS if n not in ("lstm_detail", "lstm_outlier_envs"))
 # Key prefixes under a glob; lstm/ keys are declared one by one (see _declare_max).
-_SECTIONS = ("ppo", "anomaly", "telemetry", "final")
+_SECTIONS = ("ppo", "extra", "anomaly", "telemetry", "final")
 _LSTM_KEYS = tuple(f"lstm/{name.removeprefix('lstm_')}" for name in _LSTM_METRICS)
 # The values of wandb.AlertLevel, which wandb's type stubs do not export.
 _ALERT_LEVELS = {Severity.WARNING: "WARN", Severity.CRITICAL: "ERROR"}
@@ -663,8 +664,8 @@ def _summary_of(key: str) -> str:
 
 
 def _ppo_row(event: PPOUpdateCompleted, payload: PPOUpdatePayload) -> dict[str, Any]:
-    # extra first: a known statistic wins over an extra of the same name.
-    row: dict[str, Any] = {f"ppo/{k}": v for k, v in payload.extra.items()}
+    # The trainer's own scalars under their own prefix: never mistaken for PPO's.
+    row: dict[str, Any] = {f"extra/{k}": v for k, v in payload.extra.items()}
     for stat in _PPO_STATS:
         value = getattr(payload, stat)
         if value is not None:
