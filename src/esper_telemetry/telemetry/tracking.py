@@ -203,8 +203,11 @@ def track(module: nn.Module, *, names: Mapping[str, str] | Sequence[str] | None 
 def _named_layers(
     module: nn.Module, found: dict[str, nn.Module], names: object
 ) -> dict[str, nn.Module]:
+    """The layers to track by state name; every name checked, each used once."""
+    given: list[str]
     if names is None:
-        chosen = {(path or type(module).__name__.lower()): m for path, m in found.items()}
+        given = [path or type(module).__name__.lower() for path in found]
+        layers = list(found.values())
     elif isinstance(names, Mapping):
         unknown = [p for p in names if p not in found]
         if unknown:
@@ -212,25 +215,22 @@ def _named_layers(
                 f"names: {unknown[0]!r} is not a recurrent layer of the module; its recurrent "
                 f"layers are {list(found)}"
             )
-        chosen = {_name(names[path]): found[path] for path in names}
+        given, layers = list(names.values()), [found[path] for path in names]
     elif isinstance(names, Sequence) and not isinstance(names, str):
         if len(names) != len(found):
             raise ValueError(
                 f"names: {len(names)} names for {len(found)} recurrent layers {list(found)}; "
                 "give one per layer, or a mapping {path: name} to track some of them"
             )
-        chosen = {_name(n): m for n, m in zip(names, found.values(), strict=True)}
-        if len(chosen) != len(names):
-            raise ValueError(f"names: each name must be used once, got {list(names)}")
+        given, layers = list(names), list(found.values())
     else:
         raise TypeError(
             "names must be None, a mapping {module path: name} or a sequence of names, got "
             f"{type(names).__name__}"
         )
-    if isinstance(names, Mapping) and len(set(names.values())) != len(names):
-        raise ValueError(f"names: each name must be used once, got {list(names.values())}")
-    for name in chosen:
-        _name(name)
+    chosen = {_name(n): layer for n, layer in zip(given, layers, strict=True)}
+    if len(chosen) != len(given):
+        raise ValueError(f"names: each name must be used once, got {given}")
     return chosen
 
 
