@@ -116,14 +116,30 @@ def ppo_event(update: int) -> PPOUpdateCompleted:
     return PPOUpdateCompleted(update=update, payload=payload)
 
 
+def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """History rows with the anomaly table's reference left out (see the table's own test)
+    and the measured latency, which differs from run to run, checked and replaced by "ms"."""
+    out = []
+    for row in history(records):
+        row = {k: v for k, v in row.items() if not k.startswith("anomaly/table.")}
+        if "telemetry/latency_p99_ms" in row:
+            assert isinstance(row["telemetry/latency_p99_ms"], int | float)
+            assert row["telemetry/latency_p99_ms"] >= 0
+            row["telemetry/latency_p99_ms"] = "ms"
+        out.append(row)
+    return out
+
+
 def ppo_row(event: PPOUpdateCompleted) -> dict[str, Any]:
     """The history row one PPO_UPDATE_COMPLETED event should produce, written by hand."""
     p = event.payload
     assert isinstance(p, PPOUpdatePayload)
     row: dict[str, Any] = {"_step": event.update, "update": event.update}
+    if p.env_steps is not None:
+        row["env_steps"] = p.env_steps  # the second x-axis
     row.update({f"extra/{k}": v for k, v in p.extra.items()})
     stats: tuple[str, ...] = ("policy_loss", "value_loss", "entropy", "approx_kl")
-    stats += ("clip_fraction", "explained_variance", "grad_norm", "learning_rate", "env_steps")
+    stats += ("clip_fraction", "explained_variance", "grad_norm", "learning_rate")
     for stat in stats:
         if getattr(p, stat) is not None:
             row[f"ppo/{stat}"] = getattr(p, stat)
@@ -137,6 +153,8 @@ def ppo_row(event: PPOUpdateCompleted) -> dict[str, Any]:
         row[f"{prefix}/has_nan"] = int(state.has_nan)
         row[f"{prefix}/has_inf"] = int(state.has_inf)
     row["telemetry/level"] = int(event.level)
+    # The hub's losses so far and its slowest subscriber's p99 latency.
+    row.update({"telemetry/lost": 0, "telemetry/dropped": 0, "telemetry/latency_p99_ms": "ms"})
     return {k: as_json(v) for k, v in row.items() if v is not None}
 
 
@@ -296,7 +314,7 @@ def test_history_has_one_row_per_update_with_every_value(scenario: Scenario) -> 
         for x, layers in (("h", p2.lstm_detail.h_layer_rms), ("c", p2.lstm_detail.c_layer_rms))
     }
     debug_keys["lstm/outlier_envs"] = 0
-    assert history(scenario.records) == [
+    assert rows(scenario.records) == [
         ppo_row(u0),
         {
             **ppo_row(u1),
@@ -307,16 +325,14 @@ def test_history_has_one_row_per_update_with_every_value(scenario: Scenario) -> 
         {
             **ppo_row(u2),
             **debug_keys,
-            "anomaly/lstm_nan": 2,
-            "final/mean_return": 1.5,  # RUN_FINISHED's scalars join the last row
-            "final/worst_kl": "NaN",
+            "anomaly/lstm_nan": 2,  # RUN_FINISHED's final/ scalars: summary only
         },
     ]
 
 
 def test_nan_and_inf_are_logged_as_nan_and_inf(scenario: Scenario) -> None:
     """The broken update's NaN loss, Inf loss, NaN RMS and NaN flag reach W&B unchanged."""
-    row = history(scenario.records)[1]
+    row = rows(scenario.records)[1]
     broken = {k: row[k] for k in ("ppo/policy_loss", "ppo/value_loss", "lstm/h_rms")}
     assert broken == {"ppo/policy_loss": "NaN", "ppo/value_loss": "Infinity", "lstm/h_rms": "NaN"}
     assert (row["lstm/has_nan"], row["lstm/has_inf"]) == (1, 0)
@@ -348,7 +364,7 @@ def test_late_events_are_skipped_counted_and_warned_once(scenario: Scenario) -> 
         "drops lower steps, so it was not logged (counted in .skipped; later ones are not "
         "warned about)"
     ]
-    assert [row["_step"] for row in history(scenario.records)] == [0, 1, 2]
+    assert [row["_step"] for row in rows(scenario.records)] == [0, 1, 2]
 
 
 def test_config_is_merged_and_secrets_are_redacted(scenario: Scenario) -> None:
@@ -421,13 +437,14 @@ def test_metrics_are_declared_against_the_update(scenario: Scenario) -> None:
     policy_layers = [f"lstm/policy/layer{i}/{x}_rms" for i in (0, 1) for x in "hc"]
     assert of_type(scenario.records, "metric") == [
         {"name": "update", "options": {"defined": True, "hidden": True}},
+        {"name": "env_steps", "options": {"defined": True, "hidden": True}},
         *(
             {
                 "glob_name": f"{section}/*",
                 "options": {"defined": True, "step_sync": True},
                 "step_metric": "update",
             }
-            for section in ("ppo", "extra", "anomaly", "telemetry", "final")
+            for section in ("ppo", "extra", "anomaly", "telemetry")
         ),
         *(
             {
@@ -463,25 +480,40 @@ def test_the_two_rows_w_and_b_would_drop_are_counted_as_lost(scenario: Scenario)
 # --------------------------------------------------------------------------- other runs
 
 
-def test_a_run_handed_in_is_used_from_its_step_and_never_finished(wandb_dir: Path) -> None:
-    """A caller's run is logged from its current step on and left open by close()."""
+def test_a_run_handed_in_is_shared_never_stepped_and_never_finished(wandb_dir: Path) -> None:
+    """A caller's run keeps its own steps: esper's rows take no step (W&B's next one), carry
+    both axes, hold only the health group by default, and close() leaves the run open."""
     run = wandb.init(project="esper-tests", id="callers-run", reinit="create_new")
-    run.log({"caller/metric": 0.0}, step=2)
+    run.log({"caller/metric": 0.0}, step=100)
     backend = WandBBackend(run=run, config={"api_token": "abc", "batch": 4})
+    health = compute_lstm_health(lstm_state())
     with TelemetryHub("hub-run") as hub:
         hub.subscribe(backend)
-        hub.emit(ppo_event(1))  # below the run's step 2: W&B would drop it
-        hub.emit(ppo_event(3))
-    run.log({"caller/metric": 1.0}, step=4)  # raises if close() had finished the run
+        for update in (3, 1):  # a lower update is not dropped: the step is not esper's
+            emit_ppo_update_event(
+                hub,
+                update=update,
+                metrics={"policy_loss": 0.1, "value_loss": 0.2, "entropy": 0.3},
+                lstm_health=health,
+                env_steps=64 * (update + 1),
+            )
+    run.log({"caller/metric": 1.0}, step=200)  # raises if close() had finished the run
     run.finish()
     records = inspect_run(run_dir_of(wandb_dir, "callers-run"))
-    no_lstm = {"ppo/policy_loss": 0.1, "ppo/value_loss": 0.2, "ppo/entropy": 0.3}
-    assert history(records) == [
-        {"_step": 2, "caller/metric": 0},
-        {"_step": 3, "update": 3, **no_lstm, "telemetry/level": 2},  # no LSTM: no lstm/*
-        {"_step": 4, "caller/metric": 1},  # the caller's metrics keep their own axis
+    logged = history(records)
+    # W&B's own rule for a log without a step: it joins the open row (the caller's step
+    # 100) and commits it; the next takes step 101. Nothing is dropped either way.
+    assert [(r["_step"], r.get("update"), r.get("env_steps")) for r in logged] == [
+        (100, 3, 256),
+        (101, 1, 128),
+        (200, None, None),
     ]
-    assert backend.skipped == 1
+    assert (logged[0]["caller/metric"], logged[2]["caller/metric"]) == (0, 1)
+    # Health only: the caller's logger has PPO's statistics already.
+    esper_keys = {k for r in logged[:2] for k in r if k not in ("_step", "caller/metric")}
+    assert {k.split("/")[0] for k in esper_keys} == {"update", "env_steps", "lstm"}
+    assert logged[0]["lstm/h_rms"] == health.h_rms
+    assert backend.skipped == 0
     # config=, and esper's section, which a run handed in gets too.
     esper = {
         "thresholds": {"critical_rms": 10, "vanishing_rms": 1e-06, "warning_rms": 5},
@@ -518,7 +550,7 @@ def test_alert_on_chooses_the_severities_that_alert(wandb_dir: Path) -> None:
             "wait_duration": "60000",
         }
     ]
-    assert history(records) == [{"_step": 0, "update": 0, "anomaly/lstm_h_explosion": 2}]
+    assert rows(records) == [{"_step": 0, "update": 0, "anomaly/lstm_h_explosion": 2}]
 
 
 def test_disabled_mode_handles_events_and_writes_nothing(wandb_dir: Path) -> None:
@@ -808,6 +840,7 @@ def named_row(event: PPOUpdateCompleted) -> dict[str, Any]:
         row[f"lstm/critic.lstm/layer{i}/h_rms"] = lstm_detail.h_layer_rms[i]
         row[f"lstm/critic.lstm/layer{i}/c_rms"] = lstm_detail.c_layer_rms[i]
     row["telemetry/level"] = 3
+    row.update({"telemetry/lost": 0, "telemetry/dropped": 0, "telemetry/latency_p99_ms": "ms"})
     return {k: as_json(int(v) if isinstance(v, bool) else v) for k, v in row.items()}
 
 
@@ -820,12 +853,15 @@ def test_every_named_state_is_logged_under_its_name_and_a_gru_has_no_c_keys(
     events = drive_named_states()
     run_dir = run_dir_of(wandb_dir, "named-run")
     records = inspect_run(run_dir)
-    rows = history(records)
-    assert rows == [named_row(events[0]), {**named_row(events[1]), "anomaly/lstm_nan": 1}]
-    assert (rows[1]["lstm/critic.lstm/c_rms"], rows[1]["lstm/critic.lstm/has_nan"]) == ("NaN", 1)
-    assert not any("c_" in k for k in rows[0] if not k.startswith("lstm/critic.lstm/"))
+    logged = rows(records)
+    assert logged == [named_row(events[0]), {**named_row(events[1]), "anomaly/lstm_nan": 1}]
+    assert (logged[1]["lstm/critic.lstm/c_rms"], logged[1]["lstm/critic.lstm/has_nan"]) == (
+        "NaN",
+        1,
+    )
+    assert not any("c_" in k for k in logged[0] if not k.startswith("lstm/critic.lstm/"))
     summary = inspect_summary(run_dir)["summary"]
-    lstm_keys = {k for k in rows[0] if k.startswith("lstm/")}
+    lstm_keys = {k for k in logged[0] if k.startswith("lstm/")}
     assert {k: sorted(summary[k]) for k in lstm_keys} == {
         k: ["last", "max"]
         if k.endswith(("/has_nan", "/has_inf", "/outlier_envs"))

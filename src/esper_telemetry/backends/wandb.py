@@ -88,7 +88,6 @@ from typing import TYPE_CHECKING, Any
 
 from esper_telemetry._extras import missing_message
 from esper_telemetry.contracts import (
-    PPO_STATISTICS,
     WANDB_MODES,
     Anomaly,
     AnomalyDetected,
@@ -114,7 +113,17 @@ from esper_telemetry.backends._wandb_file import (
     RunFileContents,
     first_error,
     read_final_run_file,
+    read_run_file,
     run_folders,
+)
+from esper_telemetry.backends.wandb_keys import (
+    ANOMALY_COLUMNS,
+    DEFAULT_GROUPS,
+    PPO_KEYS,
+    SHARED_GROUPS,
+    Group,
+    WandbKeys,
+    XAxis,
 )
 from esper_telemetry.hub import REDACTED, Backend, redact_secrets
 
@@ -142,12 +151,9 @@ _MODES = WANDB_MODES
 # W&B's older spellings of the modes, still accepted in WANDB_MODE.
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 _BAD_PROJECT_CHARS = frozenset("/\\#?%:")
-_PPO_STATS = (*PPO_STATISTICS, "env_steps", "episode_return_mean")
 _LSTM_FIELDS = tuple(name for name in PPOUpdatePayload.model_fields if name.startswith("lstm_"))
 _LSTM_METRICS = tuple(n for n in _LSTM_FIELDS if n not in ("lstm_detail", "lstm_outlier_envs"))
-# Key prefixes under a glob; lstm/ keys are declared one by one (see _declare_max).
-_SECTIONS = ("ppo", "extra", "anomaly", "telemetry", "final")
-_LSTM_KEYS = tuple(f"lstm/{name.removeprefix('lstm_')}" for name in _LSTM_METRICS)
+_FIGURES = tuple(name.removeprefix("lstm_") for name in _LSTM_METRICS)
 # The values of wandb.AlertLevel, which wandb's type stubs do not export.
 _ALERT_LEVELS = {Severity.WARNING: "WARN", Severity.CRITICAL: "ERROR"}
 
@@ -243,29 +249,25 @@ class WandBBackend(Backend):
         job_type: str | None = None,
         thresholds: HealthThresholds | None = None,
         level_policy: Mapping[str, Any] | None = None,
+        log: Iterable[Group] | None = None,
+        prefix: str = "",
+        x_axis: XAxis = "update",
     ) -> None:
         if not isinstance(resume, bool):
             raise ValueError(f"resume must be True or False, got {resume!r}")
         if run is not None:
-            given: dict[str, object] = {
-                "project": project,
-                "mode": mode,
-                "dir": dir,
-                "name": name,
-                "resume": resume or None,
-                "entity": entity,
-                "group": group,
-                "tags": tags,
-                "job_type": job_type,
-            }
-            clash = [k for k, v in given.items() if v is not None]
-            if clash:
-                raise ValueError(
-                    f"{', '.join(clash)}: only applies to a run the backend creates; "
-                    "pass either run= or these settings, not both"
-                )
-            if not all(callable(getattr(run, m, None)) for m in ("log", "alert", "finish")):
-                raise TypeError(f"run must be a W&B run (wandb.init()), got {type(run).__name__}")
+            _check_run_alone(
+                run,
+                project=project,
+                mode=mode,
+                dir=dir,
+                name=name,
+                resume=resume or None,
+                entity=entity,
+                group=group,
+                tags=tags,
+                job_type=job_type,
+            )
         self._project = _checked_project(project)
         self._mode: Mode | None = _resolved_mode(mode) if run is None else None
         self._dir = _checked_dir(dir)
@@ -275,27 +277,33 @@ class WandBBackend(Backend):
         self._tags = _checked_tags(tags)
         self._job_type = _checked_text("job_type", job_type, limit=64)
         self._esper = _esper_config(thresholds, level_policy)
+        groups = (DEFAULT_GROUPS if run is None else SHARED_GROUPS) if log is None else log
+        self._keys = WandbKeys(prefix=prefix, x_axis=x_axis, groups=tuple(groups))
         self._alert_on = _checked_severities(alert_on)
         self._name = _checked_name(name)
         self._finish_timeout = _checked_timeout(finish_timeout)
         self._init_timeout = _checked_timeout(init_timeout, "init_timeout")
         self._run: wandb.Run | None = run
         self._owns_run = run is None
+        # A run the backend creates is stepped by the update; a run handed in is shared
+        # with another logger, whose steps are its own: its rows carry the axes only.
+        self._steps = run is None
+        self._hub: TelemetryHub | None = None
+        self._env_steps: tuple[int, int] | None = None  # (update, env_steps) of the latest
+        self._table = _AnomalyTable()
         self._resume = resume
         self._group: str | None = None
         self._subscribed = False
         self._closed = False
-        self._last_step = -1
-        self._skipped = 0
+        self._last_step, self._skipped = -1, 0
         self._anomalies: Counter[str] = Counter()
-        self._max_keys: set[str] = set()
+        self._declared: set[str] = set()
         # What W&B was given, to check against its run file at close (_check_written).
         self._ledger = _StepLedger()
         self._expected: list[_Expected] = []
         self._run_files: tuple[Path, Path] | None = None
         self._unwritten = 0
-        self._finished = False
-        self._aborted = False
+        self._finished = self._aborted = False
         self._stopped: str | None = None
         self._abort_lock = threading.Lock()
 
@@ -339,6 +347,7 @@ class WandBBackend(Backend):
                 or the backend is already subscribed or closed.
         """
         self._group = self._user_group
+        self._hub = hub
         if hub.per_rank_files:  # every rank publishes: one W&B run per rank, grouped
             self._group = self._user_group or hub.run_id
             self._open(f"{hub.run_id}-rank{hub.rank}")
@@ -355,18 +364,20 @@ class WandBBackend(Backend):
             self._run = self._init_run(run_id)
             self._run_files = _offline_run_files(self._run)
             if self._resume:
-                self._last_step = _current_step(self._run)
+                # W&B drops steps below the resumed run's; start skipping where it does.
+                self._last_step = max(_current_step(self._run), self._resumed_step(run_id))
         else:
-            # W&B drops steps below the run's current one; start skipping where it does.
-            self._last_step = _current_step(self._run)
             _update_config(self._run, {**self._config, "esper": self._esper})
-        run = self._run
-        run.define_metric("update", hidden=True)
+        run, keys = self._run, self._keys
+        # Both axes in every row, hidden from the automatic panels, either one choosable.
+        run.define_metric(keys.update_key, hidden=True)
+        run.define_metric(keys.env_steps_key, hidden=True)
         # One glob per section, no "*": the metrics of a run handed in keep their axis.
-        for section in _SECTIONS:
-            run.define_metric(f"{section}/*", step_metric="update")
-        for key in _LSTM_KEYS:
-            self._declare_max(run, key)
+        for section in keys.sections():
+            run.define_metric(f"{section}/*", step_metric=keys.x_key)
+        if keys.logs("health"):
+            for figure in _FIGURES:
+                self._declare(run, keys.health(figure))
         self._subscribed = True
 
     def handle(self, event: TelemetryEvent) -> None:
@@ -375,22 +386,17 @@ class WandBBackend(Backend):
         Raises:
             RuntimeError: the backend was never subscribed to a hub, or is closed.
         """
-        run = self._live_run("handle")
+        run, keys = self._live_run("handle"), self._keys
         match event:
             case PPOUpdateCompleted(payload=p):
-                self._log(run, event, _ppo_row(event, p))
-            case AnomalyDetected(payload=p):
-                kind = p.anomaly.type.value
-                self._anomalies[kind] += 1
-                self._log(run, event, {f"anomaly/{kind}": self._anomalies[kind]})
-                if p.anomaly.severity in self._alert_on:
-                    run.alert(
-                        title=_alert_title(p.anomaly),
-                        text=_alert_text(event),
-                        level=_ALERT_LEVELS[p.anomaly.severity],
-                    )
+                if p.env_steps is not None:
+                    self._env_steps = (event.update, p.env_steps)
+                self._log(run, event, self._ppo_row(event, p))
+            case AnomalyDetected():
+                self._on_anomaly(run, event)
             case TelemetryLevelChanged(payload=p):
-                self._log(run, event, {"telemetry/level": int(p.level)})
+                if keys.logs("telemetry"):
+                    self._log(run, event, {keys.telemetry("level"): int(p.level)})
             case RunStarted(payload=p):
                 config = _redacted(dict(p.config))
                 # Ours win: config= given to the backend, and the esper section.
@@ -399,43 +405,59 @@ class WandBBackend(Backend):
                 if p.description:
                     run.notes = p.description
                 self._expected.append(_Expected(config=frozenset(fresh), notes=bool(p.description)))
-            case RunFinished(payload=p):
+            case RunFinished():
                 self._finish_row(run, event)
 
-    def _finish_row(self, run: wandb.Run, event: RunFinished) -> None:
-        p = event.payload
-        outcome: dict[str, str] = {"run/status": p.status}
-        if p.message:
-            outcome["run/message"] = p.message
-        run.summary.update(outcome)
-        row_step = None
-        if p.summary:
-            # Logged, not written to run.summary: W&B's summary path turns NaN into
-            # null, its history keeps it, and the run's summary takes the last row.
-            row_step = step = max(self._last_step, event.update)
-            self._log(
-                run,
-                event.model_copy(update={"update": step}),
-                {f"final/{k}": v for k, v in p.summary.items()},
-                ledger=False,
+    def _on_anomaly(self, run: wandb.Run, event: AnomalyDetected) -> None:
+        anomaly = event.payload.anomaly
+        if self._keys.logs("anomalies"):
+            kind = anomaly.type.value
+            self._anomalies[kind] += 1
+            self._log(run, event, {self._keys.anomaly_count(kind): self._anomalies[kind]})
+            self._table.add(event, self._env_steps_at(event.update))
+        if anomaly.severity in self._alert_on:  # alerts follow alert_on, not log=
+            run.alert(
+                title=_alert_title(anomaly),
+                text=_alert_text(event),
+                level=_ALERT_LEVELS[anomaly.severity],
             )
-        self._expected.append(_Expected(summary=frozenset(outcome), step=row_step))
+
+    def _env_steps_at(self, update: int) -> int | None:
+        """The env steps of ``update``, when its PPO update carried them."""
+        if self._env_steps is not None and self._env_steps[0] == update:
+            return self._env_steps[1]
+        return None
+
+    def _finish_row(self, run: wandb.Run, event: RunFinished) -> None:
+        p, keys = event.payload, self._keys
+        outcome: dict[str, str | float] = {keys.run("status"): p.status}
+        if p.message:
+            outcome[keys.run("message")] = p.message
+        # Single values: the run's summary only, where the runs table shows them.
+        outcome.update({keys.final(k): _summary_value(v) for k, v in p.summary.items()})
+        self._log_table(run)
+        run.summary.update(outcome)
+        self._expected.append(_Expected(summary=frozenset(outcome)))
 
     def undelivered(self) -> int:
         """Events W&B did not keep: those it would have dropped (see :attr:`skipped`),
         and, once a run the backend created is closed, those W&B was given but its run
         file does not hold (see :meth:`close`)."""
-        return self._skipped + self._unwritten
+        return self._skipped + self._unwritten + self._table.lost
 
     def flush(self) -> None:
-        """Do nothing: W&B has no flush that makes a run durable.
+        """Log the anomaly table if it grew; W&B itself has no flush that makes a run durable.
 
-        Each ``run.log``, alert, config and summary change is already on its way to W&B's
-        service process, which appends it to the run's ``.wandb`` file (offline) or
-        streams it (online). The row of the latest update stays open on purpose until a
-        higher update arrives or the run finishes, so that later events of that update
-        (anomalies, a level change) land in the same row; ``close()`` finishes it.
+        The table (``anomaly/table``, one row per anomaly) is logged incrementally: each
+        flush adds the rows since the last one. Each ``run.log``, alert, config and summary
+        change is already on its way to W&B's service process, which appends it to the
+        run's ``.wandb`` file (offline) or streams it (online). The row of the latest update
+        stays open on purpose until a higher update arrives or the run finishes, so that
+        later events of that update (anomalies, a level change) land in the same row;
+        ``close()`` finishes it.
         """
+        if self._run is not None and self._subscribed and not (self._closed or self._aborted):
+            self._log_table(self._run)
 
     def close(self) -> None:
         """Finish the run if the backend created it, waiting at most ``finish_timeout``.
@@ -460,6 +482,8 @@ class WandBBackend(Backend):
         """
         if self._closed:
             return
+        if self._run is not None and self._subscribed and not self._aborted:
+            self._log_table(self._run, warn=True)  # what the last flush did not cover
         self._closed = True
         if self._run is not None and self._owns_run:
             try:
@@ -620,9 +644,22 @@ class WandBBackend(Backend):
             )
         return self._run
 
-    def _log(
-        self, run: wandb.Run, event: TelemetryEvent, row: dict[str, Any], *, ledger: bool = True
-    ) -> None:
+    def _log(self, run: wandb.Run, event: TelemetryEvent, row: dict[str, Any]) -> None:
+        """Log ``row`` with both axes: at step ``update`` on a run the backend created (an
+        update below the last one is skipped, see :attr:`skipped`), without a step on a run
+        handed in (its other logger owns the step)."""
+        if not row:
+            return
+        keys = self._keys
+        axes: dict[str, int] = {keys.update_key: event.update}
+        if (env_steps := self._env_steps_at(event.update)) is not None:
+            axes[keys.env_steps_key] = env_steps
+        for key in row:
+            if keys.is_health(key) and key not in self._declared:
+                self._declare(run, key)  # per-layer and named-state keys appear later
+        if not self._steps:
+            run.log({**axes, **row})
+            return
         if event.update < self._last_step:
             self._skipped += 1
             if self._skipped == 1:
@@ -635,21 +672,91 @@ class WandBBackend(Backend):
                     self._last_step,
                 )
             return
-        for key in row:
-            if key.startswith("lstm/") and key not in self._max_keys:
-                self._declare_max(run, key)  # per-layer keys appear at DEBUG level
-        run.log({"update": event.update, **row}, step=event.update)
+        run.log({**axes, **row}, step=event.update)
         self._last_step = event.update
-        if ledger:
-            self._ledger.add(event.update)
+        self._ledger.add(event.update)
 
-    def _declare_max(self, run: wandb.Run, key: str) -> None:
+    def _declare(self, run: wandb.Run, key: str) -> None:
         # One name at a time: when two globs match a key ("lstm/*" and "*"), W&B 0.31
         # picks one at random per key, so a glob "lstm/*" summary would miss some keys.
         # W&B reads "." in a defined name as nesting: a state named "encoder.lstm" has
         # its dots escaped, or its keys' summary would be the last value, not the max.
-        run.define_metric(key.replace(".", "\\."), step_metric="update", summary=_summary_of(key))
-        self._max_keys.add(key)
+        run.define_metric(
+            key.replace(".", "\\."), step_metric=self._keys.x_key, summary=_summary_of(key)
+        )
+        self._declared.add(key)
+
+    def _ppo_row(self, event: PPOUpdateCompleted, payload: PPOUpdatePayload) -> dict[str, Any]:
+        """The keys of one update, group by group (see :mod:`.wandb_keys`)."""
+        keys, row = self._keys, {}
+        if keys.logs("health"):
+            row.update(_primary_keys(keys, payload))
+            # Every named state, the primary one included, at lstm/<name>/<figure>.
+            for name, health in payload.named_health().items():
+                row.update(_state_keys(keys, name, health, payload.detail_of(name)))
+        if keys.logs("ppo"):
+            for stat in PPO_KEYS:
+                value = getattr(payload, stat)
+                if value is not None:
+                    row[keys.ppo(stat)] = value
+            # The trainer's own scalars under their own prefix: never mistaken for PPO's.
+            row.update({keys.extra(k): v for k, v in payload.extra.items()})
+        if keys.logs("telemetry"):
+            row[keys.telemetry("level")] = int(event.level)
+            row.update(self._hub_figures())
+        return row
+
+    def _hub_figures(self) -> dict[str, float | int]:
+        """The hub's losses and its slowest subscriber's latency, as they are now."""
+        if self._hub is None:
+            return {}
+        try:
+            stats = self._hub.stats()
+        except Exception as exc:  # a counter read racing a writer: skip this once
+            logger.debug("WandBBackend: hub.stats() raised %r; telemetry/* skipped", exc)
+            return {}
+        subs = stats.subscribers
+        keys = self._keys
+        return {
+            keys.telemetry("lost"): stats.lost,
+            keys.telemetry("dropped"): sum(s.dropped for s in subs),
+            keys.telemetry("latency_p99_ms"): max((s.latency_p99_ms for s in subs), default=0.0),
+        }
+
+    def _log_table(self, run: wandb.Run, *, warn: bool = False) -> None:
+        """Log the anomaly table's new rows, if any; a failure counts them as undelivered
+        (and raises, unless ``warn``: then it is logged as a warning)."""
+        table = self._table.pending()
+        if table is None:
+            return
+        step = max(self._last_step, 0)
+        row = {self._keys.update_key: step, self._keys.anomaly_table: table}
+        try:
+            run.log(row, step=step) if self._steps else run.log(row)
+        except Exception as exc:
+            lost = self._table.failed()
+            if not warn:
+                raise
+            logger.warning("WandBBackend: %d anomaly table rows were not logged: %r", lost, exc)
+        else:
+            self._table.logged()
+
+    def _resumed_step(self, run_id: str) -> int:
+        """The first step an offline resumed run may log: after the highest step of the
+        earlier run folders of ``run_id`` (offline, ``run.step`` starts at 0, and
+        ``wandb sync`` would drop the lower rows)."""
+        if self._run_files is None:
+            return 0
+        wandb_dir = self._run_files[0].parent.parent
+        highest = -1
+        for folder in run_folders(wandb_dir, run_id):
+            try:
+                steps = read_run_file(folder / f"run-{run_id}.wandb").steps
+            except OSError as exc:
+                logger.warning("WandBBackend: could not read %s to resume from it: %s", folder, exc)
+                continue
+            highest = max(highest, *steps, -1)
+        return highest + 1
 
 
 def _summary_of(key: str) -> str:
@@ -663,58 +770,49 @@ def _summary_of(key: str) -> str:
     return "min,max,last"
 
 
-def _ppo_row(event: PPOUpdateCompleted, payload: PPOUpdatePayload) -> dict[str, Any]:
-    # The trainer's own scalars under their own prefix: never mistaken for PPO's.
-    row: dict[str, Any] = {f"extra/{k}": v for k, v in payload.extra.items()}
-    for stat in _PPO_STATS:
-        value = getattr(payload, stat)
-        if value is not None:
-            row[f"ppo/{stat}"] = value
-    row.update(_primary_keys(payload))
-    # Every named state, the primary one included, at lstm/<name>/<figure>.
-    for name, health in payload.named_health().items():
-        row.update(_state_keys(f"lstm/{name}", health, payload.detail_of(name)))
-    row["telemetry/level"] = int(event.level)
+def _primary_keys(keys: WandbKeys, payload: PPOUpdatePayload) -> dict[str, float | int]:
+    """The primary state at ``lstm/<figure>``: the keys of runs from before names."""
+    row: dict[str, float | int] = {}
+    for field, figure in zip(_LSTM_METRICS, _FIGURES, strict=True):
+        value = getattr(payload, field)
+        if value is not None:  # a GRU primary state has no lstm_c_* figures
+            row[keys.health(figure)] = _number(value)
+    if payload.lstm_detail is not None:
+        row.update(_layer_keys(keys, None, payload.lstm_detail))
+    if payload.lstm_outlier_envs is not None:
+        row[keys.outlier_envs] = len(payload.lstm_outlier_envs)
     return row
 
 
-def _primary_keys(payload: PPOUpdatePayload) -> dict[str, float | int]:
-    """The primary state at ``lstm/<figure>``: the keys of runs from before names."""
-    keys: dict[str, float | int] = {}
-    for field in _LSTM_METRICS:
-        value = getattr(payload, field)
-        if value is not None:  # a GRU primary state has no lstm_c_* figures
-            keys[f"lstm/{field.removeprefix('lstm_')}"] = _number(value)
-    if payload.lstm_detail is not None:
-        keys.update(_layer_keys("lstm", payload.lstm_detail))
-    if payload.lstm_outlier_envs is not None:
-        keys["lstm/outlier_envs"] = len(payload.lstm_outlier_envs)
-    return keys
-
-
 def _state_keys(
-    prefix: str, health: LSTMHealthMetrics, detail: LSTMHealthDetail | None
+    keys: WandbKeys, state: str, health: LSTMHealthMetrics, detail: LSTMHealthDetail | None
 ) -> dict[str, float | int]:
-    """One named state at ``<prefix>/<figure>``, and its per-layer RMS when detailed."""
-    keys: dict[str, float | int] = {}
+    """One named state at ``lstm/<state>/<figure>``, and its per-layer RMS when detailed."""
+    row: dict[str, float | int] = {}
     for figure in health.FIGURES:
         value = getattr(health, figure)
         if value is not None:  # a state without a cell has no c figures
-            keys[f"{prefix}/{figure}"] = _number(value)
+            row[keys.health(figure, state=state)] = _number(value)
     if detail is not None:
-        keys.update(_layer_keys(prefix, detail))
-    return keys
+        row.update(_layer_keys(keys, state, detail))
+    return row
 
 
-def _layer_keys(prefix: str, detail: LSTMHealthDetail) -> dict[str, float]:
-    """``<prefix>/layer<i>/h_rms`` and, for a state with a cell, ``.../c_rms``."""
+def _layer_keys(keys: WandbKeys, state: str | None, detail: LSTMHealthDetail) -> dict[str, float]:
+    """``lstm/[<state>/]layer<i>/h_rms`` and, for a state with a cell, ``.../c_rms``."""
     cs: tuple[float | None, ...] = detail.c_layer_rms or (None,) * len(detail.h_layer_rms)
-    keys: dict[str, float] = {}
+    row: dict[str, float] = {}
     for i, (h, c) in enumerate(zip(detail.h_layer_rms, cs, strict=True)):
-        keys[f"{prefix}/layer{i}/h_rms"] = h
+        row[keys.layer(i, "h", state=state)] = h
         if c is not None:
-            keys[f"{prefix}/layer{i}/c_rms"] = c
-    return keys
+            row[keys.layer(i, "c", state=state)] = c
+    return row
+
+
+def _summary_value(value: float) -> float | str:
+    """A ``final/`` value for ``run.summary``: W&B's summary path writes NaN as null (its
+    history path keeps it), so NaN is written as the text ``"NaN"``; ±Inf pass as they are."""
+    return "NaN" if math.isnan(value) else value
 
 
 def _number(value: float | bool) -> float | int:
@@ -905,6 +1003,49 @@ def _teardown_within(timeout: float) -> bool:
     return not thread.is_alive()
 
 
+class _AnomalyTable:
+    """``anomaly/table``: one row per anomaly (see ``ANOMALY_COLUMNS``), logged
+    incrementally, so each log carries only the rows since the previous one."""
+
+    def __init__(self) -> None:
+        self._table: wandb.Table | None = None
+        self._rows = 0
+        self._logged = 0
+        self.lost = 0
+        """Rows whose log failed."""
+
+    def add(self, event: AnomalyDetected, env_steps: int | None) -> None:
+        anomaly, envs = event.payload.anomaly, event.payload.outlier_envs
+        if self._table is None:
+            columns: list[str | int] = list(ANOMALY_COLUMNS)
+            self._table = wandb.Table(columns, log_mode="INCREMENTAL", allow_mixed_types=True)
+        self._table.add_data(
+            event.update,
+            env_steps,
+            anomaly.state or "",
+            anomaly.type.value,
+            anomaly.severity.value,
+            anomaly.observed,
+            anomaly.threshold,
+            ", ".join(map(str, envs or ())),
+            anomaly.message,
+        )
+        self._rows += 1
+
+    def pending(self) -> wandb.Table | None:
+        """The table when it has rows not logged yet, else None."""
+        return self._table if self._rows > self._logged else None
+
+    def logged(self) -> None:
+        self._logged = self._rows
+
+    def failed(self) -> int:
+        """Count the pending rows as lost; how many they were."""
+        new, self._logged = self._rows - self._logged, self._rows
+        self.lost += new
+        return new
+
+
 @dataclass(frozen=True)
 class _Expected:
     """What a RUN_STARTED or RUN_FINISHED event put in W&B: config keys, notes, summary
@@ -1014,6 +1155,18 @@ def _resolved_mode(mode: object) -> Mode | None:
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
     return mode  # type: ignore[return-value]  # checked against Mode's values above
+
+
+def _check_run_alone(run: object, **given: object) -> None:
+    """A run handed in comes without the settings of a run the backend creates."""
+    clash = [k for k, v in given.items() if v is not None]
+    if clash:
+        raise ValueError(
+            f"{', '.join(clash)}: only applies to a run the backend creates; "
+            "pass either run= or these settings, not both"
+        )
+    if not all(callable(getattr(run, m, None)) for m in ("log", "alert", "finish")):
+        raise TypeError(f"run must be a W&B run (wandb.init()), got {type(run).__name__}")
 
 
 def _checked_project(project: object) -> str | None:

@@ -204,7 +204,7 @@ def checked_prefix(prefix: object) -> str:
 def checked_x_axis(x_axis: object) -> XAxis:
     if x_axis not in X_AXES:
         raise ValueError(f"x_axis must be one of {', '.join(X_AXES)}, got {x_axis!r:.80}")
-    return x_axis  # type: ignore[return-value]  # checked against XAxis's values above
+    return x_axis  # checked against XAxis's values above
 
 
 def checked_groups(groups: object) -> tuple[Group, ...]:
