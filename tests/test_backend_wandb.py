@@ -8,6 +8,7 @@ once per process, so each test tears W&B's session down before and after.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import math
 import re
@@ -35,6 +36,7 @@ from esper_telemetry import (
     emit_ppo_update_event,
 )
 from esper_telemetry.backends.wandb import WandBBackend
+from esper_telemetry.backends.wandb_keys import ANOMALY_COLUMNS
 from esper_telemetry.contracts import (
     Anomaly,
     AnomalyDetected,
@@ -981,3 +983,126 @@ def test_mode_none_online_without_credentials_says_what_to_do(
     assert message.startswith("WandBBackend(mode=None (W&B chose online)) could not start")
     assert "wandb login" in message
     assert "mode='offline'" in message
+
+
+# --------------------------------------------------------------------------- layout options
+
+
+def test_the_anomaly_table_holds_every_anomaly_with_its_columns(scenario: Scenario) -> None:
+    """anomaly/table: one row per anomaly, the late one included (its count row was
+    skipped, its row in the table is not), NaN observed values as NaN."""
+    (table_file,) = [p for p in scenario.files if p.name.endswith(".table.json")]
+    table = json.loads(scenario.files[table_file], parse_constant=str)  # NaN stays "NaN"
+    assert table["columns"] == list(ANOMALY_COLUMNS)
+    assert table["data"] == [
+        [1, 128, "", "lstm_nan", "critical", "NaN", None, "", "h holds NaN."],
+        [1, 128, "", "lstm_c_vanishing", "warning", 1e-8, 1e-6, "", "c is vanishing."],
+        [2, 192, "", "lstm_nan", "critical", "NaN", None, "", "h holds NaN again."],
+        [0, None, "", "lstm_inf", "critical", "Infinity", None, "", "c holds Inf."],
+    ]
+    (row,) = [r for r in history(scenario.records) if "anomaly/table.nrows" in r]
+    assert (row["_step"], row["anomaly/table.nrows"], row["anomaly/table.log_mode"]) == (
+        2,
+        4,
+        "INCREMENTAL",
+    )
+
+
+def drive_layout(**options: Any) -> None:
+    """One update with an anomaly, a level change and a finish, through WandBBackend(**options)."""
+    backend = WandBBackend("esper-tests", **options)
+    with TelemetryHub("layout-run") as hub:
+        hub.subscribe(backend)
+        emit_ppo_update_event(
+            hub,
+            update=0,
+            metrics={"policy_loss": 0.1, "value_loss": 0.2, "entropy": 0.3, "fps": 9.0},
+            lstm_health=compute_lstm_health(lstm_state()),
+            env_steps=64,
+        )
+        hub.emit(
+            anomaly(
+                0, AnomalyType.LSTM_NAN, Severity.WARNING, observed=NAN, threshold=None, message="!"
+            )
+        )
+        hub.set_level("debug")
+        finished = RunFinishedPayload(status="completed", summary={"score": 2.0})
+        hub.emit(RunFinished(update=0, payload=finished))
+
+
+def test_log_chooses_the_groups_and_prefix_namespaces_every_key(wandb_dir: Path) -> None:
+    """log=('health', 'anomalies') with prefix 'esper': only those groups' keys, every one
+    (axes and summary too) under esper/, and the level change (telemetry) not logged."""
+    drive_layout(log=("anomalies", "health"), prefix="esper/")
+    run_dir = run_dir_of(wandb_dir, "layout-run")
+    (row,) = history(inspect_run(run_dir))
+    groups = {k.split("/")[1] if k.startswith("esper/") else k for k in row}
+    assert groups == {"_step", "update", "env_steps", "lstm", "anomaly"}
+    assert (row["esper/update"], row["esper/env_steps"], row["esper/anomaly/lstm_nan"]) == (
+        0,
+        64,
+        1,
+    )
+    assert row["esper/lstm/h_rms"] == compute_lstm_health(lstm_state()).h_rms
+    summary = inspect_summary(run_dir)["summary"]
+    assert (summary["esper/run/status"], summary["esper/final/score"]) == ("completed", 2)
+
+
+def test_x_axis_env_steps_makes_env_steps_every_key_s_step_metric(wandb_dir: Path) -> None:
+    drive_layout(x_axis="env_steps")
+    records = inspect_run(run_dir_of(wandb_dir, "layout-run"))
+    steps = {
+        r.get("name") or r.get("glob_name"): r.get("step_metric")
+        for r in of_type(records, "metric")
+    }
+    assert steps.pop("update") is None
+    assert steps.pop("env_steps") is None
+    assert set(steps.values()) == {"env_steps"}
+    assert {"ppo/*", "anomaly/*", "telemetry/*", "lstm/h_rms", "lstm/policy/c_rms"} <= set(steps)
+    (row,) = history(records)
+    assert (row["_step"], row["update"], row["env_steps"]) == (0, 0, 64)  # both axes logged
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"log": "health"}, r"log must be a list of groups such as \['health'\]"),
+        ({"log": ["health", "charts"]}, r"log: 'charts' is not a group; use some of health, ppo"),
+        ({"log": []}, r"log must name at least one group"),
+        ({"prefix": "my esper"}, r"prefix must be letters, digits"),
+        ({"x_axis": "global_step"}, r"x_axis must be one of update, env_steps"),
+    ],
+)
+def test_bad_layout_options_are_one_line_naming_the_argument(
+    kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        WandBBackend("p", mode="disabled", **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_a_second_run_of_the_same_updates_on_a_resumed_run_is_counted_lost(
+    wandb_dir: Path,
+) -> None:
+    """Updates 0..3 logged, then the same run resumed (resume=True) by a trainer that
+    starts again at update 0 (not resumed itself): offline W&B would write them and
+    `wandb sync` would drop them below the first folder's steps, so the backend skips
+    them, and the hub counts them lost: not lossless, which makes esper ppo exit 4."""
+
+    def updates(resume: bool, numbers: range) -> tuple[WandBBackend, HubStats]:
+        backend = WandBBackend("esper-tests", dir=wandb_dir, resume=resume)
+        hub = TelemetryHub("resumed")
+        hub.subscribe(backend)
+        for update in numbers:
+            hub.emit(ppo_event(update))
+        return backend, hub.close(timeout=30)
+
+    first, stats = updates(False, range(4))
+    assert (first.skipped, stats.lossless) == (0, True)
+    second, stats = updates(True, range(6))
+    assert second.skipped == 4
+    ((sub_stats),) = stats.subscribers
+    assert (sub_stats.lost, stats.lost, stats.lossless) == (4, 4, False)
+    folders = sorted((wandb_dir / "wandb").glob("offline-run-*-resumed*"))
+    assert len(folders) == 2
+    assert [r["_step"] for r in history(inspect_run(folders[-1]))] == [4, 5]

@@ -124,6 +124,7 @@ from esper_telemetry.backends.wandb_keys import (
     Group,
     WandbKeys,
     XAxis,
+    checked_groups,
 )
 from esper_telemetry.hub import REDACTED, Backend, redact_secrets
 
@@ -278,7 +279,7 @@ class WandBBackend(Backend):
         self._job_type = _checked_text("job_type", job_type, limit=64)
         self._esper = _esper_config(thresholds, level_policy)
         groups = (DEFAULT_GROUPS if run is None else SHARED_GROUPS) if log is None else log
-        self._keys = WandbKeys(prefix=prefix, x_axis=x_axis, groups=tuple(groups))
+        self._keys = WandbKeys(prefix=prefix, x_axis=x_axis, groups=checked_groups(groups))
         self._alert_on = _checked_severities(alert_on)
         self._name = _checked_name(name)
         self._finish_timeout = _checked_timeout(finish_timeout)
