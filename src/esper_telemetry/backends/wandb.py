@@ -1,25 +1,33 @@
-"""WandBBackend: every event on one Weights & Biases run, plotted against the PPO update.
+"""WandBBackend: every event on one Weights & Biases run, on the x-axis you choose.
 
 The backend creates its W&B run when it is subscribed (``on_subscribe``), so a missing
 API key in online mode fails at ``hub.subscribe`` rather than in the middle of training.
-It may also be handed a run you created; it then never finishes that run.
+It may also be handed a run you created (to share it with SB3's, CleanRL's or your own
+logging); it then never finishes that run and never sets its step.
 
-What goes where:
+Every key comes from one layout, :class:`~esper_telemetry.backends.wandb_keys.WandbKeys`
+(the dashboards draw with the same one), in four groups that ``log=`` switches on and off,
+all under an optional ``prefix=`` (``"esper"``: ``esper/lstm/...``):
 
 =============================  =============================================================
 event                          W&B
 =============================  =============================================================
-``RUN_STARTED``                ``run.config`` (secrets redacted), ``run.notes``
-``PPO_UPDATE_COMPLETED``       ``ppo/<stat>``, ``ppo/env_steps``, ``ppo/episode_return_mean``,
-                               ``extra/<name>`` (the trainer's own scalars), the
-                               ``lstm/...`` keys below,
-                               ``telemetry/level``
-``ANOMALY_DETECTED``           ``anomaly/<type>``: how many so far; ``run.alert`` for the
-                               severities in ``alert_on``, its title and text naming the
-                               state the anomaly was found in
-``TELEMETRY_LEVEL_CHANGED``    ``telemetry/level``: the new level
-``RUN_FINISHED``               ``run.summary``: ``run/status``, ``run/message``; its
-                               summary scalars as ``final/<name>`` in the last row
+``RUN_STARTED``                ``run.config`` (secrets redacted), ``run.notes``; the config
+                               always holds ``esper`` (version, thresholds, level policy)
+``PPO_UPDATE_COMPLETED``       ``update`` and ``env_steps`` (the two x-axes, in every row);
+                               group ``health``: the ``lstm/...`` keys below; ``ppo``:
+                               ``ppo/<stat>``, ``ppo/episode_return_mean``, ``extra/<name>``
+                               (the trainer's own scalars); ``telemetry``:
+                               ``telemetry/level``, ``telemetry/lost`` and
+                               ``telemetry/dropped`` (the hub's, so far),
+                               ``telemetry/latency_p99_ms`` (its slowest subscriber's)
+``ANOMALY_DETECTED``           ``anomalies``: ``anomaly/<type>`` (how many so far) and a row
+                               of ``anomaly/table`` (logged at flush when it grew);
+                               ``run.alert`` for the severities in ``alert_on`` (whatever
+                               ``log=`` says), its title and text naming the state
+``TELEMETRY_LEVEL_CHANGED``    ``telemetry``: ``telemetry/level``
+``RUN_FINISHED``               ``run.summary`` only: ``run/status``, ``run/message`` and its
+                               scalars as ``final/<name>`` (single values: no chart)
 =============================  =============================================================
 
 The recurrent states of an update (``<figure>`` is one of the 12 of
@@ -43,17 +51,22 @@ A state without a cell (GRU, RNN) has no ``c`` figures: no ``.../c_*`` key is lo
 (W&B is given no value rather than a made-up one). The keys of a named state appear with
 the first update that has it.
 
-One x-axis: every ``run.log`` passes ``step=event.update`` and the key ``update``, which
-``define_metric`` declares as the step metric of every key above. W&B merges logs of one step
-until the step advances and silently drops a lower step, so an event whose update is
-lower than one already logged is not logged: it is counted in :attr:`WandBBackend.skipped`,
-reported to the hub as undelivered (so ``hub.stats()`` counts it as lost and ``esper ppo``
-exits 4), and the first one is logged as a warning. NaN and Inf are logged as they are. Every
-``lstm/*`` key keeps three summaries (declared by name, as each key first appears): ``last``,
-how the state is now; ``max``, the worst an explosion reached; and ``min``, the worst a
-vanishing state reached (the flags and ``outlier_envs`` keep ``last`` and ``max``). The runs
-table shows either; one NaN makes ``max`` and ``min`` NaN, which is the worst value there is,
-while ``last`` says whether the state has recovered.
+The x-axis: every row carries ``update`` and, when the trainer reports it, ``env_steps``;
+``define_metric`` makes the chosen one (``x_axis=``) the step metric of every key, so every
+chart lines up, and the other stays selectable in the UI. On a run the backend creates,
+``run.log`` also passes ``step=update``: W&B merges logs of one step until the step advances
+and silently drops a lower step, so an event whose update is lower than one already logged
+is not logged: it is counted in :attr:`WandBBackend.skipped`, reported to the hub as
+undelivered (so ``hub.stats()`` counts it as lost and ``esper ppo`` exits 4), and the first
+one is logged as a warning. On a run handed in, the step belongs to the other logger (and
+W&B refuses a step while it syncs TensorBoard): rows are logged without one and join that
+logger's open row, so nothing is dropped. NaN and Inf are logged as they are (W&B's summary
+path would write a NaN ``final/`` value as null, so it is written as the text ``"NaN"``).
+Every ``lstm/*`` key keeps three summaries (declared by name, as each key first appears):
+``last``, how the state is now; ``max``, the worst an explosion reached; and ``min``, the
+worst a vanishing state reached (the flags and ``outlier_envs`` keep ``last`` and ``max``).
+The runs table shows either; one NaN makes ``max`` and ``min`` NaN, which is the worst value
+there is, while ``last`` says whether the state has recovered.
 
 W&B's service process can fail to write what it was given (a full disk) without telling
 the SDK. So when an offline run the backend created is closed, its ``.wandb`` file is
@@ -171,8 +184,9 @@ class WandBBackend(Backend):
             what ``wandb.init`` itself would do: ``WANDB_MODE`` when it is set (checked
             here), else W&B's settings (``wandb offline`` in the working directory makes
             runs offline), else online. Not allowed with ``run``.
-        run: An existing W&B run to log to. The backend then never finishes it; its
-            step must be the PPO update (a step it has passed is skipped here).
+        run: An existing W&B run to log to, shared with another logger. The backend then
+            never finishes it and never sets its step (its rows carry ``update`` and
+            ``env_steps``), and logs the ``health`` group only unless ``log`` says more.
         dir: The folder the run's ``wandb/`` folder goes in (created if missing); None
             lets W&B decide (``WANDB_DIR``, else the working directory). W&B reads its
             environment variables once per process, at its first use.
@@ -189,8 +203,9 @@ class WandBBackend(Backend):
         resume: Continue the W&B run whose id is the hub's ``run_id`` if there is one
             (``wandb.init(resume="allow")``); an event whose update is below the resumed
             run's step is skipped (W&B would drop it). Offline, W&B writes a new run
-            folder for the same id, which ``wandb sync`` uploads after the first. Not
-            allowed with ``run``.
+            folder for the same id, which ``wandb sync`` uploads after the first: the
+            resumed run's step is then taken from the highest step of the earlier folders
+            under the same W&B directory. Not allowed with ``run``.
         entity: The W&B entity (user or team) of the run; None lets W&B decide
             (``WANDB_ENTITY``, else your default entity). Not allowed with ``run``.
         group: The W&B group of the run (for the runs of one sweep or of one distributed
@@ -205,6 +220,14 @@ class WandBBackend(Backend):
         level_policy: How the telemetry level moves, as the trainer sets it up (e.g.
             ``{"initial": "NORMAL", "escalate_to": "DEBUG", "escalate_for": 5,
             "halt_on": "critical"}``): JSON values, recorded under ``esper.level_policy``.
+        log: The groups to log, some of ``"health"``, ``"ppo"``, ``"anomalies"``,
+            ``"telemetry"`` (see the module docstring). None: all four on a run the
+            backend creates, ``("health",)`` on a run handed in (its other logger has
+            PPO's statistics already).
+        prefix: Put before every key with a ``/``, e.g. ``"esper"``: a namespace of its
+            own in a shared run. ``""`` (default): none.
+        x_axis: What every chart is drawn against: ``"update"`` (default) or
+            ``"env_steps"``. Both are logged in every row either way.
 
     ``run.config`` always holds ``esper.version`` (the esper-telemetry version) and
     ``esper.thresholds``, also for a run handed in.
@@ -221,7 +244,7 @@ class WandBBackend(Backend):
 
     Raises:
         ValueError: a bad ``project``, ``mode``, ``dir``, ``alert_on``, ``name``,
-            ``finish_timeout`` or ``init_timeout``, a config key that is not a string,
+            ``finish_timeout``, ``init_timeout``, ``log``, ``prefix`` or ``x_axis``, a config key that is not a string,
             ``run`` together with a setting that only applies to a run the backend
             creates, or an unknown ``WANDB_MODE``.
         TypeError: ``run`` is not a W&B run, ``config`` is not a mapping or ``dir`` is
