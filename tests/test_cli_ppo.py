@@ -233,6 +233,10 @@ MEMORY = "Invalid value for --envs / --episode-length / --hidden / --layers: the
         (["--episodes", "0"], "Invalid value for --episodes: must be an int in [1, 2**63 - 1]"),
         (["--envs", str(10**12)], MEMORY),  # hung building 10**12 environments
         (["--layers", str(10**9)], MEMORY),  # hung building 10**9 LSTM layers
+        (["--wandb-log", "health,charts"], "--wandb-log: log: 'charts' is not a group"),
+        (["--wandb-prefix", "my esper"], "--wandb-prefix: prefix must be letters"),
+        (["--wandb-tag", "x" * 65], "--wandb-tag: tags must be a non-empty string"),
+        (["--wandb-project", "a/b"], "--wandb-project: W&B project names"),
     ],
 )
 def test_bad_options_are_refused_before_training(
@@ -285,3 +289,34 @@ def test_a_failure_inside_training_exits_5_with_run_finished_failed(tmp_path: Pa
     assert finished == [("failed", error)]
     logged = [(r["event"], r.get("status")) for r in log_lines(run_dir)]
     assert logged[-1] == ("RUN_FINISHED", "failed")
+
+
+def test_wandb_flags_set_the_run_the_groups_the_prefix_and_the_axis(tmp_path: Path) -> None:
+    """--wandb-* flags reach the offline run: its group, tags and job type, only the
+    health group's keys, every key under the prefix, charts against env steps."""
+    result = esper(
+        tmp_path,
+        *("--episodes", "2", "--run-id", "flags", *SMALL),
+        *("--wandb-project", "lstm-study", "--wandb-group", "sweep-1", "--wandb-job-type", "train"),
+        *("--wandb-tag", "gru", "--wandb-tag", "cartpole", "--wandb-log", "health"),
+        *("--wandb-prefix", "esper", "--wandb-x-axis", "env_steps"),
+    )
+    assert result.returncode == 0, result.stderr
+    records = inspect_run(wandb_run(tmp_path / "runs" / "flags"))
+    run = of_type(records, "run")[0]  # the first run record; later ones update its config
+    assert (run["project"], run["run_group"], run["job_type"], run["tags"]) == (
+        "lstm-study",
+        "sweep-1",
+        "train",
+        ["gru", "cartpole"],
+    )
+    rows = history(records)
+    assert [(r["esper/update"], r["esper/env_steps"]) for r in rows] == [(0, 16), (1, 32)]
+    keys = {k for r in rows for k in r if k != "_step"}
+    assert {k.split("/")[1] for k in keys} == {"update", "env_steps", "lstm"}
+    assert {"esper/lstm/policy/h_rms", "esper/lstm/value/c_rms"} <= keys
+    steps = {
+        r.get("name") or r.get("glob_name"): r.get("step_metric")
+        for r in of_type(records, "metric")
+    }
+    assert steps["esper/lstm/policy/h_rms"] == steps["esper/ppo/*"] == "esper/env_steps"

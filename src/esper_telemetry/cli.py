@@ -15,11 +15,15 @@ from esper_telemetry._console import first_line
 from esper_telemetry._extras import is_installed, missing_message
 from esper_telemetry._signals import RunSignals
 from esper_telemetry.analytics import QUERY_FORMATS, TABLES, QueryFormat
+from esper_telemetry.backends.wandb_keys import GROUPS, X_AXES
 from esper_telemetry.contracts import WANDB_MODES, TelemetryLevel, WandbMode
 from esper_telemetry.training.faults import FAULT_KINDS, FaultKind, parse_fault
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from esper_telemetry.analytics import BadLine
+    from esper_telemetry.run import WandbSettings
 
 
 class _NonEmptyPath(click.Path):
@@ -114,6 +118,32 @@ def main() -> None:
     "WANDB_MODE does not change it (WandBBackend(mode=None) follows wandb.init instead).",
 )
 @click.option(
+    "--wandb-project", default="esper", show_default=True, help="The W&B project of the run."
+)
+@click.option("--wandb-entity", default=None, help="The W&B entity (user or team); W&B's default.")
+@click.option("--wandb-group", default=None, help="The W&B group of the run (a sweep, a job).")
+@click.option("--wandb-tag", "wandb_tags", multiple=True, help="A W&B tag (repeatable).")
+@click.option("--wandb-job-type", default=None, help="W&B's job type of the run, e.g. train.")
+@click.option(
+    "--wandb-log",
+    default=",".join(GROUPS),
+    show_default=True,
+    metavar="GROUP,...",
+    help=f"The groups of keys logged to W&B, some of {', '.join(GROUPS)} (see docs/wandb.md).",
+)
+@click.option(
+    "--wandb-prefix",
+    default="",
+    help="Put before every W&B key with a '/', e.g. esper (default: none).",
+)
+@click.option(
+    "--wandb-x-axis",
+    type=click.Choice(X_AXES),
+    default="update",
+    show_default=True,
+    help="What every W&B chart is drawn against; both are logged in every row.",
+)
+@click.option(
     "--halt-on",
     type=click.Choice(["critical"]),
     default=None,
@@ -189,6 +219,7 @@ def ppo(
     nproc: int,
     publish_ranks: str,
     fault_rank: int | None,
+    **wandb_flags: Any,
 ) -> None:
     """Train a recurrent PPO agent on CartPole without velocities, with full telemetry.
 
@@ -202,6 +233,7 @@ def ppo(
     crashed.
     """
     fault = _parse_fault(inject_fault)  # a bad option is refused before torch loads
+    wandb_settings = _wandb_settings(**wandb_flags)
     _check_ranks(nproc, tui=tui, resume=resume_dir is not None, fault=fault, rank=fault_rank)
     if resume_dir is not None:
         run_dir, run_id = _resumed(resume_dir, run_dir, run_id)
@@ -242,6 +274,8 @@ def ppo(
         run_id=run_id,
         level=TelemetryLevel.parse(telemetry_level),
         wandb=wandb_mode,  # type: ignore[arg-type]
+        wandb_project=wandb_settings[0],
+        wandb_settings=wandb_settings[1],
         halt_on="critical" if halt_on else None,
         progress=not no_progress and not tui,
         tui=tui,
@@ -282,6 +316,55 @@ def contracts_export(directory: Path) -> None:
         raise click.ClickException(str(exc)) from None
     for path in written:
         click.echo(str(path))
+
+
+def _wandb_settings(
+    *,
+    wandb_project: str,
+    wandb_entity: str | None,
+    wandb_group: str | None,
+    wandb_tags: tuple[str, ...],
+    wandb_job_type: str | None,
+    wandb_log: str,
+    wandb_prefix: str,
+    wandb_x_axis: str,
+) -> tuple[str, WandbSettings]:
+    """The ``--wandb-*`` flags checked (one line naming the flag), as the W&B project and
+    the rest of the run's W&B settings."""
+    from esper_telemetry.backends.wandb_keys import (
+        checked_groups,
+        checked_prefix,
+        checked_tags,
+        checked_text,
+        checked_x_axis,
+    )
+    from esper_telemetry.run import WandbSettings
+
+    def checked(flag: str, check: Callable[[], Any]) -> Any:
+        try:
+            return check()
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=flag) from None
+
+    if not wandb_project.strip() or any(ch in wandb_project for ch in "/\\#?%:"):
+        raise click.BadParameter(
+            "W&B project names are not empty and have none of / \\ # ? % :, got "
+            f"{wandb_project!r}",
+            param_hint="--wandb-project",
+        )
+    groups = [g.strip() for g in wandb_log.split(",") if g.strip()]
+    settings = WandbSettings(
+        entity=checked("--wandb-entity", lambda: checked_text("entity", wandb_entity)),
+        group=checked("--wandb-group", lambda: checked_text("group", wandb_group, limit=128)),
+        tags=checked("--wandb-tag", lambda: checked_tags(wandb_tags)),
+        job_type=checked(
+            "--wandb-job-type", lambda: checked_text("job_type", wandb_job_type, limit=64)
+        ),
+        log=checked("--wandb-log", lambda: checked_groups(groups)),
+        prefix=checked("--wandb-prefix", lambda: checked_prefix(wandb_prefix)),
+        x_axis=checked_x_axis(wandb_x_axis),
+    )
+    return wandb_project, settings
 
 
 #: The ``esper ppo`` option of each PPOConfig field it sets, for error messages.

@@ -55,6 +55,7 @@ from esper_telemetry._signals import RunSignals
 from esper_telemetry.backends.analytics import AnalyticsCollector
 from esper_telemetry.backends.escalator import AnomalyEscalator
 from esper_telemetry.backends.log import StructlogBackend
+from esper_telemetry.backends.wandb_keys import Group, XAxis
 from esper_telemetry.contracts import (
     STATUS_COLOUR,
     AnomalyDetected,
@@ -85,6 +86,21 @@ EXIT_FAILED = 5
 
 
 @dataclass(frozen=True)
+class WandbSettings:
+    """How the W&B run of ``esper ppo`` is set up (its ``--wandb-*`` flags; see
+    :class:`~esper_telemetry.backends.WandBBackend` for each)."""
+
+    entity: str | None = None
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+    job_type: str | None = None
+    log: tuple[Group, ...] | None = None
+    """The groups logged; None: all of them (esper creates the run)."""
+    prefix: str = ""
+    x_axis: XAxis = "update"
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """Everything ``esper ppo`` decides besides the training settings."""
 
@@ -94,6 +110,7 @@ class RunOptions:
     level: TelemetryLevel = TelemetryLevel.NORMAL
     wandb: WandbMode = "offline"
     wandb_project: str = "esper"
+    wandb_settings: WandbSettings = field(default_factory=WandbSettings)
     halt_on: Literal["critical"] | None = None
     escalate_for: int = 5
     thresholds: HealthThresholds = field(default_factory=HealthThresholds)
@@ -544,11 +561,19 @@ def _subscribe_all(
         run_dir.mkdir(parents=True, exist_ok=options.resume or options.parallel is not None)
         if options.resume:
             console.print(_backfill(run_dir, options.wandb))
+        settings = options.wandb_settings
         wandb_backend = WandBBackend(
             options.wandb_project,
             mode=options.wandb,
             dir=run_dir,
             resume=options.resume,
+            entity=settings.entity,
+            group=settings.group,
+            tags=settings.tags,
+            job_type=settings.job_type,
+            log=settings.log,
+            prefix=settings.prefix,
+            x_axis=settings.x_axis,
             thresholds=options.thresholds,
             level_policy={
                 "initial": options.level.name,

@@ -138,6 +138,8 @@ from esper_telemetry.backends.wandb_keys import (
     WandbKeys,
     XAxis,
     checked_groups,
+    checked_tags,
+    checked_text,
 )
 from esper_telemetry.hub import REDACTED, Backend, redact_secrets
 
@@ -244,9 +246,10 @@ class WandBBackend(Backend):
 
     Raises:
         ValueError: a bad ``project``, ``mode``, ``dir``, ``alert_on``, ``name``,
-            ``finish_timeout``, ``init_timeout``, ``log``, ``prefix`` or ``x_axis``, a config key that is not a string,
-            ``run`` together with a setting that only applies to a run the backend
-            creates, or an unknown ``WANDB_MODE``.
+            ``finish_timeout``, ``init_timeout``, ``log``, ``prefix``, ``x_axis``,
+            ``entity``, ``group``, ``tags`` or ``job_type``, a config key that is not a
+            string, ``run`` together with a setting that only applies to a run the
+            backend creates, or an unknown ``WANDB_MODE``.
         TypeError: ``run`` is not a W&B run, ``config`` is not a mapping or ``dir`` is
             not a path.
     """
@@ -296,10 +299,10 @@ class WandBBackend(Backend):
         self._mode: Mode | None = _resolved_mode(mode) if run is None else None
         self._dir = _checked_dir(dir)
         self._config = _redacted(_checked_config(config))
-        self._entity = _checked_text("entity", entity)
-        self._user_group = _checked_text("group", group, limit=128)
-        self._tags = _checked_tags(tags)
-        self._job_type = _checked_text("job_type", job_type, limit=64)
+        self._entity = checked_text("entity", entity)
+        self._user_group = checked_text("group", group, limit=128)
+        self._tags = checked_tags(tags)
+        self._job_type = checked_text("job_type", job_type, limit=64)
         self._esper = _esper_config(thresholds, level_policy)
         groups = (DEFAULT_GROUPS if run is None else SHARED_GROUPS) if log is None else log
         self._keys = WandbKeys(prefix=prefix, x_axis=x_axis, groups=checked_groups(groups))
@@ -1243,35 +1246,6 @@ def _checked_name(name: object) -> str | None:
     if name is not None and (not isinstance(name, str) or not name.strip()):
         raise ValueError(f"name must be a non-empty string or None, got {name!r}")
     return name
-
-
-def _checked_text(arg: str, value: object, *, limit: int = 256) -> str | None:
-    if value is None:
-        return None
-    if (
-        not isinstance(value, str)
-        or not value.strip()
-        or len(value) > limit
-        or any(ch < " " for ch in value)
-    ):
-        raise ValueError(
-            f"{arg} must be a non-empty string of at most {limit} characters without control "
-            f"characters, or None, got {value!r:.80}"
-        )
-    return value
-
-
-def _checked_tags(tags: object) -> tuple[str, ...]:
-    if tags is None:
-        return ()
-    if isinstance(tags, str) or not isinstance(tags, Iterable):
-        raise ValueError(
-            f"tags must be a list of strings, e.g. tags=['lstm', 'cartpole'], got {tags!r:.80}"
-        )
-    checked = tuple(tags)
-    for tag in checked:
-        _checked_text("tags", tag, limit=64)  # W&B's limit for a tag
-    return tuple(dict.fromkeys(checked))
 
 
 def _esper_config(thresholds: object, level_policy: object) -> dict[str, Any]:

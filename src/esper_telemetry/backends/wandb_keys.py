@@ -52,6 +52,8 @@ __all__ = [
     "XAxis",
     "checked_groups",
     "checked_prefix",
+    "checked_tags",
+    "checked_text",
     "checked_x_axis",
 ]
 
@@ -217,10 +219,39 @@ def checked_groups(groups: object) -> tuple[Group, ...]:
     chosen = set()
     for group in groups:
         if group not in GROUPS:
-            raise ValueError(
-                f"log: {group!r:.40} is not a group; use some of {', '.join(GROUPS)}"
-            )
+            raise ValueError(f"log: {group!r:.40} is not a group; use some of {', '.join(GROUPS)}")
         chosen.add(group)
     if not chosen:
         raise ValueError(f"log must name at least one group of {', '.join(GROUPS)}")
     return tuple(g for g in GROUPS if g in chosen)
+
+
+def checked_text(arg: str, value: object, *, limit: int = 256) -> str | None:
+    """A W&B name (entity, group, job type, a tag): 1 to ``limit`` printable characters."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or len(value) > limit
+        or any(ch < " " for ch in value)
+    ):
+        raise ValueError(
+            f"{arg} must be a non-empty string of at most {limit} characters without control "
+            f"characters, or None, got {value!r:.80}"
+        )
+    return value
+
+
+def checked_tags(tags: object) -> tuple[str, ...]:
+    """W&B tags, each checked, a repeated one kept once."""
+    if tags is None:
+        return ()
+    if isinstance(tags, str) or not isinstance(tags, Iterable):
+        raise ValueError(
+            f"tags must be a list of strings, e.g. tags=['lstm', 'cartpole'], got {tags!r:.80}"
+        )
+    checked = tuple(tags)
+    for tag in checked:
+        checked_text("tags", tag, limit=64)  # W&B's limit for a tag
+    return tuple(dict.fromkeys(checked))
