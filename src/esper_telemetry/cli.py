@@ -348,8 +348,7 @@ def _wandb_settings(
 
     if not wandb_project.strip() or any(ch in wandb_project for ch in "/\\#?%:"):
         raise click.BadParameter(
-            "W&B project names are not empty and have none of / \\ # ? % :, got "
-            f"{wandb_project!r}",
+            f"W&B project names are not empty and have none of / \\ # ? % :, got {wandb_project!r}",
             param_hint="--wandb-project",
         )
     groups = [g.strip() for g in wandb_log.split(",") if g.strip()]
