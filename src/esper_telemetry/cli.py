@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from esper_telemetry.analytics import BadLine
-    from esper_telemetry.run import WandbSettings
 
 
 class _NonEmptyPath(click.Path):
@@ -241,7 +240,7 @@ def ppo(
     import torch
     from rich.console import Console
 
-    from esper_telemetry.run import EXIT_INTERRUPTED, RunOptions, run_ppo
+    from esper_telemetry.run import EXIT_INTERRUPTED, RunOptions, WandbSettings, run_ppo
     from esper_telemetry.training import PPOConfig
     from esper_telemetry.training.ppo import ConfigError, check_memory
 
@@ -275,7 +274,7 @@ def ppo(
         level=TelemetryLevel.parse(telemetry_level),
         wandb=wandb_mode,  # type: ignore[arg-type]
         wandb_project=wandb_settings[0],
-        wandb_settings=wandb_settings[1],
+        wandb_settings=WandbSettings(**wandb_settings[1]),
         halt_on="critical" if halt_on else None,
         progress=not no_progress and not tui,
         tui=tui,
@@ -328,9 +327,10 @@ def _wandb_settings(
     wandb_log: str,
     wandb_prefix: str,
     wandb_x_axis: str,
-) -> tuple[str, WandbSettings]:
+) -> tuple[str, dict[str, Any]]:
     """The ``--wandb-*`` flags checked (one line naming the flag), as the W&B project and
-    the rest of the run's W&B settings."""
+    the fields of the run's ``WandbSettings`` (built once torch is loaded: the run module
+    imports it, and a signal must not cut that import)."""
     from esper_telemetry.backends.wandb_keys import (
         checked_groups,
         checked_prefix,
@@ -338,7 +338,6 @@ def _wandb_settings(
         checked_text,
         checked_x_axis,
     )
-    from esper_telemetry.run import WandbSettings
 
     def checked(flag: str, check: Callable[[], Any]) -> Any:
         try:
@@ -352,17 +351,17 @@ def _wandb_settings(
             param_hint="--wandb-project",
         )
     groups = [g.strip() for g in wandb_log.split(",") if g.strip()]
-    settings = WandbSettings(
-        entity=checked("--wandb-entity", lambda: checked_text("entity", wandb_entity)),
-        group=checked("--wandb-group", lambda: checked_text("group", wandb_group, limit=128)),
-        tags=checked("--wandb-tag", lambda: checked_tags(wandb_tags)),
-        job_type=checked(
+    settings = {
+        "entity": checked("--wandb-entity", lambda: checked_text("entity", wandb_entity)),
+        "group": checked("--wandb-group", lambda: checked_text("group", wandb_group, limit=128)),
+        "tags": checked("--wandb-tag", lambda: checked_tags(wandb_tags)),
+        "job_type": checked(
             "--wandb-job-type", lambda: checked_text("job_type", wandb_job_type, limit=64)
         ),
-        log=checked("--wandb-log", lambda: checked_groups(groups)),
-        prefix=checked("--wandb-prefix", lambda: checked_prefix(wandb_prefix)),
-        x_axis=checked_x_axis(wandb_x_axis),
-    )
+        "log": checked("--wandb-log", lambda: checked_groups(groups)),
+        "prefix": checked("--wandb-prefix", lambda: checked_prefix(wandb_prefix)),
+        "x_axis": checked_x_axis(wandb_x_axis),
+    }
     return wandb_project, settings
 
 
