@@ -8,6 +8,7 @@ from typing import Final
 #: The extra that installs each optional library.
 EXTRA_OF: Final = {
     "wandb": "wandb",
+    "wandb_workspaces": "wandb",
     "duckdb": "analytics",
     "pyarrow": "analytics",
     "textual": "tui",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -15,14 +17,17 @@ from esper_telemetry._console import first_line
 from esper_telemetry._extras import is_installed, missing_message
 from esper_telemetry._signals import RunSignals
 from esper_telemetry.analytics import QUERY_FORMATS, TABLES, QueryFormat
-from esper_telemetry.backends.wandb_keys import GROUPS, X_AXES
-from esper_telemetry.contracts import WANDB_MODES, TelemetryLevel, WandbMode
+from esper_telemetry.backends.wandb_keys import GROUPS, X_AXES, WandbKeys, checked_prefix
+from esper_telemetry.contracts import WANDB_MODES, HealthThresholds, TelemetryLevel, WandbMode
 from esper_telemetry.training.faults import FAULT_KINDS, FaultKind, parse_fault
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import ModuleType
 
     from esper_telemetry.analytics import BadLine
+
+_T = TypeVar("_T")
 
 
 class _NonEmptyPath(click.Path):
@@ -658,6 +663,213 @@ def wandb_backfill(run_dir: Path, mode: WandbMode | None, project: str | None) -
     click.echo(done.describe())
     if done.undelivered:
         sys.exit(4)
+
+
+def _valid_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return checked_prefix(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def _dashboard_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options ``esper wandb workspace`` and ``esper wandb report`` share."""
+    defaults = HealthThresholds()
+    options = [
+        click.option("--entity", required=True, help="The W&B user or team owning the project."),
+        click.option("--project", required=True, help="The W&B project of the runs."),
+        click.option(
+            "--state",
+            "states",
+            multiple=True,
+            metavar="NAME",
+            help="A named recurrent state to draw (repeat for more); default: policy and "
+            "value, what esper ppo and RecurrentPPO report.",
+        ),
+        click.option(
+            "--x-axis",
+            type=click.Choice(X_AXES),
+            default="update",
+            show_default=True,
+            help="What every chart is drawn against: the PPO update or env steps.",
+        ),
+        click.option(
+            "--prefix",
+            default="",
+            callback=_valid_prefix,
+            help="The key prefix the runs were logged with (WandBBackend's), e.g. esper.",
+        ),
+        *(
+            click.option(
+                f"--{name.replace('_', '-')}",
+                name,
+                type=float,
+                default=getattr(defaults, name),
+                show_default=True,
+                help=f"The {name.removesuffix('_rms')} threshold drawn on the RMS charts.",
+            )
+            for name in ("vanishing_rms", "warning_rms", "critical_rms")
+        ),
+        click.option(
+            "--print-spec",
+            is_flag=True,
+            help="Write the JSON spec to standard output instead of saving it; contacts nothing.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@wandb_group.command("workspace")
+@_dashboard_options
+@click.option(
+    "--run-group", default=None, help="Show only the runs of this W&B group; default: all."
+)
+@click.option(
+    "--name", default=None, help="The workspace's name in W&B; default: esper: LSTM health."
+)
+def wandb_workspace(
+    entity: str,
+    project: str,
+    states: tuple[str, ...],
+    x_axis: str,
+    prefix: str,
+    vanishing_rms: float,
+    warning_rms: float,
+    critical_rms: float,
+    print_spec: bool,
+    run_group: str | None,
+    name: str | None,
+) -> None:
+    """Save a W&B workspace of the LSTM health of a project's esper runs.
+
+    Sections: LSTM health (h and c RMS of every state with the thresholds drawn, the
+    per-env RMS, max |h| and |c|, NaN/Inf), Anomalies (the table and counts by type),
+    PPO and Telemetry. Saving needs `wandb login`; --print-spec writes the spec instead.
+    """
+    dash = _dashboard_module("workspace")
+    workspace = dash.health_workspace(
+        _valid("entity", dash.checked_name, "entity", entity),
+        _valid("project", dash.checked_name, "project", project),
+        name=_valid(
+            "name",
+            dash.checked_workspace_name,
+            dash.DEFAULT_WORKSPACE_NAME if name is None else name,
+        ),
+        run_group=None if run_group is None else _valid("run_group", dash.checked_group, run_group),
+        states=_valid("states", dash.checked_states, states or dash.DEFAULT_STATES),
+        thresholds=_thresholds(vanishing_rms, warning_rms, critical_rms),
+        keys=WandbKeys(prefix=prefix, x_axis=x_axis),  # type: ignore[arg-type]  # a Choice
+    )
+    _save_or_print(dash, workspace, print_spec, "workspace")
+
+
+@wandb_group.command("report")
+@_dashboard_options
+@click.option("--run", "run_id", required=True, help="The W&B run id of the run.")
+@click.option(
+    "--run-dir",
+    type=_NonEmptyPath("runs/RUN_ID", exists=True, path_type=Path),
+    default=None,
+    help="esper's run directory of that run: its anomalies are listed in the report. "
+    "Without it the report lists none.",
+)
+def wandb_report(
+    entity: str,
+    project: str,
+    states: tuple[str, ...],
+    x_axis: str,
+    prefix: str,
+    vanishing_rms: float,
+    warning_rms: float,
+    critical_rms: float,
+    print_spec: bool,
+    run_id: str,
+    run_dir: Path | None,
+) -> None:
+    """Save a W&B report of one run: the workspace's panels for it, and its anomalies.
+
+    Saving needs `wandb login`; --print-spec writes the spec instead.
+    """
+    dash = _dashboard_module("report")
+    report = dash.run_report(
+        _valid("entity", dash.checked_name, "entity", entity),
+        _valid("project", dash.checked_name, "project", project),
+        _valid("run_id", dash.checked_run_id, run_id),
+        anomalies=_anomalies_of(dash, run_dir),
+        states=_valid("states", dash.checked_states, states or dash.DEFAULT_STATES),
+        thresholds=_thresholds(vanishing_rms, warning_rms, critical_rms),
+        keys=WandbKeys(prefix=prefix, x_axis=x_axis),  # type: ignore[arg-type]  # a Choice
+    )
+    _save_or_print(dash, report, print_spec, "report")
+
+
+def _dashboard_module(command: str) -> ModuleType:
+    """esper_telemetry.backends.wandb_dashboard, or one line naming the extra to install."""
+    if not is_installed("wandb_workspaces"):
+        raise click.ClickException(missing_message(f"esper wandb {command}", "wandb_workspaces"))
+    from esper_telemetry.backends import wandb_dashboard
+
+    return wandb_dashboard
+
+
+def _valid(param: str, check: Callable[..., _T], *args: Any) -> _T:
+    """``check(*args)``, a ValueError from it refused as a bad value of option ``param``."""
+    try:
+        return check(*args)
+    except ValueError as exc:
+        ctx = click.get_current_context()
+        option = next(p for p in ctx.command.params if p.name == param)
+        raise click.BadParameter(first_line(exc), ctx=ctx, param=option) from None
+
+
+def _thresholds(vanishing_rms: float, warning_rms: float, critical_rms: float) -> HealthThresholds:
+    from pydantic import ValidationError
+
+    try:
+        return HealthThresholds(
+            vanishing_rms=vanishing_rms, warning_rms=warning_rms, critical_rms=critical_rms
+        )
+    except ValidationError as exc:
+        message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise click.BadParameter(
+            message, param_hint="--vanishing-rms / --warning-rms / --critical-rms"
+        ) from None
+
+
+def _anomalies_of(dash: ModuleType, run_dir: Path | None) -> list[str]:
+    """The anomaly lines of a run directory's events (none without one)."""
+    if run_dir is None:
+        return []
+    from esper_telemetry.analytics import read_events
+
+    bad: list[BadLine] = []
+    try:
+        lines: list[str] = dash.anomaly_lines(read_events(run_dir, on_bad_line=bad.append))
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(first_line(exc), param_hint="--run-dir") from None
+    _report_bad_lines(bad)
+    return lines
+
+
+def _save_or_print(dash: ModuleType, dashboard: Any, print_spec: bool, what: str) -> None:
+    """Write the spec to stdout, or save the dashboard to W&B and print its URL."""
+    if print_spec:
+        click.echo(json.dumps(dash.spec(dashboard), indent=2, allow_nan=False))
+        return
+    os.environ.setdefault("WANDB_SILENT", "true")
+    try:
+        dashboard.save()
+        url = dashboard.url
+    # wandb-workspaces raises a bare Exception when nobody is logged in, and wandb its
+    # own errors, requests' or ValueError for the rest: each is reported in one line.
+    except Exception as exc:
+        raise click.ClickException(
+            f"could not save the {what} to W&B ({type(exc).__name__}: {first_line(exc)}); "
+            "it needs `wandb login` (or WANDB_API_KEY) and a connection, or use --print-spec"
+        ) from None
+    click.echo(f"saved the {what}: {url}")
 
 
 def _report_bad_lines(bad: list[BadLine]) -> None:
