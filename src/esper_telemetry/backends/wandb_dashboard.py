@@ -24,8 +24,10 @@ A section whose group the layout does not log (``WandbKeys(groups=...)``) is lef
 Every line plot is drawn against ``keys.x_key`` (the update, or env steps).
 
 W&B's line plot has no setting for a reference line, so each threshold goes in as one of
-the plot's expressions, a plain number, which the plot evaluates at every x: a flat line.
-The title names the same numbers, for a reader who cannot tell which line is which.
+the plot's expressions, a plain number, meant to be evaluated at every x as a flat line
+(W&B documents expressions over metrics, not constants: this could not be checked against
+the W&B app from here, which has no network). The title names the same numbers, so the
+thresholds are on the chart either way.
 
 >>> keys = WandbKeys(prefix="esper")
 >>> workspace = health_workspace("my-team", "cartpole", keys=keys)
