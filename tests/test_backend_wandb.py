@@ -36,7 +36,8 @@ from esper_telemetry import (
     emit_ppo_update_event,
 )
 from esper_telemetry.backends.wandb import WandBBackend
-from esper_telemetry.backends.wandb_keys import ANOMALY_COLUMNS
+from esper_telemetry.backends.wandb_backfill import backfill_wandb, wandb_holds
+from esper_telemetry.backends.wandb_keys import ANOMALY_COLUMNS, GROUPS
 from esper_telemetry.contracts import (
     Anomaly,
     AnomalyDetected,
@@ -377,6 +378,8 @@ def test_config_is_merged_and_secrets_are_redacted(scenario: Scenario) -> None:
     assert esper == {
         "version": esper_telemetry.__version__,
         "thresholds": {"vanishing_rms": 1e-6, "warning_rms": 5.0, "critical_rms": 10.0},
+        # The key layout, which a backfill reads back to write the same keys.
+        "layout": {"prefix": "", "x_axis": "update", "log": list(GROUPS)},
     }
     assert config == {
         "team": "esper",
@@ -518,6 +521,7 @@ def test_a_run_handed_in_is_shared_never_stepped_and_never_finished(wandb_dir: P
     assert backend.skipped == 0
     # config=, and esper's section, which a run handed in gets too.
     esper = {
+        "layout": {"log": ["health"], "prefix": "", "x_axis": "update"},
         "thresholds": {"critical_rms": 10, "vanishing_rms": 1e-06, "warning_rms": 5},
         "version": esper_telemetry.__version__,
     }
@@ -1106,3 +1110,52 @@ def test_a_second_run_of_the_same_updates_on_a_resumed_run_is_counted_lost(
     folders = sorted((wandb_dir / "wandb").glob("offline-run-*-resumed*"))
     assert len(folders) == 2
     assert [r["_step"] for r in history(inspect_run(folders[-1]))] == [4, 5]
+
+
+def test_a_backfill_writes_the_keys_of_the_layout_the_run_was_logged_with(
+    wandb_dir: Path,
+) -> None:
+    """A run logged under prefix 'esper' on the env-steps axis, whose W&B run lost its last
+    updates: the backfill reads the layout from the run's config and writes esper/ keys,
+    and the end's status under esper/run/status, not unprefixed ones."""
+    events: list[Any] = []
+
+    class Keep:
+        def handle(self, event: Any) -> None:
+            events.append(event)
+
+    backend = WandBBackend("esper-tests", dir=wandb_dir, prefix="esper", x_axis="env_steps")
+    with TelemetryHub("prefixed") as hub:
+        hub.subscribe(Keep(), mode="inline")
+        hub.subscribe(backend)
+        for update in range(4):
+            if update == 2:
+                hub.flush()
+                hub.unsubscribe("wandb")  # W&B "loses" updates 2 and 3
+                backend.close()
+            emit_ppo_update_event(
+                hub,
+                update=update,
+                metrics={"policy_loss": 0.1, "value_loss": 0.2, "entropy": 0.3},
+                lstm_health=compute_lstm_health(lstm_state()),
+                env_steps=64 * (update + 1),
+            )
+        hub.emit(RunFinished(update=3, payload=RunFinishedPayload(status="completed")))
+    holds = wandb_holds(wandb_dir, "prefixed")
+    assert (holds.keys.prefix, holds.keys.x_axis, sorted(holds.steps)) == (
+        "esper",
+        "env_steps",
+        [0, 1],
+    )
+    done = backfill_wandb(wandb_dir, events)
+    assert (done.written_updates, done.wrote_end) == (2, True)
+    assert done.run_dir is not None
+    rows = history(inspect_run(done.run_dir))
+    assert [(r["_step"], r["esper/update"], r["esper/env_steps"]) for r in rows] == [
+        (2, 2, 192),
+        (3, 3, 256),
+    ]
+    assert not [k for r in rows for k in r if not k.startswith(("esper/", "_"))]
+    summary = inspect_summary(done.run_dir)["summary"]
+    assert summary["esper/run/status"] == "completed"
+    assert "run/status" not in summary

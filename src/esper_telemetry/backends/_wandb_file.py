@@ -56,6 +56,8 @@ class RunFileContents:
     """A ``run`` record carries notes."""
     project: str | None = None
     """The project named by the first ``run`` record that names one."""
+    layout: dict[str, Any] | None = None
+    """The key layout esper logged with (``config["esper"]["layout"]``), when recorded."""
     exited: bool = False
     """The file holds the exit record ``run.finish()`` writes last."""
     records: int = 0
@@ -204,13 +206,25 @@ def _note(record: Any, contents: RunFileContents) -> None:
     elif kind == "summary":
         contents.summary_keys.update(_key(item) for item in record.summary.update)
     elif kind == "config":
-        contents.config_keys.update(_key(item) for item in record.config.update)
+        _note_config(record.config.update, contents)
     elif kind == "run":
-        contents.config_keys.update(_key(item) for item in record.run.config.update)
+        _note_config(record.run.config.update, contents)
         contents.notes = contents.notes or bool(record.run.notes)
         contents.project = contents.project or record.run.project or None
     else:
         contents.exited = True
+
+
+def _note_config(items: Any, contents: RunFileContents) -> None:
+    for item in items:
+        key = _key(item)
+        contents.config_keys.add(key)
+        if key == "esper" and contents.layout is None:
+            try:
+                layout = json.loads(item.value_json).get("layout")
+            except (ValueError, AttributeError):  # not esper's section: nothing to learn
+                continue
+            contents.layout = layout if isinstance(layout, dict) else None
 
 
 def _step_of(history: Any) -> int:

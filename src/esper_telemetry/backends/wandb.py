@@ -303,9 +303,9 @@ class WandBBackend(Backend):
         self._user_group = checked_text("group", group, limit=128)
         self._tags = checked_tags(tags)
         self._job_type = checked_text("job_type", job_type, limit=64)
-        self._esper = _esper_config(thresholds, level_policy)
         groups = (DEFAULT_GROUPS if run is None else SHARED_GROUPS) if log is None else log
         self._keys = WandbKeys(prefix=prefix, x_axis=x_axis, groups=checked_groups(groups))
+        self._esper = _esper_config(thresholds, level_policy, self._keys)
         self._alert_on = _checked_severities(alert_on)
         self._name = _checked_name(name)
         self._finish_timeout = _checked_timeout(finish_timeout)
@@ -1248,8 +1248,9 @@ def _checked_name(name: object) -> str | None:
     return name
 
 
-def _esper_config(thresholds: object, level_policy: object) -> dict[str, Any]:
-    """What ``run.config["esper"]`` records: the version, the rule, the level policy."""
+def _esper_config(thresholds: object, level_policy: object, keys: WandbKeys) -> dict[str, Any]:
+    """What ``run.config["esper"]`` records: the version, the rule, the key layout (which
+    ``esper wandb backfill`` reads back, to write the keys the run wrote), the level policy."""
     from esper_telemetry import __version__
 
     if thresholds is None:
@@ -1258,7 +1259,11 @@ def _esper_config(thresholds: object, level_policy: object) -> dict[str, Any]:
         raise TypeError(
             f"thresholds must be a HealthThresholds or None, got {type(thresholds).__name__}"
         )
-    out: dict[str, Any] = {"version": __version__, "thresholds": thresholds.model_dump()}
+    out: dict[str, Any] = {
+        "version": __version__,
+        "thresholds": thresholds.model_dump(),
+        "layout": {"prefix": keys.prefix, "x_axis": keys.x_axis, "log": list(keys.groups)},
+    }
     if level_policy is not None:
         if not isinstance(level_policy, Mapping):
             raise TypeError(

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from esper_telemetry.backends._wandb_file import read_run_file, run_folders
 from esper_telemetry.backends.wandb import DEFAULT_FINISH_TIMEOUT_S, Mode, WandBBackend
+from esper_telemetry.backends.wandb_keys import GROUPS, WandbKeys
 from esper_telemetry.contracts import (
     AnomalyDetected,
     PPOUpdateCompleted,
@@ -36,9 +38,6 @@ from esper_telemetry.contracts import (
 )
 
 __all__ = ["Backfill", "WandbHolds", "backfill_wandb", "wandb_holds"]
-
-#: The summary key every RUN_FINISHED writes: W&B holds the run's end when it holds this.
-_STATUS_KEY = "run/status"
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,9 @@ class WandbHolds:
     mode: Mode | None
     """``offline`` if any file is an offline run's, ``online`` if all are online; None
     when there is no file."""
+    keys: WandbKeys = field(default_factory=WandbKeys)
+    """The key layout the run was logged with (its config's ``esper.layout``; the default
+    layout for a run from before it was recorded)."""
 
 
 @dataclass(frozen=True)
@@ -112,16 +114,32 @@ def wandb_holds(run_dir: str | os.PathLike[str], run_id: str) -> WandbHolds:
     steps: set[int] = set()
     summary: set[str] = set()
     project = None
+    layout: dict[str, Any] | None = None
     for path in files:
         contents = read_run_file(path)
         steps |= contents.steps
         summary |= contents.summary_keys
         project = project or contents.project
+        layout = layout or contents.layout
     mode: Mode | None = None
     if files:
         offline = any(p.parent.name.startswith("offline-run-") for p in files)
         mode = "offline" if offline else "online"
-    return WandbHolds(files, frozenset(steps), frozenset(summary), project, mode)
+    return WandbHolds(files, frozenset(steps), frozenset(summary), project, mode, _keys_of(layout))
+
+
+def _keys_of(layout: dict[str, Any] | None) -> WandbKeys:
+    """The layout a run file recorded; the default one if none (or an unreadable one)."""
+    if not layout:
+        return WandbKeys()
+    try:
+        return WandbKeys(
+            prefix=layout.get("prefix", ""),
+            x_axis=layout.get("x_axis", "update"),
+            groups=tuple(layout.get("log", GROUPS)),
+        )
+    except (TypeError, ValueError):
+        return WandbKeys()
 
 
 def backfill_wandb(
@@ -171,6 +189,9 @@ def backfill_wandb(
         alert_on=(),
         resume=True,
         finish_timeout=finish_timeout,
+        log=holds.keys.groups,
+        prefix=holds.keys.prefix,
+        x_axis=holds.keys.x_axis,
     )
     backend._open(run_id)
     floor = backend._last_step  # online: the resumed run's step; W&B drops lower ones
@@ -213,9 +234,7 @@ def _replay(
             case RunStarted():
                 backend.handle(event)  # the config and notes, in every run folder
             case RunFinished() if not held:
-                # Its final row goes after every step W&B holds: never a step twice.
-                after = max(holds.steps, default=-1) + 1
-                backend.handle(event.model_copy(update={"update": max(event.update, after)}))
+                backend.handle(event)  # the run's end: its summary (and the anomaly table)
                 wrote_summary = True
             case AnomalyDetected(payload=p) if held:
                 backend._anomalies[p.anomaly.type.value] += 1  # the count goes on from there
@@ -233,7 +252,7 @@ def _replay(
 def _held(event: TelemetryEvent, holds: WandbHolds, floor: int) -> bool:
     """W&B already holds this event (or would drop it: a step below ``floor``)."""
     if isinstance(event, RunFinished):
-        return _STATUS_KEY in holds.summary_keys
+        return holds.keys.run("status") in holds.summary_keys
     if isinstance(event, RunStarted):
         return True  # config and notes are written again: the same values, no step
     return event.update in holds.steps or event.update < floor
