@@ -1076,19 +1076,17 @@ class _AnomalyTable:
 @dataclass(frozen=True)
 class _Expected:
     """What a RUN_STARTED or RUN_FINISHED event put in W&B: config keys, notes, summary
-    keys and, for a RUN_FINISHED with summary scalars, the step of its ``final/`` row."""
+    keys (a RUN_FINISHED's status, message and ``final/`` values)."""
 
     config: frozenset[str] = frozenset()
     summary: frozenset[str] = frozenset()
     notes: bool = False
-    step: int | None = None
 
     def held_by(self, contents: RunFileContents) -> bool:
         return (
             self.config <= contents.config_keys
             and self.summary <= contents.summary_keys
             and (contents.notes or not self.notes)
-            and (self.step is None or self.step in contents.steps)
         )
 
 
