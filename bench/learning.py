@@ -2,14 +2,18 @@
 
 Measured, per seed, for ``esper_telemetry.training.ppo.train`` with its default settings
 (RL Zoo ``ppo_lstm``: 8 envs × 32 steps = 256 env steps per update) and the hub at level
-OFF (nothing published), ``torch.set_num_threads(1)``:
+NORMAL with one inline subscriber that keeps what the diagnosis of a collapse needs (so
+the telemetry's cost is in the times), ``torch.set_num_threads(1)``:
 
 * the learning curve: after every update, the env steps so far and the mean return of
   the last 20 finished episodes (raw, undiscounted; NaN before any episode ended);
 * the env steps and wall-clock seconds at the end of the first update whose mean-of-20
   is >= 475. Seconds run from just before ``train`` is called (env and model creation
   included) to the end of that update;
-* the final mean-of-20 and the run's total seconds.
+* the final mean-of-20 and the run's total seconds;
+* per update, from the published event: approx_kl, clip_fraction, value_loss,
+  explained_variance, entropy, the learning rate, and the h and c RMS and max |c| of both
+  LSTM states (``policy``, ``value``), for reading what happened around a collapse.
 
 Target: mean-of-20 >= 475 within 1e5 env steps. ``bench/sb3_reference.py`` measures
 sb3-contrib's RecurrentPPO the same way; ``bench/results/learning.md`` compares them.
@@ -35,6 +39,7 @@ from pathlib import Path
 import torch
 
 from esper_telemetry import TelemetryHub
+from esper_telemetry.contracts import PPOUpdateCompleted, TelemetryEvent
 from esper_telemetry.training.ppo import PPOConfig, UpdateInfo, train
 
 THRESHOLD = 475.0
@@ -53,6 +58,35 @@ class SeedResult:
     final_mean20: float = math.nan
     total_seconds: float = 0.0
     episodes: int = 0
+    updates: list[dict[str, float]] = field(default_factory=list)
+    """Per update: the statistics and LSTM figures the diagnosis reads (see the docstring)."""
+
+
+_STATS = (
+    "approx_kl",
+    "clip_fraction",
+    "value_loss",
+    "explained_variance",
+    "entropy",
+    "learning_rate",
+)
+_FIGURES = ("h_rms", "c_rms", "c_max")
+
+
+class Keep:
+    """An inline subscriber keeping each update's statistics and LSTM figures."""
+
+    def __init__(self, into: list[dict[str, float]]) -> None:
+        self.into = into
+
+    def handle(self, event: TelemetryEvent) -> None:
+        if not isinstance(event, PPOUpdateCompleted):
+            return
+        p = event.payload
+        row = {k: getattr(p, k) for k in _STATS if getattr(p, k) is not None}
+        for name, health in p.named_health().items():
+            row.update({f"{name}/{f}": getattr(health, f) for f in _FIGURES})
+        self.into.append(row)
 
 
 def run_seed(seed: int, updates: int) -> SeedResult:
@@ -66,7 +100,8 @@ def run_seed(seed: int, updates: int) -> SeedResult:
         if result.steps_to_threshold is None and info.mean_return >= THRESHOLD:
             result.steps_to_threshold, result.seconds_to_threshold = info.env_steps, now
 
-    with TelemetryHub(level="off") as hub:
+    with TelemetryHub(level="normal") as hub:
+        hub.subscribe(Keep(result.updates), mode="inline")
         trained = train(PPOConfig(updates=updates, seed=seed), hub, on_update=on_update)
     result.total_seconds = time.perf_counter() - began
     if trained.status != "completed":

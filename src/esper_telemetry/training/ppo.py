@@ -353,6 +353,103 @@ class RecurrentActorCritic(nn.Module):
         values = self.value(torch.cat(critic_out)).squeeze(-1)
         return logits, values, ((ha, ca), (hc, cc))
 
+    def unroll_segments(
+        self, obs: torch.Tensor, starts: torch.Tensor, state: RecurrentState
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`unroll` computes (logits ``[T, B, actions]``, values ``[T, B]``),
+        with each LSTM run once over the whole batch instead of once per step.
+
+        Each env's steps are cut into segments where an episode starts; the segments are
+        padded into one ``[L, S, obs_dim]`` batch, each begun from zeros at an episode
+        start and from ``state`` (the env's stored state) otherwise. Padding follows the
+        real steps, so it never reaches them (an LSTM only looks back). The final state is
+        not returned: where segments end at different steps, there is no single one.
+        """
+        actor_out, critic_out = self.segment_outputs(obs, starts, state)
+        return self.policy(actor_out), self.value(critic_out).squeeze(-1)
+
+    def segment_outputs(
+        self, obs: torch.Tensor, starts: torch.Tensor, state: RecurrentState
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The actor's and the critic's LSTM outputs ``[T, B, out]`` of every step, each
+        LSTM run once over the episode segments (see :meth:`unroll_segments`)."""
+        cut = Segments.of(starts)
+        x = cut.pad(obs)
+        outs = []
+        for lstm, (h, c) in ((self.actor_lstm, state[0]), (self.critic_lstm, state[1])):
+            out, _ = lstm(x, (cut.initial(h), cut.initial(c)))
+            outs.append(cut.unpad(out))
+        return outs[0], outs[1]
+
+
+@dataclass(frozen=True)
+class Segments:
+    """How ``[T, B]`` steps are cut into episode segments and padded into ``[L, S]``.
+
+    A segment is a run of one env's steps that starts at step 0 or at an episode start
+    (``starts[t, b]``) and lasts until the next one. ``time`` and ``index`` place every
+    step (env-major order: env 0's steps first) at its row and column of the padded batch.
+    """
+
+    steps: int
+    envs: int
+    length: int
+    """L: the longest segment."""
+    env: torch.Tensor
+    """``[S]``: the env of each segment."""
+    fresh: torch.Tensor
+    """``[S]``: True where a segment begins an episode (its state starts at zero)."""
+    time: torch.Tensor
+    """``[T * B]``: each step's row in the padded batch (its place in its segment)."""
+    index: torch.Tensor
+    """``[T * B]``: each step's column (its segment)."""
+
+    @classmethod
+    def of(cls, starts: torch.Tensor) -> Segments:
+        """The segments of a ``[T, B]`` bool tensor of episode starts.
+
+        >>> s = Segments.of(torch.tensor([[True, False], [False, False], [True, False]]))
+        >>> s.length, s.env.tolist(), s.fresh.tolist(), s.index.tolist()
+        (3, [0, 0, 1], [True, True, False], [0, 0, 1, 2, 2, 2])
+        """
+        steps, envs = starts.shape
+        by_env = starts.T.cpu().numpy()  # [B, T], env-major
+        begins = by_env.copy()
+        begins[:, 0] = True  # every env's first step begins a segment
+        flat_begins = begins.reshape(-1)
+        index = np.cumsum(flat_begins) - 1  # each step's segment
+        first = np.flatnonzero(flat_begins)  # each segment's first step (flat)
+        time = np.arange(steps * envs) - first[index]
+        device = starts.device
+        return cls(
+            steps=steps,
+            envs=envs,
+            length=int(time.max()) + 1,
+            env=torch.as_tensor(first // steps, device=device),
+            fresh=torch.as_tensor(by_env.reshape(-1)[first], device=device),
+            time=torch.as_tensor(time, device=device),
+            index=torch.as_tensor(index, device=device),
+        )
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [T, B, ...]`` as ``[L, S, ...]``, zeros after each segment's end."""
+        flat = x.transpose(0, 1).reshape(self.steps * self.envs, *x.shape[2:])
+        padded = x.new_zeros((self.length, len(self.env), *x.shape[2:]))
+        padded[self.time, self.index] = flat
+        return padded
+
+    def unpad(self, y: torch.Tensor) -> torch.Tensor:
+        """``y [L, S, ...]`` back to ``[T, B, ...]`` (padding dropped)."""
+        flat = y[self.time, self.index]
+        return flat.view(self.envs, self.steps, *y.shape[2:]).transpose(0, 1)
+
+    def initial(self, x: torch.Tensor) -> torch.Tensor:
+        """Each segment's initial state from the envs' stored ``x [layers, B, size]``:
+        zero where it begins an episode. where() rather than a product by 0, so a NaN
+        state still resets at a boundary, as in :meth:`RecurrentActorCritic.unroll`."""
+        chosen = x[:, self.env]
+        return torch.where(self.fresh.view(1, -1, 1), torch.zeros_like(chosen), chosen)
+
 
 def select_envs(state: RecurrentState, envs: torch.Tensor) -> RecurrentState:
     """The part of ``state`` that belongs to the given env indices (a copy)."""
@@ -822,7 +919,7 @@ def _ppo_epochs(
         for start in range(0, config.envs, per_batch):
             envs = order[start : start + per_batch]
             state = select_envs(initial_state, envs)
-            logits, values, _ = model.unroll(obs[:, envs], starts[:, envs], state)
+            logits, values = model.unroll_segments(obs[:, envs], starts[:, envs], state)
             logp_all = torch.log_softmax(logits, dim=-1)
             logp = logp_all.gather(2, actions[:, envs, None])[..., 0]
             entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
