@@ -30,10 +30,12 @@ from esper_telemetry.training.ppo import (
     ConfigError,
     RecurrentActorCritic,
     RecurrentState,
+    Segments,
     UpdateInfo,
     available_memory,
     check_memory,
     compute_gae,
+    ppo_loss,
     sample_actions,
     select_envs,
 )
@@ -141,6 +143,105 @@ def test_an_episode_start_resets_even_a_nan_state() -> None:
     assert not torch.isnan(logits).any()
     assert not torch.isnan(values).any()
     assert not any(torch.isnan(x).any() for pair in state for x in pair)
+
+
+def planted_starts(steps: int = 32, envs: int = 8) -> torch.Tensor:
+    """Episode starts as a rollout has them: a few envs reset inside the window, one at
+    step 0, one twice, env 0 never (a long episode going on from its stored state)."""
+    starts = torch.zeros(steps, envs, dtype=torch.bool)
+    starts[0, 1] = True
+    starts[5, 2] = True
+    starts[[3, 19], 3] = True
+    starts[steps - 1, 4] = True  # a one-step segment at the end
+    starts[1:, 5] = True  # one-step episodes throughout
+    return starts
+
+
+def test_the_segment_unroll_gives_the_step_by_step_loss_and_gradients() -> None:
+    """On the same parameters and data, the PPO loss of the batched unroll equals the
+    step-by-step one to 1e-6, and so do the gradients of every parameter."""
+    torch.manual_seed(3)
+    config = PPOConfig()
+    m = RecurrentActorCritic(2, 2, config)
+    steps, envs = 32, 8
+    obs, starts = torch.randn(steps, envs, 2), planted_starts(steps, envs)
+
+    def pair() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(1, envs, 64), torch.randn(1, envs, 64)
+
+    state: RecurrentState = (pair(), pair())
+    actions = torch.randint(0, 2, (steps, envs))
+    old_logp = torch.log(torch.full((steps, envs), 0.5)) + 0.05 * torch.randn(steps, envs)
+    advantages, returns = torch.randn(steps, envs), torch.randn(steps, envs)
+
+    def loss_and_grads(batched: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        m.zero_grad()
+        if batched:
+            logits, values = m.unroll_segments(obs, starts, state)
+        else:
+            logits, values, _ = m.unroll(obs, starts, state)
+        loss, _ = ppo_loss(
+            logits, values, actions, old_logp, advantages, returns, clip=0.2, config=config
+        )
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]
+
+    step_loss, step_grads = loss_and_grads(batched=False)
+    batch_loss, batch_grads = loss_and_grads(batched=True)
+    assert abs(step_loss.item() - batch_loss.item()) <= 1e-6
+    assert len(step_grads) == len(batch_grads) == len(list(m.parameters()))
+    for a, b in zip(step_grads, batch_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_an_episode_start_inside_a_segment_batch_resets_the_state() -> None:
+    """Env 0 plays a long episode from its stored state, env 1 resets at step 5: the
+    batched unroll gives env 0 the LSTM run over all steps from that state, and env 1 the
+    run from its stored state up to step 4, then the run from zeros."""
+    m = model()
+    steps = 12
+    obs = torch.randn(steps, 2, 2)
+    starts = torch.zeros(steps, 2, dtype=torch.bool)
+    starts[5, 1] = True
+    state = random_state(2)
+    with torch.no_grad():
+        actor, critic = m.segment_outputs(obs, starts, state)
+        (ha, ca), (hc, cc) = state
+        long_actor, _ = m.actor_lstm(obs[:, :1], (ha[:, :1], ca[:, :1]))
+        long_critic, _ = m.critic_lstm(obs[:, :1], (hc[:, :1], cc[:, :1]))
+        before, _ = m.actor_lstm(obs[:5, 1:], (ha[:, 1:], ca[:, 1:]))
+        after, _ = m.actor_lstm(obs[5:, 1:])  # nn.LSTM's own zero initial state
+    torch.testing.assert_close(actor[:, :1], long_actor)
+    torch.testing.assert_close(critic[:, :1], long_critic)
+    torch.testing.assert_close(actor[:5, 1:], before)
+    torch.testing.assert_close(actor[5:, 1:], after)
+    assert not torch.equal(actor[5:, 1:], m.actor_lstm(obs[5:, 1:], (ha[:, 1:], ca[:, 1:]))[0])
+
+
+def test_segments_reset_a_nan_state_at_an_episode_start_and_keep_it_otherwise() -> None:
+    """A NaN stored state is cleared where a segment begins an episode and flows on where
+    it does not (no repair: broken training stays visible)."""
+    m = model()
+    starts = torch.zeros(4, 2, dtype=torch.bool)
+    starts[0, 0] = True
+    with torch.no_grad():
+        logits, values = m.unroll_segments(torch.randn(4, 2, 2), starts, random_state(2, math.nan))
+    assert not torch.isnan(logits[:, 0]).any()
+    assert not torch.isnan(values[:, 0]).any()
+    assert torch.isnan(logits[:, 1]).all()
+
+
+def test_segments_place_every_step_once() -> None:
+    """Padding and unpadding give back every step of every env, and segments split at
+    exactly the planted starts."""
+    starts = planted_starts()
+    cut = Segments.of(starts)
+    x = torch.arange(32 * 8, dtype=torch.float32).view(32, 8, 1)
+    torch.testing.assert_close(cut.unpad(cut.pad(x)), x)
+    per_env = [1 + int(starts[1:, b].sum()) for b in range(8)]
+    assert len(cut.env) == sum(per_env)
+    assert cut.env.tolist() == [b for b in range(8) for _ in range(per_env[b])]
+    assert cut.length == 32  # env 0's long episode
 
 
 def test_sampling_is_seeded_follows_softmax_and_survives_nan() -> None:

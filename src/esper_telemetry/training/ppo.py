@@ -920,28 +920,15 @@ def _ppo_epochs(
             envs = order[start : start + per_batch]
             state = select_envs(initial_state, envs)
             logits, values = model.unroll_segments(obs[:, envs], starts[:, envs], state)
-            logp_all = torch.log_softmax(logits, dim=-1)
-            logp = logp_all.gather(2, actions[:, envs, None])[..., 0]
-            entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
-            adv = advantages[:, envs]
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            log_ratio = logp - old_logp[:, envs]
-            ratio = log_ratio.exp()
-            policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
-            value_loss = (returns[:, envs] - values).pow(2).mean()
-            loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
+            part = tuple(x[:, envs] for x in (actions, old_logp, advantages, returns))
+            loss, figures = ppo_loss(logits, values, *part, clip=clip, config=config)
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             if parallel is not None:  # every replica takes the same step
                 parallel.average_gradients(model)
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
-            with torch.no_grad():
-                approx_kl = ((ratio - 1) - log_ratio).mean()
-                clipped = ((ratio - 1).abs() > clip).float().mean()
-                sums += torch.stack(
-                    [policy_loss, value_loss, entropy, approx_kl, clipped, grad_norm]
-                ).detach()
+            sums += torch.cat([figures, grad_norm.detach()[None]])
             count += 1
     y, v = returns.flatten(), old_values.flatten()
     explained = 1 - (y - v).var() / y.var()
@@ -950,6 +937,36 @@ def _ppo_epochs(
     stats = dict(zip(names, host[:6], strict=True))
     stats["explained_variance"] = host[6]
     return stats
+
+
+def ppo_loss(
+    logits: torch.Tensor,
+    values: torch.Tensor,
+    actions: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    *,
+    clip: float,
+    config: PPOConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clipped-surrogate loss of one minibatch (``[T, B]`` tensors; advantages
+    normalised over the minibatch), and, detached, its policy loss, value loss, entropy,
+    approx_kl and clip fraction."""
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(2, actions[..., None])[..., 0]
+    entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+    adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+    policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
+    value_loss = (returns - values).pow(2).mean()
+    loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+        clipped = ((ratio - 1).abs() > clip).float().mean()
+        figures = torch.stack([policy_loss, value_loss, entropy, approx_kl, clipped])
+    return loss, figures
 
 
 def _corrupt(state: LSTMState, kind: FaultKind) -> LSTMState:
