@@ -422,6 +422,8 @@ def test_the_reference_trainer_learns() -> None:
         ({"ent_coef": math.nan}, ("ent_coef",), "must be a finite number >= 0"),
         ({"gamma": 1.5}, ("gamma",), r"gamma: must be a finite number in \[0, 1\]"),
         ({"anneal": 1}, ("anneal",), "must be True or False, got 1"),
+        ({"device": "gpu"}, ("device",), "must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+        ({"device": "cuda:x"}, ("device",), "got 'cuda:x'"),
         ({"fault": ("melt", 1)}, ("fault",), "must be \\(kind, update\\)"),
         (
             {"fault": ("nan", 10)},
@@ -560,3 +562,18 @@ def _run_patched(
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(owner, name, replacement)
         return run_events(config)
+
+
+def test_a_cuda_device_without_a_gpu_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """device='cuda' on a machine whose torch sees no GPU: a ConfigError naming device
+    (torch's own answer is forced to "none", so the test says the same on a GPU machine)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        ConfigError,
+        match=r"device: 'cuda' was asked for, but torch .* sees no CUDA GPU here; use 'cpu'",
+    ) as info:
+        PPOConfig(device="cuda")
+    assert info.value.fields == ("device",)
+    assert PPOConfig().device == "cpu"

@@ -85,6 +85,12 @@ def main() -> None:
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of torch and the environments.")
 @click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="Where the model and the rollout live: cpu, or cuda (cuda:N) on a machine with a GPU.",
+)
+@click.option(
     "--run-dir",
     default="runs",
     show_default=True,
@@ -210,6 +216,7 @@ def ppo(
     proj_size: int,
     lr: float,
     seed: int,
+    device: str,
     run_dir: Path,
     run_id: str | None,
     resume_dir: Path | None,
@@ -267,6 +274,7 @@ def ppo(
             lr=lr,
             seed=seed,
             fault=fault,
+            device=device,
         )
         check_memory(config, processes=nproc)  # before the run directory exists
     except ConfigError as exc:
@@ -380,6 +388,7 @@ _PPO_OPTION = {
     "proj_size": "--proj-size",
     "lr": "--lr",
     "seed": "--seed",
+    "device": "--device",
     "fault": "--inject-fault",
     "processes": "--nproc",
 }

@@ -107,9 +107,15 @@ class PPOConfig:
     """Seed of torch, the action sampler and the environments."""
     fault: tuple[FaultKind, int] | None = None
     """Demo only: corrupt the carried LSTM state at this update (kind, update)."""
+    device: str = "cpu"
+    """Where the model, the rollout and the LSTM health live: ``"cpu"``, or ``"cuda"``
+    (``"cuda:N"``) when asked. The environments always run on the CPU; on a GPU each
+    step moves the observations in and the actions out, and the health of both states
+    comes back in one transfer per update."""
 
     def __post_init__(self) -> None:
         self._check_sizes()
+        _check_device(self.device)
         _check_int("seed", self.seed, low=0)
         for name in ("lr", "clip", "max_grad_norm"):
             _check_real(name, getattr(self, name), "> 0", lambda x: x > 0)
@@ -327,8 +333,9 @@ class RecurrentActorCritic(nn.Module):
         """Zero (h, c) of both LSTMs for ``batch`` envs."""
         lstm = self.actor_lstm
         h_size = lstm.proj_size or lstm.hidden_size
-        h = torch.zeros(lstm.num_layers, batch, h_size)
-        c = torch.zeros(lstm.num_layers, batch, lstm.hidden_size)
+        device = next(self.parameters()).device
+        h = torch.zeros(lstm.num_layers, batch, h_size, device=device)
+        c = torch.zeros(lstm.num_layers, batch, lstm.hidden_size, device=device)
         return (h, c), (h.clone(), c.clone())
 
     def unroll(
@@ -463,7 +470,8 @@ def sample_actions(logits: torch.Tensor, generator: torch.Generator) -> torch.Te
     Exact, seeded through ``generator``, and it never raises on a NaN policy, which
     ``torch.multinomial`` would: a broken run must go on and stay visible.
     """
-    u = torch.rand(logits.shape, generator=generator).clamp_(1e-20, 1.0 - 1e-7)
+    u = torch.rand(logits.shape, generator=generator, device=logits.device)
+    u = u.clamp_(1e-20, 1.0 - 1e-7)
     return torch.argmax(logits - torch.log(-torch.log(u)), dim=-1)
 
 
@@ -628,6 +636,10 @@ class _Runner:
     model: RecurrentActorCritic
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
+    """Seeds the minibatch order (on the CPU)."""
+    sampler: torch.Generator
+    """Seeds the action samples, on the model's device (the same one as ``generator`` on
+    the CPU, so a CPU run's randomness is one stream)."""
     norm: Normalizer
     obs: torch.Tensor
     starts: torch.Tensor
@@ -768,12 +780,14 @@ def _start(config: PPOConfig, result: TrainResult, parallel: DataParallel | None
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     seed = config.seed + (parallel.rank if parallel is not None else 0)
     generator = torch.Generator().manual_seed(seed)
+    device = torch.device(config.device)
+    sampler = generator if device.type == "cpu" else torch.Generator(device).manual_seed(seed)
     envs = make_cartpole_novel(config.envs)
     try:
         obs_space, act_space = envs.single_observation_space, envs.single_action_space
         assert obs_space.shape is not None
         assert hasattr(act_space, "n")
-        model = RecurrentActorCritic(obs_space.shape[0], int(act_space.n), config)
+        model = RecurrentActorCritic(obs_space.shape[0], int(act_space.n), config).to(device)
         if parallel is not None:
             parallel.broadcast_parameters(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-5)
@@ -785,9 +799,10 @@ def _start(config: PPOConfig, result: TrainResult, parallel: DataParallel | None
             model=model,
             optimizer=optimizer,
             generator=generator,
+            sampler=sampler,
             norm=norm,
-            obs=norm.observe(obs_np),
-            starts=torch.ones(config.envs, dtype=torch.bool),
+            obs=norm.observe(obs_np).to(device),
+            starts=torch.ones(config.envs, dtype=torch.bool, device=device),
             state=model.initial_state(config.envs),
             result=result,
             returns_window=deque(maxlen=_RETURN_WINDOW),
@@ -802,43 +817,40 @@ def _start(config: PPOConfig, result: TrainResult, parallel: DataParallel | None
 def _rollout(r: _Runner) -> _Rollout:
     """Play ``steps`` steps in every env, carrying the LSTM state; compute GAE."""
     config, model, norm = r.config, r.model, r.norm
-    T, B = config.steps, config.envs
-    buf_obs = torch.zeros((T, B, *r.obs.shape[1:]))
-    buf_starts = torch.zeros((T, B), dtype=torch.bool)
-    buf_actions = torch.zeros((T, B), dtype=torch.long)
-    buf_logp = torch.zeros((T, B))
-    buf_values = torch.zeros((T, B))
-    buf_rewards = torch.zeros((T, B))
-    buf_dones = torch.zeros((T, B), dtype=torch.bool)
-    initial_state = select_envs(r.state, torch.arange(B))
+    T, B, device = config.steps, config.envs, r.obs.device
+    buf_obs = torch.zeros((T, B, *r.obs.shape[1:]), device=device)
+    buf_starts = torch.zeros((T, B), dtype=torch.bool, device=device)
+    buf_actions = torch.zeros((T, B), dtype=torch.long, device=device)
+    buf_logp = torch.zeros((T, B), device=device)
+    buf_values = torch.zeros((T, B), device=device)
+    buf_rewards = torch.zeros((T, B), device=device)
+    buf_dones = torch.zeros((T, B), dtype=torch.bool, device=device)
+    initial_state = select_envs(r.state, torch.arange(B, device=device))
     obs, starts, state = r.obs, r.starts, r.state
     with torch.no_grad():
         for t in range(T):
             buf_obs[t], buf_starts[t] = obs, starts
             logits, value, state = model.unroll(obs[None], starts[None], state)
-            action = sample_actions(logits[0], r.generator)
+            action = sample_actions(logits[0], r.sampler)
             buf_actions[t] = action
             buf_logp[t] = torch.log_softmax(logits[0], -1).gather(1, action[:, None])[:, 0]
             buf_values[t] = value[0]
-            obs_np, raw_reward, terminated, truncated, info = r.envs.step(action.numpy())
+            obs_np, raw_reward, terminated, truncated, info = r.envs.step(action.cpu().numpy())
             done = terminated | truncated
             r.episode_return += raw_reward
             reward = norm.reward(raw_reward.astype(np.float64), done)
             # A time limit is not a failure: bootstrap the value of the last obs.
             cut = truncated & ~terminated
             if cut.any():
-                final = norm.observe(np.stack(info["final_obs"][cut]), update=False)
-                idx = torch.as_tensor(np.flatnonzero(cut))
-                no_start = torch.zeros(1, len(idx), dtype=torch.bool)
-                _, v_final, _ = model.unroll(final[None], no_start, select_envs(state, idx))
-                reward[cut] += config.gamma * v_final[0].numpy()
+                reward[cut] += config.gamma * _final_values(r, info["final_obs"][cut], cut, state)
             for i in np.flatnonzero(done):
                 r.returns_window.append(float(r.episode_return[i]))
                 r.result.episode_returns.append(float(r.episode_return[i]))
                 r.episode_return[i] = 0.0
-            buf_rewards[t] = torch.as_tensor(reward)
-            buf_dones[t] = torch.as_tensor(done)
-            obs, starts = norm.observe(obs_np), torch.as_tensor(done)
+            buf_rewards[t] = torch.as_tensor(reward, device=device)
+            buf_dones[t] = torch.as_tensor(done, device=device)
+            obs = norm.observe(obs_np).to(device)
+            starts = torch.as_tensor(done, device=device)
         _, last_value, _ = model.unroll(obs[None], starts[None], state)
     r.obs, r.starts, r.state = obs, starts, state
     advantages, returns = compute_gae(
@@ -848,6 +860,19 @@ def _rollout(r: _Runner) -> _Rollout:
     return _Rollout(
         buf_obs, buf_starts, buf_actions, buf_logp, buf_values, advantages, returns, initial_state
     )
+
+
+def _final_values(r: _Runner, final_obs: Any, cut: np.ndarray, state: RecurrentState) -> np.ndarray:
+    """V of the last observations of the envs ``cut`` by a time limit, from the critic's
+    state after the step (host values, for the rewards). ``final_obs``: gymnasium's
+    object array of those envs' last observations."""
+    device = r.obs.device
+    final = r.norm.observe(np.stack(final_obs), update=False).to(device)
+    idx = torch.as_tensor(np.flatnonzero(cut), device=device)
+    no_start = torch.zeros(1, len(idx), dtype=torch.bool, device=device)
+    _, v_final, _ = r.model.unroll(final[None], no_start, select_envs(state, idx))
+    values: np.ndarray = v_final[0].cpu().numpy()
+    return values
 
 
 def _publish(
@@ -912,7 +937,9 @@ def _ppo_epochs(
     """Clipped-surrogate PPO; returns the update's statistics as host floats."""
     obs, starts, actions, old_logp, old_values, advantages, returns = rollout
     per_batch = config.envs // config.minibatches
-    sums = torch.zeros(6)  # policy, value, entropy, approx_kl, clip_fraction, grad_norm
+    # policy, value, entropy, approx_kl, clip_fraction, grad_norm: on the model's device,
+    # brought to the host once, at the end
+    sums = torch.zeros(6, device=obs.device)
     count = 0
     for _ in range(config.epochs):
         order = torch.randperm(config.envs, generator=generator)
@@ -1031,6 +1058,27 @@ def _jsonable(value: object) -> object:
 _INT64_MAX = 2**63 - 1
 _ENV_BYTES = 4 * 1024  # one CartPole env object, low (measured: about 7 KiB)
 _LAYER_OBJECT_BYTES = 2 * 1024  # one LSTM layer's Python objects, low (measured: ~4 KiB)
+
+
+def _check_device(device: object) -> None:
+    if not isinstance(device, str) or not (
+        device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())
+    ):
+        raise ConfigError("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device != "cpu":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "device",
+                f"{device!r} was asked for, but torch {torch.__version__} sees no CUDA GPU "
+                "here; use 'cpu'",
+            )
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                "device",
+                f"{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                "pick one of them",
+            )
 
 
 def _check_int(name: str, value: object, *, low: int) -> None:
