@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -89,8 +90,9 @@ class Keep:
         self.into.append(row)
 
 
-def run_seed(seed: int, updates: int) -> SeedResult:
-    """Trains one seed for ``updates`` updates and records its curve."""
+def run_seed(seed: int, updates: int, overrides: dict[str, Any] | None = None) -> SeedResult:
+    """Trains one seed for ``updates`` updates and records its curve; ``overrides`` are
+    PPOConfig fields to change (a variant under test)."""
     result = SeedResult(seed=seed)
     began = time.perf_counter()
 
@@ -102,7 +104,8 @@ def run_seed(seed: int, updates: int) -> SeedResult:
 
     with TelemetryHub(level="normal") as hub:
         hub.subscribe(Keep(result.updates), mode="inline")
-        trained = train(PPOConfig(updates=updates, seed=seed), hub, on_update=on_update)
+        config = PPOConfig(updates=updates, seed=seed, **(overrides or {}))
+        trained = train(config, hub, on_update=on_update)
     result.total_seconds = time.perf_counter() - began
     if trained.status != "completed":
         raise RuntimeError(f"seed {seed}: run {trained.status}: {trained.message}")
@@ -151,7 +154,16 @@ def main() -> None:
         "--quick", action="store_true", help="seed 0, 20 updates, no JSON unless --out"
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a PPOConfig field to change, VALUE read as JSON (e.g. lr=5e-4); repeatable",
+    )
     args = parser.parse_args()
+    overrides = dict(_override(text) for text in args.overrides)
     seeds: list[int] = [0] if args.quick else args.seeds
     updates = 20 if args.quick else math.ceil(args.steps / STEPS_PER_UPDATE)
     # --quick writes no JSON unless --out is given, so it never clobbers a full run.
@@ -166,7 +178,7 @@ def main() -> None:
     )
     results = []
     for seed in seeds:
-        r = run_seed(seed, updates)
+        r = run_seed(seed, updates, overrides)
         print(
             f"seed {seed}: to 475 {fmt(r.steps_to_threshold)} steps / "
             f"{fmt(r.seconds_to_threshold, 1)} s, final {r.final_mean20:.1f}, "
@@ -179,6 +191,7 @@ def main() -> None:
         "threshold": THRESHOLD,
         "updates": updates,
         "env_steps_per_update": STEPS_PER_UPDATE,
+        "overrides": overrides,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -194,6 +207,17 @@ def main() -> None:
         print(f"wrote {out}")
     print()
     print(table(results))
+
+
+def _override(text: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` as (field, value), VALUE read as JSON (a bare word as a string)."""
+    name, sep, raw = text.partition("=")
+    if not sep or name not in PPOConfig.__dataclass_fields__:
+        raise SystemExit(f"--set: {text!r} is not FIELD=VALUE with a PPOConfig field")
+    try:
+        return name, json.loads(raw)
+    except json.JSONDecodeError:
+        return name, raw
 
 
 def _finite(value: object) -> object:

@@ -4,9 +4,13 @@ Read it top to bottom: the configuration, the LSTM actor-critic, GAE, then ``tra
 whose loop is (1) a rollout of ``steps`` steps in every env with the LSTM state carried
 from step to step and zeroed where an episode begins, (2) ``epochs`` passes of clipped-
 surrogate PPO over minibatches of whole env sequences, unrolled again from the state
-each sequence started with (truncated BPTT), (3) ``compute_recurrent_health`` on the two
-LSTM states the update ends with (the actor's, named ``policy`` and primary, and the
-critic's, ``value``), and ``emit_ppo_update_event``.
+each sequence started with (truncated BPTT): each env's steps are cut into segments at
+its episode starts and padded into one batch, so each LSTM runs once per minibatch
+(:class:`Segments`; the same outputs and gradients as a step-by-step unroll, a test
+checks it to 1e-6, at a fraction of the time), (3) ``compute_recurrent_health`` on the
+two LSTM states the update ends with (the actor's, named ``policy`` and primary, and the
+critic's, ``value``), and ``emit_ppo_update_event``. ``PPOConfig.device`` puts the model
+and the rollout on a GPU when asked; the environments stay on the CPU.
 
 The defaults follow RL Zoo's ``ppo_lstm`` settings for CartPoleNoVel-v1 (8 envs, 32
 steps, one minibatch of 256, 20 epochs, gamma 0.98, lambda 0.8, learning rate 1e-3 and
