@@ -577,3 +577,37 @@ def test_a_cuda_device_without_a_gpu_is_refused_in_one_line(
         PPOConfig(device="cuda")
     assert info.value.fields == ("device",)
     assert PPOConfig().device == "cpu"
+
+
+def test_value_clipping_takes_the_larger_of_the_plain_and_the_clipped_value_loss() -> None:
+    """clip_vf: a prediction that moved past clip_vf from the rollout's value is charged as
+    if held at the clip (when that is worse), PPO2's rule; None leaves the plain loss."""
+    logits = torch.zeros(1, 3, 2)
+    actions = torch.zeros(1, 3, dtype=torch.long)
+    old_logp = torch.log(torch.full((1, 3), 0.5))
+    advantages = torch.tensor([[1.0, -1.0, 0.5]])
+    returns = torch.tensor([[1.0, 1.0, 1.0]])
+    old_values = torch.tensor([[0.0, 0.0, 0.0]])
+    values = torch.tensor([[0.9, 3.0, 0.1]])  # moved 0.9, 3.0, 0.1 from the rollout's
+
+    def value_loss(config: PPOConfig) -> float:
+        _, figures = ppo_loss(
+            logits,
+            values,
+            actions,
+            old_logp,
+            advantages,
+            returns,
+            clip=0.2,
+            config=config,
+            old_values=old_values,
+        )
+        return float(figures[1])
+
+    plain = ((1 - 0.9) ** 2 + (1 - 3.0) ** 2 + (1 - 0.1) ** 2) / 3
+    # held at 0.2, 0.2 and 0.1 (within the clip): losses 0.64 vs 0.01, 0.64 vs 4, 0.81
+    clipped = (max(0.01, 0.64) + max(4.0, 0.64) + 0.81) / 3
+    assert value_loss(PPOConfig()) == pytest.approx(plain)
+    assert value_loss(PPOConfig(clip_vf=0.2)) == pytest.approx(clipped)
+    with pytest.raises(ConfigError, match=r"clip_vf: must be a finite number > 0"):
+        PPOConfig(clip_vf=0.0)

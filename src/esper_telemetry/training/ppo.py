@@ -103,6 +103,9 @@ class PPOConfig:
     """Entropy bonus coefficient."""
     vf_coef: float = 0.5
     """Value loss coefficient."""
+    clip_vf: float | None = None
+    """Clip the value prediction to within this distance of the rollout's (PPO2's value
+    clipping, sb3's ``clip_range_vf``, CleanRL's ``clip_vloss``); None: no clipping."""
     max_grad_norm: float = 0.5
     """Gradient clipping norm."""
     normalize: bool = True
@@ -125,6 +128,8 @@ class PPOConfig:
             _check_real(name, getattr(self, name), "> 0", lambda x: x > 0)
         for name in ("ent_coef", "vf_coef"):
             _check_real(name, getattr(self, name), ">= 0", lambda x: x >= 0)
+        if self.clip_vf is not None:
+            _check_real("clip_vf", self.clip_vf, "> 0 (or None: no clipping)", lambda x: x > 0)
         for name in ("gamma", "gae_lambda"):
             _check_real(name, getattr(self, name), "in [0, 1]", lambda x: 0 <= x <= 1)
         for name in ("anneal", "normalize"):
@@ -952,7 +957,9 @@ def _ppo_epochs(
             state = select_envs(initial_state, envs)
             logits, values = model.unroll_segments(obs[:, envs], starts[:, envs], state)
             part = tuple(x[:, envs] for x in (actions, old_logp, advantages, returns))
-            loss, figures = ppo_loss(logits, values, *part, clip=clip, config=config)
+            loss, figures = ppo_loss(
+                logits, values, *part, clip=clip, config=config, old_values=old_values[:, envs]
+            )
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             if parallel is not None:  # every replica takes the same step
@@ -980,10 +987,13 @@ def ppo_loss(
     *,
     clip: float,
     config: PPOConfig,
+    old_values: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The clipped-surrogate loss of one minibatch (``[T, B]`` tensors; advantages
     normalised over the minibatch), and, detached, its policy loss, value loss, entropy,
-    approx_kl and clip fraction."""
+    approx_kl and clip fraction. With ``config.clip_vf``, the value loss is the larger of
+    the plain and the clipped one (the prediction held within ``clip_vf`` of
+    ``old_values``, the rollout's)."""
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(2, actions[..., None])[..., 0]
     entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
@@ -991,7 +1001,11 @@ def ppo_loss(
     log_ratio = logp - old_logp
     ratio = log_ratio.exp()
     policy_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
-    value_loss = (returns - values).pow(2).mean()
+    value_loss = (returns - values).pow(2)
+    if config.clip_vf is not None and old_values is not None:
+        held = old_values + (values - old_values).clamp(-config.clip_vf, config.clip_vf)
+        value_loss = torch.max(value_loss, (returns - held).pow(2))
+    value_loss = value_loss.mean()
     loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).mean()
