@@ -15,7 +15,10 @@ and the rollout on a GPU when asked; the environments stay on the CPU.
 The defaults follow RL Zoo's ``ppo_lstm`` settings for CartPoleNoVel-v1 (8 envs, 32
 steps, one minibatch of 256, 20 epochs, gamma 0.98, lambda 0.8, learning rate 1e-3 and
 clip 0.2 both annealed linearly to 0, 64 LSTM units, 64-unit heads with ReLU, observations
-normalised and rewards scaled by running statistics).
+normalised and rewards scaled by running statistics), with one change: the value
+prediction is clipped to 0.2 of the rollout's (``clip_vf``; RL Zoo has none). On seeds 0-5
+it reached 475 sooner and ended higher (``bench/results/learning.md``). RL Zoo's exact
+settings are ``PRESETS["rl-zoo"]`` (``esper ppo --preset rl-zoo``).
 
 The state is never reset because it looks unhealthy; only an episode boundary zeroes
 it. A demo fault (``fault``) corrupts the carried state at one update, so detection,
@@ -103,9 +106,11 @@ class PPOConfig:
     """Entropy bonus coefficient."""
     vf_coef: float = 0.5
     """Value loss coefficient."""
-    clip_vf: float | None = None
+    clip_vf: float | None = 0.2
     """Clip the value prediction to within this distance of the rollout's (PPO2's value
-    clipping, sb3's ``clip_range_vf``, CleanRL's ``clip_vloss``); None: no clipping."""
+    clipping, sb3's ``clip_range_vf``, CleanRL's ``clip_vloss``); None: no clipping, as
+    RL Zoo (``PRESETS["rl-zoo"]``). The one default that is not RL Zoo's: see
+    ``bench/results/learning.md`` for what it changed on seeds 0-5."""
     max_grad_norm: float = 0.5
     """Gradient clipping norm."""
     normalize: bool = True
@@ -180,6 +185,12 @@ class PPOConfig:
     def memory_estimate(self) -> MemoryEstimate:
         """A lower bound of the memory a run with these settings needs (see MemoryEstimate)."""
         return MemoryEstimate.of(self)
+
+
+#: Named sets of settings over the defaults: ``esper`` (the defaults) and ``rl-zoo``
+#: (RL Zoo's ``ppo_lstm`` for CartPoleNoVel-v1 exactly, as sb3-contrib runs it: no value
+#: clipping), for side-by-side comparisons (``esper ppo --preset rl-zoo``).
+PRESETS: Final[dict[str, dict[str, Any]]] = {"esper": {}, "rl-zoo": {"clip_vf": None}}
 
 
 class ConfigError(ValueError):
