@@ -41,7 +41,7 @@ import torch
 
 from esper_telemetry import TelemetryHub
 from esper_telemetry.contracts import PPOUpdateCompleted, TelemetryEvent
-from esper_telemetry.training.ppo import PPOConfig, UpdateInfo, train
+from esper_telemetry.training.ppo import PRESETS, PPOConfig, UpdateInfo, train
 
 THRESHOLD = 475.0
 STEPS_PER_UPDATE = PPOConfig().envs * PPOConfig().steps
@@ -155,6 +155,12 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="esper",
+        help="the trainer's settings: its defaults, or RL Zoo's exactly (rl-zoo)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -163,7 +169,7 @@ def main() -> None:
         help="a PPOConfig field to change, VALUE read as JSON (e.g. lr=5e-4); repeatable",
     )
     args = parser.parse_args()
-    overrides = dict(_override(text) for text in args.overrides)
+    overrides = {**PRESETS[args.preset], **dict(_override(text) for text in args.overrides)}
     seeds: list[int] = [0] if args.quick else args.seeds
     updates = 20 if args.quick else math.ceil(args.steps / STEPS_PER_UPDATE)
     # --quick writes no JSON unless --out is given, so it never clobbers a full run.

@@ -19,6 +19,7 @@ from esper_telemetry.contracts import (
     PPOUpdateCompleted,
     RunFinished,
     RunLayout,
+    RunStarted,
     Severity,
     TelemetryEvent,
 )
@@ -320,3 +321,27 @@ def test_wandb_flags_set_the_run_the_groups_the_prefix_and_the_axis(tmp_path: Pa
         for r in of_type(records, "metric")
     }
     assert steps["esper/lstm/policy/h_rms"] == steps["esper/ppo/*"] == "esper/env_steps"
+
+
+@pytest.mark.parametrize(("preset", "clip_vf"), [("esper", 0.2), ("rl-zoo", None)])
+def test_the_preset_chooses_the_trainer_settings_on_the_record(
+    tmp_path: Path, preset: str, clip_vf: float | None
+) -> None:
+    """--preset rl-zoo trains with RL Zoo's exact settings (no value clipping), the
+    default with esper's; RUN_STARTED's config says which."""
+    result = esper(
+        tmp_path,
+        "--episodes",
+        "1",
+        "--run-id",
+        preset,
+        "--preset",
+        preset,
+        "--wandb",
+        "disabled",
+        *SMALL,
+    )
+    assert result.returncode == 0, result.stderr
+    (started,) = [e for e in events_of(tmp_path / "runs" / preset) if isinstance(e, RunStarted)]
+    assert started.payload.config["clip_vf"] == clip_vf
+    assert started.payload.config["epochs"] == 20  # the rest is RL Zoo's either way

@@ -85,6 +85,14 @@ def main() -> None:
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of torch and the environments.")
 @click.option(
+    "--preset",
+    type=click.Choice(["esper", "rl-zoo"]),
+    default="esper",
+    show_default=True,
+    help="The trainer's settings: esper's defaults (RL Zoo's ppo_lstm for CartPoleNoVel "
+    "with value clipping), or rl-zoo, RL Zoo's exactly (as sb3-contrib runs it).",
+)
+@click.option(
     "--device",
     default="cpu",
     show_default=True,
@@ -216,6 +224,7 @@ def ppo(
     proj_size: int,
     lr: float,
     seed: int,
+    preset: str,
     device: str,
     run_dir: Path,
     run_id: str | None,
@@ -254,7 +263,7 @@ def ppo(
 
     from esper_telemetry.run import EXIT_INTERRUPTED, RunOptions, WandbSettings, run_ppo
     from esper_telemetry.training import PPOConfig
-    from esper_telemetry.training.ppo import ConfigError, check_memory
+    from esper_telemetry.training.ppo import PRESETS, ConfigError, check_memory
 
     torch.set_num_threads(1)
     if signals.interrupted:  # while loading: nothing exists yet
@@ -265,6 +274,7 @@ def ppo(
         sys.exit(EXIT_INTERRUPTED)
     try:
         config = PPOConfig(
+            **PRESETS[preset],
             updates=episodes,
             envs=envs,
             steps=episode_length,
