@@ -8,6 +8,7 @@ so the signal and crash runs are soak tests (``--soak``).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,9 +18,10 @@ import pytest
 from click.testing import CliRunner
 
 from esper_telemetry._launch import _End, _verdict
-from esper_telemetry._rank import RankOutcome
+from esper_telemetry._rank import RankOutcome, _rank_options, write_spec
 from esper_telemetry.analytics import read_events
 from esper_telemetry.cli import main
+from esper_telemetry.run import RunOptions, WandbSettings
 from esper_telemetry.contracts import (
     AnomalyDetected,
     PPOUpdateCompleted,
@@ -356,3 +358,34 @@ def test_the_launcher_exits_with_rank_0s_verdict_naming_the_rank_that_caused_it(
     """Rank 0's status, or another rank's when rank 0 succeeded; a crash or a kill is 5
     and names the rank; a halt or failure adds the first differing message."""
     assert _verdict(ends, grace=60.0) == verdict
+
+
+def test_every_rank_gets_the_runs_wandb_settings_and_trainer_settings(tmp_path: Path) -> None:
+    """What the launcher writes for its ranks carries the --wandb-* settings and every
+    trainer setting (the value clipping, the device): a rank runs what was asked."""
+    settings = WandbSettings(
+        entity="team",
+        group="g",
+        tags=("a", "b"),
+        job_type="train",
+        log=("health",),
+        prefix="esper",
+        x_axis="env_steps",
+    )
+    options = RunOptions(
+        config=PPOConfig(updates=2, clip_vf=None, envs=2, steps=8),
+        run_id="ranks",
+        wandb_settings=settings,
+    )
+    spec = tmp_path / "spec.json"
+    write_spec(
+        spec,
+        options,
+        world_size=2,
+        init_file=tmp_path / "init",
+        out_dir=tmp_path,
+        fault_rank=None,
+    )
+    rank = _rank_options(json.loads(spec.read_text()), 1)
+    assert rank.wandb_settings == settings
+    assert rank.config == options.config

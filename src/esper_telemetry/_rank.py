@@ -28,7 +28,7 @@ from esper_telemetry._files import atomic_write
 from esper_telemetry._signals import RunSignals
 
 if TYPE_CHECKING:
-    from esper_telemetry.run import RunOptions, RunOutcome
+    from esper_telemetry.run import RunOptions, RunOutcome, WandbSettings
 
 #: How long a rank waits for the others in the rendezvous and in any one collective
 #: before it gives up with an error (gloo's timeout). Generous: rank 0 may spend a while
@@ -89,6 +89,7 @@ def write_spec(
             "level": options.level.name,
             "wandb": options.wandb,
             "wandb_project": options.wandb_project,
+            "wandb_settings": asdict(options.wandb_settings),
             "halt_on": options.halt_on,
             "escalate_for": options.escalate_for,
             "thresholds": options.thresholds.model_dump(mode="json"),
@@ -153,9 +154,24 @@ def _rank_options(spec: dict[str, Any], rank: int) -> RunOptions:
         run_root=Path(given.pop("run_root")),
         level=TelemetryLevel[given.pop("level")],
         thresholds=HealthThresholds.model_validate(given.pop("thresholds")),
+        wandb_settings=_wandb_settings(given.pop("wandb_settings")),
         progress=given.pop("progress") and rank == 0,
         report=given.pop("report") and rank == 0,
         **given,
+    )
+
+
+def _wandb_settings(given: dict[str, Any]) -> WandbSettings:
+    """The W&B settings back from JSON (its lists were tuples)."""
+    from esper_telemetry.run import WandbSettings
+
+    log = given.get("log")
+    return WandbSettings(
+        **{
+            **given,
+            "tags": tuple(given.get("tags", ())),
+            "log": None if log is None else tuple(log),
+        }
     )
 
 
