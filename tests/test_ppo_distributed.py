@@ -21,7 +21,6 @@ from esper_telemetry._launch import _End, _verdict
 from esper_telemetry._rank import RankOutcome, _rank_options, write_spec
 from esper_telemetry.analytics import read_events
 from esper_telemetry.cli import main
-from esper_telemetry.run import RunOptions, WandbSettings
 from esper_telemetry.contracts import (
     AnomalyDetected,
     PPOUpdateCompleted,
@@ -29,6 +28,7 @@ from esper_telemetry.contracts import (
     RunLayout,
     TelemetryEvent,
 )
+from esper_telemetry.run import RunOptions, WandbSettings
 from esper_telemetry.training import PPOConfig
 from esper_telemetry.training.parallel import DataParallel
 from esper_telemetry.training.ppo import ConfigError, check_memory
