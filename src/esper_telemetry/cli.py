@@ -22,7 +22,6 @@ from esper_telemetry.contracts import WANDB_MODES, HealthThresholds, TelemetryLe
 from esper_telemetry.training.faults import FAULT_KINDS, FaultKind, parse_fault
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from types import ModuleType
 
     from esper_telemetry.analytics import BadLine
