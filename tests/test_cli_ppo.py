@@ -237,7 +237,7 @@ MEMORY = "Invalid value for --envs / --episode-length / --hidden / --layers: the
         (["--wandb-log", "health,charts"], "--wandb-log: log: 'charts' is not a group"),
         (["--wandb-prefix", "my esper"], "--wandb-prefix: prefix must be letters"),
         (["--wandb-tag", "x" * 65], "--wandb-tag: tags must be a non-empty string"),
-        (["--wandb-project", "a/b"], "--wandb-project: W&B project names"),
+        (["--wandb-project", "a/b"], "--wandb-project: project: W&B names cannot contain /"),
     ],
 )
 def test_bad_options_are_refused_before_training(

@@ -356,6 +356,7 @@ def _wandb_settings(
     from esper_telemetry.backends.wandb_keys import (
         checked_groups,
         checked_prefix,
+        checked_project,
         checked_tags,
         checked_text,
         checked_x_axis,
@@ -367,11 +368,7 @@ def _wandb_settings(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint=flag) from None
 
-    if not wandb_project.strip() or any(ch in wandb_project for ch in "/\\#?%:"):
-        raise click.BadParameter(
-            f"W&B project names are not empty and have none of / \\ # ? % :, got {wandb_project!r}",
-            param_hint="--wandb-project",
-        )
+    project = checked("--wandb-project", lambda: checked_project(wandb_project))
     groups = [g.strip() for g in wandb_log.split(",") if g.strip()]
     settings = {
         "entity": checked("--wandb-entity", lambda: checked_text("entity", wandb_entity)),
@@ -384,7 +381,7 @@ def _wandb_settings(
         "prefix": checked("--wandb-prefix", lambda: checked_prefix(wandb_prefix)),
         "x_axis": checked_x_axis(wandb_x_axis),
     }
-    return wandb_project, settings
+    return project, settings
 
 
 #: The ``esper ppo`` option of each PPOConfig field it sets, for error messages.

@@ -138,6 +138,7 @@ from esper_telemetry.backends.wandb_keys import (
     WandbKeys,
     XAxis,
     checked_groups,
+    checked_project,
     checked_tags,
     checked_text,
 )
@@ -166,7 +167,6 @@ _RUN_FILE_SETTLE_S = 10.0
 _MODES = WANDB_MODES
 # W&B's older spellings of the modes, still accepted in WANDB_MODE.
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}
-_BAD_PROJECT_CHARS = frozenset("/\\#?%:")
 _LSTM_FIELDS = tuple(name for name in PPOUpdatePayload.model_fields if name.startswith("lstm_"))
 _LSTM_METRICS = tuple(n for n in _LSTM_FIELDS if n not in ("lstm_detail", "lstm_outlier_envs"))
 _FIGURES = tuple(name.removeprefix("lstm_") for name in _LSTM_METRICS)
@@ -295,7 +295,7 @@ class WandBBackend(Backend):
                 tags=tags,
                 job_type=job_type,
             )
-        self._project = _checked_project(project)
+        self._project = checked_project(project)
         self._mode: Mode | None = _resolved_mode(mode) if run is None else None
         self._dir = _checked_dir(dir)
         self._config = _redacted(_checked_config(config))
@@ -1192,16 +1192,6 @@ def _check_run_alone(run: object, **given: object) -> None:
         )
     if not all(callable(getattr(run, m, None)) for m in ("log", "alert", "finish")):
         raise TypeError(f"run must be a W&B run (wandb.init()), got {type(run).__name__}")
-
-
-def _checked_project(project: object) -> str | None:
-    if project is None:
-        return None
-    if not isinstance(project, str) or not project.strip():
-        raise ValueError(f"project must be a non-empty string or None, got {project!r}")
-    if bad := sorted(_BAD_PROJECT_CHARS.intersection(project)):
-        raise ValueError(f"project: W&B names cannot contain {' '.join(bad)}, got {project!r}")
-    return project
 
 
 def _checked_dir(dir: object) -> Path | None:

@@ -48,7 +48,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from esper_telemetry._extras import missing_message
-from esper_telemetry.backends.wandb_keys import PPO_KEYS, WandbKeys
+from esper_telemetry.backends.wandb_keys import BAD_NAME_CHARS, PPO_KEYS, WandbKeys
 from esper_telemetry.contracts import AnomalyDetected, AnomalyType, HealthThresholds
 from esper_telemetry.contracts.format import format_value
 from esper_telemetry.contracts.health import check_state_name
@@ -107,8 +107,6 @@ _TELEMETRY_PANELS: Final = (
     ("events lost and dropped by the hub", ("lost", "dropped")),
     ("hub delivery latency p99 (ms)", ("latency_p99_ms",)),
 )
-# Characters W&B refuses in an entity or project name (the backend refuses the same).
-_BAD_NAME_CHARS = frozenset("/\\#?%:")
 # Characters W&B refuses in a run id.
 _BAD_RUN_ID_CHARS = frozenset(":;,#?/'")
 _TITLE_LIMIT = 128
@@ -492,7 +490,7 @@ def checked_name(arg: str, value: object) -> str:
         raise ValueError(
             f"{arg} must be a W&B {_ROLE[arg]} name without surrounding spaces, got {value!r:.80}"
         )
-    if bad := sorted(_BAD_NAME_CHARS.intersection(value)) + _controls(value):
+    if bad := sorted(BAD_NAME_CHARS.intersection(value)) + _controls(value):
         raise ValueError(f"{arg}: W&B names cannot contain {' '.join(bad)}, got {value!r:.80}")
     return value
 

@@ -40,6 +40,7 @@ from esper_telemetry.contracts import PPO_STATISTICS, AnomalyType, LSTMHealthMet
 
 __all__ = [
     "ANOMALY_COLUMNS",
+    "BAD_NAME_CHARS",
     "DEFAULT_GROUPS",
     "GROUPS",
     "HEALTH_FIGURES",
@@ -52,6 +53,7 @@ __all__ = [
     "XAxis",
     "checked_groups",
     "checked_prefix",
+    "checked_project",
     "checked_tags",
     "checked_text",
     "checked_x_axis",
@@ -89,6 +91,8 @@ ANOMALY_COLUMNS: Final[tuple[str, ...]] = (
 )
 
 _PREFIX = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+#: The characters W&B refuses in an entity or project name.
+BAD_NAME_CHARS: Final = frozenset("/\\#?%:")
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,17 @@ def checked_prefix(prefix: object) -> str:
             f"(e.g. 'esper'), got {prefix!r:.80}"
         )
     return stripped
+
+
+def checked_project(project: object) -> str | None:
+    """A W&B project name (None: W&B's choice); one line naming what is wrong otherwise."""
+    if project is None:
+        return None
+    if not isinstance(project, str) or not project.strip():
+        raise ValueError(f"project must be a non-empty string or None, got {project!r}")
+    if bad := sorted(BAD_NAME_CHARS.intersection(project)):
+        raise ValueError(f"project: W&B names cannot contain {' '.join(bad)}, got {project!r}")
+    return project
 
 
 def checked_x_axis(x_axis: object) -> XAxis:
