@@ -91,7 +91,9 @@ class PPOConfig:
     lr: float = 1e-3
     """Adam learning rate at the first update."""
     anneal: bool = True
-    """Anneal the learning rate and clip range linearly to 0 over the run."""
+    """Anneal the learning rate and clip range linearly over the run (to ``anneal_to``)."""
+    anneal_to: float = 0.0
+    """The fraction of ``lr`` and ``clip`` the annealing ends at (0: RL Zoo's, to 0)."""
     gamma: float = 0.98
     """Discount factor."""
     gae_lambda: float = 0.8
@@ -133,6 +135,7 @@ class PPOConfig:
             _check_real(name, getattr(self, name), "> 0", lambda x: x > 0)
         for name in ("ent_coef", "vf_coef"):
             _check_real(name, getattr(self, name), ">= 0", lambda x: x >= 0)
+        _check_real("anneal_to", self.anneal_to, "in [0, 1)", lambda x: 0 <= x < 1)
         if self.clip_vf is not None:
             _check_real("clip_vf", self.clip_vf, "> 0 (or None: no clipping)", lambda x: x > 0)
         for name in ("gamma", "gae_lambda"):
@@ -778,7 +781,8 @@ def _learn(r: _Runner, done: int, parallel: DataParallel | None) -> dict[str, fl
     every env, (2) PPO epochs over whole sequences; the learning rate and the clip range
     annealed. Returns the update's statistics."""
     config = r.config
-    progress = 1.0 - done / config.updates if config.anneal else 1.0
+    left = 1.0 - done / config.updates
+    progress = config.anneal_to + (1.0 - config.anneal_to) * left if config.anneal else 1.0
     for group in r.optimizer.param_groups:
         group["lr"] = config.lr * progress
     rollout = _rollout(r)
