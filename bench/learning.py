@@ -12,8 +12,9 @@ the telemetry's cost is in the times), ``torch.set_num_threads(1)``:
   included) to the end of that update;
 * the final mean-of-20 and the run's total seconds;
 * per update, from the published event: approx_kl, clip_fraction, value_loss,
-  explained_variance, entropy, the learning rate, and the h and c RMS and max |c| of both
-  LSTM states (``policy``, ``value``), for reading what happened around a collapse.
+  explained_variance, entropy, the learning rate, the h and c RMS and max |c| of both
+  LSTM states (``policy``, ``value``), for reading what happened around a collapse, and
+  each state's replay check (``replay_max_abs_diff``, ``replay_drift``).
 
 Target: mean-of-20 >= 475 within 1e5 env steps. ``bench/sb3_reference.py`` measures
 sb3-contrib's RecurrentPPO the same way; ``bench/results/learning.md`` compares them.
@@ -87,6 +88,10 @@ class Keep:
         row = {k: getattr(p, k) for k in _STATS if getattr(p, k) is not None}
         for name, health in p.named_health().items():
             row.update({f"{name}/{f}": getattr(health, f) for f in _FIGURES})
+        for name, replay in p.replay.items():
+            row[f"{name}/replay_max_abs_diff"] = replay.max_abs_diff
+            if replay.drift is not None:
+                row[f"{name}/replay_drift"] = replay.drift
         self.into.append(row)
 
 

@@ -514,7 +514,7 @@ def test_connect_creates_the_five_tables_with_typed_columns(tmp_path: Path) -> N
     ppo = dict(columns(con, "ppo_updates"))
     assert list(ppo)[:6] == ["run_id", "seq", "update", "timestamp", "rank", "level"]
     # Every payload field but the named states, which are recurrent_health's rows.
-    named = ("recurrent_health", "recurrent_detail")
+    named = ("recurrent_health", "recurrent_detail", "replay")
     assert list(ppo)[6:] == [n for n in PPOUpdatePayload.model_fields if n not in named]
     booleans = {"lstm_has_nan", "lstm_has_inf"}
     doubles = (
@@ -552,6 +552,10 @@ def test_connect_creates_the_five_tables_with_typed_columns(tmp_path: Path) -> N
         ("scope", "VARCHAR"),
         ("ranks", "BIGINT"),
         ("detail", "JSON"),
+        ("replay_max_abs_diff", "DOUBLE"),
+        ("replay_dtype", "VARCHAR"),
+        *((f"replay_{n}", "BIGINT") for n in ("compared", "mismatched", "first_env", "first_step")),
+        ("replay_drift", "DOUBLE"),
     ]
     assert [c for c, _ in columns(con, "anomalies")] == [
         *("run_id", "seq", "update", "timestamp", "rank", "level", "anomaly_type", "severity"),

@@ -77,6 +77,7 @@ SUBPACKAGES: dict[str, list[str]] = {
         "PPOUpdateCompleted",
         "PPOUpdatePayload",
         "Redact",
+        "ReplayConsistency",
         "RunFinished",
         "RunFinishedPayload",
         "RunLayout",
@@ -119,6 +120,7 @@ SUBPACKAGES: dict[str, list[str]] = {
     "esper_telemetry.telemetry": [
         "AnomalyDetector",
         "Tracker",
+        "check_replay",
         "compute_lstm_health",
         "compute_recurrent_health",
         "emit_ppo_update_event",

@@ -238,7 +238,7 @@ def test_a_payload_refuses_flat_fields_that_disagree_with_the_primary() -> None:
         PPOUpdatePayload(**PPO, **flat, recurrent_health={"policy": health}, primary_state="policy")
     with pytest.raises(ValidationError, match="primary_state must name one of"):
         PPOUpdatePayload(**PPO, recurrent_health={"policy": health}, primary_state="value")
-    with pytest.raises(ValidationError, match="primary_state and recurrent_detail need"):
+    with pytest.raises(ValidationError, match="primary_state, recurrent_detail and replay need"):
         PPOUpdatePayload(**PPO, primary_state="policy")
 
 

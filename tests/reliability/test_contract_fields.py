@@ -26,6 +26,7 @@ from esper_telemetry.contracts import (
     HealthThresholds,
     LSTMHealthDetail,
     PPOUpdateCompleted,
+    ReplayConsistency,
     RunFinished,
     RunFinishedPayload,
     RunStarted,
@@ -91,6 +92,15 @@ def samples() -> dict[str, Contract]:
             report,
             report.anomalies[0],
             worst,
+            ReplayConsistency(
+                max_abs_diff=0.5,
+                dtype="float32",
+                compared=8,
+                mismatched=1,
+                first_env=0,
+                first_step=1,
+                drift=0.2,
+            ),
             stats,
             next(s for s in stats.subscribers if s.name == "fails"),
         )

@@ -34,6 +34,7 @@ from esper_telemetry.contracts import (
     LSTMHealthMetrics,
     PPOUpdateCompleted,
     PPOUpdatePayload,
+    ReplayConsistency,
     RunLayout,
     TelemetryEvent,
     TelemetryLevel,
@@ -297,6 +298,8 @@ def _recurrent_health_table() -> _TableSpec[PPOUpdateCompleted]:
     """
     figures = LSTMHealthMetrics.FIGURES
     properties: dict[str, Any] = LSTMHealthMetrics.model_json_schema()["properties"]
+    replay_properties: dict[str, Any] = ReplayConsistency.model_json_schema()["properties"]
+    replay_fields = tuple(replay_properties)
 
     def typed(*names: str) -> list[Column]:
         return [(n, *_column_type(properties[n])) for n in names]
@@ -308,6 +311,7 @@ def _recurrent_health_table() -> _TableSpec[PPOUpdateCompleted]:
         out: list[Row] = []
         for name, m in p.named_health().items():
             detail = p.detail_of(name)
+            replay = p.replay.get(name)
             out.append(
                 (
                     *head,
@@ -315,6 +319,7 @@ def _recurrent_health_table() -> _TableSpec[PPOUpdateCompleted]:
                     *(getattr(m, f) for f in figures),
                     *(m.has_cell, m.scope, m.ranks),
                     None if detail is None else detail.model_dump_json(),
+                    *(None if replay is None else getattr(replay, f) for f in replay_fields),
                 )
             )
         return out
@@ -329,6 +334,8 @@ def _recurrent_health_table() -> _TableSpec[PPOUpdateCompleted]:
         ("has_cell", "BOOLEAN", pa.bool_()),
         *typed("scope", "ranks"),
         ("detail", "JSON", pa.string()),
+        # The state's replay check (PPOUpdatePayload.replay), NULL where none was made.
+        *((f"replay_{n}", *_column_type(replay_properties[n])) for n in replay_fields),
     )
     return _TableSpec(
         "recurrent_health", (PPOUpdateCompleted,), columns, rows, ("run_id", "seq", "name")
@@ -382,8 +389,8 @@ def _level_changes_table() -> _TableSpec[TelemetryLevelChanged]:
 
 
 #: PPOUpdatePayload fields that are not columns of ppo_updates: the recurrent_health
-#: table holds them, one row per named state.
-_OWN_TABLE: Final = frozenset({"recurrent_health", "recurrent_detail"})
+#: table holds them, one row per named state (the replay check as replay_* columns).
+_OWN_TABLE: Final = frozenset({"recurrent_health", "recurrent_detail", "replay"})
 
 
 def _ppo_payload_columns() -> tuple[

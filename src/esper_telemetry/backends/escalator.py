@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 
 from esper_telemetry.contracts import (
+    Anomaly,
     AnomalyDetected,
     AnomalyDetectedPayload,
+    AnomalyType,
     PPOUpdateCompleted,
     PPOUpdatePayload,
     Severity,
@@ -85,7 +87,7 @@ class AnomalyEscalator(Backend):
         if hub is None:
             raise RuntimeError("AnomalyEscalator must be subscribed with TelemetryHub.subscribe")
         payload = event.payload
-        report = self.detector.check_states(payload.named_health())
+        report = self.detector.check_update(payload)
         if not report.has_anomaly:
             self._maybe_restore(hub, event.update)
             return
@@ -100,7 +102,7 @@ class AnomalyEscalator(Backend):
                 AnomalyDetected(
                     update=event.update,
                     payload=AnomalyDetectedPayload(
-                        anomaly=anomaly, outlier_envs=self._outliers(payload, anomaly.state)
+                        anomaly=anomaly, outlier_envs=self._outliers(payload, anomaly)
                     ),
                 )
             )
@@ -115,7 +117,15 @@ class AnomalyEscalator(Backend):
                 first = critical[0]
                 hub.request_halt(f"{first.type.value}: {first.message}", update=event.update)
 
-    def _outliers(self, payload: PPOUpdatePayload, state: str | None) -> tuple[int, ...] | None:
+    def _outliers(self, payload: PPOUpdatePayload, anomaly: Anomaly) -> tuple[int, ...] | None:
+        state = anomaly.state
+        if anomaly.type in (AnomalyType.LSTM_REPLAY_MISMATCH, AnomalyType.LSTM_REPLAY_DRIFT):
+            # The env of the first mismatched step; drift is a figure of the whole batch.
+            replay = payload.replay.get(state) if state is not None else None
+            first = replay.first_env if replay is not None else None
+            if anomaly.type is AnomalyType.LSTM_REPLAY_DRIFT or first is None:
+                return None
+            return (first,)
         # The update that trips an anomaly carries its own detail (see the emitter).
         if state is None or state == payload.primary_name():
             return payload.lstm_outlier_envs

@@ -84,7 +84,9 @@ class StructlogBackend(Backend):
     ``recurrent_health``: each named state (the primary one first; a log from before
     states had names gives ``policy``, from the flat ``lstm_*`` fields) maps to its
     ``status`` (``HEALTHY``, ``WARNING`` or ``CRITICAL``, by ``thresholds``) and its
-    figures, ``scope`` and ``ranks``; a state without a cell has no ``c_*`` figures.
+    figures, ``scope`` and ``ranks``, and, when the trainer checked it, its ``replay``
+    (``ReplayConsistency``'s fields that are set); a state without a cell has no ``c_*``
+    figures.
     ``primary_state`` names the state the flat ``lstm_*`` keys repeat, and
     ``recurrent_detail`` holds the detail of the other states when the update has any;
     an update without a named state has neither ``states`` nor ``recurrent_detail``.
@@ -231,15 +233,19 @@ class StructlogBackend(Backend):
 def _with_states(
     dumped: dict[str, Any], payload: PPOUpdatePayload, thresholds: HealthThresholds
 ) -> dict[str, Any]:
-    """The dumped payload with ``states`` in place of ``recurrent_health``, and without a
-    ``recurrent_detail`` that holds nothing."""
+    """The dumped payload with ``states`` in place of ``recurrent_health`` (each state's
+    replay check inside its entry), and without a ``recurrent_detail`` that holds
+    nothing."""
     states = {name: _state(metrics, thresholds) for name, metrics in payload.named_health().items()}
+    for name, replay in payload.replay.items():
+        checked = replay.model_dump(mode="json")
+        states[name]["replay"] = {k: v for k, v in checked.items() if v is not None}
     fields: dict[str, Any] = {}
     for key, value in dumped.items():
         if key == "recurrent_health":
             if states:
                 fields["states"] = states
-        elif key != "recurrent_detail" or value:
+        elif key not in ("recurrent_detail", "replay") or (key == "recurrent_detail" and value):
             fields[key] = value
     return fields
 

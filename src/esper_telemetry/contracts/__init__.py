@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     )
     from esper_telemetry.contracts.levels import TelemetryLevel
     from esper_telemetry.contracts.modes import WANDB_MODES, WandbMode
+    from esper_telemetry.contracts.replay import ReplayConsistency
     from esper_telemetry.contracts.stats import HubStats, SubscriberStats
 
 _LAZY = {
@@ -154,6 +155,7 @@ _LAZY = {
         ),
         "esper_telemetry.contracts.modes",
     ),
+    **dict.fromkeys(("ReplayConsistency",), "esper_telemetry.contracts.replay"),
     **dict.fromkeys(
         (
             "HubStats",
@@ -192,6 +194,7 @@ __all__ = [
     "PPOUpdateCompleted",
     "PPOUpdatePayload",
     "Redact",
+    "ReplayConsistency",
     "RunFinished",
     "RunFinishedPayload",
     "RunLayout",

@@ -19,6 +19,8 @@ class AnomalyType(StrEnum):
     LSTM_C_EXPLOSION = "lstm_c_explosion"
     LSTM_H_VANISHING = "lstm_h_vanishing"
     LSTM_C_VANISHING = "lstm_c_vanishing"
+    LSTM_REPLAY_MISMATCH = "lstm_replay_mismatch"
+    LSTM_REPLAY_DRIFT = "lstm_replay_drift"
 
 
 class Severity(StrEnum):

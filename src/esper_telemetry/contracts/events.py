@@ -72,6 +72,7 @@ from esper_telemetry.contracts.health import (
     StateName,
 )
 from esper_telemetry.contracts.levels import TelemetryLevel
+from esper_telemetry.contracts.replay import ReplayConsistency
 from esper_telemetry.contracts.stats import HubStats
 
 #: Bumped when a change to a contract would make old readers misread new events.
@@ -194,6 +195,13 @@ class PPOUpdatePayload(Contract):
         "(whose detail is lstm_detail), under the same rule: at DEBUG level, and for a state "
         "the thresholds call CRITICAL. Read it with detail_of(name).",
     )
+    replay: FrozenDict[StateName, ReplayConsistency] = Field(
+        default_factory=FrozenDict,
+        description="Replay consistency of the named states whose training pass the trainer "
+        "checked against its rollout (read-only): how exactly the update's first replay "
+        "reproduced what the rollout saw, and how far the states drifted over the update. "
+        "Empty when the trainer checks none.",
+    )
     episode_return_mean: Float | None = Field(
         default=None,
         description="Mean undiscounted return of the last episode_return_window finished "
@@ -239,11 +247,18 @@ class PPOUpdatePayload(Contract):
                 "averages at most"
             )
         if not names:
-            if self.primary_state is not None or self.recurrent_detail:
+            if self.primary_state is not None or self.recurrent_detail or self.replay:
                 raise ValueError(
-                    "primary_state and recurrent_detail need recurrent_health, which is empty"
+                    "primary_state, recurrent_detail and replay need recurrent_health, which "
+                    "is empty"
                 )
             return self
+        unmeasured = [n for n in self.replay if n not in self.recurrent_health]
+        if unmeasured:
+            raise ValueError(
+                f"replay names states {unmeasured} that recurrent_health does not hold "
+                f"({names}): a replay is reported with the health of its state"
+            )
         if self.primary_state is None or self.primary_state not in self.recurrent_health:
             raise ValueError(
                 f"primary_state must name one of recurrent_health's states {names}, got "

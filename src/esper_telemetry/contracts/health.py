@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import re
 from enum import StrEnum
-from typing import Annotated, ClassVar, Final, Literal, Self
+from typing import TYPE_CHECKING, Annotated, ClassVar, Final, Literal, Self
 
 from pydantic import AfterValidator, Field, model_validator
 
 from esper_telemetry.contracts._base import (
     Bool,
     Contract,
+    FrozenDict,
     Int,
     NonNegativeFloat,
     NonNegativeInt,
@@ -29,6 +30,20 @@ HealthScope = Literal["process", "all_ranks", "this_rank"]
 
 #: At most this many envs per rank are named in a group call's detail (the worst ones).
 WORST_ENVS_PER_RANK: Final = 8
+
+if TYPE_CHECKING:
+    from esper_telemetry.contracts.replay import ReplayConsistency
+
+#: How far a replay may differ from its rollout and still be the same computation, by
+#: dtype: a few hundred to a few thousand units of rounding of values near 1 (float32's
+#: is 1.2e-7), enough for a batched unroll against a step-by-step one, far below what a
+#: missed reset or a wrong initial state changes (0.01 to 1 in the trainers measured).
+REPLAY_TOLERANCES: Final[dict[str, float]] = {
+    "float64": 1e-9,
+    "float32": 1e-4,
+    "bfloat16": 5e-2,
+    "float16": 1e-2,
+}
 
 #: The name of the primary state when a trainer names none (``lstm_health=`` alone).
 DEFAULT_STATE: Final = "policy"
@@ -364,6 +379,19 @@ class HealthThresholds(Contract):
     critical_rms: StrictFloat = Field(
         default=10.0, gt=0, description="An RMS or per-env RMS above this is an explosion."
     )
+    replay_tolerances: FrozenDict[Str, StrictFloat] = Field(
+        default_factory=lambda: FrozenDict(REPLAY_TOLERANCES),
+        description="Largest |replay - rollout| that is still rounding, by dtype name "
+        "(float64, float32, bfloat16, float16); above it, lstm_replay_mismatch (critical). "
+        "Dtypes left out keep their defaults.",
+    )
+    replay_drift: StrictFloat = Field(
+        default=0.5,
+        gt=0,
+        description="A replay drift (RMS of the change of the replayed state over the update, "
+        "relative to the state's RMS) above this is lstm_replay_drift (warning): the stored "
+        "initial states have gone stale.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -373,10 +401,40 @@ class HealthThresholds(Contract):
                 f"vanishing_rms={self.vanishing_rms!r}, warning_rms={self.warning_rms!r}, "
                 f"critical_rms={self.critical_rms!r}"
             )
-        for name in ("vanishing_rms", "warning_rms", "critical_rms"):
+        for name in ("vanishing_rms", "warning_rms", "critical_rms", "replay_drift"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+        for dtype, tolerance in self.replay_tolerances.items():
+            if dtype not in REPLAY_TOLERANCES:
+                raise ValueError(
+                    f"replay_tolerances: {dtype!r} is not a dtype name; use "
+                    f"{', '.join(REPLAY_TOLERANCES)}"
+                )
+            if not (math.isfinite(tolerance) and tolerance > 0):
+                raise ValueError(
+                    f"replay_tolerances[{dtype!r}] must be a finite number > 0, got {tolerance!r}"
+                )
         return self
+
+    def replay_tolerance(self, dtype: str) -> float:
+        """The largest |replay - rollout| that is rounding for ``dtype`` (``"float32"``).
+
+        >>> HealthThresholds().replay_tolerance("float32")
+        0.0001
+        """
+        if dtype not in REPLAY_TOLERANCES:
+            raise ValueError(f"dtype must be one of {', '.join(REPLAY_TOLERANCES)}, got {dtype!r}")
+        return self.replay_tolerances.get(dtype, REPLAY_TOLERANCES[dtype])
+
+    def is_replay_mismatch(self, replay: ReplayConsistency) -> bool:
+        """True when the replay differs from its rollout by more than rounding (its dtype's
+        tolerance); an infinite difference (NaN or Inf on one side only) always does."""
+        return replay.max_abs_diff > self.replay_tolerance(replay.dtype)
+
+    def is_replay_drifting(self, replay: ReplayConsistency) -> bool:
+        """True when the replay's drift is above ``replay_drift`` (NaN is not; no drift
+        measured is not)."""
+        return replay.drift is not None and replay.drift > self.replay_drift
 
     def is_exploding(self, rms: float, env_rms_max: float) -> bool:
         """True when the RMS or the largest per-env RMS is above ``critical_rms``."""

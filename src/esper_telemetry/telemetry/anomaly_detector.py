@@ -16,6 +16,8 @@ from esper_telemetry.contracts import (
     AnomalyType,
     HealthThresholds,
     LSTMHealthMetrics,
+    PPOUpdatePayload,
+    ReplayConsistency,
     Severity,
 )
 from esper_telemetry.contracts.health import check_state_name
@@ -123,6 +125,74 @@ class AnomalyDetector:
         return AnomalyReport().merge(
             *(self.check_lstm_health(m, state=name) for name, m in states.items())
         )
+
+    def check_replay(self, replays: Mapping[str, ReplayConsistency]) -> AnomalyReport:
+        """Every anomaly of the named states' replay checks, state by state.
+
+        ``lstm_replay_mismatch`` (critical) when a replay differs from its rollout by
+        more than its dtype's tolerance (:meth:`HealthThresholds.is_replay_mismatch`):
+        a bug in the training-time unroll. ``lstm_replay_drift`` (warning) when the
+        states drifted over the update by more than ``replay_drift``.
+
+        Raises:
+            TypeError: ``replays`` is not a mapping of name to ``ReplayConsistency``.
+        """
+        if not isinstance(replays, Mapping) or not all(
+            isinstance(r, ReplayConsistency) for r in replays.values()
+        ):
+            raise TypeError(
+                f"replays must be a mapping of name to ReplayConsistency, got {replays!r:.60}"
+            )
+        t = self._thresholds
+        found: list[Anomaly] = []
+        for name, r in replays.items():
+            if t.is_replay_mismatch(r):
+                tolerance = t.replay_tolerance(r.dtype)
+                where = (
+                    f", first at env {r.first_env} step {r.first_step}"
+                    if r.first_step is not None
+                    else ""
+                )
+                found += _named(
+                    [
+                        _critical(
+                            AnomalyType.LSTM_REPLAY_MISMATCH,
+                            r.max_abs_diff,
+                            tolerance,
+                            f"the training pass does not reproduce the rollout: max |replay - "
+                            f"rollout| = {r.max_abs_diff:.3g} > {tolerance:g} ({r.dtype}) in "
+                            f"{r.mismatched} of {r.compared} steps{where}",
+                        )
+                    ],
+                    name,
+                )
+            if t.is_replay_drifting(r):
+                assert r.drift is not None
+                found += _named(
+                    [
+                        Anomaly(
+                            type=AnomalyType.LSTM_REPLAY_DRIFT,
+                            severity=Severity.WARNING,
+                            observed=r.drift,
+                            threshold=t.replay_drift,
+                            message=f"replay_drift = {r.drift:.4g} is above replay_drift = "
+                            f"{t.replay_drift:g}: the stored initial states are stale",
+                        )
+                    ],
+                    name,
+                )
+        return AnomalyReport(anomalies=tuple(found))
+
+    def check_update(self, payload: PPOUpdatePayload) -> AnomalyReport:
+        """Every anomaly of one PPO update: its states' health (:meth:`check_states`),
+        then its replay checks (:meth:`check_replay`).
+
+        Raises:
+            TypeError: ``payload`` is not a ``PPOUpdatePayload``.
+        """
+        if not isinstance(payload, PPOUpdatePayload):
+            raise TypeError(f"payload must be PPOUpdatePayload, got {type(payload).__name__}")
+        return self.check_states(payload.named_health()).merge(self.check_replay(payload.replay))
 
 
 def _named(found: list[Anomaly], state: str | None) -> list[Anomaly]:

@@ -17,6 +17,7 @@ from esper_telemetry.contracts import (
     LSTMHealthMetrics,
     PPOUpdateCompleted,
     PPOUpdatePayload,
+    ReplayConsistency,
     TelemetryLevel,
     health_status,
 )
@@ -47,6 +48,7 @@ def emit_ppo_update_event(
     episode_return_mean: float | None = None,
     episode_return_window: int | None = None,
     thresholds: HealthThresholds | None = None,
+    replay: Mapping[str, ReplayConsistency] | None = None,
 ) -> PPOUpdateCompleted | None:
     """Publish a :class:`PPOUpdateCompleted` event for one PPO update.
 
@@ -84,13 +86,17 @@ def emit_ppo_update_event(
         episode_return_window: How many latest episodes that mean covers at most (20
             for ``esper ppo``, 100 for Stable-Baselines3).
         thresholds: The health rule (the anomaly detector's); default rule if None.
+        replay: What ``check_replay`` found for named states this update (name to
+            ``ReplayConsistency``); each name must be one of the measured states. The
+            anomaly escalator judges them (``lstm_replay_mismatch``, ``lstm_replay_drift``).
 
     Returns:
         The event as published, or None at level OFF (nothing is built).
 
     Raises:
-        TypeError: ``hub``, ``thresholds``, ``lstm_health``, ``recurrent_health`` or
-            ``tracker`` has the wrong type, or more than one of the last three is given.
+        TypeError: ``hub``, ``thresholds``, ``lstm_health``, ``recurrent_health``,
+            ``tracker`` or ``replay`` has the wrong type, or more than one of
+            ``lstm_health``, ``recurrent_health`` and ``tracker`` is given.
         ValueError: an ``update`` or ``env_steps`` that is not an int from 0 to
             2**63 - 1, a missing required metric, a metric that is not a real number
             (or a negative ``grad_norm``); the message names the key. Nothing is
@@ -118,6 +124,7 @@ def emit_ppo_update_event(
         raise TypeError(
             f"thresholds must be a HealthThresholds or None, got {type(thresholds).__name__}"
         )
+    _check_replay_arg(replay)
     hub.raise_if_halted()
     level = hub.level
     if level is TelemetryLevel.OFF:
@@ -131,6 +138,8 @@ def emit_ppo_update_event(
         fields["episode_return_window"] = episode_return_window
     if states:
         fields.update(_health_fields(states, _primary_of(states, primary), level, thresholds))
+    if replay:
+        fields["replay"] = dict(replay)
     try:
         payload = PPOUpdatePayload.model_validate(fields)
     except ValidationError as exc:  # e.g. a negative grad_norm: one line, naming the key
@@ -144,6 +153,17 @@ def emit_ppo_update_event(
     event = hub.emit(PPOUpdateCompleted(update=update, payload=payload))
     assert isinstance(event, PPOUpdateCompleted)
     return event
+
+
+def _check_replay_arg(replay: object) -> None:
+    if replay is not None and not (
+        isinstance(replay, Mapping)
+        and all(isinstance(r, ReplayConsistency) for r in replay.values())
+    ):
+        raise TypeError(
+            "replay must be a mapping of state name to ReplayConsistency (what check_replay "
+            f"returns), got {type(replay).__name__}"
+        )
 
 
 def _ppo_fields(metrics: object) -> dict[str, object]:

@@ -45,6 +45,7 @@ from esper_telemetry.contracts import (
     HealthThresholds,
     LSTMHealthDetail,
     LSTMHealthMetrics,
+    ReplayConsistency,
     RunFinished,
     RunFinishedPayload,
     RunStarted,
@@ -53,7 +54,11 @@ from esper_telemetry.contracts import (
 )
 from esper_telemetry.errors import TrainingHalted
 from esper_telemetry.hub import TelemetryHub
-from esper_telemetry.telemetry import compute_recurrent_health, emit_ppo_update_event
+from esper_telemetry.telemetry import (
+    check_replay,
+    compute_recurrent_health,
+    emit_ppo_update_event,
+)
 from esper_telemetry.training.envs import KEPT, make_cartpole_novel
 from esper_telemetry.training.faults import FAULT_KINDS, FaultKind
 from esper_telemetry.training.parallel import DataParallel, weights_checksum
@@ -395,7 +400,12 @@ class RecurrentActorCritic(nn.Module):
         real steps, so it never reaches them (an LSTM only looks back). The final state is
         not returned: where segments end at different steps, there is no single one.
         """
-        actor_out, critic_out = self.segment_outputs(obs, starts, state)
+        return self.heads(*self.segment_outputs(obs, starts, state))
+
+    def heads(
+        self, actor_out: torch.Tensor, critic_out: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[T, B, actions]`` and values ``[T, B]`` from the LSTMs' outputs."""
         return self.policy(actor_out), self.value(critic_out).squeeze(-1)
 
     def segment_outputs(
@@ -642,6 +652,9 @@ class _Rollout:
     advantages: torch.Tensor
     returns: torch.Tensor
     initial_state: RecurrentState
+    outputs: tuple[torch.Tensor, torch.Tensor]
+    """The actor's and the critic's LSTM output of every step ``[steps, envs, out]``: what
+    the training pass must reproduce (the replay check)."""
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The buffers in the order ``_ppo_epochs`` reads them."""
@@ -678,6 +691,8 @@ class _Runner:
     episode_return: np.ndarray
     health_group: dist.ProcessGroup | None = None
     """With ranks: the group over which the LSTM health is measured."""
+    thresholds: HealthThresholds | None = None
+    """The health rule (``train``'s), whose tolerance locates a replay mismatch."""
 
 
 def train(
@@ -738,6 +753,7 @@ def train(
     agreed_stop = False  # with ``parallel``: a stop every rank agreed on at the last update
     try:
         runner = _start(config, result, parallel)
+        runner.thresholds = thresholds
         try:
             for done in range(config.updates):
                 update = first + done
@@ -749,8 +765,11 @@ def train(
                     break
                 hub.raise_if_halted()
                 began = time.perf_counter()
-                stats = _learn(runner, done, parallel)  # 1. rollout, 2. PPO epochs
-                info = _publish(runner, hub, update, stats, thresholds)  # 3. telemetry
+                # 1. rollout, 2. PPO epochs (and the replay check, unless telemetry is off)
+                stats, replays = _learn(
+                    runner, done, parallel, check=hub.level > TelemetryLevel.OFF
+                )
+                info = _publish(runner, hub, update, stats, thresholds, replays)  # 3. telemetry
                 result.updates = done + 1
                 if parallel is not None:  # 4. every rank at one level, halt and stop
                     agreed_stop = parallel.agree(hub, stop=_asked(should_stop)).stop
@@ -776,10 +795,13 @@ def _asked(should_stop: Callable[[], bool] | None) -> bool:
     return should_stop is not None and should_stop()
 
 
-def _learn(r: _Runner, done: int, parallel: DataParallel | None) -> dict[str, float]:
+def _learn(
+    r: _Runner, done: int, parallel: DataParallel | None, *, check: bool
+) -> tuple[dict[str, float], dict[str, ReplayConsistency]]:
     """The learning of the update after ``done`` others: (1) play ``steps`` steps in
     every env, (2) PPO epochs over whole sequences; the learning rate and the clip range
-    annealed. Returns the update's statistics."""
+    annealed. Returns the update's statistics, and with ``check`` the replay check of
+    both LSTMs (``policy``, ``value``; see :func:`_ppo_epochs`)."""
     config = r.config
     left = 1.0 - done / config.updates
     progress = config.anneal_to + (1.0 - config.anneal_to) * left if config.anneal else 1.0
@@ -787,7 +809,7 @@ def _learn(r: _Runner, done: int, parallel: DataParallel | None) -> dict[str, fl
         group["lr"] = config.lr * progress
     rollout = _rollout(r)
     clip = config.clip * progress if config.anneal else config.clip
-    stats = _ppo_epochs(
+    stats, replays = _ppo_epochs(
         r.model,
         r.optimizer,
         config,
@@ -796,9 +818,11 @@ def _learn(r: _Runner, done: int, parallel: DataParallel | None) -> dict[str, fl
         rollout.tensors(),
         rollout.initial_state,
         parallel,
+        outputs=rollout.outputs if check else None,
+        thresholds=r.thresholds,
     )
     stats["learning_rate"] = config.lr * progress
-    return stats
+    return stats, replays
 
 
 def _start(config: PPOConfig, result: TrainResult, parallel: DataParallel | None) -> _Runner:
@@ -855,12 +879,16 @@ def _rollout(r: _Runner) -> _Rollout:
     buf_values = torch.zeros((T, B), device=device)
     buf_rewards = torch.zeros((T, B), device=device)
     buf_dones = torch.zeros((T, B), dtype=torch.bool, device=device)
+    out = config.proj_size or config.hidden
+    buf_outputs = (torch.zeros((T, B, out), device=device), torch.zeros((T, B, out), device=device))
     initial_state = select_envs(r.state, torch.arange(B, device=device))
     obs, starts, state = r.obs, r.starts, r.state
     with torch.no_grad():
         for t in range(T):
             buf_obs[t], buf_starts[t] = obs, starts
             logits, value, state = model.unroll(obs[None], starts[None], state)
+            for buf, (h, _) in zip(buf_outputs, state, strict=True):
+                buf[t] = h[-1]  # the top layer's h: the LSTM's output at this step
             action = sample_actions(logits[0], r.sampler)
             buf_actions[t] = action
             buf_logp[t] = torch.log_softmax(logits[0], -1).gather(1, action[:, None])[:, 0]
@@ -888,7 +916,15 @@ def _rollout(r: _Runner) -> _Rollout:
     )
     r.result.env_steps += T * B
     return _Rollout(
-        buf_obs, buf_starts, buf_actions, buf_logp, buf_values, advantages, returns, initial_state
+        buf_obs,
+        buf_starts,
+        buf_actions,
+        buf_logp,
+        buf_values,
+        advantages,
+        returns,
+        initial_state,
+        buf_outputs,
     )
 
 
@@ -911,6 +947,7 @@ def _publish(
     update: int,
     stats: dict[str, float],
     thresholds: HealthThresholds | None,
+    replays: dict[str, ReplayConsistency],
 ) -> UpdateInfo:
     """Measure both LSTM states and emit the update's event (the demo fault first)."""
     config = r.config
@@ -932,6 +969,7 @@ def _publish(
         episode_return_mean=mean_return,
         episode_return_window=_RETURN_WINDOW,
         thresholds=thresholds,
+        replay=replays if states is not None else None,
     )
     return UpdateInfo(
         update=update,
@@ -963,10 +1001,24 @@ def _ppo_epochs(
     rollout: tuple[torch.Tensor, ...],
     initial_state: RecurrentState,
     parallel: DataParallel | None = None,
-) -> dict[str, float]:
-    """Clipped-surrogate PPO; returns the update's statistics as host floats."""
+    *,
+    outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    thresholds: HealthThresholds | None = None,
+) -> tuple[dict[str, float], dict[str, ReplayConsistency]]:
+    """Clipped-surrogate PPO; returns the update's statistics as host floats, and the
+    replay check of both LSTMs when ``outputs`` (the rollout's LSTM outputs) is given.
+
+    The check compares ``outputs`` with the training pass's LSTM outputs before the first
+    gradient step (with one minibatch, the first forward pass itself: no extra cost; with
+    several, one extra pass without gradient), and, for the drift, with one more pass
+    without gradient under the weights the update ended with.
+    """
     obs, starts, actions, old_logp, old_values, advantages, returns = rollout
     per_batch = config.envs // config.minibatches
+    first: tuple[torch.Tensor, torch.Tensor] | None = None  # the replay before any step
+    if outputs is not None and per_batch < config.envs:
+        with torch.no_grad():
+            first = model.segment_outputs(obs, starts, initial_state)
     # policy, value, entropy, approx_kl, clip_fraction, grad_norm: on the model's device,
     # brought to the host once, at the end
     sums = torch.zeros(6, device=obs.device)
@@ -976,7 +1028,10 @@ def _ppo_epochs(
         for start in range(0, config.envs, per_batch):
             envs = order[start : start + per_batch]
             state = select_envs(initial_state, envs)
-            logits, values = model.unroll_segments(obs[:, envs], starts[:, envs], state)
+            lstm_out = model.segment_outputs(obs[:, envs], starts[:, envs], state)
+            if outputs is not None and first is None:  # one minibatch: all envs, in order
+                first = _in_env_order(lstm_out, envs)
+            logits, values = model.heads(*lstm_out)
             part = tuple(x[:, envs] for x in (actions, old_logp, advantages, returns))
             loss, figures = ppo_loss(
                 logits, values, *part, clip=clip, config=config, old_values=old_values[:, envs]
@@ -995,7 +1050,29 @@ def _ppo_epochs(
     names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
     stats = dict(zip(names, host[:6], strict=True))
     stats["explained_variance"] = host[6]
-    return stats
+    replays: dict[str, ReplayConsistency] = {}
+    if outputs is not None:
+        assert first is not None
+        with torch.no_grad():
+            after = model.segment_outputs(obs, starts, initial_state)
+        for name, rolled, replayed, later in zip(
+            ("policy", "value"), outputs, first, after, strict=True
+        ):
+            replays[name] = check_replay(rolled, replayed, after=later, thresholds=thresholds)
+    return stats, replays
+
+
+def _in_env_order(
+    outs: tuple[torch.Tensor, torch.Tensor], envs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detached copies of ``[T, B, out]`` outputs of the envs ``envs`` (a permutation of
+    all of them), put back in env order."""
+    placed = []
+    for x in outs:
+        full = torch.empty_like(x, requires_grad=False)
+        full[:, envs] = x.detach()
+        placed.append(full)
+    return placed[0], placed[1]
 
 
 def ppo_loss(
