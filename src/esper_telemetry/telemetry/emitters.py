@@ -138,8 +138,7 @@ def emit_ppo_update_event(
         fields["episode_return_window"] = episode_return_window
     if states:
         fields.update(_health_fields(states, _primary_of(states, primary), level, thresholds))
-    if replay:
-        fields["replay"] = dict(replay)
+    fields["replay"] = dict(replay or {})
     try:
         payload = PPOUpdatePayload.model_validate(fields)
     except ValidationError as exc:  # e.g. a negative grad_norm: one line, naming the key
