@@ -97,6 +97,7 @@ from ``hub.first_update`` again); for a new run, make a new hub and a new callba
 
 from __future__ import annotations
 
+import logging
 import numbers
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -118,11 +119,20 @@ except ImportError as err:  # pragma: no cover - exercised in a test that hides 
         name="stable_baselines3",
     ) from err
 
-from esper_telemetry.contracts import PPO_STATISTICS, HealthThresholds, RunStartedPayload
+from esper_telemetry.contracts import (
+    PPO_STATISTICS,
+    HealthThresholds,
+    ReplayConsistency,
+    RunStartedPayload,
+    TelemetryLevel,
+)
 from esper_telemetry.errors import TrainingHalted
-from esper_telemetry.hub import TelemetryHub
+from esper_telemetry.hub import TelemetryHub, redact_secrets
 from esper_telemetry.telemetry.emitters import LSTMHealth, emit_ppo_update_event
 from esper_telemetry.telemetry.lstm_health import compute_recurrent_health
+from esper_telemetry.telemetry.replay import check_replay
+
+_logger = logging.getLogger("esper_telemetry.integrations.sb3")
 
 __all__ = ["EsperCallback"]
 
@@ -219,6 +229,7 @@ class EsperCallback(BaseCallback):
         self._learn_started: float | None = None  # model.start_time of that learn()
         self._originals: dict[str, Callable[..., Any]] = {}
         self._saved: dict[str, object] = {}  # instance attributes the wrappers replaced
+        self._replay_works = True  # False once the replay check failed (it is then off)
 
     @property
     def next_update(self) -> int | None:
@@ -262,9 +273,32 @@ class EsperCallback(BaseCallback):
         if not self._live():
             return self._learner.train(*args, **kwargs)  # put back by _live
         with self._guard():
+            replay = self._replay_check()
             self._originals["train"](*args, **kwargs)
-            self._publish()
+            self._publish(replay)
         return None
+
+    def _replay_check(self) -> dict[str, ReplayConsistency] | None:
+        """RecurrentPPO's training pass replayed once before ``train()`` (see the module
+        docstring); None for plain PPO, at level OFF, and once the check has failed."""
+        model = self._learner
+        if (
+            not self._replay_works
+            or self.hub.level is TelemetryLevel.OFF
+            or getattr(model, "_last_lstm_states", None) is None
+        ):
+            return None
+        try:
+            return _replay_check(model, self.thresholds)
+        except Exception as exc:  # never let the check break training: say so, once
+            self._replay_works = False
+            _logger.warning(
+                "esper: the replay check of RecurrentPPO's rollout buffer failed and is off "
+                "for the rest of this callback: %s: %s",
+                type(exc).__name__,
+                redact_secrets(str(exc)),
+            )
+            return None
 
     def _collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
         if not self._live():
@@ -305,8 +339,9 @@ class EsperCallback(BaseCallback):
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def _publish(self) -> None:
-        """Emit the update ``train()`` just made, from what SB3 recorded during it."""
+    def _publish(self, replay: Mapping[str, ReplayConsistency] | None) -> None:
+        """Emit the update ``train()`` just made, from what SB3 recorded during it, with
+        the replay check made before it."""
         model = self._learner
         assert self._next_update is not None  # set by _on_training_start
         update, self._next_update = self._next_update, self._next_update + 1
@@ -322,6 +357,7 @@ class EsperCallback(BaseCallback):
             episode_return_mean=safe_mean([info["r"] for info in episodes]),
             episode_return_window=episodes.maxlen,
             thresholds=self.thresholds,
+            replay=replay,
         )
 
     # -- the run and the wrappers -------------------------------------------------------------
@@ -441,6 +477,61 @@ def _recurrent_health(model: BaseAlgorithm) -> Mapping[str, LSTMHealth] | None:
     if getattr(model.policy, "lstm_critic", None) is not None:
         named["value"] = (states.vf[0], states.vf[1])
     return compute_recurrent_health(named, detail=True)
+
+
+def _replay_check(
+    model: OnPolicyAlgorithm, thresholds: HealthThresholds | None
+) -> dict[str, ReplayConsistency]:
+    """Replay RecurrentPPO's rollout buffer as ``train()`` will, before its first step.
+
+    The buffer's own sequencing (``_get_samples`` over every index in order: sequences cut
+    at episode starts, padded, each begun from the state the buffer stored for its first
+    step) and the policy's ``evaluate_actions``, without gradient, in training mode; the
+    log-probs must equal the rollout's (``policy``), and so must the values when the
+    critic has an LSTM of its own (``value``). numpy's global random state is saved and
+    restored around the buffer's ``get``, so ``train()`` draws the same minibatches.
+    """
+    import torch
+
+    buffer: Any = model.rollout_buffer
+    policy: Any = model.policy
+    steps, envs = buffer.buffer_size, buffer.n_envs
+    if not buffer.generator_ready:  # get() lays the buffer out env-major, once
+        saved = np.random.get_state()
+        try:
+            next(iter(buffer.get(steps * envs)))
+        finally:
+            np.random.set_state(saved)
+    env_change = np.zeros((steps, envs))
+    env_change[0, :] = 1.0
+    samples = buffer._get_samples(np.arange(steps * envs), buffer.swap_and_flatten(env_change))
+    actions = samples.actions
+    if hasattr(model.action_space, "n"):  # Discrete: stored as floats, as train() converts
+        actions = actions.long().flatten()
+    mode = policy.training
+    policy.set_training_mode(True)
+    try:
+        with torch.no_grad():
+            values, log_prob, _ = policy.evaluate_actions(
+                samples.observations, actions, samples.lstm_states, samples.episode_starts
+            )
+    finally:
+        policy.set_training_mode(mode)
+    real = samples.mask > 1e-8
+
+    def by_step(x: Any) -> Any:  # the real entries, env-major, as [steps, envs]
+        return x.flatten()[real].reshape(envs, steps).T
+
+    found = {
+        "policy": check_replay(
+            by_step(samples.old_log_prob), by_step(log_prob), thresholds=thresholds
+        )
+    }
+    if getattr(policy, "lstm_critic", None) is not None:
+        found["value"] = check_replay(
+            by_step(samples.old_values), by_step(values), thresholds=thresholds
+        )
+    return found
 
 
 def _hyperparameters(model: OnPolicyAlgorithm, learn: Mapping[str, Any]) -> dict[str, Any]:
