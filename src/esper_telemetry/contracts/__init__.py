@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         HealthThresholds,
         LSTMHealthDetail,
         LSTMHealthMetrics,
+        RecurrentDiagnostics,
         health_status,
     )
     from esper_telemetry.contracts.layout import (
@@ -129,6 +130,7 @@ _LAZY = {
             "HealthThresholds",
             "LSTMHealthDetail",
             "LSTMHealthMetrics",
+            "RecurrentDiagnostics",
             "health_status",
         ),
         "esper_telemetry.contracts.health",
@@ -191,6 +193,7 @@ __all__ = [
     "LSTMHealthMetrics",
     "PPOUpdateCompleted",
     "PPOUpdatePayload",
+    "RecurrentDiagnostics",
     "Redact",
     "RunFinished",
     "RunFinishedPayload",
