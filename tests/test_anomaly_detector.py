@@ -217,7 +217,8 @@ def test_all_six_together_in_fixed_order() -> None:
         crit(T.LSTM_H_VANISHING, 1e-7, VANISHING),
         crit(T.LSTM_C_VANISHING, 2e-7, VANISHING),
     ]
-    assert report.anomaly_types == list(AnomalyType)
+    # The first six types are the critical ones; the later ones need diagnostics.
+    assert report.anomaly_types == list(AnomalyType)[:6]
 
 
 def test_several_together_keep_the_order() -> None:

@@ -178,8 +178,7 @@ class RecurrentDiagnostics(Contract):
             and self.c_layer_saturation_frac is None
         ):
             raise ValueError(
-                "with a cell and detail, c_layer_saturation_frac comes with "
-                "h_layer_saturation_frac"
+                "with a cell and detail, c_layer_saturation_frac comes with h_layer_saturation_frac"
             )
         return self
 
@@ -335,9 +334,9 @@ class LSTMHealthMetrics(Contract):
             verdict = t.status(self.c_rms, self.c_env_rms_max, self.c_max)
         else:
             raise ValueError(f"tensor must be 'h' or 'c', got {tensor!r}")
-        if verdict is HealthStatus.HEALTHY and self.diagnostics is not None:
-            if t.diagnostics_warn(self.diagnostics, tensor):
-                return HealthStatus.WARNING
+        d = self.diagnostics
+        if verdict is HealthStatus.HEALTHY and d is not None and t.diagnostics_warn(d, tensor):
+            return HealthStatus.WARNING
         return verdict
 
 

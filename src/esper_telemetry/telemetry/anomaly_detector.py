@@ -116,8 +116,7 @@ class AnomalyDetector:
                         f"{name}_rms = {rms:.4g} is below vanishing_rms = {t.vanishing_rms:g}",
                     )
                 )
-        if metrics.diagnostics is not None:
-            found += _diagnosed(metrics.diagnostics, t)
+        found += _diagnosed(metrics.diagnostics, t)
         return AnomalyReport(anomalies=tuple(_named(found, state)))
 
     def check_states(self, states: Mapping[str, LSTMHealthMetrics]) -> AnomalyReport:
@@ -145,9 +144,11 @@ def _named(found: list[Anomaly], state: str | None) -> list[Anomaly]:
     ]
 
 
-def _diagnosed(d: RecurrentDiagnostics, t: HealthThresholds) -> list[Anomaly]:
-    """The warnings of one state's diagnostics, in the documented order."""
+def _diagnosed(d: RecurrentDiagnostics | None, t: HealthThresholds) -> list[Anomaly]:
+    """The warnings of one state's diagnostics (none without), in the documented order."""
     found: list[Anomaly] = []
+    if d is None:
+        return found
     if t.is_saturated(d.h_saturation_frac, "h"):
         found.append(
             _warning(

@@ -37,8 +37,15 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import torch
 import torch.distributed as dist
 
-from esper_telemetry.contracts import LSTMHealthDetail, LSTMHealthMetrics
+from esper_telemetry.contracts import (
+    HealthThresholds,
+    LSTMHealthDetail,
+    LSTMHealthMetrics,
+    RecurrentDiagnostics,
+)
 from esper_telemetry.contracts.health import check_state_name
+from esper_telemetry.telemetry import _diagnostics as diag
+from esper_telemetry.telemetry._diagnostics import Steps
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -63,12 +70,21 @@ def compute_lstm_health(
     *,
     detail: Literal[False] = False,
     group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> LSTMHealthMetrics: ...
 
 
 @overload
 def compute_lstm_health(
-    hidden: RecurrentState, *, detail: Literal[True], group: ProcessGroup | None = None
+    hidden: RecurrentState,
+    *,
+    detail: Literal[True],
+    group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> tuple[LSTMHealthMetrics, LSTMHealthDetail]: ...
 
 
@@ -78,23 +94,44 @@ def compute_lstm_health(
     *,
     detail: Literal[False] = False,
     group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> LSTMHealthMetrics | None: ...
 
 
 @overload
 def compute_lstm_health(
-    hidden: RecurrentState | None, *, detail: Literal[True], group: ProcessGroup | None = None
+    hidden: RecurrentState | None,
+    *,
+    detail: Literal[True],
+    group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> tuple[LSTMHealthMetrics, LSTMHealthDetail] | None: ...
 
 
 @overload
 def compute_lstm_health(
-    hidden: RecurrentState | None, *, detail: bool, group: ProcessGroup | None = None
+    hidden: RecurrentState | None,
+    *,
+    detail: bool,
+    group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail] | None: ...
 
 
 def compute_lstm_health(
-    hidden: RecurrentState | None, *, detail: bool = False, group: ProcessGroup | None = None
+    hidden: RecurrentState | None,
+    *,
+    detail: bool = False,
+    group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail] | None:
     """Measure the health of a recurrent state, of this process or of every rank.
 
@@ -148,17 +185,18 @@ def compute_lstm_health(
     >>> m.has_nan, m.h_rms > 0, m.scope
     (False, True, 'process')
     """
-    if not isinstance(detail, bool):  # "yes", 1 or a numpy bool would pass a truth test
-        raise TypeError(f"detail must be a bool, got {_type_name(detail)} {detail!r:.40}")
+    _check_flags(detail=detail, diagnostics=diagnostics)
+    diag.check_thresholds(thresholds)
     _check_group(group)
     if hidden is None:
         return None
     h, c, cell = _validated(hidden)
     # h and c are detached views: nothing below records autograd history.
+    request = _request(h, diagnostics, steps_since_reset, thresholds, "steps_since_reset")
     if group is not None:
-        return _group_health(h, c, cell, group, detail=detail)
-    pending, finish = _reduce_on_device(h, c, detail=detail)
-    return _completed(h, c, cell, finish(pending.tolist()), detail=detail)
+        return _group_health(h, c, cell, group, detail=detail, request=request)
+    pending, finish = _pending(h, c, cell, detail=detail, request=request)
+    return finish(pending.tolist())
 
 
 @overload
@@ -167,6 +205,9 @@ def compute_recurrent_health(
     *,
     detail: Literal[False] = False,
     group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | Mapping[str, Steps] | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> dict[str, LSTMHealthMetrics]: ...
 
 
@@ -176,12 +217,21 @@ def compute_recurrent_health(
     *,
     detail: Literal[True],
     group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | Mapping[str, Steps] | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> dict[str, tuple[LSTMHealthMetrics, LSTMHealthDetail]]: ...
 
 
 @overload
 def compute_recurrent_health(
-    states: Mapping[str, RecurrentState], *, detail: bool, group: ProcessGroup | None = None
+    states: Mapping[str, RecurrentState],
+    *,
+    detail: bool,
+    group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | Mapping[str, Steps] | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> dict[str, Health]: ...
 
 
@@ -190,6 +240,9 @@ def compute_recurrent_health(
     *,
     detail: bool = False,
     group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | Mapping[str, Steps] | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> dict[str, Any]:
     """Measure several named recurrent states, with one transfer to the host in all.
 
@@ -215,8 +268,8 @@ def compute_recurrent_health(
     >>> out["policy"].has_cell, out["value"].has_cell, out["value"].c_rms
     (True, False, None)
     """
-    if not isinstance(detail, bool):
-        raise TypeError(f"detail must be a bool, got {_type_name(detail)} {detail!r:.40}")
+    _check_flags(detail=detail, diagnostics=diagnostics)
+    diag.check_thresholds(thresholds)
     if not isinstance(states, Mapping):
         raise TypeError(
             "states must be a mapping of name to state, e.g. {'policy': (h, c)}, got "
@@ -230,17 +283,81 @@ def compute_recurrent_health(
             checked[name] = _validated(hidden)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"states[{name!r:.80}]: {exc}") from None
+    steps = _steps_by_state(steps_since_reset, list(checked))
+    requests = {
+        name: _request(
+            h, diagnostics, steps[name], thresholds, _steps_label(steps_since_reset, name)
+        )
+        for name, (h, _, _) in checked.items()
+    }
     if group is not None:
         return {
-            name: _group_health(h, c, cell, group, detail=detail)
+            name: _group_health(h, c, cell, group, detail=detail, request=requests[name])
             for name, (h, c, cell) in checked.items()
         }
-    pending = {name: _reduce_on_device(h, c, detail=detail) for name, (h, c, _) in checked.items()}
-    raw = _to_host({name: tensor for name, (tensor, _) in pending.items()})
-    return {
-        name: _completed(h, c, cell, pending[name][1](raw[name]), detail=detail)
+    pending = {
+        name: _pending(h, c, cell, detail=detail, request=requests[name])
         for name, (h, c, cell) in checked.items()
     }
+    raw = _to_host({name: tensor for name, (tensor, _) in pending.items()})
+    return {name: finish(raw[name]) for name, (_, finish) in pending.items()}
+
+
+def _check_flags(*, detail: object, diagnostics: object) -> None:
+    for name, value in (("detail", detail), ("diagnostics", diagnostics)):
+        if not isinstance(value, bool):  # "yes", 1 or a numpy bool would pass a truth test
+            raise TypeError(f"{name} must be a bool, got {_type_name(value)} {value!r:.40}")
+
+
+def _steps_by_state(steps: object, names: list[str]) -> dict[str, object]:
+    """Each state's ``steps_since_reset``: a mapping's entry (None if absent), or the one given."""
+    if not isinstance(steps, Mapping):
+        return dict.fromkeys(names, steps)
+    unknown = [k for k in steps if k not in names]
+    if unknown:
+        raise ValueError(
+            f"steps_since_reset names states that are not measured: {unknown!r:.120}; the "
+            f"states are {names!r:.120}"
+        )
+    return {name: steps.get(name) for name in names}
+
+
+def _steps_label(steps: object, name: str) -> str:
+    return f"steps_since_reset[{name!r:.80}]" if isinstance(steps, Mapping) else "steps_since_reset"
+
+
+def _request(
+    h: torch.Tensor,
+    diagnostics: bool,
+    steps: object,
+    thresholds: HealthThresholds | None,
+    label: str,
+) -> diag.Request | None:
+    """What the diagnostics of one state need, or None without ``diagnostics``.
+
+    ``steps`` is checked either way, so that a bad one fails at once, not only at DEBUG.
+    """
+    checked = diag.checked_steps(steps, h.shape[1], h.device, label=label)
+    if not diagnostics:
+        return None
+    tau = (thresholds or HealthThresholds()).dormant_tau
+    return diag.Request(tau=tau, steps=checked, label=label)
+
+
+def _pending(
+    h: torch.Tensor, c: torch.Tensor, cell: bool, *, detail: bool, request: diag.Request | None
+) -> tuple[torch.Tensor, Callable[[list[float]], Health]]:
+    """One state's reductions as one 1-D tensor, and how to make its health of their values."""
+    pending, finish = _reduce_on_device(h, c, detail=detail)
+    if request is None:
+        return pending, lambda raw: _completed(h, c, cell, finish(raw), detail=detail)
+    size = pending.numel()
+
+    def done(raw: list[float]) -> Health:
+        found = diag.unpacked(raw[size:], h, c, cell=cell, request=request, detail=detail)
+        return _completed(h, c, cell, finish(raw[:size]), detail=detail, diagnostics=found)
+
+    return torch.cat((pending, diag.on_device(h, c, cell, request))), done
 
 
 def _to_host(tensors: Mapping[str, torch.Tensor]) -> dict[str, list[float]]:
@@ -263,13 +380,19 @@ def _to_host(tensors: Mapping[str, torch.Tensor]) -> dict[str, list[float]]:
 
 
 def _group_health(
-    h: torch.Tensor, c: torch.Tensor, cell: bool, group: ProcessGroup, *, detail: bool
+    h: torch.Tensor,
+    c: torch.Tensor,
+    cell: bool,
+    group: ProcessGroup,
+    *,
+    detail: bool,
+    request: diag.Request | None,
 ) -> Health:
     from esper_telemetry.telemetry._health_group import group_health
 
     # Without a cell, c is h itself: every c figure then equals h's, so the choice of the
     # worst envs follows h alone; the c figures are dropped afterwards.
-    result = group_health(h, h if not cell else c, group, detail=detail)
+    result = group_health(h, h if not cell else c, group, detail=detail, request=request, cell=cell)
     return result if cell else _without_cell(result)
 
 
@@ -292,7 +415,13 @@ def _metrics_without_cell(metrics: LSTMHealthMetrics) -> LSTMHealthMetrics:
 
 
 def _completed(
-    h: torch.Tensor, c: torch.Tensor, cell: bool, values: list[float], *, detail: bool
+    h: torch.Tensor,
+    c: torch.Tensor,
+    cell: bool,
+    values: list[float],
+    *,
+    detail: bool,
+    diagnostics: RecurrentDiagnostics | None = None,
 ) -> Health:
     """The health of one state from its first transfer's values (``_reduce_on_device``)."""
     h_amax, c_amax = _abs_max(values[0], values[1]), _abs_max(values[2], values[3])
@@ -316,7 +445,15 @@ def _completed(
     elif has_nan:
         has_inf = bool(_any_inf(h, c).tolist())
     return _unpack(
-        values, h, c, cell=cell, scale=scale, has_nan=has_nan, has_inf=has_inf, detail=detail
+        values,
+        h,
+        c,
+        cell=cell,
+        scale=scale,
+        has_nan=has_nan,
+        has_inf=has_inf,
+        detail=detail,
+        diagnostics=diagnostics,
     )
 
 
@@ -600,6 +737,7 @@ def _unpack(
     has_nan: bool,
     has_inf: bool,
     detail: bool,
+    diagnostics: RecurrentDiagnostics | None,
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail]:
     layers, batch = h.shape[0], h.shape[1]
     h_shape, c_shape = (layers, batch, h.shape[2]), (layers, batch, c.shape[2])
@@ -627,6 +765,7 @@ def _unpack(
         has_nan=has_nan,
         has_inf=has_inf,
         scope=_local_scope(),
+        diagnostics=diagnostics,
     )
     if not detail:
         return metrics
