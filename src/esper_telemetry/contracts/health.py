@@ -100,11 +100,14 @@ class RecurrentDiagnostics(Contract):
     The four figures cover the whole state (every layer, every env; with a process group,
     every rank). The per-layer tuples come with ``detail=True`` as well, layer 0 first.
 
-    NaN and Inf are data, by one rule: a count compares each element with its bound, and
-    a NaN is never above or below a bound, so a NaN element is not counted (an Inf one
-    is saturated); the growth ratio is a largest value, and NaN propagates through it as
-    it does through ``c_max``. A state holding NaN or Inf is CRITICAL through ``has_nan``
-    / ``has_inf`` whatever these figures say.
+    NaN and Inf are data, by one rule: a count compares values with a bound, and a NaN is
+    never above or below one, so a NaN is not counted; the growth ratio is a largest
+    value, and NaN propagates through it as it does through ``c_max``. So a NaN element
+    is not saturated and an Inf one is; a NaN in a layer makes its layer's mean NaN and
+    none of its units dormant, while an Inf makes the mean infinite and every finite
+    unit of that layer dormant against it; NaN in c makes ``c_growth_ratio`` NaN, Inf
+    makes it infinite. A state holding NaN or Inf is CRITICAL through ``has_nan`` /
+    ``has_inf`` whatever these figures say.
 
     >>> d = RecurrentDiagnostics(h_saturation_frac=0.25, c_saturation_frac=0.0,
     ...     c_growth_ratio=0.1, dormant_frac=0.0)

@@ -22,6 +22,10 @@ finite |x|, so its norms stay exact instead of turning into a false ``inf`` or `
 This is decided per tensor, so a NaN in h does not stop the rescaling of c, and one
 second transfer serves all of it.
 
+With ``diagnostics=True`` (see ``_diagnostics``), saturation, the growth of c and
+dormant units are reduced on the device as well, next to the figures above, and cross
+in the same ``tolist()``; they never take part in the second transfer.
+
 With ``group=``, the ranks' states are measured together by ``_health_group``: one
 all-gather of a fixed-size row of partial figures, then the same single transfer. That
 path never takes a second pass (it would need a second collective): it always reduces
@@ -160,14 +164,28 @@ def compute_lstm_health(
             rank must then pass None. A bad argument raises on its own rank before the
             collective, and the others wait for the group's timeout, as with any
             collective.)
+        diagnostics: Also measure saturation, the growth of c and dormant units
+            (``metrics.diagnostics``, a ``RecurrentDiagnostics``; its per-layer tuples
+            with ``detail`` too), in the same transfer and, with ``group``, the same
+            collective (every rank must then pass the same ``diagnostics``). Emitters ask
+            for it at DEBUG; pass True to have it always.
+        steps_since_reset: Per env, the steps since its state was last reset: an integer
+            tensor of shape ``[batch]`` on the state's device or the CPU, or a sequence of
+            ints. It gives ``c_growth_ratio`` (None without it, and for a state without a
+            cell). Its type and shape are checked on every call; a negative value is
+            found in the transfer, so only with ``diagnostics``. With ``group``, each rank
+            passes its own envs' steps, and every rank passes them or none does.
+        thresholds: Where ``dormant_tau`` comes from (``HealthThresholds()`` when None).
 
     Returns:
         ``None`` for ``hidden=None``; the metrics; or ``(metrics, detail)`` when
         ``detail=True``.
 
     Raises:
-        TypeError: ``hidden`` is not a tensor or a pair of them, ``detail`` is not a bool, or
-            ``group`` is not a process group.
+        TypeError: ``hidden`` is not a tensor or a pair of them, ``detail`` or
+            ``diagnostics`` is not a bool, ``group`` is not a process group,
+            ``thresholds`` is not ``HealthThresholds``, or ``steps_since_reset`` is not an
+            integer tensor or a sequence of ints.
         ValueError: a tensor is empty, not floating point, not dense (sparse, nested),
             on the meta device, of rank other than 2 or 3, or h and c disagree on layers,
             batch or device (the message shows the shapes); ``group`` is given while
@@ -176,7 +194,11 @@ def compute_lstm_health(
             the collective: none is left waiting), or this rank asked for ``detail``
             and another did not (raised by the ranks that asked). Ranks that disagree
             on the number of layers gather rows of different lengths, which the
-            collective itself refuses (gloo raises ``RuntimeError``).
+            collective itself refuses (gloo raises ``RuntimeError``); so do ranks that
+            disagree on ``diagnostics``, or with it on h's width.
+            ``steps_since_reset`` is not of length batch, is on another device, or holds
+            a negative value (with a group: raised by every rank, after the collective,
+            as is a group where only some ranks passed it).
 
     >>> import torch
     >>> lstm = torch.nn.LSTM(input_size=4, hidden_size=8, num_layers=2)
@@ -184,6 +206,9 @@ def compute_lstm_health(
     >>> m = compute_lstm_health(state)
     >>> m.has_nan, m.h_rms > 0, m.scope
     (False, True, 'process')
+    >>> d = compute_lstm_health(state, diagnostics=True, steps_since_reset=[5, 5, 5]).diagnostics
+    >>> d.h_saturation_frac, d.c_growth_ratio < 1.0
+    (0.0, True)
     """
     _check_flags(detail=detail, diagnostics=diagnostics)
     diag.check_thresholds(thresholds)
@@ -255,11 +280,18 @@ def compute_recurrent_health(
     one collective per state, in the order of ``states`` (every rank must pass the same
     names in the same order).
 
+    ``diagnostics`` and ``thresholds`` apply to every state. ``steps_since_reset`` is
+    either one value as ``compute_lstm_health`` takes it, used for every state (they
+    then share one batch of envs, as a policy and a value LSTM do), or a mapping of
+    state name to such a value; a state the mapping leaves out gets no growth ratio.
+
     Raises:
         TypeError: ``states`` is not a mapping, or a state is not one (the message
-            names it).
-        ValueError: a state name is not a valid one (see ``check_state_name``), or a
-            state is refused by ``compute_lstm_health`` (the message names it).
+            names it); an argument is refused as by ``compute_lstm_health``.
+        ValueError: a state name is not a valid one (see ``check_state_name``), a
+            state is refused by ``compute_lstm_health`` (the message names it), or
+            ``steps_since_reset`` names a state that is not in ``states`` or is
+            refused for one (the message names it when given by name).
 
     >>> import torch
     >>> gru, lstm = torch.nn.GRU(4, 8), torch.nn.LSTM(4, 8)
