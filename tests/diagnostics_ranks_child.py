@@ -98,6 +98,7 @@ def main(rank: int, world: int, rendezvous: Path, out_dir: Path) -> None:
                 record["error"] = [type(exc).__name__, str(exc)]
             else:
                 metrics = result[0] if isinstance(result, tuple) else result
+                assert metrics is not None
                 record["metrics"] = metrics.model_dump_json()
         results[name] = record
     (out_dir / f"rank{rank}.json").write_text(json.dumps(results), encoding="utf-8")

@@ -32,14 +32,16 @@ def one_process(name: str, world: int) -> RecurrentDiagnostics:
     """The diagnostics one process measures on every rank's state and steps, concatenated."""
     parts = [child.state(name, r, world) for r in range(world)]
     steps = [int(s) for _, rank_steps in parts for s in (rank_steps or [])] or None
-    if isinstance(parts[0][0], torch.Tensor):
-        hidden: Any = torch.cat([p[0] for p in parts], dim=1)  # type: ignore[misc]
+    states: list[Any] = [p[0] for p in parts]
+    if isinstance(states[0], torch.Tensor):
+        hidden: Any = torch.cat(states, dim=1)
     else:
-        hidden = tuple(torch.cat([p[0][i] for p in parts], dim=1) for i in (0, 1))  # type: ignore[index]
+        hidden = tuple(torch.cat([s[i] for s in states], dim=1) for i in (0, 1))
     result = compute_lstm_health(
         hidden, detail=child.SCENARIOS[name], diagnostics=True, steps_since_reset=steps
     )
     metrics = result[0] if isinstance(result, tuple) else result
+    assert metrics is not None
     assert metrics.diagnostics is not None
     return metrics.diagnostics
 
