@@ -123,23 +123,40 @@ def on_device(h: torch.Tensor, c: torch.Tensor, cell: bool, req: Request) -> tor
     fp16 and bf16 are compared and averaged in float32, float64 in float64: the bounds
     0.99 and 2.65 are those rounded to that dtype.
     """
-    a = _wide(h).abs()  # [layers, batch, units]
-    parts = [(a > H_SATURATION_BOUND).sum(dim=(1, 2))]
+    a = _wide(h).abs()  # [layers, batch, units]; dormancy needs it, so h's count reuses it
+    wide_c = _wide(c)
+    parts = [saturated(a, H_SATURATION_BOUND)]
     if cell:
-        ca = _wide(c).abs()
-        parts.append((ca > C_SATURATION_BOUND).sum(dim=(1, 2)))
+        parts.append(saturated(wide_c, C_SATURATION_BOUND, signed=True))
     unit = a.mean(dim=1)  # [layers, units]: each unit's mean |h| over the batch
     # unit - tau * mean <= 0 is unit <= tau * mean for finite values (a difference of
     # floats is 0 only when they are equal), and false for Inf - Inf and NaN.
     dormant = (unit - req.tau * unit.mean(dim=1, keepdim=True)) <= 0
-    parts.append(dormant.sum(dim=1))
+    parts.append(dormant.sum(dim=1, dtype=torch.int32))
     counts = torch.cat(parts).to(torch.float64)
     if not (cell and req.steps is not None):
         return counts
-    env_max = ca.amax(dim=(0, 2))  # [batch]; NaN propagates
-    growth = (env_max.to(torch.float64) / (req.steps + 1)).amax()
+    growth = (env_abs_max(wide_c).to(torch.float64) / (req.steps + 1)).amax()
     smallest = req.steps.amin().to(torch.float64)
     return torch.cat((counts, torch.stack((growth, smallest))))
+
+
+def saturated(x: torch.Tensor, bound: float, *, signed: bool = False) -> torch.Tensor:
+    """Per layer, how many elements of 3-D x have |x| > bound (int32; NaN is not counted).
+
+    ``signed``: x itself, not |x| (two comparisons instead of a copy of |x|). The sums
+    are int32, several times faster than int64 on CPU, and exact below 2**31 elements.
+    """
+    if not signed:
+        return (x > bound).sum(dim=(1, 2), dtype=torch.int32)
+    return (x > bound).sum(dim=(1, 2), dtype=torch.int32) + (x < -bound).sum(
+        dim=(1, 2), dtype=torch.int32
+    )
+
+
+def env_abs_max(c: torch.Tensor) -> torch.Tensor:
+    """max|c| of each env ``[batch]``, from its max and min: no copy of |c|; NaN propagates."""
+    return torch.maximum(c.amax(dim=(0, 2)), -c.amin(dim=(0, 2)))
 
 
 def unpacked(

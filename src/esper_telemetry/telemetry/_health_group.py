@@ -262,19 +262,22 @@ def _diagnosis_row(
     Counts rather than fractions, and per-unit sums of |h| rather than dormant units, so
     that the ranks' parts add up to the figures of the concatenated batch.
     """
-    a, ca = _at_least_float32(h).abs(), _at_least_float32(c).abs()
-    saturated = torch.cat(
-        ((a > H_SATURATION_BOUND).sum(dim=(1, 2)), (ca > C_SATURATION_BOUND).sum(dim=(1, 2)))
+    a, wide_c = _at_least_float32(h).abs(), _at_least_float32(c)
+    counts = torch.cat(
+        (
+            diag.saturated(a, H_SATURATION_BOUND),
+            diag.saturated(wide_c, C_SATURATION_BOUND, signed=True),
+        )
     )
     unit_sums = a.sum(dim=1, dtype=torch.float64).flatten()  # [layers * units]
     if cell and request.steps is not None:
-        growth = (ca.amax(dim=(0, 2)).to(torch.float64) / (request.steps + 1)).amax()
+        growth = (diag.env_abs_max(wide_c).to(torch.float64) / (request.steps + 1)).amax()
         smallest = request.steps.amin().to(torch.float64)
         one = torch.ones((), dtype=torch.float64, device=h.device)
         steps = torch.stack((one, growth, smallest))
     else:
         steps = torch.zeros(3, dtype=torch.float64, device=h.device)
-    return torch.cat((steps, saturated.to(torch.float64), unit_sums))
+    return torch.cat((steps, counts.to(torch.float64), unit_sums))
 
 
 # --------------------------------------------------------------------------- all ranks
