@@ -628,3 +628,19 @@ def test_a_measured_runaway_cell_is_detected() -> None:
     report = AnomalyDetector().check_lstm_health(m)
     assert report.anomaly_types == [AnomalyType.LSTM_C_RUNAWAY]
     assert report.anomalies[0].observed == 0.75
+
+
+def test_a_large_cpu_state_measured_in_blocks_gives_the_same_figures() -> None:
+    """A state large enough to be taken in blocks of envs counts across the blocks exactly."""
+    h = torch.full((2, 300, 1024), 0.5)
+    c = torch.zeros(2, 300, 1024)
+    h[0, 0, :10] = 0.995  # first block
+    h[1, 299, :7] = -1.0  # last block
+    h[:, :, 3] = 0.0  # a dead unit in each layer, across every block
+    c[0, 150, :5] = 3.0
+    c[1, 280, :4] = -3.0
+    d = diagnose((h, c), detail=True)
+    n = 300 * 1024
+    assert d.h_layer_saturation_frac == (9 / n, 6 / n)  # unit 3 is dead, not saturated
+    assert d.c_layer_saturation_frac == (5 / n, 4 / n)
+    assert d.layer_dormant_frac == (1 / 1024, 1 / 1024)

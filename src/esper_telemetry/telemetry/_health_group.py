@@ -56,11 +56,7 @@ from esper_telemetry.contracts import (
     LSTMHealthMetrics,
     RecurrentDiagnostics,
 )
-from esper_telemetry.contracts.health import (
-    C_SATURATION_BOUND,
-    H_SATURATION_BOUND,
-    WORST_ENVS_PER_RANK,
-)
+from esper_telemetry.contracts.health import WORST_ENVS_PER_RANK
 from esper_telemetry.telemetry import _diagnostics as diag
 from esper_telemetry.telemetry.lstm_health import (
     _abs_max,
@@ -262,22 +258,19 @@ def _diagnosis_row(
     Counts rather than fractions, and per-unit sums of |h| rather than dormant units, so
     that the ranks' parts add up to the figures of the concatenated batch.
     """
-    a, wide_c = _at_least_float32(h).abs(), _at_least_float32(c)
-    counts = torch.cat(
-        (
-            diag.saturated(a, H_SATURATION_BOUND),
-            diag.saturated(wide_c, C_SATURATION_BOUND, signed=True),
-        )
-    )
-    unit_sums = a.sum(dim=1, dtype=torch.float64).flatten()  # [layers * units]
+    # With cell=False, c is h: its count is made and dropped, to keep one row layout.
+    h_sat, c_sat, unit_sums = diag.partials(h, c, True)
+    assert c_sat is not None
+    counts = torch.cat((h_sat, c_sat))
     if cell and request.steps is not None:
+        wide_c = _at_least_float32(c)
         growth = (diag.env_abs_max(wide_c).to(torch.float64) / (request.steps + 1)).amax()
         smallest = request.steps.amin().to(torch.float64)
         one = torch.ones((), dtype=torch.float64, device=h.device)
         steps = torch.stack((one, growth, smallest))
     else:
         steps = torch.zeros(3, dtype=torch.float64, device=h.device)
-    return torch.cat((steps, counts.to(torch.float64), unit_sums))
+    return torch.cat((steps, counts.to(torch.float64), unit_sums.flatten().to(torch.float64)))
 
 
 # --------------------------------------------------------------------------- all ranks
