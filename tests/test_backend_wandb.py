@@ -62,6 +62,14 @@ from tests.wandb_offline import (
 NAN = float("nan")
 INF = float("inf")
 RUN_ID = "wandb-backend-test"
+#: The diagnostics' thresholds (issue 15) at their defaults, as the run config records them.
+DIAGNOSTIC_THRESHOLDS = {
+    "h_saturation_frac": 0.5,
+    "c_saturation_frac": 0.5,
+    "c_runaway_ratio": 0.5,
+    "dormant_tau": 0.1,
+    "dormant_frac": 0.5,
+}
 #: 40 hex digits: what a W&B API key looks like.
 HEX_KEY = "0123456789abcdef0123456789abcdef01234567"
 HEX_IN_TEXT = "fedcba9876543210fedcba9876543210fedcba98"
@@ -377,7 +385,12 @@ def test_config_is_merged_and_secrets_are_redacted(scenario: Scenario) -> None:
     # Always recorded: the version and the rule in force (the default one here).
     assert esper == {
         "version": esper_telemetry.__version__,
-        "thresholds": {"vanishing_rms": 1e-6, "warning_rms": 5.0, "critical_rms": 10.0},
+        "thresholds": {
+            "vanishing_rms": 1e-6,
+            "warning_rms": 5.0,
+            "critical_rms": 10.0,
+            **DIAGNOSTIC_THRESHOLDS,
+        },
         # The key layout, which a backfill reads back to write the same keys.
         "layout": {"prefix": "", "x_axis": "update", "log": list(GROUPS)},
     }
@@ -522,7 +535,12 @@ def test_a_run_handed_in_is_shared_never_stepped_and_never_finished(wandb_dir: P
     # config=, and esper's section, which a run handed in gets too.
     esper = {
         "layout": {"log": ["health"], "prefix": "", "x_axis": "update"},
-        "thresholds": {"critical_rms": 10, "vanishing_rms": 1e-06, "warning_rms": 5},
+        "thresholds": {
+            "critical_rms": 10,
+            "vanishing_rms": 1e-06,
+            "warning_rms": 5,
+            **DIAGNOSTIC_THRESHOLDS,
+        },
         "version": esper_telemetry.__version__,
     }
     assert of_type(records, "config") == [
@@ -921,7 +939,12 @@ def test_entity_group_tags_job_type_thresholds_and_level_policy_reach_the_run(
         ["lstm", "cartpole"],  # a repeated tag once
     )
     esper = inspect_summary(run_dir)["config"]["esper"]
-    assert esper["thresholds"] == {"vanishing_rms": 1e-6, "warning_rms": 4.0, "critical_rms": 8.0}
+    assert esper["thresholds"] == {
+        "vanishing_rms": 1e-6,
+        "warning_rms": 4.0,
+        "critical_rms": 8.0,
+        **DIAGNOSTIC_THRESHOLDS,
+    }
     assert esper["level_policy"] == policy
     assert esper["version"] == esper_telemetry.__version__  # not the RUN_STARTED "esper" key
 
