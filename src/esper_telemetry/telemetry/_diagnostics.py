@@ -36,8 +36,7 @@ Steps = torch.Tensor | Sequence[int]
 
 
 class Request(NamedTuple):
-    """What one state's diagnostics need: dormancy's tau, the checked steps (or None), and
-    the name of the steps in messages."""
+    """What one state's diagnostics need: tau, the checked steps (or None), their name."""
 
     tau: float
     steps: torch.Tensor | None
@@ -113,11 +112,6 @@ def check_smallest(smallest: float, label: str = "steps_since_reset") -> None:
             f"{label} must be >= 0 (steps since each env's last reset), got a smallest value "
             f"of {int(smallest)}"
         )
-
-
-def size(layers: int, *, cell: bool, steps: bool) -> int:
-    """How many values :func:`on_device` gives for a state of ``layers`` layers."""
-    return layers * (3 if cell else 2) + (2 if cell and steps else 0)
 
 
 def on_device(h: torch.Tensor, c: torch.Tensor, cell: bool, req: Request) -> torch.Tensor:
