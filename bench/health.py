@@ -14,10 +14,15 @@ process so that machine noise hits both alike. Before timing, the script asserts
 both return the same 12 values (relative 1e-5), on a healthy state and on states
 holding NaN and Inf, so the comparison is between equivalent computations.
 
+A second table prices ``diagnostics=True`` (saturation, c growth with a
+``steps_since_reset`` tensor, dormancy): the fused call with and without it, interleaved
+the same way, at the same shapes and call counts; the script first asserts that the 12
+figures are the same either way.
+
 Run::
 
-    .venv/bin/python bench/health.py            # full run (about 10 s)
-    .venv/bin/python bench/health.py --quick    # smoke run (about 3 s)
+    .venv/bin/python bench/health.py            # full run (about 20 s)
+    .venv/bin/python bench/health.py --quick    # smoke run (about 5 s)
 """
 
 from __future__ import annotations
@@ -72,6 +77,13 @@ def naive_health(h: torch.Tensor, c: torch.Tensor) -> Metrics:
 def fused_health(h: torch.Tensor, c: torch.Tensor) -> Metrics:
     metrics = compute_lstm_health((h, c))
     assert metrics is not None
+    return {name: getattr(metrics, name) for name in metrics.FIGURES}
+
+
+def diagnosed_health(h: torch.Tensor, c: torch.Tensor, steps: torch.Tensor) -> Metrics:
+    metrics = compute_lstm_health((h, c), diagnostics=True, steps_since_reset=steps)
+    assert metrics is not None
+    assert metrics.diagnostics is not None
     return {name: getattr(metrics, name) for name in metrics.FIGURES}
 
 
@@ -175,6 +187,34 @@ def main() -> None:
     print("\n".join(rows))
     print(f"\nfused and naive agree to rel {REL_TOL:g} on every shape (asserted).")
     print(f"overall: {'PASS' if all(verdicts) else 'FAIL'} ({sum(verdicts)}/{len(verdicts)})")
+    print("\n" + diagnostics_table(quick=args.quick))
+
+
+def diagnostics_table(*, quick: bool) -> str:
+    """The fused call without and with ``diagnostics=True``, interleaved, as a table."""
+    lines = [
+        "| state [layers, batch, hidden] | calls each | diagnostics off median | "
+        "diagnostics on median | on p90 | on/off (median) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for shape, full_calls, _ in CASES:
+        calls = max(3, full_calls // QUICK_DIVISOR) if quick else full_calls
+        h, c = torch.randn(shape), torch.randn(shape)
+        steps = torch.randint(0, 500, (shape[1],))
+        assert fused_health(h, c) == diagnosed_health(h, c, steps), "figures differ"
+        off_s, on_s = time_interleaved(
+            [partial(fused_health, h, c), partial(diagnosed_health, h, c, steps)],
+            calls,
+            max(2, calls // 10),
+        )
+        off, on = summarise(off_s), summarise(on_s)
+        lines.append(
+            f"| {shape[0]}, {shape[1]}, {shape[2]} | {calls} | {fmt_us(off.median_us)} | "
+            f"{fmt_us(on.median_us)} | {fmt_us(on.p90_us)} | "
+            f"{on.median_us / off.median_us:.2f}× |"
+        )
+        print(f"done diagnostics {shape}", file=sys.stderr)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

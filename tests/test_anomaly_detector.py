@@ -217,9 +217,8 @@ def test_all_six_together_in_fixed_order() -> None:
         crit(T.LSTM_H_VANISHING, 1e-7, VANISHING),
         crit(T.LSTM_C_VANISHING, 2e-7, VANISHING),
     ]
-    # Every type of the norm rules; the replay check's have their own tests.
-    replay = {T.LSTM_REPLAY_MISMATCH, T.LSTM_REPLAY_DRIFT}
-    assert report.anomaly_types == [t for t in AnomalyType if t not in replay]
+    # The first six types are the critical ones; the later ones need diagnostics.
+    assert report.anomaly_types == list(AnomalyType)[:6]
 
 
 def test_several_together_keep_the_order() -> None:

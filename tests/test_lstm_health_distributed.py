@@ -58,14 +58,16 @@ GATHERS = {"all_gather_single", "all_gather_into_tensor"}
 # --------------------------------------------------------------------------- the groups
 
 
-def run_group(world: int, tmp: Path) -> Results:
-    """Start ``world`` ranks, wait for all (killing every one past the deadline), read them."""
+def run_group(world: int, tmp: Path, child_script: Path = CHILD) -> Results:
+    """Start ``world`` ranks of ``child_script``, wait for all (killing every one past the
+    deadline), read them."""
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     rendezvous = tmp / "rendezvous"
     procs = []
     for r in range(world):
         with (tmp / f"rank{r}.log").open("w") as log:  # a file: a full pipe would block it
-            argv = [sys.executable, str(CHILD), str(r), str(world), str(rendezvous), str(tmp)]
+            argv = [sys.executable, str(child_script), str(r), str(world), str(rendezvous)]
+            argv.append(str(tmp))
             procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
     end = time.monotonic() + DEADLINE_S
     try:
@@ -453,8 +455,12 @@ def _metrics(**update: object) -> LSTMHealthMetrics:
 
 
 def test_figures_are_every_field_but_scope_and_ranks() -> None:
-    """FIGURES lists the 12 figures in field order; to_dict gives exactly those."""
-    fields = [n for n in LSTMHealthMetrics.model_fields if n not in ("scope", "ranks")]
+    """FIGURES lists the 12 figures in field order; to_dict gives exactly those.
+
+    ``diagnostics`` is no figure either: a sub-model, None unless asked for.
+    """
+    others = ("scope", "ranks", "diagnostics")
+    fields = [n for n in LSTMHealthMetrics.model_fields if n not in others]
     assert list(LSTMHealthMetrics.FIGURES) == fields
     assert list(_metrics().to_dict()) == [f"lstm_{n}" for n in fields]
 

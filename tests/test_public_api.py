@@ -76,6 +76,7 @@ SUBPACKAGES: dict[str, list[str]] = {
         "LSTMHealthMetrics",
         "PPOUpdateCompleted",
         "PPOUpdatePayload",
+        "RecurrentDiagnostics",
         "Redact",
         "ReplayConsistency",
         "RunFinished",

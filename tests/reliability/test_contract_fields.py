@@ -25,7 +25,9 @@ from esper_telemetry.contracts import (
     EventBase,
     HealthThresholds,
     LSTMHealthDetail,
+    LSTMHealthMetrics,
     PPOUpdateCompleted,
+    RecurrentDiagnostics,
     ReplayConsistency,
     RunFinished,
     RunFinishedPayload,
@@ -79,6 +81,19 @@ def samples() -> dict[str, Contract]:
     detail = LSTMHealthDetail.model_validate(
         {**detail.model_dump(), "worst_envs": [worst.model_dump()], "env_counts": [2, 3]}
     )
+    # Diagnostics with detail (compute_lstm_health(..., diagnostics=True, detail=True)).
+    diagnostics = RecurrentDiagnostics(
+        h_saturation_frac=0.25,
+        c_saturation_frac=0.5,
+        c_growth_ratio=0.75,
+        dormant_frac=0.125,
+        h_layer_saturation_frac=(0.25,),
+        c_layer_saturation_frac=(0.5,),
+        layer_dormant_frac=(0.125,),
+    )
+    health = LSTMHealthMetrics.model_validate(
+        {**health.model_dump(), "diagnostics": diagnostics.model_dump()}
+    )
     envelope = EventBase.model_validate(last[AnomalyDetected].model_dump(exclude={"payload"}))
     found: dict[str, Contract] = {
         type(c).__name__: c
@@ -87,6 +102,7 @@ def samples() -> dict[str, Contract]:
             *(e.payload for e in last.values()),
             envelope,
             health,
+            diagnostics,
             detail,
             HealthThresholds(),
             report,

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         HealthThresholds,
         LSTMHealthDetail,
         LSTMHealthMetrics,
+        RecurrentDiagnostics,
         health_status,
     )
     from esper_telemetry.contracts.layout import (
@@ -130,6 +131,7 @@ _LAZY = {
             "HealthThresholds",
             "LSTMHealthDetail",
             "LSTMHealthMetrics",
+            "RecurrentDiagnostics",
             "health_status",
         ),
         "esper_telemetry.contracts.health",
@@ -193,6 +195,7 @@ __all__ = [
     "LSTMHealthMetrics",
     "PPOUpdateCompleted",
     "PPOUpdatePayload",
+    "RecurrentDiagnostics",
     "Redact",
     "ReplayConsistency",
     "RunFinished",

@@ -19,12 +19,20 @@ class AnomalyType(StrEnum):
     LSTM_C_EXPLOSION = "lstm_c_explosion"
     LSTM_H_VANISHING = "lstm_h_vanishing"
     LSTM_C_VANISHING = "lstm_c_vanishing"
+    LSTM_H_SATURATION = "lstm_h_saturation"
+    LSTM_C_SATURATION = "lstm_c_saturation"
+    LSTM_C_RUNAWAY = "lstm_c_runaway"
+    LSTM_DORMANT = "lstm_dormant"
     LSTM_REPLAY_MISMATCH = "lstm_replay_mismatch"
     LSTM_REPLAY_DRIFT = "lstm_replay_drift"
 
 
 class Severity(StrEnum):
-    """How bad an anomaly is. Every built-in LSTM anomaly is critical."""
+    """How bad an anomaly is.
+
+    NaN, Inf, explosion and vanishing are critical; saturation, a runaway cell and
+    dormant units (from a state's diagnostics) are warnings.
+    """
 
     WARNING = "warning"
     CRITICAL = "critical"

@@ -12,7 +12,7 @@ import re
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, ClassVar, Final, Literal, Self
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
 from esper_telemetry.contracts._base import (
     Bool,
@@ -88,6 +88,124 @@ def _suggested(name: object) -> str:
 StateName = Annotated[Str, AfterValidator(check_state_name)]
 
 
+def _at_most_one(value: float) -> float:
+    if value > 1.0:
+        raise ValueError(f"a fraction must be in [0, 1] (or NaN), got {value!r}")
+    return value
+
+
+#: A fraction in [0, 1], or NaN (a figure of a broken measurement is data too).
+Fraction = Annotated[
+    NonNegativeFloat,
+    AfterValidator(_at_most_one),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1}),
+]
+
+#: |h| above this counts as saturated: h = o * tanh(c), so it needs o > 0.99 and |tanh(c)| > 0.99.
+H_SATURATION_BOUND: Final = 0.99
+
+#: |c| above this counts as saturated: there |tanh(c)| > 0.99, so the gradient through
+#: tanh, 1 - tanh(c)^2, is below 0.02.
+C_SATURATION_BOUND: Final = 2.65
+
+
+class RecurrentDiagnostics(Contract):
+    """Saturation, runaway and dormancy of one recurrent state, from ``diagnostics=True``.
+
+    The four figures cover the whole state (every layer, every env; with a process group,
+    every rank). The per-layer tuples come with ``detail=True`` as well, layer 0 first.
+
+    NaN and Inf are data, by one rule: a count compares values with a bound, and a NaN is
+    never above or below one, so a NaN is not counted; the growth ratio is a largest
+    value, and NaN propagates through it as it does through ``c_max``. So a NaN element
+    is not saturated and an Inf one is; a NaN in a layer makes its layer's mean NaN and
+    none of its units dormant, while an Inf makes the mean infinite and every finite
+    unit of that layer dormant against it; NaN in c makes ``c_growth_ratio`` NaN, Inf
+    makes it infinite. A state holding NaN or Inf is CRITICAL through ``has_nan`` /
+    ``has_inf`` whatever these figures say.
+
+    >>> d = RecurrentDiagnostics(h_saturation_frac=0.25, c_saturation_frac=0.0,
+    ...     c_growth_ratio=0.1, dormant_frac=0.0)
+    >>> d.h_saturation_frac, d.h_layer_saturation_frac
+    (0.25, None)
+    """
+
+    h_saturation_frac: Fraction = Field(
+        description=f"Fraction of the elements of h with |h| > {H_SATURATION_BOUND} (h = o * "
+        "tanh(c) saturated: gradients through it nearly vanish)."
+    )
+    c_saturation_frac: Fraction | None = Field(
+        description=f"Fraction of the elements of c with |c| > {C_SATURATION_BOUND} (where "
+        "|tanh(c)| > 0.99 and its gradient is below 0.02). None without a cell."
+    )
+    c_growth_ratio: NonNegativeFloat | None = Field(
+        description="Largest over the envs of max|c| of the env / (1 + steps since its last "
+        "reset). After a reset to zero |c_t| < t, so this stays below 1; a cell that keeps "
+        "growing at its largest possible rate tends to 1, a bounded one to 0. None without a "
+        "cell or without steps_since_reset."
+    )
+    dormant_frac: Fraction = Field(
+        description="Fraction of the hidden units of h, over all layers, that are tau-dormant "
+        "(Sokar et al., ICML 2023): the unit's mean |h| over the batch is at most "
+        "HealthThresholds.dormant_tau times its layer's mean over every unit."
+    )
+    h_layer_saturation_frac: tuple[Fraction, ...] | None = Field(
+        default=None, description="h_saturation_frac of each layer (with detail, else None)."
+    )
+    c_layer_saturation_frac: tuple[Fraction, ...] | None = Field(
+        default=None,
+        description="c_saturation_frac of each layer (with detail, else None; None without a "
+        "cell).",
+    )
+    layer_dormant_frac: tuple[Fraction, ...] | None = Field(
+        default=None,
+        description="Fraction of each layer's hidden units that are dormant (with detail, else "
+        "None).",
+    )
+
+    @model_validator(mode="after")
+    def _layers_agree(self) -> Self:
+        if (self.h_layer_saturation_frac is None) != (self.layer_dormant_frac is None):
+            raise ValueError(
+                "h_layer_saturation_frac and layer_dormant_frac come together (detail) or not "
+                f"at all, got {_count(self.h_layer_saturation_frac)} and "
+                f"{_count(self.layer_dormant_frac)}"
+            )
+        lengths = {
+            len(v)
+            for v in (
+                self.h_layer_saturation_frac,
+                self.c_layer_saturation_frac,
+                self.layer_dormant_frac,
+            )
+            if v is not None
+        }
+        if len(lengths) > 1:
+            raise ValueError(
+                f"the per-layer tuples must have one length (the layers), got {sorted(lengths)}"
+            )
+        if self.c_layer_saturation_frac is not None and self.c_saturation_frac is None:
+            raise ValueError("c_layer_saturation_frac needs c_saturation_frac (a cell)")
+        if self.c_growth_ratio is not None and self.c_saturation_frac is None:
+            raise ValueError(
+                "c_growth_ratio needs c_saturation_frac: only a state with a cell has one"
+            )
+        if (
+            self.c_saturation_frac is not None
+            and self.h_layer_saturation_frac is not None
+            and self.c_layer_saturation_frac is None
+        ):
+            raise ValueError(
+                "with a cell and detail, c_layer_saturation_frac comes with h_layer_saturation_frac"
+            )
+        return self
+
+    @property
+    def has_layers(self) -> bool:
+        """True when the per-layer tuples are there (measured with ``detail=True``)."""
+        return self.h_layer_saturation_frac is not None
+
+
 class LSTMHealthMetrics(Contract):
     """Health of one recurrent state (the 12 figures of record TELE-340), and whose.
 
@@ -147,8 +265,15 @@ class LSTMHealthMetrics(Contract):
         description="How many processes' states the figures cover: the group's size for "
         "'all_ranks', else 1.",
     )
+    diagnostics: RecurrentDiagnostics | None = Field(
+        default=None,
+        description="Saturation, runaway and dormancy of the state "
+        "(compute_lstm_health(..., diagnostics=True), at DEBUG or when asked); None when not "
+        "measured. Not one of the 12 figures.",
+    )
 
-    #: The 12 health figures, in field order: every field but ``scope`` and ``ranks``.
+    #: The 12 health figures, in field order: every field but ``scope``, ``ranks`` and
+    #: ``diagnostics``.
     FIGURES: ClassVar[tuple[str, ...]] = (
         "h_l2_total",
         "c_l2_total",
@@ -187,6 +312,13 @@ class LSTMHealthMetrics(Contract):
                 f"ranks must be 1 unless scope is 'all_ranks', got ranks={self.ranks!r} "
                 f"with scope={self.scope!r}"
             )
+        d = self.diagnostics
+        if d is not None and (d.c_saturation_frac is not None) != self.has_cell:
+            raise ValueError(
+                "diagnostics must match the state: c_saturation_frac is given exactly when the "
+                f"c figures are, got c_saturation_frac={d.c_saturation_frac!r} with "
+                f"c_rms={self.c_rms!r}"
+            )
         return self
 
     @property
@@ -206,16 +338,24 @@ class LSTMHealthMetrics(Contract):
     ) -> HealthStatus | None:
         """The verdict on ``h`` or ``c`` alone, by :meth:`HealthThresholds.status`.
 
-        None for ``"c"`` of a state without a cell (GRU, RNN): there is nothing to judge.
+        With :attr:`diagnostics`, a tensor otherwise HEALTHY is a WARNING when
+        :meth:`HealthThresholds.diagnostics_warn` says so: h when saturated or dormant, c
+        when saturated or running away. None for ``"c"`` of a state without a cell (GRU,
+        RNN): there is nothing to judge.
         """
         t = thresholds if thresholds is not None else HealthThresholds()
         if tensor == "h":
-            return t.status(self.h_rms, self.h_env_rms_max, self.h_max)
-        if tensor == "c":
+            verdict = t.status(self.h_rms, self.h_env_rms_max, self.h_max)
+        elif tensor == "c":
             if self.c_rms is None or self.c_env_rms_max is None or self.c_max is None:
                 return None
-            return t.status(self.c_rms, self.c_env_rms_max, self.c_max)
-        raise ValueError(f"tensor must be 'h' or 'c', got {tensor!r}")
+            verdict = t.status(self.c_rms, self.c_env_rms_max, self.c_max)
+        else:
+            raise ValueError(f"tensor must be 'h' or 'c', got {tensor!r}")
+        d = self.diagnostics
+        if verdict is HealthStatus.HEALTHY and d is not None and t.diagnostics_warn(d, tensor):
+            return HealthStatus.WARNING
+        return verdict
 
 
 class EnvRMS(Contract):
@@ -365,9 +505,10 @@ STATUS_COLOUR: Final[dict[HealthStatus, str]] = {
 
 
 class HealthThresholds(Contract):
-    """The thresholds of the one health rule (defaults from the seed project).
+    """The thresholds of the one health rule (the RMS defaults from the seed project).
 
-    All comparisons are strict: an RMS of exactly ``critical_rms`` is not critical.
+    All comparisons are strict: an RMS of exactly ``critical_rms`` is not critical, nor a
+    saturated fraction of exactly ``h_saturation_frac`` a warning.
     """
 
     vanishing_rms: StrictFloat = Field(
@@ -378,6 +519,45 @@ class HealthThresholds(Contract):
     )
     critical_rms: StrictFloat = Field(
         default=10.0, gt=0, description="An RMS or per-env RMS above this is an explosion."
+    )
+    h_saturation_frac: StrictFloat = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="A fraction of saturated h elements (|h| > 0.99) above this is a warning. "
+        "0.5: a healthy LSTM keeps most of h off the flat ends of tanh; past half, most "
+        "gradients through h are nearly gone. 1 turns the check off.",
+    )
+    c_saturation_frac: StrictFloat = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="A fraction of saturated c elements (|c| > 2.65, gradient through tanh "
+        "below 0.02) above this is a warning; 0.5 for the reason of h_saturation_frac. 1 "
+        "turns the check off.",
+    )
+    c_runaway_ratio: StrictFloat = Field(
+        default=0.5,
+        gt=0,
+        description="A c_growth_ratio above this is a runaway cell (a warning): c has grown "
+        "faster than half the largest possible rate (|c| gains at most 1 a step) since the "
+        "env's last reset. After a reset to zero an env needs 2 steps to cross 0.5 at all, "
+        "and a cell bounded by C stays below it after 2C steps.",
+    )
+    dormant_tau: StrictFloat = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="A hidden unit is dormant when its mean |h| over the batch is at most "
+        "this times its layer's mean over every unit (tau-dormant, Sokar et al., ICML 2023). "
+        "0.1: a unit at a tenth of its layer's average barely moves the next layer.",
+    )
+    dormant_frac: StrictFloat = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="A fraction of dormant hidden units (over all layers) above this is a "
+        "warning: the state uses less than half its width. 1 turns the check off.",
     )
     replay_tolerances: FrozenDict[Str, StrictFloat] = Field(
         default_factory=lambda: FrozenDict(REPLAY_TOLERANCES),
@@ -401,7 +581,7 @@ class HealthThresholds(Contract):
                 f"vanishing_rms={self.vanishing_rms!r}, warning_rms={self.warning_rms!r}, "
                 f"critical_rms={self.critical_rms!r}"
             )
-        for name in ("vanishing_rms", "warning_rms", "critical_rms", "replay_drift"):
+        for name in ("vanishing_rms", "warning_rms", "critical_rms", "c_runaway_ratio", "replay_drift"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
         for dtype, tolerance in self.replay_tolerances.items():
@@ -447,6 +627,49 @@ class HealthThresholds(Contract):
     def is_warning(self, rms: float) -> bool:
         """True when the RMS is above ``warning_rms``."""
         return rms > self.warning_rms
+
+    def is_saturated(self, fraction: float, tensor: Literal["h", "c"] = "h") -> bool:
+        """True when a saturated fraction of h or c is above its threshold (NaN is not).
+
+        ``tensor`` picks ``h_saturation_frac`` or ``c_saturation_frac``.
+        """
+        if tensor == "h":
+            return fraction > self.h_saturation_frac
+        if tensor == "c":
+            return fraction > self.c_saturation_frac
+        raise ValueError(f"tensor must be 'h' or 'c', got {tensor!r}")
+
+    def is_running_away(self, growth_ratio: float) -> bool:
+        """True when a cell's growth ratio is above ``c_runaway_ratio`` (NaN is not)."""
+        return growth_ratio > self.c_runaway_ratio
+
+    def is_dormant(self, dormant_frac: float) -> bool:
+        """True when the dormant fraction of units is above ``dormant_frac`` (NaN is not)."""
+        return dormant_frac > self.dormant_frac
+
+    def diagnostics_warn(
+        self, diagnostics: RecurrentDiagnostics, tensor: Literal["h", "c"] | None = None
+    ) -> bool:
+        """True when the diagnostics of one state break a threshold: a WARNING.
+
+        ``tensor="h"`` asks about h only (saturated or dormant), ``"c"`` about c only
+        (saturated or running away), None about both. A figure that is None is not judged.
+
+        >>> d = RecurrentDiagnostics(h_saturation_frac=0.6, c_saturation_frac=0.0,
+        ...     c_growth_ratio=None, dormant_frac=0.0)
+        >>> HealthThresholds().diagnostics_warn(d, "h"), HealthThresholds().diagnostics_warn(d, "c")
+        (True, False)
+        """
+        d = diagnostics
+        h = self.is_saturated(d.h_saturation_frac, "h") or self.is_dormant(d.dormant_frac)
+        c = (d.c_saturation_frac is not None and self.is_saturated(d.c_saturation_frac, "c")) or (
+            d.c_growth_ratio is not None and self.is_running_away(d.c_growth_ratio)
+        )
+        if tensor == "h":
+            return h
+        if tensor == "c":
+            return c
+        return h or c
 
     def status(
         self, rms: float, env_rms_max: float | None = None, max_abs: float | None = None
@@ -495,7 +718,9 @@ def health_status(
 
     CRITICAL when the state holds NaN or Inf, when h's or c's RMS or largest per-env
     RMS is above ``critical_rms``, or when an RMS is below ``vanishing_rms``. WARNING
-    when an RMS is above ``warning_rms``. HEALTHY otherwise.
+    when an RMS is above ``warning_rms``, or when the metrics carry ``diagnostics`` that
+    break a threshold (:meth:`HealthThresholds.diagnostics_warn`: saturated h or c, a
+    runaway cell, dormant units). HEALTHY otherwise.
 
     Raises:
         TypeError: ``metrics`` or ``thresholds`` has the wrong type.

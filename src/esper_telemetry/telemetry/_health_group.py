@@ -19,6 +19,17 @@ Row layout (``_COLUMNS`` names the fixed part)::
     h_layer_l2[layers], c_layer_l2[layers],           with detail (else zeros): per layer
     env[K], h_env_norm[K], c_env_norm[K]              the rank's K worst envs (-1: none)
 
+With ``diagnostics=True`` the row goes on (its length then depends on h's width too)::
+
+    has_steps, growth, smallest_step,                 (zeros without steps_since_reset)
+    h_saturated[layers], c_saturated[layers],         counts of saturated elements
+    h_unit_abs_sum[layers * h_size]                   each unit's sum of |h| over the envs
+
+Counts and sums add up over the ranks, so fractions and dormancy are those of the
+concatenated batch; the growth ratio is the largest of the ranks'. Ranks that disagree
+on ``diagnostics`` (or, with it, on h's width) gather rows of different lengths, which
+the collective refuses, as for the number of layers.
+
 No second pass, so no second collective. The single-process path reduces in the input's
 dtype and, for states whose squares left that dtype's range, reduces again after a
 first transfer. Here a second pass would need a second collective (the other ranks need
@@ -39,8 +50,14 @@ from typing import Final
 import torch
 import torch.distributed as dist
 
-from esper_telemetry.contracts import EnvRMS, LSTMHealthDetail, LSTMHealthMetrics
+from esper_telemetry.contracts import (
+    EnvRMS,
+    LSTMHealthDetail,
+    LSTMHealthMetrics,
+    RecurrentDiagnostics,
+)
 from esper_telemetry.contracts.health import WORST_ENVS_PER_RANK
+from esper_telemetry.telemetry import _diagnostics as diag
 from esper_telemetry.telemetry.lstm_health import (
     _abs_max,
     _at_least_float32,
@@ -83,10 +100,24 @@ _STACK_UP_TO: Final = 1 << 15
 
 
 def group_health(
-    h: torch.Tensor, c: torch.Tensor, group: dist.ProcessGroup, *, detail: bool
+    h: torch.Tensor,
+    c: torch.Tensor,
+    group: dist.ProcessGroup,
+    *,
+    detail: bool,
+    request: diag.Request | None = None,
+    cell: bool = True,
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail]:
-    """The health of every rank's ``(h, c)`` together; h and c are validated, 3-D, detached."""
+    """The health of every rank's ``(h, c)`` together; h and c are validated, 3-D, detached.
+
+    With ``request``, the row also carries the partial diagnostics (see the module
+    docstring) and the metrics their combination; ``cell=False`` (c is h standing in)
+    leaves the c diagnostics out.
+    """
     row, env_norms = _partials(h, c, detail=detail)
+    base = row.numel()
+    if request is not None:
+        row = torch.cat((row, _diagnosis_row(h, c, cell, request)))
     ranks = dist.get_world_size(group)
     # Flat, rank after rank: gloo takes only the concatenated form of the output.
     gathered = torch.empty(ranks * row.numel(), dtype=torch.float64, device=row.device)
@@ -100,6 +131,11 @@ def group_health(
     me = dist.get_rank(group)
     _check_agreement(rows, me, detail=detail)
     metrics, amax = _combined(rows, ranks)
+    if request is not None:
+        found = _combined_diagnostics(rows, base, request, cell=cell, detail=detail)
+        # Not validated here: without a cell, c is h and its figures are still present;
+        # the caller drops them and validates the whole.
+        metrics = metrics.model_copy(update={"diagnostics": found})
     if not detail:
         return metrics
     own = values[ranks * width :]
@@ -212,6 +248,29 @@ def _from_host(values: list[float], device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return on_host.pin_memory().to(device, non_blocking=True)
     return on_host.to(device)
+
+
+def _diagnosis_row(
+    h: torch.Tensor, c: torch.Tensor, cell: bool, request: diag.Request
+) -> torch.Tensor:
+    """This rank's partial diagnostics, float64: see the module docstring.
+
+    Counts rather than fractions, and per-unit sums of |h| rather than dormant units, so
+    that the ranks' parts add up to the figures of the concatenated batch.
+    """
+    # With cell=False, c is h: its count is made and dropped, to keep one row layout.
+    h_sat, c_sat, unit_sums = diag.partials(h, c, True)
+    assert c_sat is not None
+    counts = torch.cat((h_sat, c_sat))
+    if cell and request.steps is not None:
+        wide_c = _at_least_float32(c)
+        growth = (diag.env_abs_max(wide_c).to(torch.float64) / (request.steps + 1)).amax()
+        smallest = request.steps.amin().to(torch.float64)
+        one = torch.ones((), dtype=torch.float64, device=h.device)
+        steps = torch.stack((one, growth, smallest))
+    else:
+        steps = torch.zeros(3, dtype=torch.float64, device=h.device)
+    return torch.cat((steps, counts.to(torch.float64), unit_sums.flatten().to(torch.float64)))
 
 
 # --------------------------------------------------------------------------- all ranks
@@ -332,6 +391,54 @@ def _combined_detail(
         c_env_rms=per_env[1],
         worst_envs=worst,
         env_counts=tuple(batches),
+    )
+
+
+def _combined_diagnostics(
+    rows: list[list[float]], base: int, request: diag.Request, *, cell: bool, detail: bool
+) -> RecurrentDiagnostics:
+    """The diagnostics of every rank's envs together, from the rows' diagnostic parts.
+
+    Raises:
+        ValueError: some ranks passed ``steps_since_reset`` and others did not, or one
+            passed a negative value (raised by every rank: the collective is done).
+    """
+    layers, (h_size, c_size) = _model(rows[0])
+    batch = sum(_batches(rows))
+    parts = [row[base:] for row in rows]
+    growth: float | None = None
+    if cell:
+        given = [r for r, part in enumerate(parts) if part[0] != 0.0]
+        if given and len(given) != len(parts):
+            missing = [r for r in range(len(parts)) if r not in given]
+            raise ValueError(
+                f"{request.label}: rank(s) {given} of the group passed it and rank(s) "
+                f"{missing} did not; every rank must pass it, or none"
+            )
+        for r in given:
+            diag.check_smallest(parts[r][2], f"{request.label} (rank {r})")
+        if given:
+            growths = [part[1] for part in parts]
+            growth = math.nan if any(math.isnan(v) for v in growths) else max(growths)
+    h_sat = [sum(part[3 + i] for part in parts) for i in range(layers)]
+    c_sat = [sum(part[3 + layers + i] for part in parts) for i in range(layers)]
+    at = 3 + 2 * layers
+    dormant = []
+    for layer in range(layers):
+        lo = at + layer * h_size
+        means = [sum(part[lo + u] for part in parts) / batch for u in range(h_size)]
+        limit = request.tau * (sum(means) / h_size)
+        # m - limit <= 0, as on one process: false for NaN and for Inf - Inf.
+        dormant.append(float(sum(m - limit <= 0.0 for m in means)))
+    return diag.from_counts(
+        h_sat,
+        c_sat if cell else None,
+        dormant,
+        growth,
+        batch=batch,
+        units=h_size,
+        c_units=c_size,
+        detail=detail,
     )
 
 

@@ -1,7 +1,8 @@
 """Turn an LSTM health measurement into a list of typed anomalies.
 
 The detector applies :class:`~esper_telemetry.contracts.HealthThresholds` through its
-own predicates (``is_exploding``, ``is_vanishing``), the same ones ``health_status``
+own predicates (``is_exploding``, ``is_vanishing``, and for a state's diagnostics
+``is_saturated``, ``is_running_away``, ``is_dormant``), the same ones ``health_status``
 uses, so a state the detector flags is never shown as healthy elsewhere.
 """
 
@@ -18,9 +19,14 @@ from esper_telemetry.contracts import (
     LSTMHealthMetrics,
     PPOUpdatePayload,
     ReplayConsistency,
+    RecurrentDiagnostics,
     Severity,
 )
-from esper_telemetry.contracts.health import check_state_name
+from esper_telemetry.contracts.health import (
+    C_SATURATION_BOUND,
+    H_SATURATION_BOUND,
+    check_state_name,
+)
 
 
 class AnomalyDetector:
@@ -57,7 +63,10 @@ class AnomalyDetector:
         Order: ``lstm_nan``, ``lstm_inf``, then h before c for explosion and vanishing.
         A NaN RMS compares false with every threshold, so a NaN state reports
         ``lstm_nan`` alone; an infinite RMS is also an explosion. A state without a cell
-        (GRU, RNN) is checked on h alone. With ``state``, every anomaly carries that
+        (GRU, RNN) is checked on h alone. When ``metrics.diagnostics`` is set, its
+        warnings follow, in the order ``lstm_h_saturation``, ``lstm_c_saturation``,
+        ``lstm_c_runaway``, ``lstm_dormant`` (each by its ``HealthThresholds`` predicate:
+        strict, and a NaN figure never fires). With ``state``, every anomaly carries that
         name (``Anomaly.state``) and its message begins with it.
 
         Raises:
@@ -109,6 +118,7 @@ class AnomalyDetector:
                         f"{name}_rms = {rms:.4g} is below vanishing_rms = {t.vanishing_rms:g}",
                     )
                 )
+        found += _diagnosed(metrics.diagnostics, t)
         return AnomalyReport(anomalies=tuple(_named(found, state)))
 
     def check_states(self, states: Mapping[str, LSTMHealthMetrics]) -> AnomalyReport:
@@ -202,6 +212,60 @@ def _named(found: list[Anomaly], state: str | None) -> list[Anomaly]:
     return [
         a.model_copy(update={"state": state, "message": f"{state}: {a.message}"}) for a in found
     ]
+
+
+def _diagnosed(d: RecurrentDiagnostics | None, t: HealthThresholds) -> list[Anomaly]:
+    """The warnings of one state's diagnostics (none without), in the documented order."""
+    found: list[Anomaly] = []
+    if d is None:
+        return found
+    if t.is_saturated(d.h_saturation_frac, "h"):
+        found.append(
+            _warning(
+                AnomalyType.LSTM_H_SATURATION,
+                d.h_saturation_frac,
+                t.h_saturation_frac,
+                f"h_saturation_frac = {d.h_saturation_frac:.4g} (|h| > {H_SATURATION_BOUND}) is "
+                f"above h_saturation_frac = {t.h_saturation_frac:g}",
+            )
+        )
+    if d.c_saturation_frac is not None and t.is_saturated(d.c_saturation_frac, "c"):
+        found.append(
+            _warning(
+                AnomalyType.LSTM_C_SATURATION,
+                d.c_saturation_frac,
+                t.c_saturation_frac,
+                f"c_saturation_frac = {d.c_saturation_frac:.4g} (|c| > {C_SATURATION_BOUND}) is "
+                f"above c_saturation_frac = {t.c_saturation_frac:g}",
+            )
+        )
+    if d.c_growth_ratio is not None and t.is_running_away(d.c_growth_ratio):
+        found.append(
+            _warning(
+                AnomalyType.LSTM_C_RUNAWAY,
+                d.c_growth_ratio,
+                t.c_runaway_ratio,
+                f"c_growth_ratio = {d.c_growth_ratio:.4g} (max|c| / (1 + steps since reset)) "
+                f"is above c_runaway_ratio = {t.c_runaway_ratio:g}",
+            )
+        )
+    if t.is_dormant(d.dormant_frac):
+        found.append(
+            _warning(
+                AnomalyType.LSTM_DORMANT,
+                d.dormant_frac,
+                t.dormant_frac,
+                f"dormant_frac = {d.dormant_frac:.4g} (units at most {t.dormant_tau:g} of their "
+                f"layer's mean |h|) is above dormant_frac = {t.dormant_frac:g}",
+            )
+        )
+    return found
+
+
+def _warning(kind: AnomalyType, observed: float, threshold: float, msg: str) -> Anomaly:
+    return Anomaly(
+        type=kind, severity=Severity.WARNING, observed=observed, threshold=threshold, message=msg
+    )
 
 
 def _critical(kind: AnomalyType, observed: float, threshold: float | None, msg: str) -> Anomaly:

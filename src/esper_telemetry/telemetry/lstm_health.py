@@ -22,6 +22,10 @@ finite |x|, so its norms stay exact instead of turning into a false ``inf`` or `
 This is decided per tensor, so a NaN in h does not stop the rescaling of c, and one
 second transfer serves all of it.
 
+With ``diagnostics=True`` (see ``_diagnostics``), saturation, the growth of c and
+dormant units are reduced on the device as well, next to the figures above, and cross
+in the same ``tolist()``; they never take part in the second transfer.
+
 With ``group=``, the ranks' states are measured together by ``_health_group``: one
 all-gather of a fixed-size row of partial figures, then the same single transfer. That
 path never takes a second pass (it would need a second collective): it always reduces
@@ -37,8 +41,15 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import torch
 import torch.distributed as dist
 
-from esper_telemetry.contracts import LSTMHealthDetail, LSTMHealthMetrics
+from esper_telemetry.contracts import (
+    HealthThresholds,
+    LSTMHealthDetail,
+    LSTMHealthMetrics,
+    RecurrentDiagnostics,
+)
 from esper_telemetry.contracts.health import check_state_name
+from esper_telemetry.telemetry import _diagnostics as diag
+from esper_telemetry.telemetry._diagnostics import Steps
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -63,12 +74,21 @@ def compute_lstm_health(
     *,
     detail: Literal[False] = False,
     group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> LSTMHealthMetrics: ...
 
 
 @overload
 def compute_lstm_health(
-    hidden: RecurrentState, *, detail: Literal[True], group: ProcessGroup | None = None
+    hidden: RecurrentState,
+    *,
+    detail: Literal[True],
+    group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> tuple[LSTMHealthMetrics, LSTMHealthDetail]: ...
 
 
@@ -78,23 +98,44 @@ def compute_lstm_health(
     *,
     detail: Literal[False] = False,
     group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> LSTMHealthMetrics | None: ...
 
 
 @overload
 def compute_lstm_health(
-    hidden: RecurrentState | None, *, detail: Literal[True], group: ProcessGroup | None = None
+    hidden: RecurrentState | None,
+    *,
+    detail: Literal[True],
+    group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> tuple[LSTMHealthMetrics, LSTMHealthDetail] | None: ...
 
 
 @overload
 def compute_lstm_health(
-    hidden: RecurrentState | None, *, detail: bool, group: ProcessGroup | None = None
+    hidden: RecurrentState | None,
+    *,
+    detail: bool,
+    group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail] | None: ...
 
 
 def compute_lstm_health(
-    hidden: RecurrentState | None, *, detail: bool = False, group: ProcessGroup | None = None
+    hidden: RecurrentState | None,
+    *,
+    detail: bool = False,
+    group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail] | None:
     """Measure the health of a recurrent state, of this process or of every rank.
 
@@ -123,14 +164,28 @@ def compute_lstm_health(
             rank must then pass None. A bad argument raises on its own rank before the
             collective, and the others wait for the group's timeout, as with any
             collective.)
+        diagnostics: Also measure saturation, the growth of c and dormant units
+            (``metrics.diagnostics``, a ``RecurrentDiagnostics``; its per-layer tuples
+            with ``detail`` too), in the same transfer and, with ``group``, the same
+            collective (every rank must then pass the same ``diagnostics``). Emitters ask
+            for it at DEBUG; pass True to have it always.
+        steps_since_reset: Per env, the steps since its state was last reset: an integer
+            tensor of shape ``[batch]`` on the state's device or the CPU, or a sequence of
+            ints. It gives ``c_growth_ratio`` (None without it, and for a state without a
+            cell). Its type and shape are checked on every call; a negative value is
+            found in the transfer, so only with ``diagnostics``. With ``group``, each rank
+            passes its own envs' steps, and every rank passes them or none does.
+        thresholds: Where ``dormant_tau`` comes from (``HealthThresholds()`` when None).
 
     Returns:
         ``None`` for ``hidden=None``; the metrics; or ``(metrics, detail)`` when
         ``detail=True``.
 
     Raises:
-        TypeError: ``hidden`` is not a tensor or a pair of them, ``detail`` is not a bool, or
-            ``group`` is not a process group.
+        TypeError: ``hidden`` is not a tensor or a pair of them, ``detail`` or
+            ``diagnostics`` is not a bool, ``group`` is not a process group,
+            ``thresholds`` is not ``HealthThresholds``, or ``steps_since_reset`` is not an
+            integer tensor or a sequence of ints.
         ValueError: a tensor is empty, not floating point, not dense (sparse, nested),
             on the meta device, of rank other than 2 or 3, or h and c disagree on layers,
             batch or device (the message shows the shapes); ``group`` is given while
@@ -139,7 +194,11 @@ def compute_lstm_health(
             the collective: none is left waiting), or this rank asked for ``detail``
             and another did not (raised by the ranks that asked). Ranks that disagree
             on the number of layers gather rows of different lengths, which the
-            collective itself refuses (gloo raises ``RuntimeError``).
+            collective itself refuses (gloo raises ``RuntimeError``); so do ranks that
+            disagree on ``diagnostics``, or with it on h's width.
+            ``steps_since_reset`` is not of length batch, is on another device, or holds
+            a negative value (with a group: raised by every rank, after the collective,
+            as is a group where only some ranks passed it).
 
     >>> import torch
     >>> lstm = torch.nn.LSTM(input_size=4, hidden_size=8, num_layers=2)
@@ -147,18 +206,22 @@ def compute_lstm_health(
     >>> m = compute_lstm_health(state)
     >>> m.has_nan, m.h_rms > 0, m.scope
     (False, True, 'process')
+    >>> d = compute_lstm_health(state, diagnostics=True, steps_since_reset=[5, 5, 5]).diagnostics
+    >>> d.h_saturation_frac, d.c_growth_ratio < 1.0
+    (0.0, True)
     """
-    if not isinstance(detail, bool):  # "yes", 1 or a numpy bool would pass a truth test
-        raise TypeError(f"detail must be a bool, got {_type_name(detail)} {detail!r:.40}")
+    _check_flags(detail=detail, diagnostics=diagnostics)
+    diag.check_thresholds(thresholds)
     _check_group(group)
     if hidden is None:
         return None
     h, c, cell = _validated(hidden)
     # h and c are detached views: nothing below records autograd history.
+    request = _request(h, diagnostics, steps_since_reset, thresholds, "steps_since_reset")
     if group is not None:
-        return _group_health(h, c, cell, group, detail=detail)
-    pending, finish = _reduce_on_device(h, c, detail=detail)
-    return _completed(h, c, cell, finish(pending.tolist()), detail=detail)
+        return _group_health(h, c, cell, group, detail=detail, request=request)
+    pending, finish = _pending(h, c, cell, detail=detail, request=request)
+    return finish(pending.tolist())
 
 
 @overload
@@ -167,6 +230,9 @@ def compute_recurrent_health(
     *,
     detail: Literal[False] = False,
     group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | Mapping[str, Steps] | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> dict[str, LSTMHealthMetrics]: ...
 
 
@@ -176,12 +242,21 @@ def compute_recurrent_health(
     *,
     detail: Literal[True],
     group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | Mapping[str, Steps] | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> dict[str, tuple[LSTMHealthMetrics, LSTMHealthDetail]]: ...
 
 
 @overload
 def compute_recurrent_health(
-    states: Mapping[str, RecurrentState], *, detail: bool, group: ProcessGroup | None = None
+    states: Mapping[str, RecurrentState],
+    *,
+    detail: bool,
+    group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | Mapping[str, Steps] | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> dict[str, Health]: ...
 
 
@@ -190,6 +265,9 @@ def compute_recurrent_health(
     *,
     detail: bool = False,
     group: ProcessGroup | None = None,
+    diagnostics: bool = False,
+    steps_since_reset: Steps | Mapping[str, Steps] | None = None,
+    thresholds: HealthThresholds | None = None,
 ) -> dict[str, Any]:
     """Measure several named recurrent states, with one transfer to the host in all.
 
@@ -202,11 +280,18 @@ def compute_recurrent_health(
     one collective per state, in the order of ``states`` (every rank must pass the same
     names in the same order).
 
+    ``diagnostics`` and ``thresholds`` apply to every state. ``steps_since_reset`` is
+    either one value as ``compute_lstm_health`` takes it, used for every state (they
+    then share one batch of envs, as a policy and a value LSTM do), or a mapping of
+    state name to such a value; a state the mapping leaves out gets no growth ratio.
+
     Raises:
         TypeError: ``states`` is not a mapping, or a state is not one (the message
-            names it).
-        ValueError: a state name is not a valid one (see ``check_state_name``), or a
-            state is refused by ``compute_lstm_health`` (the message names it).
+            names it); an argument is refused as by ``compute_lstm_health``.
+        ValueError: a state name is not a valid one (see ``check_state_name``), a
+            state is refused by ``compute_lstm_health`` (the message names it), or
+            ``steps_since_reset`` names a state that is not in ``states`` or is
+            refused for one (the message names it when given by name).
 
     >>> import torch
     >>> gru, lstm = torch.nn.GRU(4, 8), torch.nn.LSTM(4, 8)
@@ -215,8 +300,8 @@ def compute_recurrent_health(
     >>> out["policy"].has_cell, out["value"].has_cell, out["value"].c_rms
     (True, False, None)
     """
-    if not isinstance(detail, bool):
-        raise TypeError(f"detail must be a bool, got {_type_name(detail)} {detail!r:.40}")
+    _check_flags(detail=detail, diagnostics=diagnostics)
+    diag.check_thresholds(thresholds)
     if not isinstance(states, Mapping):
         raise TypeError(
             "states must be a mapping of name to state, e.g. {'policy': (h, c)}, got "
@@ -230,17 +315,81 @@ def compute_recurrent_health(
             checked[name] = _validated(hidden)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"states[{name!r:.80}]: {exc}") from None
+    steps = _steps_by_state(steps_since_reset, list(checked))
+    requests = {
+        name: _request(
+            h, diagnostics, steps[name], thresholds, _steps_label(steps_since_reset, name)
+        )
+        for name, (h, _, _) in checked.items()
+    }
     if group is not None:
         return {
-            name: _group_health(h, c, cell, group, detail=detail)
+            name: _group_health(h, c, cell, group, detail=detail, request=requests[name])
             for name, (h, c, cell) in checked.items()
         }
-    pending = {name: _reduce_on_device(h, c, detail=detail) for name, (h, c, _) in checked.items()}
-    raw = _to_host({name: tensor for name, (tensor, _) in pending.items()})
-    return {
-        name: _completed(h, c, cell, pending[name][1](raw[name]), detail=detail)
+    pending = {
+        name: _pending(h, c, cell, detail=detail, request=requests[name])
         for name, (h, c, cell) in checked.items()
     }
+    raw = _to_host({name: tensor for name, (tensor, _) in pending.items()})
+    return {name: finish(raw[name]) for name, (_, finish) in pending.items()}
+
+
+def _check_flags(*, detail: object, diagnostics: object) -> None:
+    for name, value in (("detail", detail), ("diagnostics", diagnostics)):
+        if not isinstance(value, bool):  # "yes", 1 or a numpy bool would pass a truth test
+            raise TypeError(f"{name} must be a bool, got {_type_name(value)} {value!r:.40}")
+
+
+def _steps_by_state(steps: object, names: list[str]) -> dict[str, object]:
+    """Each state's ``steps_since_reset``: a mapping's entry (None if absent), or the one given."""
+    if not isinstance(steps, Mapping):
+        return dict.fromkeys(names, steps)
+    unknown = [k for k in steps if k not in names]
+    if unknown:
+        raise ValueError(
+            f"steps_since_reset names states that are not measured: {unknown!r:.120}; the "
+            f"states are {names!r:.120}"
+        )
+    return {name: steps.get(name) for name in names}
+
+
+def _steps_label(steps: object, name: str) -> str:
+    return f"steps_since_reset[{name!r:.80}]" if isinstance(steps, Mapping) else "steps_since_reset"
+
+
+def _request(
+    h: torch.Tensor,
+    diagnostics: bool,
+    steps: object,
+    thresholds: HealthThresholds | None,
+    label: str,
+) -> diag.Request | None:
+    """What the diagnostics of one state need, or None without ``diagnostics``.
+
+    ``steps`` is checked either way, so that a bad one fails at once, not only at DEBUG.
+    """
+    checked = diag.checked_steps(steps, h.shape[1], h.device, label=label)
+    if not diagnostics:
+        return None
+    tau = (thresholds or HealthThresholds()).dormant_tau
+    return diag.Request(tau=tau, steps=checked, label=label)
+
+
+def _pending(
+    h: torch.Tensor, c: torch.Tensor, cell: bool, *, detail: bool, request: diag.Request | None
+) -> tuple[torch.Tensor, Callable[[list[float]], Health]]:
+    """One state's reductions as one 1-D tensor, and how to make its health of their values."""
+    pending, finish = _reduce_on_device(h, c, detail=detail)
+    if request is None:
+        return pending, lambda raw: _completed(h, c, cell, finish(raw), detail=detail)
+    size = pending.numel()
+
+    def done(raw: list[float]) -> Health:
+        found = diag.unpacked(raw[size:], h, c, cell=cell, request=request, detail=detail)
+        return _completed(h, c, cell, finish(raw[:size]), detail=detail, diagnostics=found)
+
+    return torch.cat((pending, diag.on_device(h, c, cell, request))), done
 
 
 def _to_host(tensors: Mapping[str, torch.Tensor]) -> dict[str, list[float]]:
@@ -263,13 +412,19 @@ def _to_host(tensors: Mapping[str, torch.Tensor]) -> dict[str, list[float]]:
 
 
 def _group_health(
-    h: torch.Tensor, c: torch.Tensor, cell: bool, group: ProcessGroup, *, detail: bool
+    h: torch.Tensor,
+    c: torch.Tensor,
+    cell: bool,
+    group: ProcessGroup,
+    *,
+    detail: bool,
+    request: diag.Request | None,
 ) -> Health:
     from esper_telemetry.telemetry._health_group import group_health
 
     # Without a cell, c is h itself: every c figure then equals h's, so the choice of the
     # worst envs follows h alone; the c figures are dropped afterwards.
-    result = group_health(h, h if not cell else c, group, detail=detail)
+    result = group_health(h, h if not cell else c, group, detail=detail, request=request, cell=cell)
     return result if cell else _without_cell(result)
 
 
@@ -292,7 +447,13 @@ def _metrics_without_cell(metrics: LSTMHealthMetrics) -> LSTMHealthMetrics:
 
 
 def _completed(
-    h: torch.Tensor, c: torch.Tensor, cell: bool, values: list[float], *, detail: bool
+    h: torch.Tensor,
+    c: torch.Tensor,
+    cell: bool,
+    values: list[float],
+    *,
+    detail: bool,
+    diagnostics: RecurrentDiagnostics | None = None,
 ) -> Health:
     """The health of one state from its first transfer's values (``_reduce_on_device``)."""
     h_amax, c_amax = _abs_max(values[0], values[1]), _abs_max(values[2], values[3])
@@ -316,7 +477,15 @@ def _completed(
     elif has_nan:
         has_inf = bool(_any_inf(h, c).tolist())
     return _unpack(
-        values, h, c, cell=cell, scale=scale, has_nan=has_nan, has_inf=has_inf, detail=detail
+        values,
+        h,
+        c,
+        cell=cell,
+        scale=scale,
+        has_nan=has_nan,
+        has_inf=has_inf,
+        detail=detail,
+        diagnostics=diagnostics,
     )
 
 
@@ -600,6 +769,7 @@ def _unpack(
     has_nan: bool,
     has_inf: bool,
     detail: bool,
+    diagnostics: RecurrentDiagnostics | None,
 ) -> LSTMHealthMetrics | tuple[LSTMHealthMetrics, LSTMHealthDetail]:
     layers, batch = h.shape[0], h.shape[1]
     h_shape, c_shape = (layers, batch, h.shape[2]), (layers, batch, c.shape[2])
@@ -627,6 +797,7 @@ def _unpack(
         has_nan=has_nan,
         has_inf=has_inf,
         scope=_local_scope(),
+        diagnostics=diagnostics,
     )
     if not detail:
         return metrics
