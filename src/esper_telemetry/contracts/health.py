@@ -581,7 +581,8 @@ class HealthThresholds(Contract):
                 f"vanishing_rms={self.vanishing_rms!r}, warning_rms={self.warning_rms!r}, "
                 f"critical_rms={self.critical_rms!r}"
             )
-        for name in ("vanishing_rms", "warning_rms", "critical_rms", "c_runaway_ratio", "replay_drift"):
+        finite = ("vanishing_rms", "warning_rms", "critical_rms", "c_runaway_ratio", "replay_drift")
+        for name in finite:
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
         for dtype, tolerance in self.replay_tolerances.items():

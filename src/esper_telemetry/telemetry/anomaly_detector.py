@@ -18,8 +18,8 @@ from esper_telemetry.contracts import (
     HealthThresholds,
     LSTMHealthMetrics,
     PPOUpdatePayload,
-    ReplayConsistency,
     RecurrentDiagnostics,
+    ReplayConsistency,
     Severity,
 )
 from esper_telemetry.contracts.health import (
