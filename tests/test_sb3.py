@@ -140,7 +140,8 @@ def health(state: tuple[torch.Tensor, ...]) -> LSTMHealthMetrics:
 
 
 def expected_payloads(seen: Seen, states: tuple[str, ...]) -> list[str]:
-    """The payload of each update, built from SB3's own records (as JSON: NaN compares)."""
+    """The payload of each update, built from SB3's own records (as JSON: NaN compares),
+    but for the replay check, which is esper's own."""
     out = []
     for logged, state, steps, dumped in zip(
         seen.logged, seen.states, seen.steps, seen.dumped, strict=True
@@ -166,7 +167,7 @@ def expected_payloads(seen: Seen, states: tuple[str, ...]) -> list[str]:
             primary_state="policy" if named else None,
             extra=train,
         )
-        out.append(payload.model_dump_json())
+        out.append(payload.model_dump_json(exclude={"replay"}))
     return out
 
 
@@ -213,7 +214,15 @@ def test_each_recurrent_update_carries_what_sb3_logged_and_its_lstm_health(
         *[("PPO_UPDATE_COMPLETED", k) for k in range(4)],
         ("RUN_FINISHED", 3),
     ]
-    assert [e.payload.model_dump_json() for e in published(rec)] == expected_payloads(seen, states)
+    # The replay check is esper's own (tests/test_sb3_replay.py): every update, one per
+    # state with an LSTM of its own, every real step compared, none off.
+    payloads = [e.payload for e in published(rec)]
+    assert [p.model_dump_json(exclude={"replay"}) for p in payloads] == expected_payloads(
+        seen, states
+    )
+    for p in payloads:
+        assert list(p.replay) == list(states)
+        assert all((r.compared, r.mismatched) == (PER_UPDATE, 0) for r in p.replay.values())
     assert published(rec)[-1].payload.episode_return_mean == seen.dumped[-1]["rollout/ep_rew_mean"]
     assert set(published(rec)[0].payload.extra) == {"clip_range", "loss", "n_updates"}
     end = finished(rec)
@@ -231,8 +240,13 @@ def test_plain_ppo_updates_carry_no_health(
         model.learn(3 * PER_UPDATE, callback=EsperCallback(hub))
     updates = published(rec)
     assert [e.update for e in updates] == [0, 1, 2]
-    assert [e.payload.model_dump_json() for e in updates] == expected_payloads(seen, ())
-    assert all(e.payload.health() is None and not e.payload.recurrent_health for e in updates)
+    assert [e.payload.model_dump_json(exclude={"replay"}) for e in updates] == expected_payloads(
+        seen, ()
+    )
+    assert all(
+        e.payload.health() is None and not (e.payload.recurrent_health or e.payload.replay)
+        for e in updates
+    )
     assert finished(rec).payload.status == "completed"
 
 
