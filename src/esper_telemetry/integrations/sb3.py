@@ -183,6 +183,10 @@ class EsperCallback(BaseCallback):
         config: More configuration for ``RUN_STARTED``, merged over the model's
             hyper-parameters (a key in both: this one wins). JSON values.
         description: Free text for ``RUN_STARTED`` (shown next to the run).
+        diagnostics: Measure the states' saturation, cell growth and dormancy
+            (``RecurrentDiagnostics``) at every update; without it, only at DEBUG level
+            (an anomaly raises it). The steps since each env's last reset are counted
+            from the ``dones`` SB3 passes to every step.
         verbose: SB3's callback verbosity (unused).
 
     Raises:
@@ -202,9 +206,12 @@ class EsperCallback(BaseCallback):
         thresholds: HealthThresholds | None = None,
         config: Mapping[str, Any] | None = None,
         description: str = "",
+        diagnostics: bool = False,
         verbose: int = 0,
     ) -> None:
         super().__init__(verbose=verbose)
+        if not isinstance(diagnostics, bool):
+            raise TypeError(f"diagnostics must be True or False, got {diagnostics!r:.40}")
         if not isinstance(hub, TelemetryHub):
             raise TypeError(f"hub must be a TelemetryHub, got {type(hub).__name__}")
         if thresholds is not None and not isinstance(thresholds, HealthThresholds):
@@ -230,6 +237,9 @@ class EsperCallback(BaseCallback):
         self._originals: dict[str, Callable[..., Any]] = {}
         self._saved: dict[str, object] = {}  # instance attributes the wrappers replaced
         self._replay_works = True  # False once the replay check failed (it is then off)
+        self.diagnostics = diagnostics
+        self._since: np.ndarray | None = None  # per env: steps since its state was zeroed
+        self._starts: np.ndarray | None = None  # per env: its state is zeroed next step
 
     @property
     def next_update(self) -> int | None:
@@ -259,8 +269,19 @@ class EsperCallback(BaseCallback):
         self._run = run
         if self._next_update is None:
             self._next_update = self.hub.first_update
+        starts = getattr(model, "_last_episode_starts", None)
+        if starts is not None:  # a state zeroed at its next step, or carried on
+            self._starts = np.asarray(starts, dtype=bool).copy()
+            if self._since is None or self._since.shape != self._starts.shape:
+                self._since = np.zeros(self._starts.shape, dtype=np.int64)
 
     def _on_step(self) -> bool:
+        # Each env step: the state of an env whose episode began was zeroed, then ran once.
+        if self._since is not None and self._starts is not None:
+            self._since = np.where(self._starts, 1, self._since + 1)
+            dones = self.locals.get("dones")
+            if dones is not None:
+                self._starts = np.asarray(dones, dtype=bool).copy()
         # A halt asked for while a rollout runs (e.g. from another thread) stops it here.
         return self.hub.halted is None
 
@@ -351,7 +372,12 @@ class EsperCallback(BaseCallback):
             self.hub,
             update=update,
             metrics=_train_metrics(model.logger.name_to_value, type(model).__name__),
-            recurrent_health=_recurrent_health(model),
+            recurrent_health=_recurrent_health(
+                model,
+                diagnostics=self.diagnostics or self.hub.level >= TelemetryLevel.DEBUG,
+                steps_since_reset=self._since,
+                thresholds=self.thresholds,
+            ),
             env_steps=int(model.num_timesteps),
             # SB3's own mean (rollout/ep_rew_mean); NaN before the first episode.
             episode_return_mean=safe_mean([info["r"] for info in episodes]),
@@ -468,7 +494,13 @@ def _number(value: object) -> float | None:
     return None
 
 
-def _recurrent_health(model: BaseAlgorithm) -> Mapping[str, LSTMHealth] | None:
+def _recurrent_health(
+    model: BaseAlgorithm,
+    *,
+    diagnostics: bool,
+    steps_since_reset: np.ndarray | None,
+    thresholds: HealthThresholds | None,
+) -> Mapping[str, LSTMHealth] | None:
     """RecurrentPPO's last LSTM states, measured in one transfer; None without one."""
     states = getattr(model, "_last_lstm_states", None)
     if states is None:
@@ -476,7 +508,18 @@ def _recurrent_health(model: BaseAlgorithm) -> Mapping[str, LSTMHealth] | None:
     named = {"policy": (states.pi[0], states.pi[1])}
     if getattr(model.policy, "lstm_critic", None) is not None:
         named["value"] = (states.vf[0], states.vf[1])
-    return compute_recurrent_health(named, detail=True)
+    steps = None
+    if diagnostics and steps_since_reset is not None:
+        steps = steps_since_reset.tolist()
+        if len(steps) != states.pi[0].shape[1]:
+            steps = None  # a batch other than one state per env: no growth ratio
+    return compute_recurrent_health(
+        named,
+        detail=True,
+        diagnostics=diagnostics,
+        steps_since_reset=steps,
+        thresholds=thresholds,
+    )
 
 
 def _replay_check(

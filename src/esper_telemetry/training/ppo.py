@@ -693,6 +693,9 @@ class _Runner:
     """With ranks: the group over which the LSTM health is measured."""
     thresholds: HealthThresholds | None = None
     """The health rule (``train``'s), whose tolerance locates a replay mismatch."""
+    steps_since_reset: torch.Tensor | None = None
+    """``[envs]`` int64: the steps each env's state has run since it was last zeroed
+    (for ``c_growth_ratio``)."""
 
 
 def train(
@@ -883,9 +886,13 @@ def _rollout(r: _Runner) -> _Rollout:
     buf_outputs = (torch.zeros((T, B, out), device=device), torch.zeros((T, B, out), device=device))
     initial_state = select_envs(r.state, torch.arange(B, device=device))
     obs, starts, state = r.obs, r.starts, r.state
+    if r.steps_since_reset is None:
+        r.steps_since_reset = torch.zeros(B, dtype=torch.long, device=device)
     with torch.no_grad():
         for t in range(T):
             buf_obs[t], buf_starts[t] = obs, starts
+            # A start zeroes the state before this step: it then has run one step.
+            r.steps_since_reset = torch.where(starts, 1, r.steps_since_reset + 1)
             logits, value, state = model.unroll(obs[None], starts[None], state)
             for buf, (h, _) in zip(buf_outputs, state, strict=True):
                 buf[t] = h[-1]  # the top layer's h: the LSTM's output at this step
@@ -955,7 +962,9 @@ def _publish(
         r.state = (_corrupt(r.state[0], config.fault[0]), r.state[1])
     # At OFF, telemetry costs nothing: not even the health check. Detail is computed
     # always (cheap next to an LSTM step); the emitter publishes it when it is due.
-    states = _health(r.state, r.health_group) if hub.level > TelemetryLevel.OFF else None
+    states = None
+    if hub.level > TelemetryLevel.OFF:
+        states = _health(r.state, r.health_group, r.steps_since_reset, thresholds)
     health = states["policy"] if states is not None else None
     window = r.returns_window
     mean_return = sum(window) / len(window) if window else math.nan
@@ -982,13 +991,23 @@ def _publish(
 
 
 def _health(
-    state: RecurrentState, group: dist.ProcessGroup | None
+    state: RecurrentState,
+    group: dist.ProcessGroup | None,
+    steps_since_reset: torch.Tensor | None,
+    thresholds: HealthThresholds | None,
 ) -> dict[str, tuple[LSTMHealthMetrics, LSTMHealthDetail]]:
     """The health of the actor's (``policy``) and critic's (``value``) states, with
-    detail: with ranks (``group``), of every rank's envs together (one collective per
-    state on every rank); else of this process's, in one transfer."""
+    detail and the diagnostics (saturation, c growth, dormancy: a fraction of a
+    millisecond next to an update, so always): with ranks (``group``), of every rank's
+    envs together (one collective per state on every rank); else of this process's, in
+    one transfer."""
     return compute_recurrent_health(
-        {"policy": state[0], "value": state[1]}, detail=True, group=group
+        {"policy": state[0], "value": state[1]},
+        detail=True,
+        group=group,
+        diagnostics=True,
+        steps_since_reset=steps_since_reset,
+        thresholds=thresholds,
     )
 
 
