@@ -109,6 +109,7 @@ from esper_telemetry.contracts import (
     LSTMHealthMetrics,
     PPOUpdateCompleted,
     PPOUpdatePayload,
+    ReplayConsistency,
     RunFinished,
     RunStarted,
     Severity,
@@ -132,6 +133,7 @@ from esper_telemetry.backends._wandb_file import (
 from esper_telemetry.backends.wandb_keys import (
     ANOMALY_COLUMNS,
     DEFAULT_GROUPS,
+    DIAGNOSTIC_FIGURES,
     PPO_KEYS,
     SHARED_GROUPS,
     Group,
@@ -721,6 +723,7 @@ class WandBBackend(Backend):
             # Every named state, the primary one included, at lstm/<name>/<figure>.
             for name, health in payload.named_health().items():
                 row.update(_state_keys(keys, name, health, payload.detail_of(name)))
+                row.update(_checked_keys(keys, name, health, payload.replay.get(name)))
         if keys.logs("ppo"):
             for stat in PPO_KEYS:
                 value = getattr(payload, stat)
@@ -792,7 +795,7 @@ def _summary_of(key: str) -> str:
     ``last`` answers "how is it now", ``max`` "how bad did it get" (an explosion, a NaN
     flag, outlier envs), and for a figure that can also vanish, ``min``.
     """
-    if key.endswith(("/has_nan", "/has_inf", "/outlier_envs")):
+    if key.endswith(("/has_nan", "/has_inf", "/outlier_envs", "/replay_mismatched")):
         return "max,last"
     return "min,max,last"
 
@@ -822,6 +825,25 @@ def _state_keys(
             row[keys.health(figure, state=state)] = _number(value)
     if detail is not None:
         row.update(_layer_keys(keys, state, detail))
+    return row
+
+
+def _checked_keys(
+    keys: WandbKeys, state: str, health: LSTMHealthMetrics, replay: ReplayConsistency | None
+) -> dict[str, float | int]:
+    """A state's diagnostics and replay check, when measured: ``lstm/<state>/<figure>``
+    and ``lstm/<state>/replay_<figure>``."""
+    row: dict[str, float | int] = {}
+    if health.diagnostics is not None:
+        for figure in DIAGNOSTIC_FIGURES:
+            value = getattr(health.diagnostics, figure)
+            if value is not None:  # no cell, or no steps since reset: no c figures
+                row[keys.health(figure, state=state)] = _number(value)
+    if replay is not None:
+        row[keys.health("replay_max_abs_diff", state=state)] = _number(replay.max_abs_diff)
+        row[keys.health("replay_mismatched", state=state)] = replay.mismatched
+        if replay.drift is not None:
+            row[keys.health("replay_drift", state=state)] = _number(replay.drift)
     return row
 
 

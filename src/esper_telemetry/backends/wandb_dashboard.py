@@ -101,6 +101,13 @@ _HEALTH_PANELS: Final = (
     ("max |h|, max |c|", ("h_max", "c_max"), ()),
     ("L2 norm of h, c", ("h_l2_total", "c_l2_total"), ()),
     ("NaN, Inf (1: present)", ("has_nan", "has_inf"), ()),
+    # The diagnostics and the replay check (issue 15), where the trainer measures them.
+    ("saturated fraction of h, c", ("h_saturation_frac", "c_saturation_frac"), ()),
+    ("c growth ratio", ("c_growth_ratio",), ("c_runaway_ratio",)),
+    ("dormant fraction of units", ("dormant_frac",), ("dormant_frac",)),
+    ("replay max |diff|", ("replay_max_abs_diff",), ("replay_tolerance",)),
+    ("replay mismatched steps", ("replay_mismatched",), ()),
+    ("replay drift", ("replay_drift",), ("replay_drift",)),
 )
 _TELEMETRY_PANELS: Final = (
     ("telemetry level", ("level",)),
@@ -329,18 +336,33 @@ def _sections(
 def _health_panels(keys: WandbKeys, thresholds: HealthThresholds, state: str) -> list[Any]:
     panels = []
     for title, figures, lines in _HEALTH_PANELS:
-        drawn = {name: getattr(thresholds, name) for name in lines}
-        named = ", ".join(f"{n.removesuffix('_rms')} {v:g}" for n, v in drawn.items())
+        drawn = {name: _threshold(thresholds, name) for name in lines}
+        named = ", ".join(f"{_short(n)} {v:g}" for n, v in drawn.items())
         panels.append(
             _line(
                 keys,
                 f"{state} {title}" + (f" ({named})" if named else ""),
                 [keys.health(f, state=state) for f in figures],
                 constants=list(drawn.values()),
-                log_y="RMS" in title or None,
+                log_y="RMS" in title or "replay max" in title or None,  # spans decades
             )
         )
     return panels
+
+
+def _threshold(thresholds: HealthThresholds, name: str) -> float:
+    """A threshold drawn as a line; ``replay_tolerance``: float32's (the trainers')."""
+    if name == "replay_tolerance":
+        return thresholds.replay_tolerance("float32")
+    value: float = getattr(thresholds, name)
+    return value
+
+
+def _short(threshold: str) -> str:
+    """A threshold's name in a panel title: ``critical`` for ``critical_rms``."""
+    if threshold == "replay_tolerance":
+        return "float32 tolerance"
+    return threshold.removesuffix("_rms").removesuffix("_ratio").removesuffix("_frac")
 
 
 def _anomaly_panels(keys: WandbKeys) -> list[Any]:

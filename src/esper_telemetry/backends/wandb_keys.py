@@ -42,9 +42,11 @@ __all__ = [
     "ANOMALY_COLUMNS",
     "BAD_NAME_CHARS",
     "DEFAULT_GROUPS",
+    "DIAGNOSTIC_FIGURES",
     "GROUPS",
     "HEALTH_FIGURES",
     "PPO_KEYS",
+    "REPLAY_FIGURES",
     "SHARED_GROUPS",
     "TELEMETRY_FIGURES",
     "X_AXES",
@@ -73,6 +75,21 @@ SHARED_GROUPS: Final[tuple[Group, ...]] = ("health",)
 X_AXES: Final[tuple[XAxis, ...]] = get_args(XAxis)
 #: The 12 figures of a state, as logged (flags as 0/1).
 HEALTH_FIGURES: Final[tuple[str, ...]] = LSTMHealthMetrics.FIGURES
+#: A state's diagnostics (``RecurrentDiagnostics``), logged beside its figures when
+#: measured: ``lstm/<state>/<figure>``.
+DIAGNOSTIC_FIGURES: Final[tuple[str, ...]] = (
+    "h_saturation_frac",
+    "c_saturation_frac",
+    "c_growth_ratio",
+    "dormant_frac",
+)
+#: A state's replay check (``ReplayConsistency``), when the trainer made one:
+#: ``lstm/<state>/replay_<figure>``.
+REPLAY_FIGURES: Final[tuple[str, ...]] = (
+    "replay_max_abs_diff",
+    "replay_mismatched",
+    "replay_drift",
+)
 #: The ``ppo/`` keys an update can carry (the statistics and the return).
 PPO_KEYS: Final[tuple[str, ...]] = (*PPO_STATISTICS, "episode_return_mean")
 #: The ``telemetry/`` keys of every update row (the level also on a level change).

@@ -105,7 +105,7 @@ def _abs_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     is NaN or Inf."""
     a, b = a.detach().double(), b.detach().double()
     same = (a == b) | (torch.isnan(a) & torch.isnan(b))
-    gap = torch.nan_to_num((a - b).abs(), nan=math.inf)
+    gap = torch.nan_to_num((a - b).abs(), nan=math.inf, posinf=math.inf)
     return torch.where(same, torch.zeros_like(gap), gap)
 
 

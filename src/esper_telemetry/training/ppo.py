@@ -693,7 +693,7 @@ class _Runner:
     """With ranks: the group over which the LSTM health is measured."""
     thresholds: HealthThresholds | None = None
     """The health rule (``train``'s), whose tolerance locates a replay mismatch."""
-    steps_since_reset: torch.Tensor | None = None
+    steps_since_reset: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     """``[envs]`` int64: the steps each env's state has run since it was last zeroed
     (for ``c_growth_ratio``)."""
 
@@ -865,6 +865,7 @@ def _start(config: PPOConfig, result: TrainResult, parallel: DataParallel | None
             returns_window=deque(maxlen=_RETURN_WINDOW),
             episode_return=np.zeros(config.envs),
             health_group=parallel.health_group if parallel is not None else None,
+            steps_since_reset=torch.zeros(config.envs, dtype=torch.long, device=device),
         )
     except BaseException:
         envs.close()
@@ -882,12 +883,11 @@ def _rollout(r: _Runner) -> _Rollout:
     buf_values = torch.zeros((T, B), device=device)
     buf_rewards = torch.zeros((T, B), device=device)
     buf_dones = torch.zeros((T, B), dtype=torch.bool, device=device)
-    out = config.proj_size or config.hidden
-    buf_outputs = (torch.zeros((T, B, out), device=device), torch.zeros((T, B, out), device=device))
+    width = config.proj_size or config.hidden
+    actor_out = torch.zeros((T, B, width), device=device)
+    buf_outputs = (actor_out, torch.zeros_like(actor_out))
     initial_state = select_envs(r.state, torch.arange(B, device=device))
     obs, starts, state = r.obs, r.starts, r.state
-    if r.steps_since_reset is None:
-        r.steps_since_reset = torch.zeros(B, dtype=torch.long, device=device)
     with torch.no_grad():
         for t in range(T):
             buf_obs[t], buf_starts[t] = obs, starts
@@ -908,10 +908,7 @@ def _rollout(r: _Runner) -> _Rollout:
             cut = truncated & ~terminated
             if cut.any():
                 reward[cut] += config.gamma * _final_values(r, info["final_obs"][cut], cut, state)
-            for i in np.flatnonzero(done):
-                r.returns_window.append(float(r.episode_return[i]))
-                r.result.episode_returns.append(float(r.episode_return[i]))
-                r.episode_return[i] = 0.0
+            _end_episodes(r, done)
             buf_rewards[t] = torch.as_tensor(reward, device=device)
             buf_dones[t] = torch.as_tensor(done, device=device)
             obs = norm.observe(obs_np).to(device)
@@ -933,6 +930,14 @@ def _rollout(r: _Runner) -> _Rollout:
         initial_state,
         buf_outputs,
     )
+
+
+def _end_episodes(r: _Runner, done: np.ndarray) -> None:
+    """Record the return of every env whose episode ended at this step, and start anew."""
+    for i in np.flatnonzero(done):
+        r.returns_window.append(float(r.episode_return[i]))
+        r.result.episode_returns.append(float(r.episode_return[i]))
+        r.episode_return[i] = 0.0
 
 
 def _final_values(r: _Runner, final_obs: Any, cut: np.ndarray, state: RecurrentState) -> np.ndarray:
