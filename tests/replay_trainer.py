@@ -1,14 +1,16 @@
 """A small recurrent PPO trainer, CleanRL ppo_lstm style, for the replay-check tests.
 
-An ``nn.LSTM`` with a linear policy head and a linear value head plays CartPole-v1 in
+A tanh encoder, an ``nn.LSTM`` and linear policy and value heads play CartPole-v1 in
 several vector envs. The rollout runs the LSTM one step at a time, resetting the state
 of an env at its episode starts, and stores the obs, the episode starts, the actions,
 their log-probs, the values and the LSTM output of every step, plus the (h, c) the
 window began with. The training pass re-runs the LSTM over the stored window the way
-SB3-contrib's RecurrentPPO does: the window is cut into episode segments, the segments
-are padded into one batch and the LSTM runs once over it. Its output before the first
-optimiser step must be the rollout's, up to rounding; ``check_replay`` compares them and
-the update is published with ``replay={"policy": ...}``.
+padded-batch trainers do (esper's reference trainer among them): the window is cut into
+episode segments, the segments are padded into one batch, and the LSTM runs once over
+it. Its output before the first optimiser step must be the rollout's, up to rounding
+(the batched encoder and LSTM round a little differently from the step-by-step ones);
+``check_replay`` compares them and the update is published with
+``replay={"policy": ...}``.
 
 ``bug`` plants exactly one mistake in the training pass (the rollout is always right):
 
@@ -76,7 +78,8 @@ class UpdateRecord:
 
 
 class Agent(nn.Module):
-    """An LSTM over the raw observation, and linear policy and value heads."""
+    """A linear+tanh encoder of the observation, an LSTM over it, and linear policy and
+    value heads on the LSTM output."""
 
     def __init__(self, obs_size: int, actions: int, hidden: int) -> None:
         super().__init__()
@@ -193,10 +196,11 @@ class ReplayTrainer:
         """The LSTM output ``[steps, envs, hidden]`` of every stored step, by one LSTM call
         over the window cut into padded episode segments (where the bug lives)."""
         T, B = starts.shape
-        resets = starts
+        resets = starts  # where a segment begins from the zero state
         if self.bug == "no_reset":
             resets = torch.zeros_like(starts)
         elif self.bug == "late_reset":
+            # Masking the state after the step, not before it: each reset one step late.
             resets = torch.zeros_like(starts)
             resets[1:] = starts[:-1]
         # (env, first step, length) of every segment, env by env
