@@ -312,7 +312,12 @@ def test_each_update_names_its_two_states_and_declares_its_mean_return() -> None
         ("policy", ["policy", "value"])
     ] * 6
     assert all(p.recurrent_health["policy"] != p.recurrent_health["value"] for p in updates)
-    assert [p.recurrent_health["policy"] == p.health() for p in updates] == [True] * 6
+    # The flat fields repeat the primary state's 12 figures (its diagnostics are its own).
+    primary = [
+        p.recurrent_health["policy"].model_copy(update={"diagnostics": None}) for p in updates
+    ]
+    assert [m == p.health() for m, p in zip(primary, updates, strict=True)] == [True] * 6
+    assert all(p.recurrent_health["policy"].diagnostics is not None for p in updates)
     assert [(dict(p.recurrent_detail), sorted(p.extra)) for p in updates] == [
         ({}, ["episodes"])
     ] * 6
@@ -366,12 +371,18 @@ def test_halt_on_critical_stops_the_run_after_the_anomaly() -> None:
         (RunStarted, 0),
         (PPOUpdateCompleted, 0),
         (PPOUpdateCompleted, 1),
-        (AnomalyDetected, 1),
+        *[(AnomalyDetected, 1)] * 3,
         (TelemetryLevelChanged, 1),
         (RunFinished, 1),
     ]
+    # The blown-up cell is also saturated and grew faster than a cell can: the two
+    # diagnostics' warnings follow the critical explosion, which is what halts the run.
     anomalies = [e.payload.anomaly.type for e in events if isinstance(e, AnomalyDetected)]
-    assert anomalies == [AnomalyType.LSTM_C_EXPLOSION]
+    assert anomalies == [
+        AnomalyType.LSTM_C_EXPLOSION,
+        AnomalyType.LSTM_C_SATURATION,
+        AnomalyType.LSTM_C_RUNAWAY,
+    ]
     finished = events[-1]
     assert isinstance(finished, RunFinished)
     assert (finished.payload.status, result.status) == ("halted", "halted")

@@ -313,7 +313,7 @@ def test_drift_above_the_threshold_is_a_warning() -> None:
 
 
 def test_a_replay_can_both_mismatch_and_drift() -> None:
-    r = consistency(max_abs_diff=0.2, mismatched=3, first_env=1, first_step=0, drift=0.9)
+    r = consistency(max_abs_diff=0.2, mismatched=3, first_env=1, first_step=0, drift=1.5)
     report = AnomalyDetector().check_replay({"policy": r})
     assert report.anomaly_types == [MISMATCH, DRIFT]
 
@@ -417,7 +417,7 @@ def test_the_escalator_names_the_first_env_of_a_mismatch_and_none_for_drift() ->
             lstm_health=compute_lstm_health(lstm_state(), detail=True),
             replay={
                 "policy": consistency(
-                    max_abs_diff=0.3, mismatched=4, first_env=3, first_step=5, drift=0.8
+                    max_abs_diff=0.3, mismatched=4, first_env=3, first_step=5, drift=1.8
                 )
             },
         )

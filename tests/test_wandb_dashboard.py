@@ -37,8 +37,10 @@ from esper_telemetry.backends.wandb_dashboard import (
     spec,
 )
 from esper_telemetry.backends.wandb_keys import (
+    DIAGNOSTIC_FIGURES,
     HEALTH_FIGURES,
     PPO_KEYS,
+    REPLAY_FIGURES,
     TELEMETRY_FIGURES,
     X_AXES,
     WandbKeys,
@@ -55,6 +57,8 @@ STATES = ("policy", "value")
 PLANTED = AnomalyType.LSTM_NAN
 # A named state's own figure (lstm/<state>/<figure>), not its per-layer detail.
 STATE_KEY = re.compile(r"lstm/(policy|value)/[a-z0-9_]+")
+#: What esper ppo logs of each named state: its figures, diagnostics and replay check.
+STATE_FIGURES = (*HEALTH_FIGURES, *DIAGNOSTIC_FIGURES, *REPLAY_FIGURES)
 CUSTOM = HealthThresholds(vanishing_rms=1e-4, warning_rms=2.5, critical_rms=7.25)
 
 
@@ -96,7 +100,8 @@ def ppo_run(tmp_path_factory: pytest.TempPathFactory) -> Logged:
 
 @pytest.fixture(scope="module")
 def sb3_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
-    """RecurrentPPO (a critic LSTM, SB3's default) for 3 updates, EsperCallback, WandBBackend."""
+    """RecurrentPPO (a critic LSTM, SB3's default) for 3 updates, EsperCallback measuring
+    the diagnostics, WandBBackend."""
     root = tmp_path_factory.mktemp("dash-sb3")
     with pytest.MonkeyPatch.context() as mp, offline_wandb(root, mp) as wandb_dir:
         model = RecurrentPPO(
@@ -111,7 +116,7 @@ def sb3_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
         )
         with TelemetryHub("dash-sb3") as hub:
             hub.subscribe(WandBBackend("esper-dash", dir=wandb_dir))
-            model.learn(3 * 32, callback=EsperCallback(hub))
+            model.learn(3 * 32, callback=EsperCallback(hub, diagnostics=True))
         yield Logged(logged_keys(run_dir_of(wandb_dir, "dash-sb3")))
 
 
@@ -141,25 +146,29 @@ def test_every_key_drawn_is_one_esper_ppo_logged(
 
 @pytest.mark.parametrize("report", [False, True], ids=["workspace", "report"])
 def test_every_state_figure_esper_ppo_logged_is_drawn(ppo_run: Logged, report: bool) -> None:
-    """All 12 figures of both states the run logged (lstm/<state>/<figure>) have a panel."""
+    """All 12 figures, the 4 diagnostics and the 3 replay figures of both states the run
+    logged (lstm/<state>/<figure>) have a panel."""
     figures = {k for k in ppo_run.keys if STATE_KEY.fullmatch(k)}
-    assert len(figures) == 2 * len(HEALTH_FIGURES)
+    assert len(figures) == 2 * len(STATE_FIGURES)
     assert figures <= drawn(report=report)
 
 
 @pytest.mark.parametrize("x_axis", X_AXES)
 def test_every_key_drawn_is_one_the_sb3_callback_logged(sb3_run: Logged, x_axis: XAxis) -> None:
     """Every key the workspace names was logged by RecurrentPPO's run, but the anomaly
-    keys (it had none) and ppo/grad_norm (SB3 logs no gradient norm)."""
+    keys (it had none), ppo/grad_norm (SB3 logs no gradient norm) and the replay drift
+    (SB3's buffer holds no per-step output to drift from)."""
     keys = WandbKeys()
     expected = anomaly_keys(keys) | {keys.anomaly_table, keys.ppo("grad_norm")}
+    expected |= {keys.health("replay_drift", state=s) for s in STATES}
     assert drawn(x_axis) - sb3_run.keys == expected
 
 
 def test_every_state_figure_the_sb3_callback_logged_is_drawn(sb3_run: Logged) -> None:
-    """Both states of RecurrentPPO (policy, and value from its critic LSTM) are drawn whole."""
+    """Both states of RecurrentPPO (policy, and value from its critic LSTM) are drawn whole:
+    every figure but the replay drift."""
     figures = {k for k in sb3_run.keys if STATE_KEY.fullmatch(k)}
-    assert len(figures) == 2 * len(HEALTH_FIGURES)
+    assert len(figures) == 2 * (len(STATE_FIGURES) - 1)
     assert figures <= drawn()
 
 
@@ -179,7 +188,7 @@ def test_sections_draw_each_group_of_the_layout_through_wandb_keys() -> None:
     x = {keys.x_key}
     assert got == {
         "LSTM health": x
-        | {keys.health(f, state=s) for s in ("policy", "critic") for f in HEALTH_FIGURES},
+        | {keys.health(f, state=s) for s in ("policy", "critic") for f in STATE_FIGURES},
         "Anomalies": x | anomaly_keys(keys) | {keys.anomaly_table},
         "PPO": x | {keys.ppo(stat) for stat in PPO_KEYS},
         "Telemetry": x | {keys.telemetry(f) for f in TELEMETRY_FIGURES},
@@ -253,6 +262,21 @@ def test_threshold_lines_are_the_thresholds_in_force(
         "h_max": ([], "policy max |h|, max |c|"),
         "h_l2_total": ([], "policy L2 norm of h, c"),
         "has_nan": ([], "policy NaN, Inf (1: present)"),
+        "h_saturation_frac": ([], "policy saturated fraction of h, c"),
+        "c_growth_ratio": (
+            [t.c_runaway_ratio],
+            f"policy c growth ratio (runaway {t.c_runaway_ratio:g})",
+        ),
+        "dormant_frac": (
+            [t.dormant_frac],
+            f"policy dormant fraction of units (threshold {t.dormant_frac:g})",
+        ),
+        "replay_max_abs_diff": (
+            [t.replay_tolerance("float32")],
+            f"policy replay max |diff| (float32 tolerance {t.replay_tolerance('float32'):g})",
+        ),
+        "replay_mismatched": ([], "policy replay mismatched steps"),
+        "replay_drift": ([t.replay_drift], f"policy replay drift (threshold {t.replay_drift:g})"),
     }
 
 

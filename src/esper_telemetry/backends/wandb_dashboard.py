@@ -358,11 +358,18 @@ def _threshold(thresholds: HealthThresholds, name: str) -> float:
     return value
 
 
+#: How a threshold is named in a panel title, where its field's name would not read well.
+_TITLE_NAMES: Final = {
+    "replay_tolerance": "float32 tolerance",
+    "c_runaway_ratio": "runaway",
+    "dormant_frac": "threshold",
+    "replay_drift": "threshold",
+}
+
+
 def _short(threshold: str) -> str:
     """A threshold's name in a panel title: ``critical`` for ``critical_rms``."""
-    if threshold == "replay_tolerance":
-        return "float32 tolerance"
-    return threshold.removesuffix("_rms").removesuffix("_ratio").removesuffix("_frac")
+    return _TITLE_NAMES.get(threshold, threshold.removesuffix("_rms"))
 
 
 def _anomaly_panels(keys: WandbKeys) -> list[Any]:
