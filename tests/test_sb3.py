@@ -578,3 +578,25 @@ def test_without_sb3_the_import_names_the_extra(monkeypatch: pytest.MonkeyPatch)
         "esper_telemetry.integrations.sb3 needs stable_baselines3: "
         "pip install 'esper-telemetry[sb3]'"
     )
+
+
+def test_diagnostics_count_each_envs_steps_since_its_reset(hub: TelemetryHub) -> None:
+    """EsperCallback(diagnostics=True): every update's states carry the diagnostics, and the
+    steps counted since each env's reset match the Monitor's length of the episode under
+    way (for an env whose episode did not end at the rollout's last step)."""
+    model = recurrent()
+    callback = EsperCallback(hub, diagnostics=True)
+    with capture_events(hub) as rec:
+        model.learn(3 * PER_UPDATE, callback=callback)
+    for event in published(rec):
+        diagnostics = [m.diagnostics for m in event.payload.recurrent_health.values()]
+        assert all(d is not None and d.c_growth_ratio is not None for d in diagnostics)
+    env: Any = model.get_env()
+    lengths = [len(m.rewards) for m in env.envs]  # the Monitor of each env
+    ended = model._last_episode_starts
+    since = callback._since
+    assert since is not None
+    assert not all(ended)  # an env is mid-episode: the comparison below is not empty
+    assert [int(n) for n, e in zip(since, ended, strict=True) if not e] == [
+        n for n, e in zip(lengths, ended, strict=True) if not e
+    ]

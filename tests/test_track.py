@@ -314,3 +314,68 @@ def test_tracker_and_lstm_health_together_are_refused(hub: TelemetryHub) -> None
             )
         with pytest.raises(TypeError, match=r"tracker must be what esper_telemetry\.track"):
             emit_ppo_update_event(hub, update=0, metrics=PPO, tracker=lstm)  # type: ignore[arg-type]
+
+
+# -- diagnostics and the steps since each env's reset (issue 15) ---------------------------------
+
+
+def rollout_with_resets(lstm: nn.LSTM, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step an LSTM one step at a time, zeroing an env's state where ``starts[t]`` says,
+    as a CleanRL-style rollout does; returns the final (h, c)."""
+    torch.manual_seed(0)
+    steps, envs = starts.shape
+    h = torch.zeros(1, envs, lstm.hidden_size)
+    c = torch.zeros_like(h)
+    for t in range(steps):
+        keep = (~starts[t]).view(1, -1, 1).float()
+        _, (h, c) = lstm(torch.randn(1, envs, lstm.input_size) * 3, (h * keep, c * keep))
+    return h, c
+
+
+def test_count_steps_gives_the_steps_since_each_reset_and_the_c_growth_ratio() -> None:
+    """count_steps() at every step counts, per env, the steps since its state was zeroed;
+    with diagnostics the growth ratio is max over envs of max|c| / (1 + those steps)."""
+    lstm = nn.LSTM(3, 6)
+    starts = torch.zeros(7, 3, dtype=torch.bool)
+    starts[0] = True  # every env starts an episode at the first step
+    starts[4, 1] = True  # env 1 starts another at step 4
+    with track(lstm, names=["policy"], diagnostics=True) as tracker:
+        for t in range(starts.shape[0]):
+            tracker.count_steps(starts[t])
+        _, c = rollout_with_resets(lstm, starts)
+        health = tracker.health()
+    assert tracker.steps_since_reset == (7, 3, 7)
+    diagnostics = health["policy"].diagnostics
+    assert diagnostics is not None
+    per_env = c.detach().abs().amax(dim=(0, 2)) / torch.tensor([8.0, 4.0, 8.0])
+    assert diagnostics.c_growth_ratio == pytest.approx(float(per_env.max()), rel=1e-6)
+
+
+def test_the_emitter_measures_a_trackers_diagnostics_when_asked_or_at_debug() -> None:
+    """track(diagnostics=False): the event's states carry no diagnostics at NORMAL, and do
+    at DEBUG; track(diagnostics=True): at every level."""
+    lstm = nn.LSTM(3, 6)
+    seen: dict[tuple[bool, str], object] = {}
+    for asked in (False, True):
+        for level in ("normal", "debug"):
+            with (
+                TelemetryHub("diag", level=level) as hub,
+                track(lstm, names=["policy"], diagnostics=asked) as tracker,
+            ):
+                lstm(torch.randn(4, 2, 3))
+                event = emit_ppo_update_event(hub, update=0, metrics=PPO, tracker=tracker)
+            assert event is not None
+            seen[asked, level] = event.payload.recurrent_health["policy"].diagnostics
+    assert seen[False, "normal"] is None
+    assert all(seen[k] is not None for k in ((False, "debug"), (True, "normal"), (True, "debug")))
+
+
+def test_count_steps_refuses_what_is_not_one_flag_per_env() -> None:
+    with track(nn.LSTM(3, 6)) as tracker:
+        with pytest.raises(ValueError, match="episode_starts must be one bool per env"):
+            tracker.count_steps("yes")
+        tracker.count_steps([True, False])
+        with pytest.raises(ValueError, match="3 flags, but earlier steps had 2"):
+            tracker.count_steps([True, False, True])
+    with pytest.raises(TypeError, match="diagnostics must be True or False"):
+        track(nn.LSTM(3, 6), diagnostics="yes")  # type: ignore[arg-type]

@@ -78,8 +78,10 @@ def emit_ppo_update_event(
             fields repeat: with ``recurrent_health`` or ``tracker``, ``"policy"`` when
             that name is there, else the first state.
         tracker: What ``esper_telemetry.track(module)`` returned: every state it holds
-            is measured now, with detail, in one transfer (``Tracker.health``). A
-            tracked module not yet run since ``track`` is left out.
+            is measured now, with detail, in one transfer (``Tracker.health``), and with
+            the diagnostics when the tracker asks for them (``track(...,
+            diagnostics=True)``) or the level is DEBUG. A tracked module not yet run
+            since ``track`` is left out.
         env_steps: Environment steps so far, all envs together.
         episode_return_mean: Mean return of the latest finished episodes (NaN before
             the first); needs ``episode_return_window``.
@@ -129,7 +131,14 @@ def emit_ppo_update_event(
     level = hub.level
     if level is TelemetryLevel.OFF:
         return None
-    states = _named_states(lstm_health, recurrent_health, tracker, primary)
+    states = _named_states(
+        lstm_health,
+        recurrent_health,
+        tracker,
+        primary,
+        debug=level >= TelemetryLevel.DEBUG,
+        thresholds=thresholds,
+    )
     fields: dict[str, object] = {"env_steps": env_steps, **_ppo_fields(metrics)}
     if episode_return_mean is not None or episode_return_window is not None:
         if episode_return_mean is not None:
@@ -243,7 +252,13 @@ Measured = tuple[LSTMHealthMetrics, LSTMHealthDetail | None]
 
 
 def _named_states(
-    lstm_health: object, recurrent_health: object, tracker: object, primary: object
+    lstm_health: object,
+    recurrent_health: object,
+    tracker: object,
+    primary: object,
+    *,
+    debug: bool,
+    thresholds: HealthThresholds | None,
 ) -> dict[str, Measured]:
     """Every state given, by name, checked: ``{}`` when there is none."""
     given = [
@@ -272,7 +287,10 @@ def _named_states(
                 "tracker must be what esper_telemetry.track(module) returned, got "
                 f"{type(tracker).__name__}"
             )
-        recurrent_health = tracker.health(detail=True)
+        # The tracker's own setting, or always at DEBUG (an anomaly raised it).
+        recurrent_health = tracker.health(
+            detail=True, diagnostics=tracker.diagnostics or debug, thresholds=thresholds
+        )
     if recurrent_health is None:
         return {}
     if not isinstance(recurrent_health, Mapping):

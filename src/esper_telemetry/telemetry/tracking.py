@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import torch
 from torch import nn
 
-from esper_telemetry.contracts import LSTMHealthDetail, LSTMHealthMetrics
+from esper_telemetry.contracts import HealthThresholds, LSTMHealthDetail, LSTMHealthMetrics
 from esper_telemetry.contracts.health import check_state_name
 from esper_telemetry.telemetry.lstm_health import RecurrentState, compute_recurrent_health
 
@@ -53,7 +53,11 @@ class Tracker:
     :meth:`remove` does. The states it holds stay readable after removal.
     """
 
-    def __init__(self, layers: Mapping[str, nn.Module]) -> None:
+    def __init__(self, layers: Mapping[str, nn.Module], *, diagnostics: bool = False) -> None:
+        self.diagnostics = diagnostics
+        """Measure the diagnostics (saturation, c growth, dormancy) at every update; else
+        only at DEBUG level (see ``emit_ppo_update_event``)."""
+        self._since: list[int] | None = None  # per env: steps since its state was zeroed
         self._latest: dict[str, RecurrentState] = {}
         self._names = tuple(layers)
         self._handles: list[RemovableHandle] = [
@@ -85,27 +89,92 @@ class Tracker:
         """
         return {name: self._latest[name] for name in self._names if name in self._latest}
 
+    @property
+    def steps_since_reset(self) -> tuple[int, ...] | None:
+        """Per env, the steps its state has run since it was last zeroed, as counted by
+        :meth:`count_steps`; None before the first call."""
+        return None if self._since is None else tuple(self._since)
+
+    def count_steps(self, episode_starts: Sequence[bool] | torch.Tensor | Any) -> None:
+        """Count one env step: call it at every step of the rollout with that step's
+        episode starts (True where the env's state is zeroed before the step, as the
+        policy's ``done``/``episode_starts`` flags say), so that the diagnostics can give
+        ``c_growth_ratio``. A tensor or numpy array of bools, or a sequence of them.
+
+        Raises:
+            ValueError: ``episode_starts`` is not one flag per env, or its length changed.
+        """
+        flags = episode_starts
+        if isinstance(flags, torch.Tensor):
+            flags = flags.detach().cpu().tolist()
+        elif hasattr(flags, "tolist"):  # a numpy array
+            flags = flags.tolist()
+        if not isinstance(flags, Sequence) or not all(
+            isinstance(f, bool | int) and f in (0, 1) for f in flags
+        ):
+            raise ValueError(
+                "episode_starts must be one bool per env (a tensor, an array or a list), got "
+                f"{type(episode_starts).__name__}"
+            )
+        if self._since is not None and len(flags) != len(self._since):
+            raise ValueError(
+                f"episode_starts: {len(flags)} flags, but earlier steps had {len(self._since)}: "
+                "one per env, every step"
+            )
+        since = self._since or [0] * len(flags)
+        self._since = [1 if start else n + 1 for start, n in zip(flags, since, strict=True)]
+
     @overload
     def health(
-        self, *, detail: Literal[False] = False, group: ProcessGroup | None = None
+        self,
+        *,
+        detail: Literal[False] = False,
+        group: ProcessGroup | None = None,
+        diagnostics: bool | None = None,
+        thresholds: HealthThresholds | None = None,
     ) -> dict[str, LSTMHealthMetrics]: ...
 
     @overload
     def health(
-        self, *, detail: Literal[True], group: ProcessGroup | None = None
+        self,
+        *,
+        detail: Literal[True],
+        group: ProcessGroup | None = None,
+        diagnostics: bool | None = None,
+        thresholds: HealthThresholds | None = None,
     ) -> dict[str, tuple[LSTMHealthMetrics, LSTMHealthDetail]]: ...
 
     def health(
-        self, *, detail: bool = False, group: ProcessGroup | None = None
+        self,
+        *,
+        detail: bool = False,
+        group: ProcessGroup | None = None,
+        diagnostics: bool | None = None,
+        thresholds: HealthThresholds | None = None,
     ) -> dict[str, LSTMHealthMetrics] | dict[str, tuple[LSTMHealthMetrics, LSTMHealthDetail]]:
         """Every held state's health (:func:`compute_recurrent_health`), by name.
 
         One transfer to the host for all of them. Layers that have not run since
         ``track`` are left out; with ``group``, every rank must hold the same names.
+        ``diagnostics`` (None: the tracker's own setting) adds saturation, c growth (for
+        the states of one state per env, once :meth:`count_steps` has counted) and
+        dormancy, by ``thresholds``.
         """
+        states = self.states()
+        wanted = self.diagnostics if diagnostics is None else diagnostics
+        steps: dict[str, Sequence[int]] | None = None
+        if wanted and self._since is not None:
+            count = len(self._since)
+            steps = {n: self._since for n, s in states.items() if _batch(s) == count}
+        options: dict[str, Any] = {
+            "group": group,
+            "diagnostics": wanted,
+            "steps_since_reset": steps,
+            "thresholds": thresholds,
+        }
         if detail:
-            return compute_recurrent_health(self.states(), detail=True, group=group)
-        return compute_recurrent_health(self.states(), detail=False, group=group)
+            return compute_recurrent_health(states, detail=True, **options)
+        return compute_recurrent_health(states, detail=False, **options)
 
     def remove(self) -> None:
         """Remove every hook (idempotent); the states already held stay."""
@@ -132,6 +201,11 @@ class Tracker:
             latest[name] = _cell_state(output) if cell else _layer_state(output)
 
         return hook
+
+
+def _batch(state: RecurrentState) -> int:
+    h = state if isinstance(state, torch.Tensor) else state[0]
+    return int(h.shape[-2]) if h.dim() >= 2 else 1
 
 
 def _layer_state(output: tuple[Any, Any]) -> RecurrentState:
@@ -164,7 +238,12 @@ def _cell_state(output: Any) -> RecurrentState:
     return (output.unsqueeze(0) if output.dim() == 1 else output).detach()
 
 
-def track(module: nn.Module, *, names: Mapping[str, str] | Sequence[str] | None = None) -> Tracker:
+def track(
+    module: nn.Module,
+    *,
+    names: Mapping[str, str] | Sequence[str] | None = None,
+    diagnostics: bool = False,
+) -> Tracker:
     """Hook every recurrent layer inside ``module``; pass the result to the emitter.
 
     Args:
@@ -174,6 +253,9 @@ def track(module: nn.Module, *, names: Mapping[str, str] | Sequence[str] | None 
             lower-cased class name for ``module`` itself). A mapping from module path to
             name: only those layers are tracked. A sequence: one name per recurrent
             layer, in the order ``module.named_modules()`` finds them.
+        diagnostics: Measure saturation, c growth and dormancy at every update (else at
+            DEBUG level only); call ``tracker.count_steps(episode_starts)`` at each env
+            step for the c growth ratio.
 
     Returns:
         A :class:`Tracker`; ``with track(policy) as tracker:`` removes its hooks at the
@@ -197,7 +279,9 @@ def track(module: nn.Module, *, names: Mapping[str, str] | Sequence[str] | None 
             "module that holds the LSTM or GRU, or pass states to emit_ppo_update_event "
             "with recurrent_health="
         )
-    return Tracker(_named_layers(module, found, names))
+    if not isinstance(diagnostics, bool):
+        raise TypeError(f"diagnostics must be True or False, got {diagnostics!r:.40}")
+    return Tracker(_named_layers(module, found, names), diagnostics=diagnostics)
 
 
 def _named_layers(
