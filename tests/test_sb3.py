@@ -593,7 +593,7 @@ def test_diagnostics_count_each_envs_steps_since_its_reset(hub: TelemetryHub) ->
         assert all(d is not None and d.c_growth_ratio is not None for d in diagnostics)
     env: Any = model.get_env()
     lengths = [len(m.rewards) for m in env.envs]  # the Monitor of each env
-    ended = model._last_episode_starts
+    ended = list(model._last_episode_starts if model._last_episode_starts is not None else [])
     since = callback._since
     assert since is not None
     assert not all(ended)  # an env is mid-episode: the comparison below is not empty
