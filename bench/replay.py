@@ -4,10 +4,10 @@ Two parts, both with ``torch.set_num_threads(1)``, medians over alternating runs
 
 * **esper ppo** (``training/ppo.py``, default settings: 8 envs x 32 steps, 20 epochs, one
   minibatch): the PPO epochs of one real rollout, run from the same weights and optimiser
-  state each time, with the replay check of both LSTMs (the first training pass compared
-  with the rollout, and one more pass without gradient for the drift) and without it.
-  With one minibatch the first comparison reuses the training pass itself; the drift
-  pass is the added cost.
+  state each time, with the replay check of both LSTMs and without it: the check alone
+  (every update at NORMAL: the first training pass compared with the rollout, which with
+  one minibatch reuses the training pass itself), and the check with its drift (one more
+  pass without gradient; at DEBUG or with ``--diagnostics``).
 * **The SB3 callback** (sb3-contrib RecurrentPPO, RL Zoo's CartPoleNoVel settings: 8 envs
   x 32 steps, one minibatch of 256, 20 epochs, 64 LSTM units, a critic LSTM): the
   callback's replay of the rollout buffer (one ``evaluate_actions`` without gradient)
@@ -34,8 +34,9 @@ def _median_ms(times: list[float]) -> float:
     return statistics.median(times) * 1e3
 
 
-def esper_ppo(pairs: int) -> tuple[float, float]:
-    """Median ms of the PPO epochs with and without the replay check."""
+def esper_ppo(pairs: int) -> tuple[float, float, float, float]:
+    """Median ms of the PPO epochs with the replay check and its drift against without,
+    then with the check alone (what NORMAL runs) against without."""
     from esper_telemetry.training import ppo
 
     config = ppo.PPOConfig(updates=2, seed=0)
@@ -48,7 +49,7 @@ def esper_ppo(pairs: int) -> tuple[float, float]:
     weights = copy.deepcopy(runner.model.state_dict())
     moments = copy.deepcopy(runner.optimizer.state_dict())
 
-    def epochs(check: bool) -> float:
+    def epochs(check: bool, drift: bool = True) -> float:
         runner.model.load_state_dict(weights)
         runner.optimizer.load_state_dict(moments)
         generator = torch.Generator().manual_seed(1)
@@ -62,10 +63,13 @@ def esper_ppo(pairs: int) -> tuple[float, float]:
             rollout.tensors(),
             rollout.initial_state,
             outputs=rollout.outputs if check else None,
+            drift=drift,
         )
         return time.perf_counter() - began
 
-    return _pairs(pairs, lambda: epochs(True), lambda: epochs(False))
+    with_drift, without = _pairs(pairs, lambda: epochs(True), lambda: epochs(False))
+    check_only, without_too = _pairs(pairs, lambda: epochs(True, False), lambda: epochs(False))
+    return with_drift, without, check_only, without_too
 
 
 def sb3_callback(pairs: int) -> tuple[float, float]:
@@ -137,10 +141,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=30, help="alternating runs of each")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    with_check, without = esper_ppo(args.pairs)
+    with_drift, without, check_only, without_too = esper_ppo(args.pairs)
     print(
-        f"esper ppo, PPO epochs of one update: {with_check:.2f} ms with the replay check, "
-        f"{without:.2f} ms without ({with_check / without:.3f}x, +{with_check - without:.2f} ms)"
+        f"esper ppo, PPO epochs of one update: {with_drift:.2f} ms with the replay check and "
+        f"its drift, {without:.2f} ms without ({with_drift / without:.3f}x)"
+    )
+    print(
+        f"esper ppo, PPO epochs of one update: {check_only:.2f} ms with the replay check "
+        f"alone, {without_too:.2f} ms without ({check_only / without_too:.3f}x)"
     )
     replay, train = sb3_callback(args.pairs)
     print(

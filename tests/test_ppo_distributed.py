@@ -127,18 +127,10 @@ def test_publish_ranks_all_and_a_halt_on_rank_1_alone_stop_every_rank_at_one_upd
         assert [e.seq for e in events] == list(range(len(events)))
         assert updates(events) == [0, 1]
         assert (finished(events).update, finished(events).payload.status) == (1, "halted")
-    anomalies = [
-        (r, e.update, e.payload.anomaly.type.value)
-        for r in (0, 1)
-        for e in ranks[r]
-        if isinstance(e, AnomalyDetected)
-    ]
+    anomalies = [(r, e.update) for r in (0, 1) for e in ranks[r] if isinstance(e, AnomalyDetected)]
     # The health is global (every rank measures all ranks' states): rank 0 sees rank 1's
-    # explosion at the same update, and its event says the figures cover both ranks. (The
-    # blown-up cell also runs away, a max over every env: a warning after the explosion.
-    # It is not "saturated": that is a fraction of both ranks' envs, half of them here.)
-    seen = ("lstm_c_explosion", "lstm_c_runaway")
-    assert anomalies == [(r, 1, kind) for r in (0, 1) for kind in seen]
+    # explosion at the same update, and its event says the figures cover both ranks.
+    assert anomalies == [(0, 1), (1, 1)]
     health = [e.payload.health() for e in ranks[0] if isinstance(e, PPOUpdateCompleted)]
     assert [(h.scope, h.ranks) for h in health if h is not None] == [("all_ranks", 2)] * 2
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("esper ppo:")]

@@ -567,8 +567,11 @@ REFERENCE_SEEDS = (0, 1, 2)
 
 @pytest.mark.parametrize("seed", REFERENCE_SEEDS)
 def test_the_reference_trainer_checks_both_lstms_every_update_and_matches(seed: int) -> None:
+    """Seeds 0 and 1 with the diagnostics asked for (the drift too), seed 2 without: the
+    replay check runs every update either way, the drift only when asked."""
+    asked = seed != 2
     with watched(f"replay-ppo-{seed}") as (hub, rec):
-        result = train(PPOConfig(updates=50, seed=seed), hub)
+        result = train(PPOConfig(updates=50, seed=seed, diagnostics=asked), hub)
     assert result.status == "completed", result.message
     payloads = [e.payload for e in rec.events if isinstance(e, PPOUpdateCompleted)]
     assert len(payloads) == 50
@@ -581,10 +584,15 @@ def test_the_reference_trainer_checks_both_lstms_every_update_and_matches(seed: 
             assert r.compared == 8 * 32
             assert r.max_abs_diff < tolerance, (update, name, r)
             assert r.mismatched == 0, (update, name, r)
+            largest = max(largest, r.max_abs_diff)
+            if not asked:
+                assert r.drift is None, (update, name, r)
+                assert p.recurrent_health[name].diagnostics is None
+                continue
+            assert p.recurrent_health[name].diagnostics is not None
             assert r.drift is not None, (update, name, r)
             assert math.isfinite(r.drift), (update, name, r)
             assert r.drift > 0, (update, name, r)
-            largest = max(largest, r.max_abs_diff)
     mismatches = [
         e
         for e in rec.events

@@ -78,13 +78,15 @@ def logged_keys(wandb_run: Path) -> frozenset[str]:
 
 @pytest.fixture(scope="module")
 def ppo_run(tmp_path_factory: pytest.TempPathFactory) -> Logged:
-    """``esper ppo`` offline, 4 updates, NaN planted in the policy state at update 2."""
+    """``esper ppo --diagnostics`` offline, 4 updates, NaN planted in the policy state at
+    update 2."""
     tmp = tmp_path_factory.mktemp("dash-ppo")
     result = subprocess.run(
         [
             *(sys.executable, "-m", "esper_telemetry.cli", "ppo"),
             *("--run-dir", str(tmp / "runs"), "--run-id", "dash"),
             *("--episodes", "4", "--inject-fault", "nan@2", "--wandb", "offline", *SMALL),
+            "--diagnostics",
         ],
         capture_output=True,
         text=True,

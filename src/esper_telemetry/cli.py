@@ -92,6 +92,12 @@ def main() -> None:
     "with value clipping), or rl-zoo, RL Zoo's exactly (as sb3-contrib runs it).",
 )
 @click.option(
+    "--diagnostics",
+    is_flag=True,
+    help="Measure the states' saturation, cell growth, dormancy and replay drift at every "
+    "update (without it: only at DEBUG level).",
+)
+@click.option(
     "--device",
     default="cpu",
     show_default=True,
@@ -224,6 +230,7 @@ def ppo(
     lr: float,
     seed: int,
     preset: str,
+    diagnostics: bool,
     device: str,
     run_dir: Path,
     run_id: str | None,
@@ -283,6 +290,7 @@ def ppo(
             lr=lr,
             seed=seed,
             fault=fault,
+            diagnostics=diagnostics,
             device=device,
         )
         check_memory(config, processes=nproc)  # before the run directory exists

@@ -126,6 +126,11 @@ class PPOConfig:
     """Seed of torch, the action sampler and the environments."""
     fault: tuple[FaultKind, int] | None = None
     """Demo only: corrupt the carried LSTM state at this update (kind, update)."""
+    diagnostics: bool = False
+    """Measure the diagnostics of both states (saturation, c growth, dormancy) and the
+    replay drift at every update; without it, only at DEBUG level (an anomaly raises it).
+    The replay check itself (``lstm_replay_mismatch``) runs at every update either way:
+    with one minibatch it costs nothing. ``esper ppo --diagnostics``."""
     device: str = "cpu"
     """Where the model, the rollout and the LSTM health live: ``"cpu"``, or ``"cuda"``
     (``"cuda:N"``) when asked. The environments always run on the CPU; on a GPU each
@@ -145,7 +150,7 @@ class PPOConfig:
             _check_real("clip_vf", self.clip_vf, "> 0 (or None: no clipping)", lambda x: x > 0)
         for name in ("gamma", "gae_lambda"):
             _check_real(name, getattr(self, name), "in [0, 1]", lambda x: 0 <= x <= 1)
-        for name in ("anneal", "normalize"):
+        for name in ("anneal", "normalize", "diagnostics"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be True or False, got {getattr(self, name)!r}")
         if self.fault is not None:
@@ -769,9 +774,7 @@ def train(
                 hub.raise_if_halted()
                 began = time.perf_counter()
                 # 1. rollout, 2. PPO epochs (and the replay check, unless telemetry is off)
-                stats, replays = _learn(
-                    runner, done, parallel, check=hub.level > TelemetryLevel.OFF
-                )
+                stats, replays = _learn(runner, done, parallel, hub.level)
                 info = _publish(runner, hub, update, stats, thresholds, replays)  # 3. telemetry
                 result.updates = done + 1
                 if parallel is not None:  # 4. every rank at one level, halt and stop
@@ -799,13 +802,16 @@ def _asked(should_stop: Callable[[], bool] | None) -> bool:
 
 
 def _learn(
-    r: _Runner, done: int, parallel: DataParallel | None, *, check: bool
+    r: _Runner, done: int, parallel: DataParallel | None, level: TelemetryLevel
 ) -> tuple[dict[str, float], dict[str, ReplayConsistency]]:
     """The learning of the update after ``done`` others: (1) play ``steps`` steps in
     every env, (2) PPO epochs over whole sequences; the learning rate and the clip range
-    annealed. Returns the update's statistics, and with ``check`` the replay check of
-    both LSTMs (``policy``, ``value``; see :func:`_ppo_epochs`)."""
+    annealed. Returns the update's statistics, and, unless ``level`` is OFF, the replay
+    check of both LSTMs (``policy``, ``value``; their drift with the diagnostics: at
+    DEBUG, or with ``config.diagnostics``; see :func:`_ppo_epochs`)."""
     config = r.config
+    check = level > TelemetryLevel.OFF
+    drift = check and (config.diagnostics or level >= TelemetryLevel.DEBUG)
     left = 1.0 - done / config.updates
     progress = config.anneal_to + (1.0 - config.anneal_to) * left if config.anneal else 1.0
     for group in r.optimizer.param_groups:
@@ -822,6 +828,7 @@ def _learn(
         rollout.initial_state,
         parallel,
         outputs=rollout.outputs if check else None,
+        drift=drift,
         thresholds=r.thresholds,
     )
     stats["learning_rate"] = config.lr * progress
@@ -969,7 +976,9 @@ def _publish(
     # always (cheap next to an LSTM step); the emitter publishes it when it is due.
     states = None
     if hub.level > TelemetryLevel.OFF:
-        states = _health(r.state, r.health_group, r.steps_since_reset, thresholds)
+        diagnostics = config.diagnostics or hub.level >= TelemetryLevel.DEBUG
+        steps = r.steps_since_reset if diagnostics else None
+        states = _health(r.state, r.health_group, diagnostics, steps, thresholds)
     health = states["policy"] if states is not None else None
     window = r.returns_window
     mean_return = sum(window) / len(window) if window else math.nan
@@ -998,19 +1007,19 @@ def _publish(
 def _health(
     state: RecurrentState,
     group: dist.ProcessGroup | None,
+    diagnostics: bool,
     steps_since_reset: torch.Tensor | None,
     thresholds: HealthThresholds | None,
 ) -> dict[str, tuple[LSTMHealthMetrics, LSTMHealthDetail]]:
     """The health of the actor's (``policy``) and critic's (``value``) states, with
-    detail and the diagnostics (saturation, c growth, dormancy: a fraction of a
-    millisecond next to an update, so always): with ranks (``group``), of every rank's
-    envs together (one collective per state on every rank); else of this process's, in
-    one transfer."""
+    detail and, when asked, the diagnostics (saturation, c growth, dormancy): with ranks
+    (``group``), of every rank's envs together (one collective per state on every rank);
+    else of this process's, in one transfer."""
     return compute_recurrent_health(
         {"policy": state[0], "value": state[1]},
         detail=True,
         group=group,
-        diagnostics=True,
+        diagnostics=diagnostics,
         steps_since_reset=steps_since_reset,
         thresholds=thresholds,
     )
@@ -1027,6 +1036,7 @@ def _ppo_epochs(
     parallel: DataParallel | None = None,
     *,
     outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    drift: bool = False,
     thresholds: HealthThresholds | None = None,
 ) -> tuple[dict[str, float], dict[str, ReplayConsistency]]:
     """Clipped-surrogate PPO; returns the update's statistics as host floats, and the
@@ -1034,7 +1044,7 @@ def _ppo_epochs(
 
     The check compares ``outputs`` with the training pass's LSTM outputs before the first
     gradient step (with one minibatch, the first forward pass itself: no extra cost; with
-    several, one extra pass without gradient), and, for the drift, with one more pass
+    several, one extra pass without gradient), and, with ``drift``, with one more pass
     without gradient under the weights the update ended with.
     """
     obs, starts, actions, old_logp, old_values, advantages, returns = rollout
@@ -1077,8 +1087,10 @@ def _ppo_epochs(
     replays: dict[str, ReplayConsistency] = {}
     if outputs is not None:
         assert first is not None
-        with torch.no_grad():
-            after = model.segment_outputs(obs, starts, initial_state)
+        after: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        if drift:
+            with torch.no_grad():
+                after = model.segment_outputs(obs, starts, initial_state)
         for name, rolled, replayed, later in zip(
             ("policy", "value"), outputs, first, after, strict=True
         ):
