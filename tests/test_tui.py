@@ -36,6 +36,8 @@ from esper_telemetry.contracts import (
     LSTMHealthMetrics,
     PPOUpdateCompleted,
     PPOUpdatePayload,
+    RecurrentDiagnostics,
+    ReplayConsistency,
     RunFinished,
     RunFinishedPayload,
     RunLayout,
@@ -326,7 +328,12 @@ def test_health_row_shows_env_rms_and_max_abs() -> None:
             ["env-RMS mean", "0.200", "0.450"],
             ["env-RMS max", "0.310", "0.700"],
             ["max |x|", "0.900", "2.500"],
+            # No diagnostics measured: a dash, never a made-up number.
+            ["saturated", "—", "—"],
+            ["growth ratio", "—", "—"],
+            ["dormant units", "—", "—"],
         ]
+        assert static_text(app, "replay") == "replay check not measured"
 
     drive(app, script)
 
@@ -370,6 +377,9 @@ def test_s_shows_the_next_state_in_detail_with_its_own_history() -> None:
             ["env-RMS mean", "0.200", "—"],
             ["env-RMS max", "0.310", "—"],
             ["max |x|", "1.250", "—"],
+            ["saturated", "—", "—"],
+            ["growth ratio", "—", "—"],
+            ["dormant units", "—", "—"],
         ]
         assert static_text(app, "sparklines").splitlines() == [
             "h_rms ▅  0.400",
@@ -947,3 +957,88 @@ def test_ppo_help_lists_tui_and_report() -> None:
     result = CliRunner().invoke(main, ["ppo", "--help"])
     assert "--tui" in result.output
     assert "--report" in result.output
+
+
+# -- the diagnostics and the replay check (issue 15) -------------------------------------------
+
+
+def checked_event(update: int, replay: ReplayConsistency, **diagnostics: Any) -> PPOUpdateCompleted:
+    """A PPO update whose policy state carries diagnostics and a replay check."""
+    d = {
+        "h_saturation_frac": 0.1,
+        "c_saturation_frac": 0.2,
+        "c_growth_ratio": 0.05,
+        "dormant_frac": 0.0,
+        **diagnostics,
+    }
+    health = LSTMHealthMetrics(**HEALTHY, diagnostics=RecurrentDiagnostics(**d))
+    return PPOUpdateCompleted(
+        run_id="t",
+        seq=update,
+        update=update,
+        payload=PPOUpdatePayload(
+            **PPO_STATS,
+            recurrent_health={"policy": health},
+            primary_state="policy",
+            replay={"policy": replay},
+        ),
+    )
+
+
+MATCHED = ReplayConsistency(max_abs_diff=0.0, dtype="float32", compared=256, mismatched=0)
+MISMATCHED = ReplayConsistency(
+    max_abs_diff=0.75,
+    dtype="float32",
+    compared=256,
+    mismatched=12,
+    first_env=3,
+    first_step=7,
+    drift=float("nan"),
+)
+
+
+def test_a_replay_mismatch_is_critical_in_words_and_makes_the_state_critical() -> None:
+    """The state's verdict takes its replay check's: a mismatch is CRITICAL (as the
+    detector's lstm_replay_mismatch), a drift above the threshold WARNING, a match
+    leaves the health's verdict; the line says so in words, with the first step."""
+    state = PanelState(HealthThresholds())
+    state.apply(checked_event(0, MATCHED))
+    assert state.health is not None
+    shown = state.health.get("policy")
+    assert (shown.status, shown.replay_status) == (HealthStatus.HEALTHY, HealthStatus.HEALTHY)
+    state.apply(checked_event(1, MATCHED.model_copy(update={"drift": 3.0})))
+    assert state.health.get("policy").status is HealthStatus.WARNING
+    state.apply(checked_event(2, MISMATCHED))
+    shown = state.health.get("policy")
+    assert (shown.status, shown.replay_status) == (HealthStatus.CRITICAL, HealthStatus.CRITICAL)
+
+    app = HealthPanel()
+
+    async def script(pilot: Pilot[None]) -> None:
+        await show(pilot, app, checked_event(0, MISMATCHED))
+        assert static_text(app, "replay") == (
+            "replay check CRITICAL mismatch: max |diff| 0.750 (tolerance 0.0001, float32)"
+            "   12 of 256 steps differ, first env 3 step 7   drift nan"
+        )
+        assert static_text(app, "overall").startswith("state CRITICAL")
+
+    drive(app, script)
+
+
+def test_the_diagnostics_are_shown_and_a_saturated_state_is_a_warning() -> None:
+    """Saturation, c growth and dormancy of the state in detail; over its threshold the
+    h or c verdict is WARNING, in words."""
+    app = HealthPanel()
+
+    async def script(pilot: Pilot[None]) -> None:
+        await show(pilot, app, checked_event(0, MATCHED, c_saturation_frac=0.8))
+        table = rows(app, "health")
+        assert table[1] == ["status", "HEALTHY", "WARNING"]
+        assert table[5:] == [
+            ["saturated", "0.100", "0.800"],
+            ["growth ratio", "—", "0.050"],
+            ["dormant units", "0.000", "—"],
+        ]
+        assert static_text(app, "replay").startswith("replay check HEALTHY matches:")
+
+    drive(app, script)

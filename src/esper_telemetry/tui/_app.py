@@ -67,6 +67,10 @@ _HEALTH_ROWS = (
     ("env_mean", "env-RMS mean"),
     ("env_max", "env-RMS max"),
     ("max", "max |x|"),
+    # The diagnostics (RecurrentDiagnostics), "—" where the trainer measured none.
+    ("saturated", "saturated"),
+    ("growth", "growth ratio"),
+    ("dormant", "dormant units"),
 )
 _ANOMALY_COLUMNS = ("update", "state", "type", "severity", "value", "threshold")
 Cell = str | Text
@@ -282,6 +286,7 @@ class HealthPanel(App[None]):
                     yield DataTable(id="states", cursor_type="none", show_cursor=False)
                     yield Static(id="detail-title")
                     yield DataTable(id="health", cursor_type="none", show_cursor=False)
+                    yield Static(id="replay")
                     yield Static(id="sparklines")
                     yield Static(id="thresholds")
                 yield DataTable(id="anomalies", cursor_type="none", show_cursor=False)
@@ -507,6 +512,7 @@ class HealthPanel(App[None]):
             title.append("   s: next state", style="dim")
         self._set_text("detail-title", title)
         self._sync_table("health", _health_rows(shown))
+        self._set_text("replay", replay_text(shown, self.state.thresholds))
         self._set_text("sparklines", self._sparklines(shown.name, view.update))
 
     def _sparklines(self, name: str, update: int) -> Text:
@@ -642,7 +648,36 @@ def _health_rows(view: StateView) -> list[tuple[str, tuple[Cell, ...]]]:
         cells["env_mean"].append(format_value(getattr(m, f"{tensor}_env_rms_mean")))
         cells["env_max"].append(format_value(getattr(m, f"{tensor}_env_rms_max")))
         cells["max"].append(format_value(getattr(m, f"{tensor}_max")))
+    d = m.diagnostics
+    cells["saturated"] += [
+        format_value(None if d is None else d.h_saturation_frac),
+        format_value(None if d is None else d.c_saturation_frac),
+    ]
+    cells["growth"] += [_NOTHING, format_value(None if d is None else d.c_growth_ratio)]
+    cells["dormant"] += [format_value(None if d is None else d.dormant_frac), _NOTHING]
     return [(key, tuple(values)) for key, values in cells.items()]
+
+
+def replay_text(view: StateView, thresholds: HealthThresholds) -> Text:
+    """One line on the state's replay check: its verdict as a word, the largest
+    difference against the dtype's tolerance, the steps that differ (and the first), and
+    the drift when measured; "not measured" when the trainer made no check."""
+    r, status = view.replay, view.replay_status
+    if r is None or status is None:
+        return Text.assemble("replay check ", ("not measured", "dim"))
+    word = "mismatch" if status is HealthStatus.CRITICAL else "matches"
+    line = Text.assemble(
+        "replay check ",
+        status_text(status),
+        f" {word}: max |diff| {format_value(r.max_abs_diff)} ",
+        (f"(tolerance {thresholds.replay_tolerance(r.dtype):g}, {r.dtype})", "dim"),
+        f"   {r.mismatched} of {r.compared} steps differ",
+    )
+    if r.first_step is not None:
+        line.append(f", first env {r.first_env} step {r.first_step}")
+    if r.drift is not None:
+        line.append(f"   drift {format_value(r.drift)}")
+    return line
 
 
 def _rms_cell(rms: float | None, status: HealthStatus | None) -> Cell:

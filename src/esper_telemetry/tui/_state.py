@@ -28,6 +28,7 @@ from esper_telemetry.contracts import (
     LSTMHealthMetrics,
     PPOUpdateCompleted,
     PPOUpdatePayload,
+    ReplayConsistency,
     RunFinished,
     RunFinishedPayload,
     TelemetryEvent,
@@ -51,10 +52,16 @@ class StateView:
     primary: bool
     metrics: LSTMHealthMetrics
     status: HealthStatus
-    """``health_status``: the verdict on the whole state."""
+    """The verdict on the whole state: ``health_status`` (its figures and diagnostics),
+    made worse by its replay check's (``replay_status``)."""
     h_status: HealthStatus
     c_status: HealthStatus | None
     """``status_of("c")``: None for a state without a cell (GRU, RNN)."""
+    replay: ReplayConsistency | None = None
+    """The update's replay check of this state; None when the trainer made none."""
+    replay_status: HealthStatus | None = None
+    """CRITICAL for a mismatch (``is_replay_mismatch``), WARNING for a drift above the
+    threshold (``is_replay_drifting``), else HEALTHY; None without a check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,21 +218,41 @@ class PanelState:
         primary = payload.primary_name()
         self.health = HealthView(
             update=update,
-            states=tuple(self._view(name, m, name == primary) for name, m in states.items()),
+            states=tuple(
+                self._view(name, m, name == primary, payload.replay.get(name))
+                for name, m in states.items()
+            ),
         )
         for name, m in states.items():
             points = self.rms_history.setdefault(name, deque(maxlen=self.history))
             points.append((update, m.h_rms, m.c_rms))
 
-    def _view(self, name: str, metrics: LSTMHealthMetrics, primary: bool) -> StateView:
+    def _view(
+        self,
+        name: str,
+        metrics: LSTMHealthMetrics,
+        primary: bool,
+        replay: ReplayConsistency | None,
+    ) -> StateView:
         t = self.thresholds
         h_status = metrics.status_of("h", t)
         assert h_status is not None  # h is always judged
+        status = health_status(metrics, t)
+        replay_status = None
+        if replay is not None:
+            replay_status = HealthStatus.HEALTHY
+            if t.is_replay_mismatch(replay):
+                replay_status = HealthStatus.CRITICAL
+            elif t.is_replay_drifting(replay):
+                replay_status = HealthStatus.WARNING
+            status = max(status, replay_status, key=lambda v: v.rank)
         return StateView(
             name=name,
             primary=primary,
             metrics=metrics,
-            status=health_status(metrics, t),
+            status=status,
             h_status=h_status,
             c_status=metrics.status_of("c", t),
+            replay=replay,
+            replay_status=replay_status,
         )
