@@ -34,10 +34,12 @@ from esper_telemetry.contracts import (
     HealthThresholds,
     PPOUpdateCompleted,
     PPOUpdatePayload,
+    ReplayConsistency,
     RunLayout,
     Severity,
     TelemetryEvent,
     TelemetryLevel,
+    format_value,
 )
 from esper_telemetry.hub import TelemetryHub
 from esper_telemetry.report import (
@@ -51,7 +53,7 @@ from esper_telemetry.report import (
 )
 from esper_telemetry.run import EXIT_OK, RunOptions, run_ppo
 from esper_telemetry.testing import capture_events
-from esper_telemetry.training.ppo import PPOConfig
+from esper_telemetry.training.ppo import PPOConfig, train
 from tests.faulty_lstm import PPO_STATS, FaultyLSTM
 
 WIDTH, HEIGHT = int(FIGURE_SIZE[0] * FIGURE_DPI), int(FIGURE_SIZE[1] * FIGURE_DPI)
@@ -452,3 +454,70 @@ def test_esper_ppo_report_writes_report_png_at_the_end_of_the_run(tmp_path: Path
     assert (outcome.exit_code, outcome.report) == (EXIT_OK, report)
     assert png_size(report) == (WIDTH, HEIGHT)
     assert f"report           {report}" in out.getvalue()
+
+
+# -- the diagnostics and the replay check (issue 15) -------------------------------------------
+
+
+def test_the_state_table_holds_the_worst_diagnostics_and_replay_of_the_run(
+    tmp_path: Path,
+) -> None:
+    """A real esper ppo run with --diagnostics: each state's row gives the largest
+    saturated fraction, c growth ratio, dormant fraction, replay |diff| and drift the
+    run measured, and how many updates' replay differed (none, for a correct trainer)."""
+    config = PPOConfig(updates=3, envs=2, steps=8, hidden=8, epochs=2, diagnostics=True)
+    with TelemetryHub("diag") as hub, capture_events(hub) as recorder:
+        train(config, hub)
+    run_dir = write_run(tmp_path / "run", recorder.events, lambda k: {})
+    data = collect(read_events(run_dir))
+    payloads = [e.payload for e in recorder.events if isinstance(e, PPOUpdateCompleted)]
+    for series in data.states:
+        drifts = [p.replay[series.name].drift for p in payloads]
+        checked = [p.recurrent_health[series.name].diagnostics for p in payloads]
+        growths = [d.c_growth_ratio for d in checked if d is not None]
+        assert series.worst["drift"] == max(d for d in drifts if d is not None)
+        assert series.worst["growth"] == max(g for g in growths if g is not None)
+        assert series.worst["mismatched"] == 0
+    page = write_report(run_dir, tmp_path / "report.html").read_text()
+    assert "largest replay drift" in page
+    assert format_value(data.state("value").worst["drift"]) in page
+
+
+def test_a_run_without_diagnostics_shows_dashes_and_a_mismatch_is_counted(
+    tmp_path: Path,
+) -> None:
+    """A state never checked shows "—" for every diagnostic; a replay over the
+    tolerance counts as a differing update, and a NaN drift is written as nan."""
+    health = compute_recurrent_health({"policy": (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))})
+    mismatch = ReplayConsistency(
+        max_abs_diff=0.5,
+        dtype="float32",
+        compared=16,
+        mismatched=2,
+        first_env=1,
+        first_step=3,
+        drift=math.nan,
+    )
+    events = [
+        PPOUpdateCompleted(
+            update=k,
+            payload=PPOUpdatePayload(
+                **PPO_STATS,
+                recurrent_health=health,
+                primary_state="policy",
+                replay={"policy": mismatch} if k == 1 else {},
+            ),
+        )
+        for k in range(3)
+    ]
+    (series,) = collect(events).states
+    assert series.worst["mismatched"] == 1
+    assert series.worst["replay_diff"] == 0.5
+    assert math.isnan(series.worst["drift"])
+    assert "saturated" not in series.worst
+    unchecked = collect(events[:1]).states[0]
+    assert unchecked.worst == {}
+    run_dir = write_run(tmp_path / "run", list[TelemetryEvent](events[:1]), lambda k: {})
+    page = write_report(run_dir, tmp_path / "report.html").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("<tr><td>policy"))
+    assert row.count("<td>—</td>") >= 6

@@ -29,7 +29,7 @@ import html
 import io
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
@@ -53,6 +53,7 @@ from esper_telemetry.contracts import (
     HealthThresholds,
     LSTMHealthMetrics,
     PPOUpdateCompleted,
+    ReplayConsistency,
     RunFinished,
     RunLayout,
     TelemetryEvent,
@@ -97,6 +98,11 @@ class StateSeries:
             when either is NaN).
         non_finite_updates: The updates whose state held NaN or Inf (or whose RMS
             overflowed): they have no point on a log scale and are marked instead.
+        worst: Over the run, the largest of each diagnostic and replay figure measured
+            (``saturated``: of h's and c's fractions; ``growth``, ``dormant``,
+            ``replay_diff``, ``drift``; a NaN counts only where nothing else was
+            measured), and ``mismatched``: how many updates' replay check differed by
+            more than the tolerance. A figure never measured is absent.
     """
 
     name: str
@@ -105,6 +111,7 @@ class StateSeries:
     c_rms: tuple[float, ...] | None
     env_rms_max: tuple[float, ...]
     non_finite_updates: tuple[int, ...] = ()
+    worst: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def has_cell(self) -> bool:
@@ -180,7 +187,7 @@ def collect(
     t = thresholds if thresholds is not None else HealthThresholds()
     if not isinstance(t, HealthThresholds):
         raise TypeError(f"thresholds must be HealthThresholds, got {type(t).__name__}")
-    series = _Series()
+    series = _Series(t)
     for event in events:
         series.add(event)
     return ReportData(
@@ -585,7 +592,10 @@ episode return: {esc(_return_words(data))}</p>
  src="data:image/png;base64,{image}">
 <h2>Recurrent states ({len(data.states)})</h2>
 <table><tr><th>state</th><th>kind</th><th>updates</th><th>last h_rms</th><th>last c_rms</th>
-<th>largest h_rms</th><th>largest c_rms</th><th>NaN/Inf updates</th><th>anomalies</th></tr>
+<th>largest h_rms</th><th>largest c_rms</th><th>NaN/Inf updates</th><th>anomalies</th>
+<th>largest saturated fraction</th><th>largest c growth ratio</th>
+<th>largest dormant fraction</th><th>largest replay |diff|</th>
+<th>updates whose replay differs</th><th>largest replay drift</th></tr>
 {state_rows}</table>
 <h2>Anomalies ({len(data.anomalies)})</h2>
 <table><tr><th>update</th><th>state</th><th>type</th><th>severity</th><th>value</th></tr>
@@ -623,6 +633,10 @@ def _state_row(s: StateSeries, data: ReportData) -> str:
         format_value(_largest(c)),
         len(s.non_finite_updates),
         found,
+        *(format_value(s.worst.get(key)) for key in ("saturated", "growth", "dormant")),
+        format_value(s.worst.get("replay_diff")),
+        format_value(None if "mismatched" not in s.worst else int(s.worst["mismatched"])),
+        format_value(s.worst.get("drift")),
     )
 
 
@@ -634,7 +648,8 @@ def _largest(values: Iterable[float]) -> float | None:
 class _Series:
     """The numbers of a report, gathered one event at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, thresholds: HealthThresholds) -> None:
+        self.thresholds = thresholds
         self.run_ids: dict[str, None] = {}  # insertion-ordered set
         self.updates: list[int] = []
         self.by_state: dict[str, _StatePoints] = {}  # primary first: see _add_states
@@ -650,7 +665,8 @@ class _Series:
             case PPOUpdateCompleted(update=update, payload=payload):
                 self.updates.append(update)
                 for name, health in payload.named_health().items():
-                    self.by_state.setdefault(name, _StatePoints()).add(update, health)
+                    points = self.by_state.setdefault(name, _StatePoints(self.thresholds))
+                    points.add(update, health, payload.replay.get(name))
                 r = episode_return(event)
                 self.returns.append(math.nan if r is None else r.mean)
                 if r is not None:
@@ -669,7 +685,9 @@ class _Series:
 class _StatePoints:
     """One state's figures, gathered one update at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, thresholds: HealthThresholds) -> None:
+        self.thresholds = thresholds
+        self.worst: dict[str, float] = {}
         self.updates: list[int] = []
         self.h_rms: list[float] = []
         self.c_rms: list[float] = []
@@ -677,7 +695,8 @@ class _StatePoints:
         self.env_rms_max: list[float] = []
         self.non_finite: list[int] = []
 
-    def add(self, update: int, health: LSTMHealthMetrics) -> None:
+    def add(self, update: int, health: LSTMHealthMetrics, replay: ReplayConsistency | None) -> None:
+        self._add_checks(health, replay)
         c_rms, c_env = health.c_rms, health.c_env_rms_max
         self.has_cell |= c_rms is not None
         env_max = health.h_env_rms_max if c_env is None else _max(health.h_env_rms_max, c_env)
@@ -689,6 +708,22 @@ class _StatePoints:
         if health.has_nan or health.has_inf or not all(map(math.isfinite, values)):
             self.non_finite.append(update)
 
+    def _add_checks(self, health: LSTMHealthMetrics, replay: ReplayConsistency | None) -> None:
+        d = health.diagnostics
+        found: dict[str, float | None] = {}
+        if d is not None:
+            found["saturated"] = _larger(d.h_saturation_frac, d.c_saturation_frac)
+            found["growth"] = d.c_growth_ratio
+            found["dormant"] = d.dormant_frac
+        if replay is not None:
+            found["replay_diff"] = replay.max_abs_diff
+            found["drift"] = replay.drift
+            mismatch = self.thresholds.is_replay_mismatch(replay)
+            self.worst["mismatched"] = self.worst.get("mismatched", 0.0) + mismatch
+        for key, value in found.items():
+            if value is not None:
+                self.worst[key] = _larger(self.worst.get(key), value)
+
     def series(self, name: str) -> StateSeries:
         return StateSeries(
             name=name,
@@ -697,7 +732,15 @@ class _StatePoints:
             c_rms=tuple(self.c_rms) if self.has_cell else None,
             env_rms_max=tuple(self.env_rms_max),
             non_finite_updates=tuple(self.non_finite),
+            worst=dict(self.worst),
         )
+
+
+def _larger(a: float | None, b: float | None) -> float:
+    """The larger of two figures, either possibly missing (None) or NaN: a number wins
+    over NaN, which is kept only when nothing else was measured."""
+    numbers = [v for v in (a, b) if v is not None and not math.isnan(v)]
+    return max(numbers) if numbers else math.nan
 
 
 def _max(a: float, b: float) -> float:
