@@ -67,7 +67,11 @@ SB3 calls no callback after ``train()``, and ``learn()`` ignores what
 forward pass with NaN weights or states. So while ``learn()`` runs, the callback wraps
 four methods of the model instance (never its class), and puts them back when it ends:
 
-- ``train``: publishes the update right after it returns;
+- ``train``: for RecurrentPPO (unless the level is OFF), first replays the rollout
+  buffer as ``train()`` will read it and compares it with what the rollout stored (the
+  replay check, ``PPOUpdatePayload.replay``: log-probs for ``policy``, a critic LSTM's
+  values for ``value``; numpy's random state is restored, so training is unchanged);
+  then publishes the update right after ``train()`` returns;
 - ``collect_rollouts``: once a halt was requested, returns False without collecting, so
   ``learn()`` stops and calls ``on_training_end`` (``on_step`` returns False as well, for
   a halt requested while a rollout runs);
