@@ -178,15 +178,33 @@ def test_updates_without_lstm_are_skipped() -> None:
     assert [e.event_type.value for e in rec.events] == ["PPO_UPDATE_COMPLETED"]
 
 
-def test_every_anomaly_is_logged_as_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    """Each anomaly also goes to the hub's logger as a warning naming type and update."""
+def test_every_anomaly_is_logged_at_the_level_of_its_severity(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each anomaly also goes to the hub's logger naming type and update: a warning as a
+    warning, a critical anomaly (here a vanishing state) as critical."""
     with caplog.at_level(logging.WARNING, logger="esper_telemetry.hub"):
         run({1: "vanish"}, updates=2)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert [w.split(" = ")[0] for w in warnings] == [
-        "LSTM anomaly lstm_h_vanishing at update 1: policy: h_rms",
-        "LSTM anomaly lstm_c_vanishing at update 1: policy: c_rms",
+    logged = [(r.levelno, r.getMessage().split(" = ")[0]) for r in caplog.records]
+    assert logged == [
+        (logging.CRITICAL, "LSTM anomaly lstm_h_vanishing at update 1: policy: h_rms"),
+        (logging.CRITICAL, "LSTM anomaly lstm_c_vanishing at update 1: policy: c_rms"),
     ]
+
+
+def test_a_warning_anomaly_is_logged_as_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A warning-severity anomaly (saturation) stays at WARNING in the log."""
+    hub = TelemetryHub("saturated")
+    hub.subscribe(AnomalyEscalator(), mode="inline")
+    h = torch.full((1, 4, 8), 0.999)
+    c = torch.full((1, 4, 8), 0.5)
+    health = compute_lstm_health((h, c), diagnostics=True)
+    with caplog.at_level(logging.WARNING, logger="esper_telemetry.hub"):
+        emit_ppo_update_event(hub, update=0, metrics=PPO, lstm_health=health)
+    hub.close()
+    logged = [(r.levelno, r.getMessage().split(":")[0]) for r in caplog.records]
+    assert (logging.WARNING, "LSTM anomaly lstm_h_saturation at update 0") in logged
+    assert all(level == logging.WARNING for level, _ in logged)
 
 
 def test_the_hidden_state_is_never_touched() -> None:

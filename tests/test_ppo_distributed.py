@@ -89,6 +89,11 @@ def test_nproc_2_end_to_end_makes_one_run_of_rank_0s_events(tmp_path: Path) -> N
     ]
     assert [(e.seq, e.rank) for e in events] == [(k, 0) for k in range(5)]
     assert finished(events).payload.status == "completed"
+    # The replay check is of both ranks' rollouts (2 envs x 8 steps each), not rank 0's.
+    replays = [e.payload.replay for e in events if isinstance(e, PPOUpdateCompleted)]
+    assert [sorted(r) for r in replays] == [["policy", "value"]] * 3
+    checks = [c for r in replays for c in r.values()]
+    assert {(c.ranks, c.compared, c.mismatched) for c in checks} == {(2, 32, 0)}
     records, broken = log_records(run_dir)
     assert ([(r["seq"], r["rank"]) for r in records], broken) == ([(k, 0) for k in range(5)], [])
     (wandb_run,) = RunLayout(run_dir).wandb.glob("offline-run-*")

@@ -12,6 +12,7 @@ import itertools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -426,6 +427,98 @@ def test_the_escalator_names_the_first_env_of_a_mismatch_and_none_for_drift() ->
         (4, MISMATCH, (3,)),
         (4, DRIFT, None),
     ]
+
+
+def test_the_escalator_names_an_env_of_another_rank_by_no_env_of_its_own() -> None:
+    """outlier_envs index the event's own rank's envs: a first mismatch on rank 1 seen in
+    rank 0's event names none (the message names the rank)."""
+    rec = RecordingBackend()
+    with TelemetryHub("replay-ranks") as hub:
+        hub.subscribe(AnomalyEscalator(), mode="inline")
+        hub.subscribe(rec, mode="inline")
+        emit_ppo_update_event(
+            hub,
+            update=0,
+            metrics=PPO_STATS,
+            lstm_health=compute_lstm_health(lstm_state(), detail=True),
+            replay={
+                "policy": consistency(
+                    max_abs_diff=0.3,
+                    mismatched=1,
+                    first_env=1,
+                    first_step=2,
+                    ranks=2,
+                    first_rank=1,
+                )
+            },
+        )
+    (found,) = [e for e in rec.events if isinstance(e, AnomalyDetected)]
+    assert found.payload.outlier_envs is None
+    assert "first at rank 1 env 1 step 2" in found.payload.anomaly.message
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"first_rank": 0, "ranks": 2}, "first_rank names the rank of a located mismatch"),
+        (
+            {"first_rank": 2, "ranks": 2, "mismatched": 1, "first_env": 0, "first_step": 0},
+            "first_rank names the rank",
+        ),
+        ({"ranks": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_a_rank_that_locates_nothing_or_is_not_compared_is_refused(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        consistency(**fields)
+
+
+@pytest.fixture(scope="module")
+def ranks_checked(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
+    """What each rank of a real gloo group of 3 processes got from check_replay(group=)."""
+    from tests import replay_ranks_child
+    from tests.test_lstm_health_distributed import run_group
+
+    return run_group(3, tmp_path_factory.mktemp("replay-ranks"), Path(replay_ranks_child.__file__))
+
+
+@pytest.mark.parametrize("name", ["match", "mismatch-late-ranks", "drift"])
+def test_across_ranks_every_rank_gets_the_check_of_all_envs_together(
+    ranks_checked: dict[int, dict[str, Any]], name: str
+) -> None:
+    """Every rank returns the same check: that of one process given the ranks' envs side
+    by side, with ranks = 3 and, for a mismatch, the rank of the first one."""
+    from tests.replay_ranks_child import outputs
+
+    checks = {r: ReplayConsistency.model_validate_json(ranks_checked[r][name]) for r in range(3)}
+    assert checks[0] == checks[1] == checks[2]
+    parts = [outputs(name, r, 3) for r in range(3)]
+    after = None if parts[0][2] is None else torch.cat([p[2] for p in parts], dim=1)  # type: ignore[misc]
+    alone = check_replay(
+        torch.cat([p[0] for p in parts], dim=1),
+        torch.cat([p[1] for p in parts], dim=1),
+        after=after,
+    )
+    got = checks[0]
+    assert got.ranks == 3
+    assert (got.compared, got.mismatched, got.first_step) == (
+        alone.compared,
+        alone.mismatched,
+        alone.first_step,
+    )
+    assert got.max_abs_diff == pytest.approx(alone.max_abs_diff, rel=1e-12)
+    if name == "drift":
+        assert got.drift is not None
+        assert alone.drift is not None
+        assert got.drift == pytest.approx(alone.drift, rel=1e-12)
+    if name == "mismatch-late-ranks":
+        # rank 1's env 1 is env 2 + 1 = 3 of the concatenated batch
+        assert (got.first_rank, got.first_env) == (1, 1)
+        assert alone.first_env == 3
+    else:
+        assert (got.first_rank, got.first_env, got.mismatched) == (None, None, 0)
 
 
 # --------------------------------------------------------------------------- planted bugs

@@ -521,3 +521,66 @@ def test_a_run_without_diagnostics_shows_dashes_and_a_mismatch_is_counted(
     page = write_report(run_dir, tmp_path / "report.html").read_text()
     row = next(line for line in page.splitlines() if line.startswith("<tr><td>policy"))
     assert row.count("<td>—</td>") >= 6
+
+
+def test_the_diagnostics_panel_draws_each_figure_over_updates_with_its_threshold(
+    tmp_path: Path,
+) -> None:
+    """A real --diagnostics run: one panel holds each state's diagnostics and replay drift
+    over the updates (the values the events carried), each figure's threshold from the
+    HealthThresholds given, and no mismatch mark for a correct trainer."""
+    config = PPOConfig(updates=3, envs=2, steps=8, hidden=8, epochs=2, diagnostics=True)
+    with TelemetryHub("panel") as hub, capture_events(hub) as recorder:
+        train(config, hub)
+    payloads = [e.payload for e in recorder.events if isinstance(e, PPOUpdateCompleted)]
+    thresholds = HealthThresholds(c_runaway_ratio=0.7, dormant_frac=0.3)
+    data = collect(recorder.events, thresholds)
+    fig = build_figure(data)
+    (ax,) = [a for a in fig.axes if a.get_gid() == "checks"]
+    lines = {line.get_gid(): line for line in ax.get_lines()}
+    for name in ("policy", "value"):
+        growth = [p.recurrent_health[name].diagnostics for p in payloads]
+        drawn = floats(lines[f"check:{name}:c_growth_ratio"].get_ydata())
+        assert drawn == pytest.approx([d.c_growth_ratio if d else None for d in growth])
+        drawn = floats(lines[f"check:{name}:replay_drift"].get_ydata())
+        assert drawn == pytest.approx([p.replay[name].drift for p in payloads])
+    assert floats(lines["threshold:c_growth_ratio"].get_ydata())[0] == 0.7
+    assert floats(lines["threshold:dormant_frac"].get_ydata())[0] == 0.3
+    assert floats(lines["threshold:replay_drift"].get_ydata())[0] == thresholds.replay_drift
+    assert not [c for c in ax.collections if c.get_gid() == "replay-mismatch"]
+    assert len(fig.axes) == 4  # two states, the diagnostics, the return
+
+
+def test_a_replay_mismatch_is_marked_and_unmeasured_updates_leave_gaps() -> None:
+    """Updates that measured nothing are NaN in the series (a gap, not a zero); the update
+    whose replay exceeded the tolerance is marked; a run without any check has no panel."""
+    health = compute_recurrent_health({"policy": (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))})
+    checked = compute_recurrent_health(
+        {"policy": (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))}, diagnostics=True
+    )
+    mismatch = ReplayConsistency(
+        max_abs_diff=0.5, dtype="float32", compared=16, mismatched=2, first_env=1, first_step=3
+    )
+    events = [
+        PPOUpdateCompleted(
+            update=k,
+            payload=PPOUpdatePayload(
+                **PPO_STATS,
+                recurrent_health=checked if k == 2 else health,
+                primary_state="policy",
+                replay={"policy": mismatch} if k == 1 else {},
+            ),
+        )
+        for k in range(4)
+    ]
+    (series,) = collect(events).states
+    assert series.mismatch_updates == (1,)
+    dormant = series.checks["dormant_frac"]
+    assert [math.isnan(v) for v in dormant] == [True, True, False, True]
+    assert "replay_drift" not in series.checks  # the mismatch carried no drift
+    fig = build_figure(collect(events))
+    (ax,) = [a for a in fig.axes if a.get_gid() == "checks"]
+    (marks,) = [c for c in ax.collections if c.get_gid() == "replay-mismatch"]
+    assert np.asarray(marks.get_offsets())[:, 0].tolist() == [1]
+    plain = build_figure(collect(events[:1]))
+    assert not [a for a in plain.axes if a.get_gid() == "checks"]

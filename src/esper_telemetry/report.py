@@ -12,6 +12,11 @@ run's ``events.jsonl`` and draws panels sharing the PPO-update axis:
   ``HealthThresholds`` the detector uses), NaN/Inf updates marked along the top edge,
   each anomaly marked at its update in the panel of the state it was found in, and each
   telemetry-level change drawn as a dotted line;
+* when any update measured them (``esper ppo --diagnostics``, or at DEBUG), one panel of
+  the recurrent diagnostics of every state (saturated fractions of h and c, cell growth
+  ratio, dormant fraction, replay drift) with each one's threshold as a dashed line of its
+  colour, and each update whose replay check did not reproduce the rollout marked along
+  its bottom edge;
 * the mean episode return the trainer declares (``episode_return_mean``), titled with
   the number of episodes it averages (``episode_return_window``); for a log written
   before those fields existed, ``extra["return_mean"]``, whose window was not recorded.
@@ -62,6 +67,7 @@ from esper_telemetry.contracts import (
 )
 
 __all__ = [
+    "CHECK_FIGURES",
     "FIGURE_DPI",
     "FIGURE_SIZE",
     "ReportData",
@@ -84,6 +90,17 @@ _LABELS: Final = {"h_rms": "h_rms", "c_rms": "c_rms", "env_rms_max": "env-RMS ma
 _NO_STATE: Final = "(none)"  # the panel drawn when no update carried a recurrent state
 _BOX: Final = {"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1}
 
+#: The figures of the diagnostics panel: name -> (colour, the ``HealthThresholds`` field
+#: that bounds it). All are ratios near [0, 1], so they share one linear axis.
+CHECK_FIGURES: Final = {
+    "h_saturation_frac": ("tab:blue", "h_saturation_frac"),
+    "c_saturation_frac": ("tab:orange", "c_saturation_frac"),
+    "c_growth_ratio": ("tab:brown", "c_runaway_ratio"),
+    "dormant_frac": ("tab:gray", "dormant_frac"),
+    "replay_drift": ("tab:purple", "replay_drift"),
+}
+_STATE_STYLES: Final = ("-", "--", ":", "-.")  # the line style of each state, in order
+
 
 @dataclass(frozen=True)
 class StateSeries:
@@ -103,6 +120,11 @@ class StateSeries:
             ``replay_diff``, ``drift``; a NaN counts only where nothing else was
             measured), and ``mismatched``: how many updates' replay check differed by
             more than the tolerance. A figure never measured is absent.
+        checks: Each diagnostic and replay figure over the run, one value per entry of
+            ``updates`` (NaN where that update did not measure it), keyed by the names in
+            ``CHECK_FIGURES``; a figure no update measured is absent.
+        mismatch_updates: The updates whose replay check differed by more than the
+            tolerance of its dtype (``HealthThresholds.is_replay_mismatch``).
     """
 
     name: str
@@ -112,6 +134,8 @@ class StateSeries:
     env_rms_max: tuple[float, ...]
     non_finite_updates: tuple[int, ...] = ()
     worst: Mapping[str, float] = field(default_factory=dict)
+    checks: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    mismatch_updates: tuple[int, ...] = ()
 
     @property
     def has_cell(self) -> bool:
@@ -214,7 +238,10 @@ def build_figure(data: ReportData) -> Figure:
     ``"warning-band"``, ``"critical-band"``, ``"vanishing-band"``, ``"anomaly"`` (one
     vertical line per update with an anomaly in that state), ``"anomaly-label"`` (its
     types), ``"anomaly-points"`` (the value seen, when it can be drawn), ``"non-finite"``
-    and ``"level-change"``; in the return panel ``"return"``.
+    and ``"level-change"``; in the diagnostics panel (axes gid ``"checks"``, drawn only
+    when some update measured a figure of ``CHECK_FIGURES``) ``"check:<state>:<figure>"``
+    (lines), ``"threshold:<figure>"`` and ``"replay-mismatch"``; in the return panel
+    ``"return"``.
     """
     names = [s.name for s in data.states] or [_NO_STATE]
     extra = max(len(names) - 2, 0) * _STATE_HEIGHT
@@ -222,10 +249,14 @@ def build_figure(data: ReportData) -> Figure:
         figsize=(FIGURE_SIZE[0], FIGURE_SIZE[1] + extra), dpi=FIGURE_DPI, layout="constrained"
     )
     FigureCanvasAgg(fig)
-    ratios = (2.2, 1.0) if len(names) == 1 else (*(1.6,) * len(names), 1.0)
+    checked = any(s.checks or s.mismatch_updates for s in data.states)
+    ratios = (2.2,) if len(names) == 1 else (1.6,) * len(names)
+    ratios = (*ratios, *((1.3,) if checked else ()), 1.0)
     *health_axes, return_ax = fig.subplots(
-        len(names) + 1, 1, sharex=True, gridspec_kw={"height_ratios": ratios}
+        len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios}
     )
+    if checked:
+        _draw_checks(health_axes.pop(), data)
     runs = ", ".join(data.run_ids) or "(no events)"
     ending = f" — {data.status}" if data.status else " — not finished"
     fig.suptitle(f"esper run {runs}{ending}")
@@ -532,6 +563,62 @@ def _mark_anomaly_values(
     )
 
 
+def _draw_checks(ax: Axes, data: ReportData) -> None:
+    """The diagnostics panel: every measured figure of every state, each threshold once."""
+    ax.set_gid("checks")
+    drawn: dict[str, None] = {}  # the figures drawn, in order
+    highest = 1.0
+    for i, s in enumerate(data.states):
+        style = _STATE_STYLES[i % len(_STATE_STYLES)]
+        for name, values in s.checks.items():
+            drawn.setdefault(name)
+            finite = [v for v in values if math.isfinite(v)]
+            highest = max([highest, *finite])
+            ax.plot(
+                list(s.updates),
+                list(values),
+                linestyle=style,
+                linewidth=1.2,
+                marker="." if len(values) < 60 else None,
+                color=CHECK_FIGURES[name][0],
+                label=f"{s.name} {name}",
+                gid=f"check:{s.name}:{name}",
+            )
+    for name in drawn:
+        colour, field_name = CHECK_FIGURES[name]
+        bound = getattr(data.thresholds, field_name)
+        ax.axhline(
+            bound,
+            color=colour,
+            linestyle=(0, (4, 4)),
+            linewidth=0.9,
+            alpha=0.8,
+            gid=f"threshold:{name}",
+        )
+        highest = max(highest, bound)
+    mismatched = sorted({u for s in data.states for u in s.mismatch_updates})
+    if mismatched:
+        ax.scatter(
+            mismatched,
+            [0.03] * len(mismatched),
+            transform=ax.get_xaxis_transform(),
+            marker="^",
+            s=50,
+            color="red",
+            zorder=5,
+            label="replay mismatch",
+            gid="replay-mismatch",
+            clip_on=False,
+        )
+    ax.set_ylim(0.0, highest * 1.1)
+    ax.set_ylabel("fraction / ratio")
+    ax.set_title("recurrent diagnostics (dashed: thresholds)", loc="left", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[1]:
+        # Beside the panel: inside, ten lines' names would hide the lines.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, framealpha=0.85)
+
+
 def _draw_returns(ax: Axes, data: ReportData) -> None:
     ax.plot(list(data.updates), list(data.returns), color="tab:green", gid="return")
     for update in sorted({a.update for a in data.anomalies}):
@@ -694,9 +781,14 @@ class _StatePoints:
         self.has_cell = False
         self.env_rms_max: list[float] = []
         self.non_finite: list[int] = []
+        self.checks: dict[str, list[float]] = {}
+        self.mismatches: list[int] = []
 
     def add(self, update: int, health: LSTMHealthMetrics, replay: ReplayConsistency | None) -> None:
         self._add_checks(health, replay)
+        self._add_figures(len(self.updates), health, replay)
+        if replay is not None and self.thresholds.is_replay_mismatch(replay):
+            self.mismatches.append(update)
         c_rms, c_env = health.c_rms, health.c_env_rms_max
         self.has_cell |= c_rms is not None
         env_max = health.h_env_rms_max if c_env is None else _max(health.h_env_rms_max, c_env)
@@ -724,6 +816,26 @@ class _StatePoints:
             if value is not None:
                 self.worst[key] = _larger(self.worst.get(key), value)
 
+    def _add_figures(
+        self, index: int, health: LSTMHealthMetrics, replay: ReplayConsistency | None
+    ) -> None:
+        """Extend each figure's series by this update's value (NaN: not measured)."""
+        d = health.diagnostics
+        values: dict[str, float | None] = {"replay_drift": replay.drift if replay else None}
+        if d is not None:
+            values |= {
+                "h_saturation_frac": d.h_saturation_frac,
+                "c_saturation_frac": d.c_saturation_frac,
+                "c_growth_ratio": d.c_growth_ratio,
+                "dormant_frac": d.dormant_frac,
+            }
+        for name in CHECK_FIGURES:
+            value = values.get(name)
+            if value is None and name not in self.checks:
+                continue
+            series = self.checks.setdefault(name, [math.nan] * index)
+            series.append(math.nan if value is None else value)
+
     def series(self, name: str) -> StateSeries:
         return StateSeries(
             name=name,
@@ -733,6 +845,8 @@ class _StatePoints:
             env_rms_max=tuple(self.env_rms_max),
             non_finite_updates=tuple(self.non_finite),
             worst=dict(self.worst),
+            checks={k: tuple(v) for k, v in self.checks.items()},
+            mismatch_updates=tuple(self.mismatches),
         )
 
 

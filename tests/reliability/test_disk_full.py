@@ -119,7 +119,8 @@ def test_a_file_size_limit_is_reported_damages_nothing_written_and_training_goes
             f"seq={written}; the other subscribers are unaffected ({EFBIG})",
             f"error: telemetry subscriber 'structlog' raised handling PPO_UPDATE_COMPLETED "
             f"seq={len(records)}; the other subscribers are unaffected ({EFBIG})",
-            f"warning: LSTM anomaly lstm_nan at update {UPDATES - 1}: policy: LSTM state holds NaN",
+            f"critical: LSTM anomaly lstm_nan at update {UPDATES - 1}: "
+            "policy: LSTM state holds NaN",
             verdict,
         ]
     )

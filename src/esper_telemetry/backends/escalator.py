@@ -28,6 +28,8 @@ from esper_telemetry.hub import Backend, TelemetryHub
 from esper_telemetry.telemetry.anomaly_detector import AnomalyDetector
 
 logger = logging.getLogger("esper_telemetry.hub")
+#: Each anomaly is logged at the level of its severity: a critical one reads "critical:".
+_LOG_LEVEL = {Severity.WARNING: logging.WARNING, Severity.CRITICAL: logging.CRITICAL}
 
 
 class AnomalyEscalator(Backend):
@@ -92,7 +94,8 @@ class AnomalyEscalator(Backend):
             self._maybe_restore(hub, event.update)
             return
         for anomaly in report.anomalies:
-            logger.warning(
+            logger.log(
+                _LOG_LEVEL[anomaly.severity],
                 "LSTM anomaly %s at update %d: %s",
                 anomaly.type.value,
                 event.update,
@@ -102,7 +105,7 @@ class AnomalyEscalator(Backend):
                 AnomalyDetected(
                     update=event.update,
                     payload=AnomalyDetectedPayload(
-                        anomaly=anomaly, outlier_envs=self._outliers(payload, anomaly)
+                        anomaly=anomaly, outlier_envs=self._outliers(payload, anomaly, event.rank)
                     ),
                 )
             )
@@ -117,15 +120,19 @@ class AnomalyEscalator(Backend):
                 first = critical[0]
                 hub.request_halt(f"{first.type.value}: {first.message}", update=event.update)
 
-    def _outliers(self, payload: PPOUpdatePayload, anomaly: Anomaly) -> tuple[int, ...] | None:
+    def _outliers(
+        self, payload: PPOUpdatePayload, anomaly: Anomaly, rank: int
+    ) -> tuple[int, ...] | None:
         state = anomaly.state
         if anomaly.type in (AnomalyType.LSTM_REPLAY_MISMATCH, AnomalyType.LSTM_REPLAY_DRIFT):
-            # The env of the first mismatched step; drift is a figure of the whole batch.
+            # The env of the first mismatched step, when it is one of this rank's own envs
+            # (outlier_envs index this rank's batch); drift is a figure of the whole batch.
             replay = payload.replay.get(state) if state is not None else None
             first = replay.first_env if replay is not None else None
             if anomaly.type is AnomalyType.LSTM_REPLAY_DRIFT or first is None:
                 return None
-            return (first,)
+            assert replay is not None
+            return (first,) if replay.first_rank in (None, rank) else None
         # The update that trips an anomaly carries its own detail (see the emitter).
         if state is None or state == payload.primary_name():
             return payload.lstm_outlier_envs

@@ -11,11 +11,11 @@ recurrent state; ``esper_telemetry.telemetry.check_replay`` measures it.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
-from esper_telemetry.contracts._base import Contract, NonNegativeFloat, NonNegativeInt
+from esper_telemetry.contracts._base import Contract, Int, NonNegativeFloat, NonNegativeInt
 
 #: The floating dtypes a replay can be compared in (``torch.float32`` is ``"float32"``).
 ReplayDtype = Literal["float16", "bfloat16", "float32", "float64"]
@@ -34,6 +34,12 @@ class ReplayConsistency(Contract):
     ``first_env`` and ``first_step`` locate the earliest step (then the lowest env) whose
     difference is above that tolerance, judged by the thresholds the check was given;
     both None when there is none.
+
+    Across the ranks of a process group (``check_replay(..., group=...)``) the figures are
+    of every rank's rollout together: ``ranks`` says how many, ``compared`` and
+    ``mismatched`` add up, ``max_abs_diff`` and ``drift`` are of all the steps, and the
+    first mismatch is the earliest step on any rank, ``first_rank`` naming the rank whose
+    env ``first_env`` (an index into that rank's batch) it is.
 
     ``drift`` is filled when the trainer also replayed under the weights the update ended
     with: RMS(replay_after - rollout) / RMS(rollout), how far the stored states have gone
@@ -67,6 +73,14 @@ class ReplayConsistency(Contract):
         description="RMS(replay under the updated weights - rollout) / RMS(rollout); None "
         "when the trainer did not replay after the update.",
     )
+    ranks: Annotated[Int, Field(ge=1)] = Field(
+        default=1, description="How many ranks' rollouts were compared together (1: one process)."
+    )
+    first_rank: NonNegativeInt | None = Field(
+        default=None,
+        description="In a check across ranks, the rank of the first mismatched step (its "
+        "first_env indexes that rank's envs); None in one process or without a mismatch.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -83,5 +97,13 @@ class ReplayConsistency(Contract):
             raise ValueError(
                 "first_env and first_step locate a mismatch: given exactly when mismatched "
                 f"> 0, got mismatched={self.mismatched} and first_step={self.first_step!r}"
+            )
+        if self.first_rank is not None and (
+            self.first_step is None or self.first_rank >= self.ranks
+        ):
+            raise ValueError(
+                "first_rank names the rank of a located mismatch, one of the ranks compared: "
+                f"got first_rank={self.first_rank!r} with ranks={self.ranks} and "
+                f"first_step={self.first_step!r}"
             )
         return self

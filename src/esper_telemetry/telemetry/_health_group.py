@@ -121,7 +121,7 @@ def group_health(
     ranks = dist.get_world_size(group)
     # Flat, rank after rank: gloo takes only the concatenated form of the output.
     gathered = torch.empty(ranks * row.numel(), dtype=torch.float64, device=row.device)
-    _all_gather(gathered, row, group)
+    all_gather_rows(gathered, row, group)
     if detail:
         values: list[float] = torch.cat((gathered, env_norms.flatten())).tolist()
     else:
@@ -142,7 +142,7 @@ def group_health(
     return metrics, _combined_detail(rows, me, own, amax)
 
 
-def _all_gather(out: torch.Tensor, row: torch.Tensor, group: dist.ProcessGroup) -> None:
+def all_gather_rows(out: torch.Tensor, row: torch.Tensor, group: dist.ProcessGroup) -> None:
     # Looked up on the module at each call, so that all_gather_single (torch >= 2.10, which
     # deprecates all_gather_into_tensor) is used where it exists.
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor

@@ -158,8 +158,9 @@ class AnomalyDetector:
         for name, r in replays.items():
             if t.is_replay_mismatch(r):
                 tolerance = t.replay_tolerance(r.dtype)
+                rank = f"rank {r.first_rank} " if r.first_rank is not None else ""
                 where = (
-                    f", first at env {r.first_env} step {r.first_step}"
+                    f", first at {rank}env {r.first_env} step {r.first_step}"
                     if r.first_step is not None
                     else ""
                 )

@@ -20,8 +20,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 
 from esper_telemetry.contracts import HealthThresholds, ReplayConsistency
+from esper_telemetry.telemetry._health_group import all_gather_rows
 
 _DTYPES = {
     torch.float16: "float16",
@@ -37,6 +39,7 @@ def check_replay(
     *,
     after: torch.Tensor | None = None,
     thresholds: HealthThresholds | None = None,
+    group: dist.ProcessGroup | None = None,
 ) -> ReplayConsistency:
     """Compare a rollout's per-step outputs with the training pass's replay of them.
 
@@ -51,6 +54,10 @@ def check_replay(
             with; fills ``drift``.
         thresholds: Whose tolerance locates ``first_env``/``first_step`` and counts
             ``mismatched`` (default rule if None).
+        group: A process group (torch.distributed initialised): every rank of it calls
+            with its own rollout, the same dtype and the same ``after`` (given or not),
+            and all of them get the check of every rank's steps together (one small
+            all-gather; ``ranks``, ``first_rank``). None: this process's steps alone.
 
     Returns:
         The comparison. ``max_abs_diff`` counts a NaN on both sides as equal and a NaN or
@@ -86,6 +93,9 @@ def check_replay(
             (after.detach().double() - base).square().sum().reshape(1),
             base.square().sum().reshape(1),
         ]
+    if group is not None:
+        row = torch.cat([p.to(torch.float64) for p in parts])
+        return _across_ranks(row, steps, envs, dtype, group)
     values = torch.cat([p.to(torch.float64) for p in parts]).tolist()  # the one transfer
     largest, mismatched, first = values[0], int(values[1]), int(values[2])
     drift = None if after is None else _ratio(values[3], values[4])
@@ -97,6 +107,42 @@ def check_replay(
         first_env=first % envs if mismatched else None,
         first_step=first // envs if mismatched else None,
         drift=drift,
+    )
+
+
+def _across_ranks(
+    row: torch.Tensor, steps: int, envs: int, dtype: str, group: dist.ProcessGroup
+) -> ReplayConsistency:
+    """Combine every rank's row ``[largest, mismatched, first, (moved_ss, base_ss)]`` into
+    the check of all their steps; every rank combines the same numbers, so all agree."""
+    row = torch.cat([row, torch.tensor([steps, envs], dtype=torch.float64, device=row.device)])
+    ranks = dist.get_world_size(group)
+    gathered = torch.empty(ranks * row.numel(), dtype=torch.float64, device=row.device)
+    # Every rank's row has the same length: all called with `after` given, or none did.
+    all_gather_rows(gathered, row, group)
+    width = row.numel()
+    values = gathered.tolist()  # the one transfer
+    rows = [values[r * width : (r + 1) * width] for r in range(ranks)]
+    mismatched = [int(r[1]) for r in rows]
+    located = [  # (step, rank, env) of each rank's first mismatch
+        (int(r[2]) // int(r[-1]), rank, int(r[2]) % int(r[-1]))
+        for rank, r in enumerate(rows)
+        if mismatched[rank]
+    ]
+    first = min(located) if located else None
+    drift = None
+    if width == 7:  # the rows carry the sums of squares of a replay after the update
+        drift = _ratio(sum(r[3] for r in rows), sum(r[4] for r in rows))
+    return ReplayConsistency(
+        max_abs_diff=max(r[0] for r in rows),
+        dtype=dtype,
+        compared=sum(int(r[-2]) * int(r[-1]) for r in rows),
+        mismatched=sum(mismatched),
+        first_env=first[2] if first else None,
+        first_step=first[0] if first else None,
+        drift=drift,
+        ranks=ranks,
+        first_rank=first[1] if first else None,
     )
 
 

@@ -1094,7 +1094,13 @@ def _ppo_epochs(
         for name, rolled, replayed, later in zip(
             ("policy", "value"), outputs, first, after, strict=True
         ):
-            replays[name] = check_replay(rolled, replayed, after=later, thresholds=thresholds)
+            replays[name] = check_replay(
+                rolled,
+                replayed,
+                after=later,
+                thresholds=thresholds,
+                group=parallel.health_group if parallel is not None else None,
+            )
     return stats, replays
 
 

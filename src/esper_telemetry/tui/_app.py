@@ -674,7 +674,8 @@ def replay_text(view: StateView, thresholds: HealthThresholds) -> Text:
         f"   {r.mismatched} of {r.compared} steps differ",
     )
     if r.first_step is not None:
-        line.append(f", first env {r.first_env} step {r.first_step}")
+        rank = f"rank {r.first_rank} " if r.first_rank is not None else ""
+        line.append(f", first {rank}env {r.first_env} step {r.first_step}")
     if r.drift is not None:
         line.append(f"   drift {format_value(r.drift)}")
     return line
