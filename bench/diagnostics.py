@@ -12,7 +12,7 @@ update, every anomaly (type, state, update), the diagnostics and replay figures 
 first firing of each type, the first update of a return collapse and of a NaN/Inf. For
 one seed per configuration in ``REPORTED`` it keeps the run directory (under
 ``--runs-dir``) and renders its report PNG with ``esper report`` into
-``bench/results/diagnostics/``. ``docs/diagnostics.md`` reads the results.
+``docs/diagnostics/``. ``docs/diagnostics.md`` reads the results.
 
 Options: ``--updates`` (150), ``--seeds`` (0 1 2), ``--configs`` (all), ``--runs-dir``.
 
@@ -61,7 +61,7 @@ from esper_telemetry.training.ppo import RecurrentActorCritic, RecurrentState, S
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "diagnostics.json"
-PNG_DIR = HERE / "results" / "diagnostics"
+PNG_DIR = HERE.parent / "docs" / "diagnostics"  # the study page shows them
 
 #: The six norm rules (critical): what the thresholds on h and c alone would say.
 NORM_RULES = (
@@ -367,8 +367,7 @@ def run_one(name: str, seed: int, updates: int, run_root: Path) -> dict[str, Any
         if a["type"] not in first:
             row = by_update.get(a["update"], {"states": {}})
             first[a["type"]] = {**a, "figures": row["states"].get(a["state"])}
-    diagnostic = [a for a in first.values() if a["type"] not in NORM_RULES]
-    norm = [a for a in first.values() if a["type"] in NORM_RULES]
+    first_diagnostic, first_norm_rule = _firsts(first)
     finite = [r for r in returns if isinstance(r, float)]
     return {
         "config": name,
@@ -377,8 +376,8 @@ def run_one(name: str, seed: int, updates: int, run_root: Path) -> dict[str, Any
         "status": outcome.result.status if outcome.result else None,
         "exit_code": outcome.exit_code,
         "seconds": round(seconds, 1),
-        "first_diagnostic": _at(min(diagnostic, key=_key)) if diagnostic else None,
-        "first_norm_rule": _at(min(norm, key=_key)) if norm else None,
+        "first_diagnostic": first_diagnostic,
+        "first_norm_rule": first_norm_rule,
         "collapse_update": _collapse(returns),
         "nan_update": nan_update,
         "best_return": max(finite) if finite else None,
@@ -389,8 +388,19 @@ def run_one(name: str, seed: int, updates: int, run_root: Path) -> dict[str, Any
     }
 
 
-def _key(a: dict[str, Any]) -> tuple[int, str]:
-    return a["update"], a["type"]
+def _key(a: dict[str, Any]) -> tuple[int, bool, str]:
+    """Earliest first; within one update a critical anomaly before a warning."""
+    return a["update"], a["severity"] != "critical", a["type"]
+
+
+def _firsts(first: dict[str, dict[str, Any]]) -> tuple[str | None, str | None]:
+    """(first diagnostic, first norm rule) of a run's first anomaly of each type."""
+    diagnostic = [a for a in first.values() if a["type"] not in NORM_RULES]
+    norm = [a for a in first.values() if a["type"] in NORM_RULES]
+    return (
+        _at(min(diagnostic, key=_key)) if diagnostic else None,
+        _at(min(norm, key=_key)) if norm else None,
+    )
 
 
 def _at(a: dict[str, Any]) -> str:
@@ -419,7 +429,7 @@ def _git_commit() -> str:
 
 
 def _render(run_dir: Path, name: str) -> str | None:
-    """``esper report RUN_DIR -o bench/results/diagnostics/NAME.png``; the PNG's path."""
+    """``esper report RUN_DIR -o docs/diagnostics/NAME.png``; the PNG's path."""
     PNG_DIR.mkdir(parents=True, exist_ok=True)
     target = PNG_DIR / f"{name}.png"
     esper = Path(sys.executable).with_name("esper")
@@ -441,7 +451,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     parser.add_argument("--runs-dir", type=Path, default=None, help="keep run directories here")
+    parser.add_argument(
+        "--tables", action="store_true", help="print the tables of the saved results; no runs"
+    )
     args = parser.parse_args()
+    if args.tables:
+        print(tables(json.loads(RESULTS.read_text())))
+        return
     torch.set_num_threads(1)
     run_root = args.runs_dir or Path(tempfile.mkdtemp(prefix="esper-diagnostics-"))
     previous: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
@@ -469,6 +485,37 @@ def main() -> None:
     RESULTS.write_text(json.dumps(_document(runs, reports, args), indent=1) + "\n")
     if args.runs_dir is None:
         shutil.rmtree(run_root, ignore_errors=True)
+
+
+def tables(document: dict[str, Any]) -> str:
+    """The study's tables in Markdown, from a saved results document: one row per run,
+    then each configuration's anomalies counted over its seeds."""
+
+    def cell(value: Any) -> str:
+        return "-" if value is None else str(value)
+
+    lines = [
+        "| configuration | seed | first diagnostic | first norm rule | collapse | NaN/Inf "
+        "| best | final |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in document["runs"]:
+        diagnostic, norm = _firsts(run["first_by_type"])
+        lines.append(
+            f"| {run['config']} | {run['seed']} | {cell(diagnostic)} | {cell(norm)} "
+            f"| {cell(run['collapse_update'])} | {cell(run['nan_update'])} "
+            f"| {cell(run['best_return'])} | {cell(run['final_return'])} |"
+        )
+    lines += ["", "| configuration | anomalies over all seeds (type/state: updates) |", "|---|---|"]
+    for name in document["configs"]:
+        counts: dict[str, int] = {}
+        for run in document["runs"]:
+            if run["config"] == name:
+                for key, n in run["anomaly_counts"].items():
+                    counts[key] = counts.get(key, 0) + n
+        text = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items())) or "none"
+        lines.append(f"| {name} | {text} |")
+    return "\n".join(lines)
 
 
 def _document(
