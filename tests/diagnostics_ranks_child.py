@@ -9,11 +9,8 @@ each rank's state and steps with :func:`state` and compares with one process.
 
 from __future__ import annotations
 
-import datetime
-import json
 import math
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -69,17 +66,9 @@ def state(name: str, rank: int, world: int) -> State:
     return (h.float(), c.float()), steps
 
 
-def main(rank: int, world: int, rendezvous: Path, out_dir: Path) -> None:
+def main(rank: int, world: int) -> dict[str, Any]:
     from esper_telemetry import compute_lstm_health
 
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=rendezvous.as_uri(),
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
     counts = Counts()
     counts.install()
     results: dict[str, Any] = {}
@@ -101,14 +90,10 @@ def main(rank: int, world: int, rendezvous: Path, out_dir: Path) -> None:
                 assert metrics is not None
                 record["metrics"] = metrics.model_dump_json()
         results[name] = record
-    (out_dir / f"rank{rank}.json").write_text(json.dumps(results), encoding="utf-8")
-    dist.destroy_process_group()
+    return results
 
 
 if __name__ == "__main__":
-    rank_arg = int(sys.argv[1])
-    try:
-        main(rank_arg, int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
-    except BaseException:
-        Path(sys.argv[4], f"rank{rank_arg}.error").write_text(traceback.format_exc())
-        raise
+    from tests.rank_child import run_rank
+
+    run_rank(main)

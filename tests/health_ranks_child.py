@@ -9,12 +9,9 @@ rebuilds each rank's state with :func:`state` (same seeds) and compares.
 
 from __future__ import annotations
 
-import datetime
 import functools
-import json
 import math
 import sys
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -296,15 +293,7 @@ def _extra(counts: Counts, rank: int, world: int) -> dict[str, Any]:
     return out
 
 
-def main(rank: int, world: int, rendezvous: Path, out_dir: Path) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=rendezvous.as_uri(),
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
+def main(rank: int, world: int) -> dict[str, Any]:
     counts = Counts()
     counts.install()
     results: dict[str, Any] = {}
@@ -313,14 +302,11 @@ def main(rank: int, world: int, rendezvous: Path, out_dir: Path) -> None:
             counts, state(name, rank, world), detail=name in WITH_DETAIL, group=dist.group.WORLD
         )
     results.update(_extra(counts, rank, world))
-    (out_dir / f"rank{rank}.json").write_text(json.dumps(results), encoding="utf-8")
-    dist.destroy_process_group()
+    return results
 
 
 if __name__ == "__main__":
-    rank_arg = int(sys.argv[1])
-    try:
-        main(rank_arg, int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
-    except BaseException:
-        Path(sys.argv[4], f"rank{rank_arg}.error").write_text(traceback.format_exc())
-        raise
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.rank_child import run_rank
+
+    run_rank(main)

@@ -3,16 +3,14 @@
 Run as ``python tests/replay_ranks_child.py RANK WORLD RENDEZVOUS_FILE OUT_DIR``. The rank
 checks every scenario of :data:`SCENARIOS` with its own rollout (built by :func:`outputs`,
 which the parent calls too, to check one process against the ranks' concatenated envs)
-and writes ``OUT_DIR/rank{RANK}.json``.
+and returns them to ``tests.rank_child.run_rank``, which writes ``OUT_DIR/rank{RANK}.json``.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 import sys
-import traceback
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -40,30 +38,18 @@ def outputs(
     return rollout, replay, after
 
 
-def main(rank: int, world: int, rendezvous: Path, out_dir: Path) -> None:
+def main(rank: int, world: int) -> dict[str, Any]:
     from esper_telemetry.telemetry import check_replay
 
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=rendezvous.as_uri(),
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
     results = {}
     for name in SCENARIOS:
         rollout, replay, after = outputs(name, rank, world)
         check = check_replay(rollout, replay, after=after, group=dist.group.WORLD)
         results[name] = check.model_dump_json()
-    (out_dir / f"rank{rank}.json").write_text(json.dumps(results), encoding="utf-8")
-    dist.destroy_process_group()
+    return results
 
 
 if __name__ == "__main__":
-    rank_arg = int(sys.argv[1])
-    try:
-        main(rank_arg, int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
-    except BaseException:
-        Path(sys.argv[4], f"rank{rank_arg}.error").write_text(traceback.format_exc())
-        raise
+    from tests.rank_child import run_rank
+
+    run_rank(main)

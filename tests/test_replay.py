@@ -406,23 +406,26 @@ def test_the_json_round_trip_keeps_nan_and_inf_exactly() -> None:
     assert value.drift == math.inf
 
 
-def test_the_escalator_names_the_first_env_of_a_mismatch_and_none_for_drift() -> None:
+def _escalated(update: int, policy: ReplayConsistency) -> list[AnomalyDetected]:
+    """What the escalator publishes for one update whose policy replay is ``policy``."""
     rec = RecordingBackend()
     with TelemetryHub("replay-escalator") as hub:
         hub.subscribe(AnomalyEscalator(), mode="inline")
         hub.subscribe(rec, mode="inline")
         emit_ppo_update_event(
             hub,
-            update=4,
+            update=update,
             metrics=PPO_STATS,
             lstm_health=compute_lstm_health(lstm_state(), detail=True),
-            replay={
-                "policy": consistency(
-                    max_abs_diff=0.3, mismatched=4, first_env=3, first_step=5, drift=1.8
-                )
-            },
+            replay={"policy": policy},
         )
-    found = [e for e in rec.events if isinstance(e, AnomalyDetected)]
+    return [e for e in rec.events if isinstance(e, AnomalyDetected)]
+
+
+def test_the_escalator_names_the_first_env_of_a_mismatch_and_none_for_drift() -> None:
+    found = _escalated(
+        4, consistency(max_abs_diff=0.3, mismatched=4, first_env=3, first_step=5, drift=1.8)
+    )
     assert [(e.update, e.payload.anomaly.type, e.payload.outlier_envs) for e in found] == [
         (4, MISMATCH, (3,)),
         (4, DRIFT, None),
@@ -432,27 +435,10 @@ def test_the_escalator_names_the_first_env_of_a_mismatch_and_none_for_drift() ->
 def test_the_escalator_names_an_env_of_another_rank_by_no_env_of_its_own() -> None:
     """outlier_envs index the event's own rank's envs: a first mismatch on rank 1 seen in
     rank 0's event names none (the message names the rank)."""
-    rec = RecordingBackend()
-    with TelemetryHub("replay-ranks") as hub:
-        hub.subscribe(AnomalyEscalator(), mode="inline")
-        hub.subscribe(rec, mode="inline")
-        emit_ppo_update_event(
-            hub,
-            update=0,
-            metrics=PPO_STATS,
-            lstm_health=compute_lstm_health(lstm_state(), detail=True),
-            replay={
-                "policy": consistency(
-                    max_abs_diff=0.3,
-                    mismatched=1,
-                    first_env=1,
-                    first_step=2,
-                    ranks=2,
-                    first_rank=1,
-                )
-            },
-        )
-    (found,) = [e for e in rec.events if isinstance(e, AnomalyDetected)]
+    policy = consistency(
+        max_abs_diff=0.3, mismatched=1, first_env=1, first_step=2, ranks=2, first_rank=1
+    )
+    (found,) = _escalated(0, policy)
     assert found.payload.outlier_envs is None
     assert "first at rank 1 env 1 step 2" in found.payload.anomaly.message
 

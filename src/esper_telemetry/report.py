@@ -34,7 +34,7 @@ import html
 import io
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
@@ -459,18 +459,32 @@ def _draw_bands(ax: Axes, t: HealthThresholds, low: float, high: float, legend: 
 
 
 def _mark_non_finite(ax: Axes, updates: tuple[int, ...]) -> None:
+    _mark_updates(ax, updates, 0.97, "X", "black", label="NaN / Inf", gid="non-finite")
+
+
+def _mark_updates(
+    ax: Axes,
+    updates: Sequence[int],
+    height: float,
+    marker: str,
+    color: str,
+    *,
+    label: str,
+    gid: str,
+) -> None:
+    """One marker per update at ``height`` (a fraction of the axes, whatever the scale)."""
     if not updates:
         return
     ax.scatter(
         updates,
-        [0.97] * len(updates),
+        [height] * len(updates),
         transform=ax.get_xaxis_transform(),  # x in data, y in axes fraction
-        marker="X",
-        s=60,
-        color="black",
+        marker=marker,
+        s=55,
+        color=color,
         zorder=5,
-        label="NaN / Inf",
-        gid="non-finite",
+        label=label,
+        gid=gid,
         clip_on=False,
     )
 
@@ -597,19 +611,7 @@ def _draw_checks(ax: Axes, data: ReportData) -> None:
         )
         highest = max(highest, bound)
     mismatched = sorted({u for s in data.states for u in s.mismatch_updates})
-    if mismatched:
-        ax.scatter(
-            mismatched,
-            [0.03] * len(mismatched),
-            transform=ax.get_xaxis_transform(),
-            marker="^",
-            s=50,
-            color="red",
-            zorder=5,
-            label="replay mismatch",
-            gid="replay-mismatch",
-            clip_on=False,
-        )
+    _mark_updates(ax, mismatched, 0.03, "^", "red", label="replay mismatch", gid="replay-mismatch")
     ax.set_ylim(0.0, highest * 1.1)
     ax.set_ylabel("fraction / ratio")
     ax.set_title("recurrent diagnostics (dashed: thresholds)", loc="left", fontsize=10)
