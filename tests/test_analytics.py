@@ -556,6 +556,8 @@ def test_connect_creates_the_five_tables_with_typed_columns(tmp_path: Path) -> N
         ("replay_dtype", "VARCHAR"),
         *((f"replay_{n}", "BIGINT") for n in ("compared", "mismatched", "first_env", "first_step")),
         ("replay_drift", "DOUBLE"),
+        ("replay_ranks", "BIGINT"),
+        ("replay_first_rank", "BIGINT"),
     ]
     assert [c for c, _ in columns(con, "anomalies")] == [
         *("run_id", "seq", "update", "timestamp", "rank", "level", "anomaly_type", "severity"),

@@ -596,9 +596,9 @@ def test_every_int_in_the_schemas_is_bounded_to_int64() -> None:
     found = ints({k: v for k, v in defs.items() if k != "TelemetryLevel"})  # an enum, 0-3
     # 4 envelope ints x 5 events, 5 in payloads (health_ranks, episode_return_window among
     # them), 1 in the metrics of a named state (ranks), 3 in the LSTM detail (a worst env's
-    # rank and env, env_counts), 4 in a replay check (compared, mismatched, first_env,
-    # first_step), 8 in the stats
-    assert len(found) == 41
+    # rank and env, env_counts), 6 in a replay check (compared, mismatched, first_env,
+    # first_step, ranks, first_rank), 8 in the stats
+    assert len(found) == 43
     assert [(lo, hi) for lo, hi in found if not (lo >= I64_MIN and hi == I64_MAX)] == []
 
 

@@ -171,6 +171,7 @@ SUBPACKAGES: dict[str, list[str]] = {
         "capture_events",
     ],
     "esper_telemetry.report": [
+        "CHECK_FIGURES",
         "FIGURE_DPI",
         "FIGURE_SIZE",
         "ReportData",
