@@ -8,16 +8,29 @@ and ``ddp.py`` have their own files (``test_cleanrl_example.py``, ``test_ddp_exa
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
-from esper_telemetry.contracts import TelemetryEvent
+from esper_telemetry import TelemetryHub
+from esper_telemetry.contracts import (
+    Anomaly,
+    AnomalyDetected,
+    AnomalyDetectedPayload,
+    AnomalyType,
+    Severity,
+    TelemetryEvent,
+)
 from tests.reliability.children import child_env, read_back
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,15 +56,32 @@ def check_minimal(tmp: Path, stdout: str) -> None:
     events, bad = read_back(tmp / "run")
     assert bad == []
     assert kinds(events) == ["RUN_STARTED", *["PPO_UPDATE_COMPLETED"] * 3, "RUN_FINISHED"]
-    # The print subscriber shows every event; the alarm speaks once, for update 2.
-    assert len(re.findall(r"^event_type=<EventType\.", stdout, re.M)) == 5
-    alarms = [line for line in stdout.splitlines() if not line.startswith("event_type=")]
-    assert alarms == ["update 2: LSTM state CRITICAL"]
+    # The print subscriber shows every event; the alarm speaks once, for update 2. The
+    # alarm prints from its own thread, so its line may land inside another: find both.
+    assert len(re.findall(r"event_type=<EventType\.", stdout)) == 5
+    assert re.findall(r"update \d+: LSTM state \w+", stdout) == ["update 2: LSTM state CRITICAL"]
+
+
+def check_custom_backend(tmp: Path, stdout: str) -> None:
+    events, bad = read_back(tmp / "run")
+    assert bad == []
+    anomalies = [e for e in events if isinstance(e, AnomalyDetected)]
+    assert [(a.update, a.payload.anomaly.type.value) for a in anomalies] == [(2, "lstm_nan")]
+    # The local server got exactly the anomalies of the run's log, and the halt followed.
+    received = re.findall(r"^server received: (\w+) \((\w+)\) at update (\d+): ", stdout, re.M)
+    assert received == [("lstm_nan", "critical", "2")]
+    assert stdout.splitlines()[0] == "training halted after 3 updates"
+    assert stdout.splitlines()[-1] == "webhook: 1 sent, 0 failed, 0 lost"
 
 
 MINIMAL = Example("minimal.py", ("--updates", "3", "--run-dir", "run"), check_minimal)
+CUSTOM_BACKEND = Example(
+    "custom_backend.py",
+    ("--updates", "4", "--fault", "nan@2", "--run-dir", "run"),
+    check_custom_backend,
+)
 
-EXAMPLES = [MINIMAL]
+EXAMPLES = [MINIMAL, CUSTOM_BACKEND]
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=str)
@@ -88,3 +118,46 @@ def test_a_run_directory_in_use_is_refused_in_one_line(tmp_path: Path) -> None:
         "minimal.py: error: --run-dir: run is not empty; give a new directory"
     )
     assert out.stdout == ""
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module, without running its ``main``."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_webhook_keeps_a_bounded_few_failed_posts_and_sends_them_at_flush() -> None:
+    """With its endpoint down, the webhook counts each failure and keeps the last two; once
+    the endpoint is up, flush() delivers those two, and the one pushed out stays lost."""
+    example = load_example("custom_backend")
+    with socket.socket() as probe:  # a port nothing listens on (for now)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    webhook = example.WebhookBackend(f"http://127.0.0.1:{port}/alerts", timeout=1.0, keep=2)
+    nan = Anomaly(
+        type=AnomalyType.LSTM_NAN, severity=Severity.CRITICAL, observed=math.nan, message="m"
+    )
+    with TelemetryHub("webhook-down") as hub:
+        hub.subscribe(webhook, mode="inline")
+        for update in range(3):
+            hub.emit(AnomalyDetected(update=update, payload=AnomalyDetectedPayload(anomaly=nan)))
+        assert (webhook.sent, webhook.failed, webhook.dropped, webhook.undelivered()) == (
+            0,
+            3,
+            1,
+            3,
+        )
+        received: list[dict[str, Any]] = []
+        server = example.start_server(received, port)
+        try:
+            hub.flush()
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert (webhook.sent, webhook.failed, webhook.undelivered()) == (2, 3, 1)
+        assert [body["update"] for body in received] == [1, 2]
+        assert [(s.name, s.undelivered) for s in hub.stats().subscribers] == [("webhook", 1)]
