@@ -28,6 +28,9 @@ from esper_telemetry.contracts import (
     AnomalyDetected,
     AnomalyDetectedPayload,
     AnomalyType,
+    PPOUpdateCompleted,
+    RunFinished,
+    RunStarted,
     Severity,
     TelemetryEvent,
 )
@@ -74,14 +77,37 @@ def check_custom_backend(tmp: Path, stdout: str) -> None:
     assert stdout.splitlines()[-1] == "webhook: 1 sent, 0 failed, 0 lost"
 
 
+def check_sb3(tmp: Path, stdout: str) -> None:
+    events, bad = read_back(tmp / "run")
+    assert bad == []
+    assert kinds(events) == ["RUN_STARTED", *["PPO_UPDATE_COMPLETED"] * 3, "RUN_FINISHED"]
+    started = [e for e in events if isinstance(e, RunStarted)]
+    assert [(e.payload.config["algorithm"], e.payload.config["n_steps"]) for e in started] == [
+        ("RecurrentPPO", 16)
+    ]
+    updates = [e for e in events if isinstance(e, PPOUpdateCompleted)]
+    assert [(e.update, e.payload.env_steps) for e in updates] == [(0, 32), (1, 64), (2, 96)]
+    # The actor's and the critic's LSTM (each has its own), both measured every update.
+    assert all(list(e.payload.recurrent_health) == ["policy", "value"] for e in updates)
+    finished = [e for e in events if isinstance(e, RunFinished)]
+    assert [e.payload.status for e in finished] == ["completed"]
+    printed = re.findall(r"^update (\d+): (\d+) env steps, ", stdout, re.M)
+    assert printed == [("0", "32"), ("1", "64"), ("2", "96")]
+
+
 MINIMAL = Example("minimal.py", ("--updates", "3", "--run-dir", "run"), check_minimal)
 CUSTOM_BACKEND = Example(
     "custom_backend.py",
     ("--updates", "4", "--fault", "nan@2", "--run-dir", "run"),
     check_custom_backend,
 )
+SB3 = Example(
+    "sb3_recurrent_ppo.py",
+    ("--updates", "3", "--n-envs", "2", "--n-steps", "16", "--run-dir", "run"),
+    check_sb3,
+)
 
-EXAMPLES = [MINIMAL, CUSTOM_BACKEND]
+EXAMPLES = [MINIMAL, CUSTOM_BACKEND, SB3]
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=str)
