@@ -95,6 +95,25 @@ def check_sb3(tmp: Path, stdout: str) -> None:
     assert printed == [("0", "32"), ("1", "64"), ("2", "96")]
 
 
+def check_query_runs(tmp: Path, stdout: str) -> None:
+    for name, status, updates in (("healthy", "completed", 4), ("exploding", "halted", 3)):
+        events, bad = read_back(tmp / "runs" / name)
+        assert bad == []
+        assert [(e.run_id, e.payload.status) for e in events if isinstance(e, RunFinished)] == [
+            (name, status)
+        ]
+        assert sum(isinstance(e, PPOUpdateCompleted) for e in events) == updates
+    # The table has one row per run, the exploding one with its anomaly and its big |c|.
+    rows = re.findall(r"^(healthy|exploding) +(\d+) +([0-9.]+) +\S+ +(\d+)$", stdout, re.M)
+    assert [(run, n, anomalies) for run, n, _, anomalies in rows] == [
+        ("exploding", "3", "1"),
+        ("healthy", "4", "0"),
+    ]
+    assert float(rows[0][2]) > 100 > 10 > float(rows[1][2])
+    assert "(2 rows)" in stdout
+    assert stdout.splitlines()[-1] == "exploding: first anomaly lstm_c_explosion at update 2"
+
+
 MINIMAL = Example("minimal.py", ("--updates", "3", "--run-dir", "run"), check_minimal)
 CUSTOM_BACKEND = Example(
     "custom_backend.py",
@@ -106,8 +125,9 @@ SB3 = Example(
     ("--updates", "3", "--n-envs", "2", "--n-steps", "16", "--run-dir", "run"),
     check_sb3,
 )
+QUERY_RUNS = Example("query_runs.py", ("--root", "runs", "--updates", "4"), check_query_runs)
 
-EXAMPLES = [MINIMAL, CUSTOM_BACKEND, SB3]
+EXAMPLES = [MINIMAL, CUSTOM_BACKEND, SB3, QUERY_RUNS]
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=str)
