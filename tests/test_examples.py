@@ -207,3 +207,15 @@ def test_the_webhook_keeps_a_bounded_few_failed_posts_and_sends_them_at_flush() 
         assert (webhook.sent, webhook.failed, webhook.undelivered()) == (2, 3, 1)
         assert [body["update"] for body in received] == [1, 2]
         assert [(s.name, s.undelivered) for s in hub.stats().subscribers] == [("webhook", 1)]
+
+
+#: The examples with a test file of their own.
+OWN_TESTS = {"cleanrl_ppo_lstm.py": "test_cleanrl_example.py", "ddp.py": "test_ddp_example.py"}
+
+
+def test_every_example_is_run_by_the_suite() -> None:
+    """Each script of examples/ is run here or by the test file named for it."""
+    scripts = sorted(p.name for p in (ROOT / "examples").glob("*.py"))
+    assert scripts == sorted([*(e.script for e in EXAMPLES), *OWN_TESTS])
+    for script, test in OWN_TESTS.items():
+        assert f'"{script}"' in (ROOT / "tests" / test).read_text()
