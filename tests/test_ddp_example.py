@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_ddp_example_halts_both_ranks_on_rank_1s_explosion(tmp_path: Path) -> None:
     run_dir = tmp_path / "ddp-demo"
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    argv += ["--nproc-per-node", "2", str(ROOT / "examples" / "ddp_health.py")]
+    argv += ["--nproc-per-node", "2", str(ROOT / "examples" / "ddp.py")]
     argv += ["--run-dir", str(run_dir), "--explode-on-rank", "1"]
     out = subprocess.run(
         argv,

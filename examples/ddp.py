@@ -2,7 +2,7 @@
 
 Run it on CPU with two processes (gloo)::
 
-    torchrun --standalone --nproc-per-node 2 examples/ddp_health.py --run-dir runs/ddp-demo
+    torchrun --standalone --nproc-per-node 2 examples/ddp.py --run-dir runs/ddp-demo
 
 Each rank owns a batch of environments and its own LSTM state. Every update:
 
