@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 
 schemas: $(STAMP)
-	$(BIN)/esper contracts export docs/contracts
+	$(BIN)/esper contracts export contracts
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

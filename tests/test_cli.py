@@ -35,10 +35,10 @@ def test_version() -> None:
 
 
 def test_contracts_export_writes_the_committed_schemas(tmp_path: Path) -> None:
-    """esper contracts export DIR writes exactly the schemas committed in docs/contracts."""
+    """esper contracts export DIR writes exactly the schemas committed in contracts/."""
     result = CliRunner().invoke(main, ["contracts", "export", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    committed = Path(__file__).parents[1] / "docs" / "contracts"
+    committed = Path(__file__).parents[1] / "contracts"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in committed.iterdir())
     for path in tmp_path.iterdir():
         assert path.read_text() == (committed / path.name).read_text(), (
@@ -183,7 +183,7 @@ def test_contracts_export_refuses_an_empty_directory(
     assert result.exit_code == 2
     assert result.output.splitlines()[-1] == (
         f"Error: Invalid value for 'DIRECTORY': {directory!r} is an empty path; give one, "
-        "e.g. docs/contracts (or . for the current folder)"
+        "e.g. contracts (or . for the current folder)"
     )
     assert list(tmp_path.iterdir()) == []
 

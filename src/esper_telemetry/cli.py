@@ -334,7 +334,7 @@ def contracts() -> None:
 
 
 @contracts.command("export")
-@click.argument("directory", type=_NonEmptyPath("docs/contracts", file_okay=False, path_type=Path))
+@click.argument("directory", type=_NonEmptyPath("contracts", file_okay=False, path_type=Path))
 def contracts_export(directory: Path) -> None:
     """Write the JSON Schema of every contract into DIRECTORY."""
     try:

@@ -1,4 +1,4 @@
-"""JSON Schemas of the contracts, as committed under ``docs/contracts/``."""
+"""JSON Schemas of the contracts, as committed under the repository's top-level ``contracts/``."""
 
 from __future__ import annotations
 
