@@ -87,6 +87,8 @@ def test_the_panel_screenshot_shows_the_finished_run_and_its_explosion(
     written = images.tui_svg(run_dir, tmp_path / "tui.svg")
     root, rows = screen(written)
     assert root.tag == f"{NS}svg"
+    classes = {t.get("class", "").rsplit("-", 1)[0] for t in root.iter(f"{NS}text")}
+    assert classes == {"terminal-esper-tui"}  # not Rich's hash of the screen: diffs stay small
     assert len(rows) == images.TUI_SIZE[1]
     assert [row.split()[1] for row in rows if "policy (primary)" in row] == ["policy"] * 2
     found = [e for e in read_events(run_dir) if isinstance(e, AnomalyDetected)]

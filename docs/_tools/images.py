@@ -10,7 +10,9 @@ log; W&B disabled) in a temporary run root, then
 
 * ``tui.svg``: the real panel (``HealthPanel``) follows the finished run's log, as
   ``esper watch RUN_DIR`` does, headless at a fixed terminal size, until it has shown
-  ``RUN_FINISHED``; Textual's own screenshot of that screen is written;
+  ``RUN_FINISHED``; Textual's own screenshot of that screen is written (its CSS class
+  names fixed, so that a rerun changes only what the screen shows: the clock time of
+  the last level change);
 * ``report.png``: ``esper_telemetry.report.write_report`` draws the other run, as
   ``esper report RUN_DIR --output report.png`` does.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import re
 import sys
 import tempfile
 import time
@@ -100,7 +103,7 @@ def tui_svg(
 
     The panel runs headless at ``size`` (columns, rows) and follows the run's
     ``events.jsonl`` until it has shown the run's ``RUN_FINISHED`` event, then
-    Textual's ``App.save_screenshot`` writes the screen to ``target``.
+    Textual's ``App.export_screenshot`` of the screen is written to ``target``.
 
     Raises:
         TimeoutError: the panel had not shown the whole run after ``timeout`` seconds.
@@ -117,7 +120,10 @@ def tui_svg(
                     raise TimeoutError(f"the panel had not shown all of {run_dir} in {timeout} s")
                 await pilot.pause(0.05)
             await pilot.pause()
-            app.save_screenshot(filename=target.name, path=str(target.parent))
+            svg = app.export_screenshot()
+        # Rich names the SVG's classes after a hash of the screen, so a new clock time in
+        # the level box would rename every line; one fixed name keeps the diff to the text.
+        target.write_text(re.sub(r"\bterminal-\d+", "terminal-esper-tui", svg), encoding="utf-8")
 
     asyncio.run(shoot())
     return target
