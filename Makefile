@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench schemas clean
+.PHONY: run test lint typecheck bench schemas docs-images clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/esper contracts export contracts
+
+# Trains two short runs (about a minute) and redraws docs/tui.svg and docs/report.png.
+docs-images: $(STAMP)
+	$(BIN)/python docs/_tools/images.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
