@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench schemas docs-images clean
+.PHONY: run test lint typecheck bench schemas docs docs-serve docs-images clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	# torch first, from pip: it takes the CPU build that lies on these machines
 	# (uv would ignore it and download a multi-GB CUDA build).
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev,all]"
+	$(BIN)/pip install --quiet -e ".[dev,all,docs]"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples docs
+	$(BIN)/ruff format --check src tests bench examples docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -39,9 +39,16 @@ bench: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/esper contracts export contracts
 
+# The documentation site, built strictly (a broken link or reference fails it) into site/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 # Trains two short runs (about a minute) and redraws docs/tui.svg and docs/report.png.
 docs-images: $(STAMP)
 	$(BIN)/python docs/_tools/images.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

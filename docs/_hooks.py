@@ -16,6 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from markdown import Extension, Markdown
+from markdown.preprocessors import Preprocessor
+
 from esper_telemetry.backends import wandb_keys
 from esper_telemetry.contracts import (
     AnomalyType,
@@ -144,6 +147,46 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "wandb-keys": wandb,
     "schemas": schemas,
 }
+
+
+class _Doctests(Preprocessor):
+    """Shows the doctests of the docstrings as Python console code.
+
+    esper's docstrings carry doctests as plain paragraphs (``>>>`` lines and their
+    output up to a blank line), which Markdown would read as nested quotes; each such
+    paragraph outside a fenced block becomes a ``pycon`` block.
+    """
+
+    def run(self, lines: list[str]) -> list[str]:
+        out: list[str] = []
+        fenced = in_doctest = False
+        for line in lines:
+            stripped = line.lstrip()
+            if stripped.startswith(("```", "~~~")) and not in_doctest:
+                fenced = not fenced
+            elif not fenced and not in_doctest and stripped.startswith(">>> "):
+                indent = line[: len(line) - len(stripped)]
+                out.append(f"{indent}```pycon")
+                in_doctest = True
+            elif in_doctest and not stripped:
+                out.append(f"{indent}```")
+                in_doctest = False
+            out.append(line)
+        if in_doctest:
+            out.append(f"{indent}```")
+        return out
+
+
+class DoctestExtension(Extension):
+    def extendMarkdown(self, md: Markdown) -> None:
+        md.registerExtension(self)
+        md.preprocessors.register(_Doctests(md), "esper_doctests", 40)
+
+
+def on_config(config: Any) -> Any:
+    """Add the doctest extension to the site's Markdown (the API reference uses it)."""
+    config["markdown_extensions"].append(DoctestExtension())
+    return config
 
 
 def on_page_markdown(markdown: str, **_: Any) -> str:

@@ -44,15 +44,15 @@ class Block:
 def runnable_blocks(text: str, page: str) -> list[Block]:
     """The runnable blocks of one page, each with the output block that follows it."""
     found: list[tuple[str, int, str, str]] = []  # (mark, line, language, code)
-    for mark in MARKED.finditer(text):
-        fence = FENCE.match(text, mark.end())
+    for marked in MARKED.finditer(text):
+        fence = FENCE.match(text, marked.end())
         if fence is None:
-            raise ValueError(f"{page}: a {mark.group(1)} mark is not followed by a fenced block")
-        line = text.count("\n", 0, mark.start()) + 1
-        found.append((mark.group(1), line, fence.group(1), fence.group(2)))
+            raise ValueError(f"{page}: a {marked.group(1)} mark is not followed by a fenced block")
+        line = text.count("\n", 0, marked.start()) + 1
+        found.append((marked.group(1), line, fence.group(1), fence.group(2)))
     blocks = []
-    for i, (mark, line, language, code) in enumerate(found):
-        if mark == "output":
+    for i, (kind, line, language, code) in enumerate(found):
+        if kind == "output":
             if i == 0 or found[i - 1][0] != "runnable":
                 raise ValueError(f"{page}:{line}: an output block follows no runnable block")
             continue
