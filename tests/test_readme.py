@@ -9,6 +9,7 @@ import pytest
 import torch
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
+ALARM = re.compile(r"update \d+: LSTM state [A-Z]+")
 #: How ``print(event)`` starts for a PPO update: the event's repr.
 PRINTED_EVENT = re.compile(
     r"event_type=<EventType\.PPO_UPDATE_COMPLETED: 'PPO_UPDATE_COMPLETED'> schema_version=3 "
@@ -41,10 +42,14 @@ def test_readme_example_runs_and_publishes_one_event_per_update(
         return {"policy_loss": 0.1, "value_loss": 0.2, "entropy": 0.6}, (h, c)
 
     exec(compile(code, "README.md", "exec"), {"num_updates": 3, "ppo_update": ppo_update})
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    # The alarm prints from its own thread while the inline print prints events: a line
+    # can land inside another one's (print writes the text and the newline apart).
+    alarms = ALARM.findall(out)
+    lines = [line for line in ALARM.sub("", out).splitlines() if line]
     kinds = re.findall(r"^event_type=<EventType\.(\w+):", "\n".join(lines), re.M)
     assert kinds == ["RUN_STARTED", *["PPO_UPDATE_COMPLETED"] * 3, "RUN_FINISHED"]
+    assert all(line.startswith("event_type=") for line in lines)
     printed = [m for m in map(PRINTED_EVENT.match, lines) if m is not None]
-    alarms = [line for line in lines if not line.startswith("event_type=")]
     assert [(m["seq"], m["update"]) for m in printed] == [("1", "0"), ("2", "1"), ("3", "2")]
     assert alarms == ["update 1: LSTM state CRITICAL"]
