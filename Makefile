@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples backends
+	$(BIN)/ruff format --check src tests bench examples backends
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
