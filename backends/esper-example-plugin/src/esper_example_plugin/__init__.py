@@ -8,12 +8,14 @@ folder.
 >>> import json, tempfile, pathlib
 >>> from esper_telemetry.contracts import RunStarted, RunStartedPayload
 >>> from esper_telemetry.hub import TelemetryHub
->>> out = pathlib.Path(tempfile.mkdtemp()) / "events.jsonl"
+>>> folder = tempfile.TemporaryDirectory()
+>>> out = pathlib.Path(folder.name) / "events.jsonl"
 >>> with TelemetryHub("doc") as hub:
 ...     _ = hub.subscribe(make_backend(path=str(out)))
 ...     _ = hub.emit(RunStarted(update=0, payload=RunStartedPayload()))
 >>> json.loads(out.read_text())
 {'event_type': 'RUN_STARTED', 'update': 0}
+>>> folder.cleanup()
 """
 
 from __future__ import annotations
