@@ -80,6 +80,19 @@ BROKEN = '''
 def make_refusing(**options):
     """Never builds: its factory raises."""
     raise ValueError("the refusing plugin refuses")
+
+
+class Stubborn:
+    def on_subscribe(self, hub):
+        raise RuntimeError(f"will not start in run {hub.run_id}")
+
+    def handle(self, event):
+        pass
+
+
+def make_stubborn():
+    """Builds, then refuses to start."""
+    return Stubborn()
 '''
 
 FAULTY = '''
@@ -101,6 +114,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         {
             "broken": "esper_broken_plugin.not_there:make",
             "refusing": "esper_broken_plugin:make_refusing",
+            "stubborn": "esper_broken_plugin:make_stubborn",
         },
         BROKEN,
     )
@@ -166,6 +180,7 @@ def test_backends_lists_the_built_in_ones_and_every_installed_plugin(
         "broken",
         "example",
         "refusing",
+        "stubborn",
     ]
     described = {name: " ".join(rest.split()) for name, rest in rows}
     assert described["analytics"] == "built-in the append-only events.jsonl of the run (always on)"
@@ -227,6 +242,7 @@ def test_installed_plugins_are_loaded_with_no_options_unless_no_plugins(
         ("refusing", "esper ppo: --backend refusing: could not be built (ValueError: the "),
         ("broken", "esper ppo: --backend broken: could not be imported (ModuleNotFoundError: "),
         ("wandb", "esper ppo: --backend wandb: is a built-in backend, set by its own esper ppo"),
+        ("stubborn", "esper ppo: --backend stubborn: refused to start: will not start in run "),
         ("example:path", "Error: --backend example: option 'path' needs a value (key=value)"),
     ],
 )
@@ -249,8 +265,9 @@ def test_a_backend_asked_for_that_fails_stops_the_run_before_training(
 def test_plugins_that_fail_to_load_are_reported_and_the_run_goes_on(
     tmp_path: Path, sites: dict[str, Path]
 ) -> None:
-    """Autoloaded: the plugin that cannot be imported and the one whose factory raises
-    get one warning line each, by name with the error; the run completes without them."""
+    """Autoloaded: the plugin that cannot be imported, the one whose factory raises and
+    the one that refuses to start get one warning line each, by name with the error; the
+    run completes without them."""
     result = ppo(
         tmp_path, [sites["example"], sites["broken"]], "--run-id", "goes-on", "--wandb", "disabled"
     )
@@ -262,6 +279,8 @@ def test_plugins_that_fail_to_load_are_reported_and_the_run_goes_on(
         "load none)",
         "warning: backend 'refusing': could not be built (ValueError: the refusing plugin "
         "refuses); the run goes on without it (--no-plugins: load none)",
+        "warning: backend 'stubborn' refused to start (will not start in run goes-on); the "
+        "run goes on without it",
     ]
     events = kinds_of_run(tmp_path / "runs" / "goes-on")
     assert events[-1] == ("RUN_FINISHED", 1)

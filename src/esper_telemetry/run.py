@@ -663,7 +663,7 @@ def _subscribe_plugins(hub: TelemetryHub, plugins: list[_Loaded]) -> None:
             hub.subscribe(plugin.backend, name=plugin.name)
         except Exception as exc:
             if plugin.asked:
-                raise RuntimeError(f"backend {plugin.name!r} refused to start: {exc}") from exc
+                raise RuntimeError(f"--backend {plugin.name}: refused to start: {exc}") from exc
             _plugin_log.warning(
                 "backend %r refused to start (%s); the run goes on without it",
                 plugin.name,
