@@ -1,8 +1,8 @@
 """One ``esper ppo`` run: a hub, every backend, the reference trainer, and a verdict.
 
 ``run_ppo`` is what the command line calls. It wires the anomaly escalator (inline),
-W&B, the analytics log and the structured log (each on its own thread) to one hub,
-trains, closes the hub, and turns what happened into an exit status. With ``tui`` the
+W&B, the analytics log, the structured log and the backend plugins
+(:mod:`esper_telemetry.plugins`; each on its own thread) to one hub, trains, closes the hub, and turns what happened into an exit status. With ``tui`` the
 live panel runs on the main thread, subscribed like any backend, and training runs on
 a worker thread; quitting the panel stops training after the current update. With
 ``report`` the run ends by writing ``report.png`` into its directory. With ``parallel``

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from esper_webhook import URL_VARIABLE, WebhookBackend, make_backend, redacted_url
+from esper_webhook import PAUSE_AFTER, URL_VARIABLE, WebhookBackend, make_backend, redacted_url
 
 import esper_telemetry
 from esper_telemetry.analytics import read_events
@@ -197,6 +197,15 @@ def test_an_error_status_is_a_failure(server: Server) -> None:
     _, stats = drive(backend, anomaly(0))
     assert (len(server.received), stats.undelivered, backend.sent) == (1, 1, 0)
     assert backend.last_error == "HTTP 500 Internal Server Error"
+
+
+def test_after_failures_in_a_row_it_pauses_and_counts_without_trying(server: Server) -> None:
+    """An endpoint that keeps failing gets PAUSE_AFTER requests; the later anomalies of
+    the pause are counted as undelivered all the same."""
+    server.status = 503
+    backend = WebhookBackend(server.url())
+    _, stats = drive(backend, *(anomaly(n) for n in range(PAUSE_AFTER + 2)))
+    assert (len(server.received), stats.undelivered) == (PAUSE_AFTER, PAUSE_AFTER + 2)
 
 
 def test_a_redirect_is_not_followed_and_is_a_failure(server: Server) -> None:

@@ -14,7 +14,9 @@ Bounded and quiet by design:
 
 - the hub runs it on its own thread with a bounded queue (``esper ppo`` subscribes
   plugins in thread mode), so a slow endpoint never delays training;
-- each request gives up after ``timeout`` seconds; nothing is retried;
+- each request gives up after ``timeout`` seconds; nothing is retried; after
+  ``PAUSE_AFTER`` failures in a row it stops trying for ``PAUSE_S`` seconds, so an
+  endpoint that is down costs a few timeouts, not one per anomaly;
 - a request that fails (refused, timed out, an HTTP error status) is counted and logged
   once, never raised: :meth:`WebhookBackend.undelivered` reports the count, which the
   run's summary and exit status show as lost (exit 4);
@@ -33,6 +35,7 @@ import logging
 import math
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -40,7 +43,15 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from esper_telemetry.contracts import AnomalyDetected, Severity, TelemetryEvent
 from esper_telemetry.hub import Backend
 
-__all__ = ["DEFAULT_TIMEOUT_S", "URL_VARIABLE", "WebhookBackend", "make_backend", "redacted_url"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "PAUSE_AFTER",
+    "PAUSE_S",
+    "URL_VARIABLE",
+    "WebhookBackend",
+    "make_backend",
+    "redacted_url",
+]
 
 __version__ = "0.1.0"
 
@@ -49,6 +60,13 @@ URL_VARIABLE = "ESPER_WEBHOOK_URL"
 
 #: Seconds one request may take before it counts as failed.
 DEFAULT_TIMEOUT_S = 5.0
+
+#: Failed requests in a row after which the backend stops trying for ``PAUSE_S`` seconds
+#: (the anomalies of the pause are counted as undelivered without a request).
+PAUSE_AFTER = 3
+
+#: Seconds the backend stops trying after ``PAUSE_AFTER`` failures in a row.
+PAUSE_S = 30.0
 
 #: The most of a response body that is read (and thrown away) before the next request.
 _MAX_RESPONSE_BYTES = 64 * 1024
@@ -92,6 +110,8 @@ class WebhookBackend(Backend):
         self._sent = 0
         self._failed = 0
         self._last_error: str | None = None
+        self._in_a_row = 0  # failures since the last success (the hub's thread only)
+        self._paused_until = 0.0
 
     @property
     def sent(self) -> int:
@@ -109,6 +129,10 @@ class WebhookBackend(Backend):
         """Post the event if it is an anomaly bad enough; a failure is counted, not raised."""
         match event:
             case AnomalyDetected(payload=p) if _SEVERITY_RANK[p.anomaly.severity] >= self._min_rank:
+                if time.monotonic() < self._paused_until:  # the endpoint is down: not tried
+                    with self._lock:
+                        self._failed += 1
+                    return
                 self._post(_body(event))
             case _:
                 return
@@ -137,12 +161,19 @@ class WebhookBackend(Backend):
         else:
             with self._lock:
                 self._sent += 1
+            self._in_a_row = 0
 
     def _failure(self, reason: str) -> None:
         with self._lock:
             self._failed += 1
             first = self._failed == 1
             self._last_error = reason
+        self._in_a_row += 1
+        if self._in_a_row >= PAUSE_AFTER:
+            # Each failure may have cost a whole timeout: pause, so that a run full of
+            # anomalies still shuts down within the hub's close timeout.
+            self._paused_until = time.monotonic() + PAUSE_S
+            self._in_a_row = 0
         if first:  # once: the run's summary counts the rest
             _log.warning(
                 "webhook %s: an anomaly was not delivered (%s); later failures are only counted",
