@@ -2,12 +2,13 @@
 
 ``run_ppo`` is what the command line calls. It wires the anomaly escalator (inline),
 W&B, the analytics log, the structured log and the backend plugins
-(:mod:`esper_telemetry.plugins`; each on its own thread) to one hub, trains, closes the hub, and turns what happened into an exit status. With ``tui`` the
-live panel runs on the main thread, subscribed like any backend, and training runs on
-a worker thread; quitting the panel stops training after the current update. With
-``report`` the run ends by writing ``report.png`` into its directory. With ``parallel``
-each rank of ``esper ppo --nproc`` runs this itself (``esper_telemetry._rank``): the
-ranks learn each other's start-up before any trains, so all train or none does.
+(:mod:`esper_telemetry.plugins`), each on its own thread, to one hub, trains, closes
+the hub, and turns what happened into an exit status. With ``tui`` the live panel runs
+on the main thread, subscribed like any backend, and training runs on a worker thread;
+quitting the panel stops training after the current update. With ``report`` the run
+ends by writing ``report.png`` into its directory. With ``parallel`` each rank of
+``esper ppo --nproc`` runs this itself (``esper_telemetry._rank``): the ranks learn
+each other's start-up before any trains, so all train or none does.
 
 ====  ==========================================================================
 0     the run completed and every backend delivered every event
