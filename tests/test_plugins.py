@@ -60,7 +60,7 @@ def write_package(where: Path, name: str, entry_points: dict[str, str], code: st
         textwrap.dedent(
             f"""\
             [build-system]
-            requires = ["setuptools>=69"]
+            requires = ["setuptools>=70.1"]
             build-backend = "setuptools.build_meta"
 
             [project]
