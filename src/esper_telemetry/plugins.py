@@ -17,6 +17,8 @@ they are wired by their own flags, not by ``--backend``.
 ('example', {'path': 'events.jsonl'})
 >>> str(spec)
 'example:path=events.jsonl'
+>>> spec in {BackendSpec.parse("example:path=events.jsonl")}
+True
 >>> BackendSpec.parse("example:path")
 Traceback (most recent call last):
 ...
@@ -137,6 +139,9 @@ class BackendSpec:
     def __str__(self) -> str:
         options = ",".join(f"{k}={v}" for k, v in self.options.items())
         return f"{self.name}:{options}" if options else self.name
+
+    def __hash__(self) -> int:  # the options' read-only mapping is not hashable itself
+        return hash((self.name, tuple(sorted(self.options.items()))))
 
 
 @dataclass(frozen=True)
