@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples docs
-	$(BIN)/ruff format --check src tests bench examples docs
+	$(BIN)/ruff check src tests bench examples backends docs
+	$(BIN)/ruff format --check src tests bench examples backends docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -18,6 +18,7 @@ def test_help_lists_the_commands() -> None:
     assert result.exit_code == 0
     commands = result.output.split("Commands:")[1]
     assert re.findall(r"^  (\w+)", commands, re.M) == [
+        "backends",
         "contracts",
         "export",
         "ppo",

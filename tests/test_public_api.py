@@ -170,6 +170,17 @@ SUBPACKAGES: dict[str, list[str]] = {
         "RecordingBackend",
         "capture_events",
     ],
+    "esper_telemetry.plugins": [
+        "BUILT_IN",
+        "ENTRY_POINT_GROUP",
+        "BackendSpec",
+        "BuiltIn",
+        "Plugin",
+        "PluginError",
+        "discover",
+        "installed_names",
+        "load",
+    ],
     "esper_telemetry.report": [
         "CHECK_FIGURES",
         "FIGURE_DPI",

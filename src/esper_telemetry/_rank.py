@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from esper_telemetry._files import atomic_write
@@ -98,6 +99,8 @@ def write_spec(
             "report": options.report,
             "resume": options.resume,
             "publish_ranks": options.publish_ranks,
+            "plugins": [{"name": p.name, "options": dict(p.options)} for p in options.plugins],
+            "autoload_plugins": options.autoload_plugins,
         },
     }
     atomic_write(path, json.dumps(spec).encode("utf-8"))
@@ -139,6 +142,7 @@ def _rank_options(spec: dict[str, Any], rank: int) -> RunOptions:
     """The run's options as this rank runs them: the demo fault only on its rank; the
     progress bar and the report on rank 0 only."""
     from esper_telemetry.contracts import HealthThresholds, TelemetryLevel
+    from esper_telemetry.plugins import BackendSpec
     from esper_telemetry.run import RunOptions
     from esper_telemetry.training import PPOConfig
 
@@ -155,6 +159,9 @@ def _rank_options(spec: dict[str, Any], rank: int) -> RunOptions:
         level=TelemetryLevel[given.pop("level")],
         thresholds=HealthThresholds.model_validate(given.pop("thresholds")),
         wandb_settings=_wandb_settings(given.pop("wandb_settings")),
+        plugins=tuple(
+            BackendSpec(p["name"], MappingProxyType(p["options"])) for p in given.pop("plugins")
+        ),
         progress=given.pop("progress") and rank == 0,
         report=given.pop("report") and rank == 0,
         **given,

@@ -19,6 +19,7 @@ from esper_telemetry._signals import RunSignals
 from esper_telemetry.analytics import QUERY_FORMATS, TABLES, QueryFormat
 from esper_telemetry.backends.wandb_keys import GROUPS, X_AXES, WandbKeys, checked_prefix
 from esper_telemetry.contracts import WANDB_MODES, HealthThresholds, TelemetryLevel, WandbMode
+from esper_telemetry.plugins import BackendSpec
 from esper_telemetry.training.faults import FAULT_KINDS, FaultKind, parse_fault
 
 if TYPE_CHECKING:
@@ -213,6 +214,20 @@ def main() -> None:
     "and log.rank<N>.jsonl, with one W&B run per rank, grouped by run id.",
 )
 @click.option(
+    "--backend",
+    "backend_specs",
+    multiple=True,
+    metavar="NAME[:KEY=VALUE,...]",
+    help="Subscribe an installed backend plugin with these options (repeatable; esper "
+    "backends lists them). One that cannot load or start stops the run before training.",
+)
+@click.option(
+    "--no-plugins",
+    is_flag=True,
+    help="Do not load the installed plugins not named by --backend (by default each is "
+    "loaded with no options, and one that fails is reported and left out).",
+)
+@click.option(
     "--fault-rank",
     type=int,
     default=None,
@@ -245,13 +260,17 @@ def ppo(
     nproc: int,
     publish_ranks: str,
     fault_rank: int | None,
+    backend_specs: tuple[str, ...],
+    no_plugins: bool,
     **wandb_flags: Any,
 ) -> None:
     """Train a recurrent PPO agent on CartPole without velocities, with full telemetry.
 
     After every update the LSTM state's health goes, as one event, to the anomaly
     escalator, W&B (offline by default), the analytics log (RUN_DIR/RUN_ID/events.jsonl)
-    and the structured log (log.jsonl); with --tui, to the live panel as well. Exit
+    and the structured log (log.jsonl), then to the backend plugins (--backend, and every
+    one installed unless --no-plugins; esper backends lists them); with --tui, to the
+    live panel as well. Exit
     status: 0 done, 2 not started (a bad option: nothing is created), 3 halted by an
     anomaly, 4 a backend lost events, 5 training failed (RUN_FINISHED says why),
     130 interrupted (Ctrl-C, SIGTERM, or q in the panel before the run ended). With
@@ -259,6 +278,7 @@ def ppo(
     crashed.
     """
     fault = _parse_fault(inject_fault)  # a bad option is refused before torch loads
+    plugins = _parse_backends(backend_specs)
     wandb_settings = _wandb_settings(**wandb_flags)
     _check_ranks(nproc, tui=tui, resume=resume_dir is not None, fault=fault, rank=fault_rank)
     if resume_dir is not None:
@@ -311,6 +331,8 @@ def ppo(
         report=write_report,
         resume=resume_dir is not None,
         publish_ranks="all" if publish_ranks == "all" else "zero",
+        plugins=plugins,
+        autoload_plugins=not no_plugins,
     )
     if nproc > 1:
         from esper_telemetry._launch import launch
@@ -326,6 +348,35 @@ def ppo(
     if outcome.exit_code:
         click.echo(f"esper ppo: {outcome.message}", err=True)
         sys.exit(outcome.exit_code)
+
+
+def _parse_backends(given: tuple[str, ...]) -> tuple[BackendSpec, ...]:
+    """Each ``--backend`` read, or one line saying what is wrong with it."""
+    try:
+        return tuple(BackendSpec.parse(text) for text in given)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command("backends")
+def backends_command() -> None:
+    """List the backends: the built-in ones and the installed plugins, one line each.
+
+    A plugin is a package that registers a factory under the entry-point group
+    esper_telemetry.backends; esper ppo --backend NAME[:KEY=VALUE,...] subscribes one
+    with options, and every plugin installed is loaded with none unless --no-plugins.
+    A plugin that cannot be imported is listed with its error.
+    """
+    from esper_telemetry.plugins import BUILT_IN, discover
+
+    rows = [(b.name, "built-in", b.description) for b in BUILT_IN]
+    for plugin in discover():
+        what = plugin.description if plugin.error is None else f"cannot load: {plugin.error}"
+        rows.append((plugin.name, f"plugin ({plugin.distribution})", what))
+    name_width = max(len(name) for name, _, _ in rows)
+    kind_width = max(len(kind) for _, kind, _ in rows)
+    for name, kind, what in rows:
+        click.echo(f"{name:<{name_width}}  {kind:<{kind_width}}  {what}".rstrip())
 
 
 @main.group()

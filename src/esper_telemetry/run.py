@@ -1,13 +1,14 @@
 """One ``esper ppo`` run: a hub, every backend, the reference trainer, and a verdict.
 
 ``run_ppo`` is what the command line calls. It wires the anomaly escalator (inline),
-W&B, the analytics log and the structured log (each on its own thread) to one hub,
-trains, closes the hub, and turns what happened into an exit status. With ``tui`` the
-live panel runs on the main thread, subscribed like any backend, and training runs on
-a worker thread; quitting the panel stops training after the current update. With
-``report`` the run ends by writing ``report.png`` into its directory. With ``parallel``
-each rank of ``esper ppo --nproc`` runs this itself (``esper_telemetry._rank``): the
-ranks learn each other's start-up before any trains, so all train or none does.
+W&B, the analytics log, the structured log and the backend plugins
+(:mod:`esper_telemetry.plugins`), each on its own thread, to one hub, trains, closes
+the hub, and turns what happened into an exit status. With ``tui`` the live panel runs
+on the main thread, subscribed like any backend, and training runs on a worker thread;
+quitting the panel stops training after the current update. With ``report`` the run
+ends by writing ``report.png`` into its directory. With ``parallel`` each rank of
+``esper ppo --nproc`` runs this itself (``esper_telemetry._rank``): the ranks learn
+each other's start-up before any trains, so all train or none does.
 
 ====  ==========================================================================
 0     the run completed and every backend delivered every event
@@ -30,6 +31,7 @@ undelivered events (rows a backend reported it could not write), and the drops o
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -39,7 +41,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
@@ -72,6 +74,7 @@ from esper_telemetry.contracts import (
 )
 from esper_telemetry.contracts.layout import per_rank_name
 from esper_telemetry.hub import Subscriber, TelemetryHub
+from esper_telemetry.plugins import BackendSpec, PluginError, installed_names, load
 from esper_telemetry.telemetry.anomaly_detector import AnomalyDetector
 from esper_telemetry.training import PPOConfig, TrainResult, UpdateInfo, train
 from esper_telemetry.training.parallel import DataParallel
@@ -118,6 +121,13 @@ class RunOptions:
     close_timeout: float = 30.0
     backends: tuple[Subscriber, ...] = ()
     """Your own subscribers, added after the built-in ones (each on its own thread)."""
+    plugins: tuple[BackendSpec, ...] = ()
+    """Backend plugins asked for by name (``esper ppo --backend``), subscribed after
+    ``backends``: each must load and start, or the run does not start (exit 2)."""
+    autoload_plugins: bool = False
+    """Also subscribe every other installed plugin, with no options (``esper ppo`` does
+    unless ``--no-plugins``); one that fails to load or start is reported in one line
+    and left out."""
     tui: bool = False
     report: bool = False
     resume: bool = False
@@ -551,6 +561,8 @@ def _subscribe_all(
     hub.subscribe(summary, mode="inline", events=[AnomalyDetected, RunFinished], name="summary")
     if not hub.publishes:  # a rank whose threaded backends would get nothing: none built
         return None
+    # Built before W&B starts: a plugin asked for that cannot load ends the run at once.
+    plugins = _load_plugins(options)
     wandb_backend = None
     if options.wandb != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")  # our summary says where the run is
@@ -595,7 +607,78 @@ def _subscribe_all(
         except Exception as exc:
             name = getattr(backend, "name", None) or type(backend).__name__
             raise RuntimeError(f"backend {name!r} refused to start: {exc}") from exc
+    _subscribe_plugins(hub, plugins)
     return wandb_backend
+
+
+#: Where a plugin left out of a run is reported (one line on stderr in ``esper ppo``).
+_plugin_log = logging.getLogger("esper_telemetry.plugins")
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A plugin built for this run."""
+
+    name: str
+    """Its subscription name: the plugin's, numbered from the second of the same name."""
+    backend: Subscriber
+    asked: bool
+    """Asked for with ``--backend`` (a failure to start ends the run)."""
+
+
+def _load_plugins(options: RunOptions) -> list[_Loaded]:
+    """Build the plugins asked for (a failure raises) and, with ``autoload_plugins``,
+    every other one installed (a failure is logged and the plugin left out)."""
+    loaded: list[_Loaded] = []
+    names: Counter[str] = Counter()
+
+    def add(spec: BackendSpec, backend: Subscriber, *, asked: bool) -> None:
+        names[spec.name] += 1
+        count = names[spec.name]
+        loaded.append(_Loaded(spec.name if count == 1 else f"{spec.name}-{count}", backend, asked))
+
+    for spec in options.plugins:
+        try:
+            add(spec, load(spec), asked=True)
+        except PluginError as exc:
+            for built in loaded:  # never subscribed, so the hub will not close them
+                _close_quietly(built.backend)
+            # The name only: an option's value may be a secret (a webhook's URL).
+            raise RuntimeError(f"--backend {spec.name}: {exc.reason}") from exc
+    if options.autoload_plugins:
+        asked = {spec.name for spec in options.plugins}
+        for name in installed_names():
+            if name in asked:
+                continue
+            try:
+                add(BackendSpec(name), load(BackendSpec(name)), asked=False)
+            except PluginError as exc:
+                _plugin_log.warning("%s; the run goes on without it (--no-plugins: load none)", exc)
+    return loaded
+
+
+def _subscribe_plugins(hub: TelemetryHub, plugins: list[_Loaded]) -> None:
+    """Subscribe the plugins built, each on its own thread."""
+    for plugin in plugins:
+        try:
+            hub.subscribe(plugin.backend, name=plugin.name)
+        except Exception as exc:
+            if plugin.asked:
+                raise RuntimeError(f"--backend {plugin.name}: refused to start: {exc}") from exc
+            _plugin_log.warning(
+                "backend %r refused to start (%s); the run goes on without it",
+                plugin.name,
+                first_line(exc),
+            )
+            _close_quietly(plugin.backend)
+
+
+def _close_quietly(backend: Subscriber) -> None:
+    """Close a plugin that was built but is not subscribed; its error is its own."""
+    close = getattr(backend, "close", None)
+    if callable(close):
+        with suppress(Exception):  # the run is already reporting why it left the plugin out
+            close()
 
 
 def _backfill(run_dir: Path, mode: WandbMode) -> str:
