@@ -62,7 +62,7 @@ def check_minimal(tmp: Path, stdout: str) -> None:
     # The print subscriber shows every event; the alarm speaks once, for update 2. The
     # alarm prints from its own thread, so its line may land inside another: find both.
     assert len(re.findall(r"event_type=<EventType\.", stdout)) == 5
-    assert re.findall(r"update \d+: LSTM state \w+", stdout) == ["update 2: LSTM state CRITICAL"]
+    assert re.findall(r"update \d+: LSTM state [A-Z]+", stdout) == ["update 2: LSTM state CRITICAL"]
 
 
 def check_custom_backend(tmp: Path, stdout: str) -> None:
