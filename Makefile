@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/analytics.py
 	$(BIN)/python bench/backends.py
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/overhead_parts.py
 
 schemas: $(STAMP)
 	$(BIN)/esper contracts export contracts
