@@ -270,11 +270,11 @@ def ppo(
     escalator, W&B (offline by default), the analytics log (RUN_DIR/RUN_ID/events.jsonl)
     and the structured log (log.jsonl), then to the backend plugins (--backend, and every
     one installed unless --no-plugins; esper backends lists them); with --tui, to the
-    live panel as well. Exit status: 0 done, 2 not started (a bad option: nothing is created), 3 halted by an
-    anomaly, 4 a backend lost events, 5 training failed (RUN_FINISHED says why),
-    130 interrupted (Ctrl-C, SIGTERM, or q in the panel before the run ended). With
-    --nproc, the status of rank 0 (or of the rank that failed), and 5 when a rank
-    crashed.
+    live panel as well. Exit status: 0 done, 2 not started (a bad option: nothing is
+    created), 3 halted by an anomaly, 4 a backend lost events, 5 training failed
+    (RUN_FINISHED says why), 130 interrupted (Ctrl-C, SIGTERM, or q in the panel before
+    the run ended). With --nproc, the status of rank 0 (or of the rank that failed), and
+    5 when a rank crashed.
     """
     fault = _parse_fault(inject_fault)  # a bad option is refused before torch loads
     plugins = _parse_backends(backend_specs)
