@@ -787,10 +787,10 @@ class _StatePoints:
         self.mismatches: list[int] = []
 
     def add(self, update: int, health: LSTMHealthMetrics, replay: ReplayConsistency | None) -> None:
-        self._add_checks(health, replay)
-        self._add_figures(len(self.updates), health, replay)
         if replay is not None and self.thresholds.is_replay_mismatch(replay):
             self.mismatches.append(update)
+        self._add_checks(health, replay)
+        self._add_figures(len(self.updates), health, replay)
         c_rms, c_env = health.c_rms, health.c_env_rms_max
         self.has_cell |= c_rms is not None
         env_max = health.h_env_rms_max if c_env is None else _max(health.h_env_rms_max, c_env)
@@ -812,8 +812,7 @@ class _StatePoints:
         if replay is not None:
             found["replay_diff"] = replay.max_abs_diff
             found["drift"] = replay.drift
-            mismatch = self.thresholds.is_replay_mismatch(replay)
-            self.worst["mismatched"] = self.worst.get("mismatched", 0.0) + mismatch
+            self.worst["mismatched"] = float(len(self.mismatches))  # updates that differed
         for key, value in found.items():
             if value is not None:
                 self.worst[key] = _larger(self.worst.get(key), value)

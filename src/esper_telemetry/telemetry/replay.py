@@ -93,46 +93,36 @@ def check_replay(
             (after.detach().double() - base).square().sum().reshape(1),
             base.square().sum().reshape(1),
         ]
-    if group is not None:
-        row = torch.cat([p.to(torch.float64) for p in parts])
-        return _across_ranks(row, steps, envs, dtype, group)
-    values = torch.cat([p.to(torch.float64) for p in parts]).tolist()  # the one transfer
-    largest, mismatched, first = values[0], int(values[1]), int(values[2])
-    drift = None if after is None else _ratio(values[3], values[4])
-    return ReplayConsistency(
-        max_abs_diff=largest,
-        dtype=dtype,
-        compared=steps * envs,
-        mismatched=mismatched,
-        first_env=first % envs if mismatched else None,
-        first_step=first // envs if mismatched else None,
-        drift=drift,
-    )
-
-
-def _across_ranks(
-    row: torch.Tensor, steps: int, envs: int, dtype: str, group: dist.ProcessGroup
-) -> ReplayConsistency:
-    """Combine every rank's row ``[largest, mismatched, first, (moved_ss, base_ss)]`` into
-    the check of all their steps; every rank combines the same numbers, so all agree."""
+    row = torch.cat([p.to(torch.float64) for p in parts])
+    if group is None:
+        values = row.tolist()  # the one transfer
+        return _combined([[*values, steps, envs]], dtype, drift=after is not None)
+    # The ranks' shapes may differ: each row says its own steps and envs.
     row = torch.cat([row, torch.tensor([steps, envs], dtype=torch.float64, device=row.device)])
     ranks = dist.get_world_size(group)
     gathered = torch.empty(ranks * row.numel(), dtype=torch.float64, device=row.device)
     # Every rank's row has the same length: all called with `after` given, or none did.
     all_gather_rows(gathered, row, group)
-    width = row.numel()
     values = gathered.tolist()  # the one transfer
+    width = row.numel()
     rows = [values[r * width : (r + 1) * width] for r in range(ranks)]
+    return _combined(rows, dtype, drift=after is not None, across_ranks=True)
+
+
+def _combined(
+    rows: list[list[float]], dtype: str, *, drift: bool, across_ranks: bool = False
+) -> ReplayConsistency:
+    """The check of every row's steps together. A row, one per rank (one in a single
+    process): ``[largest, mismatched, first, (moved_ss, base_ss,) steps, envs]``, the
+    sums of squares when there was a replay after the update. Every rank combines the
+    same numbers, so all agree."""
     mismatched = [int(r[1]) for r in rows]
-    located = [  # (step, rank, env) of each rank's first mismatch
+    located = [  # (step, rank, env) of each row's first mismatch
         (int(r[2]) // int(r[-1]), rank, int(r[2]) % int(r[-1]))
         for rank, r in enumerate(rows)
         if mismatched[rank]
     ]
     first = min(located) if located else None
-    drift = None
-    if width == 7:  # the rows carry the sums of squares of a replay after the update
-        drift = _ratio(sum(r[3] for r in rows), sum(r[4] for r in rows))
     return ReplayConsistency(
         max_abs_diff=max(r[0] for r in rows),
         dtype=dtype,
@@ -140,9 +130,9 @@ def _across_ranks(
         mismatched=sum(mismatched),
         first_env=first[2] if first else None,
         first_step=first[0] if first else None,
-        drift=drift,
-        ranks=ranks,
-        first_rank=first[1] if first else None,
+        drift=_ratio(sum(r[3] for r in rows), sum(r[4] for r in rows)) if drift else None,
+        ranks=len(rows),
+        first_rank=first[1] if first and across_ranks else None,
     )
 
 
