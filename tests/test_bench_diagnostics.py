@@ -4,8 +4,6 @@ configuration raises nothing, and every patch is undone after its run."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -13,19 +11,14 @@ from typing import Any
 import pytest
 
 from esper_telemetry.training.ppo import RecurrentActorCritic
+from tests.script import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "diagnostics.py"
 
 
 @pytest.fixture(scope="module")
 def study() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("esper_bench_diagnostics", BENCH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH, "esper_bench_diagnostics")
 
 
 @pytest.mark.parametrize(

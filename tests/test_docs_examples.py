@@ -10,7 +10,6 @@ the package on the path and W&B offline.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -22,6 +21,7 @@ from types import ModuleType
 import pytest
 
 from esper_telemetry.contracts import AnomalyType, HealthThresholds, LSTMHealthMetrics
+from tests.script import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -146,12 +146,7 @@ def test_a_mark_without_its_block_is_refused() -> None:
 
 @pytest.fixture(scope="module")
 def hooks() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("esper_docs_hooks", DOCS / "_hooks.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DOCS / "_hooks.py", "esper_docs_hooks")
 
 
 def test_the_thresholds_table_is_every_field_with_its_default(hooks: ModuleType) -> None:

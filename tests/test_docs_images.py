@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import struct
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import ModuleType
@@ -14,6 +12,7 @@ import pytest
 from esper_telemetry.analytics import read_events
 from esper_telemetry.contracts import AnomalyDetected, format_value
 from esper_telemetry.training import PPOConfig, parse_fault
+from tests.script import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "{http://www.w3.org/2000/svg}"
@@ -21,13 +20,7 @@ NS = "{http://www.w3.org/2000/svg}"
 
 def load_images() -> ModuleType:
     """docs/_tools/images.py as a module (docs/ is no package)."""
-    spec = importlib.util.spec_from_file_location("docs_images", ROOT / "docs/_tools/images.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "docs/_tools/images.py", "docs_images")
 
 
 images = load_images()

@@ -8,7 +8,6 @@ and ``ddp.py`` have their own files (``test_cleanrl_example.py``, ``test_ddp_exa
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 import socket
@@ -35,6 +34,7 @@ from esper_telemetry.contracts import (
     TelemetryEvent,
 )
 from tests.reliability.children import child_env, read_back
+from tests.script import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,12 +168,7 @@ def test_a_run_directory_in_use_is_refused_in_one_line(tmp_path: Path) -> None:
 
 def load_example(name: str) -> ModuleType:
     """Import ``examples/<name>.py`` as a module, without running its ``main``."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / f"{name}.py", f"esper_example_{name}")
 
 
 def test_the_webhook_keeps_a_bounded_few_failed_posts_and_sends_them_at_flush() -> None:

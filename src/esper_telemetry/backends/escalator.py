@@ -128,11 +128,11 @@ class AnomalyEscalator(Backend):
             # The env of the first mismatched step, when it is one of this rank's own envs
             # (outlier_envs index this rank's batch); drift is a figure of the whole batch.
             replay = payload.replay.get(state) if state is not None else None
-            first = replay.first_env if replay is not None else None
-            if anomaly.type is AnomalyType.LSTM_REPLAY_DRIFT or first is None:
+            if anomaly.type is AnomalyType.LSTM_REPLAY_DRIFT or replay is None:
                 return None
-            assert replay is not None
-            return (first,) if replay.first_rank in (None, rank) else None
+            if replay.first_env is None or replay.first_rank not in (None, rank):
+                return None
+            return (replay.first_env,)
         # The update that trips an anomaly carries its own detail (see the emitter).
         if state is None or state == payload.primary_name():
             return payload.lstm_outlier_envs
