@@ -61,30 +61,37 @@ def anomalies() -> str:
 
 
 def wandb() -> str:
-    """Every key WandBBackend writes, by group (``<p>`` the optional prefix)."""
-    health = [
-        *wandb_keys.HEALTH_FIGURES,
-        *wandb_keys.DIAGNOSTIC_FIGURES,
-        *wandb_keys.REPLAY_FIGURES,
-    ]
+    """Every key WandBBackend writes, by group, built by the layout the backend logs with
+    (``WandbKeys``; ``<p>`` stands for the optional prefix)."""
+    keys = wandb_keys.WandbKeys()
+    checks = [*wandb_keys.DIAGNOSTIC_FIGURES, *wandb_keys.REPLAY_FIGURES]
+
+    def layers(state: str | None) -> list[str]:
+        found = (keys.layer(0, "h", state=state), keys.layer(0, "c", state=state))
+        return [key.replace("layer0", "layer<i>") for key in found]
+
+    state = "<state>"
     groups = [
-        ("(always)", ["<p>update", "<p>env_steps"]),
+        ("(always)", [keys.update_key, keys.env_steps_key]),
         (
-            "health",
-            [f"<p>lstm/[<state>/]{f}" for f in health]
-            + ["<p>lstm/[<state>/]layer<i>/h_rms", "<p>lstm/[<state>/]layer<i>/c_rms"]
-            + ["<p>lstm/outlier_envs"],
+            "health: the primary state",
+            [keys.health(f) for f in wandb_keys.HEALTH_FIGURES]
+            + layers(None)
+            + [keys.outlier_envs],
         ),
-        ("ppo", [f"<p>ppo/{k}" for k in wandb_keys.PPO_KEYS] + ["<p>extra/<name>"]),
         (
-            "anomalies",
-            [f"<p>anomaly/{kind.value}" for kind in AnomalyType] + ["<p>anomaly/table"],
+            "health: every named state (diagnostics and replay when measured)",
+            [keys.health(f, state=state) for f in (*wandb_keys.HEALTH_FIGURES, *checks)]
+            + layers(state),
         ),
-        ("telemetry", [f"<p>telemetry/{k}" for k in wandb_keys.TELEMETRY_FIGURES]),
+        ("ppo", [keys.ppo(k) for k in wandb_keys.PPO_KEYS] + [keys.extra("<name>")]),
+        ("anomalies", [keys.anomaly_count(kind) for kind in AnomalyType] + [keys.anomaly_table]),
+        ("telemetry", [keys.telemetry(k) for k in wandb_keys.TELEMETRY_FIGURES]),
+        ("summary", [keys.run("status"), keys.run("message"), keys.final("<name>")]),
     ]
     rows = ["| group | keys |", "|---|---|"]
-    for group, keys in groups:
-        rows.append(f"| {group} | {', '.join(f'`{k}`' for k in keys)} |")
+    for group, names in groups:
+        rows.append(f"| {group} | {', '.join(f'`<p>{k}`' for k in names)} |")
     columns = ", ".join(f"`{c}`" for c in wandb_keys.ANOMALY_COLUMNS)
     return "\n".join(rows) + f"\n\nThe columns of `<p>anomaly/table`: {columns}."
 

@@ -176,3 +176,19 @@ def test_the_contracts_page_renders_every_exported_schema(hooks: ModuleType) -> 
 def test_an_unknown_marker_fails_the_build(hooks: ModuleType) -> None:
     with pytest.raises(ValueError, match="esper:nosuch is unknown"):
         hooks.on_page_markdown("<!-- esper:nosuch -->\n")
+
+
+def test_the_wandb_keys_put_diagnostics_under_named_states_only(hooks: ModuleType) -> None:
+    """As the backend logs them: the primary state's flat keys are its 12 figures; the
+    diagnostics and the replay check come under ``lstm/<state>/`` only."""
+    from esper_telemetry.backends import wandb_keys
+
+    rows = hooks.on_page_markdown("<!-- esper:wandb-keys -->\n").splitlines()
+    (primary,) = [r for r in rows if r.startswith("| health: the primary state |")]
+    (named,) = [r for r in rows if r.startswith("| health: every named state")]
+    for figure in wandb_keys.HEALTH_FIGURES:
+        assert f"`<p>lstm/{figure}`" in primary
+        assert f"`<p>lstm/<state>/{figure}`" in named
+    for figure in (*wandb_keys.DIAGNOSTIC_FIGURES, *wandb_keys.REPLAY_FIGURES):
+        assert f"`<p>lstm/{figure}`" not in primary
+        assert f"`<p>lstm/<state>/{figure}`" in named
