@@ -9,6 +9,7 @@ backend raises on every event.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -20,13 +21,15 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from rich.console import Console
 
 import esper_telemetry
 from esper_telemetry._rank import _rank_options, write_spec
 from esper_telemetry.analytics import read_events
-from esper_telemetry.contracts import RunFinished
+from esper_telemetry.contracts import RunFinished, TelemetryEvent
+from esper_telemetry.hub import Backend, TelemetryHub
 from esper_telemetry.plugins import BUILT_IN, BackendSpec, PluginError, load
-from esper_telemetry.run import RunOptions
+from esper_telemetry.run import RunOptions, run_ppo
 from esper_telemetry.training import PPOConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -385,3 +388,65 @@ def test_loading_a_plugin_not_installed_raises_an_esper_error() -> None:
         "backend 'nosuch': no such plugin is installed (esper backends lists them)"
     )
     assert caught.value.name == "nosuch"
+
+
+CLOSING = '''
+from pathlib import Path
+
+
+class Closing:
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def handle(self, event):
+        pass
+
+    def close(self):
+        self.path.write_text("closed")
+
+
+def make(path):
+    """Writes 'closed' to path when it is closed."""
+    return Closing(path)
+'''
+
+
+@pytest.mark.parametrize("refused", ["own backend", "plugin asked first"])
+def test_plugins_built_for_a_run_that_does_not_start_are_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sites: dict[str, Path], refused: str
+) -> None:
+    """A plugin is built before the built-in backends start; when the run then cannot
+    start (one of the caller's backends, or a plugin asked for before it, refuses), the
+    plugin that was built but never subscribed is closed all the same."""
+    package = write_package(
+        tmp_path / "closing-package",
+        "esper-closing-plugin",
+        {"closing": "esper_closing_plugin:make"},
+        CLOSING,
+    )
+    monkeypatch.syspath_prepend(str(install(package, tmp_path / "closing")))
+    monkeypatch.syspath_prepend(str(sites["broken"]))
+    marker = tmp_path / "closed.txt"
+    closing = BackendSpec("closing", MappingProxyType({"path": str(marker)}))
+
+    class Refusing(Backend):
+        def handle(self, event: TelemetryEvent) -> None:
+            pass
+
+        def on_subscribe(self, hub: TelemetryHub) -> None:
+            raise RuntimeError("refuses to start")
+
+    own = (Refusing(),) if refused == "own backend" else ()
+    plugins = (closing,) if own else (BackendSpec("stubborn"), closing)
+    options = RunOptions(
+        config=PPOConfig(updates=1, envs=2, hidden=16),
+        run_root=tmp_path / "runs",
+        run_id="not-started",
+        wandb="disabled",
+        progress=False,
+        backends=own,
+        plugins=plugins,
+    )
+    outcome = run_ppo(options, Console(file=io.StringIO()))
+    assert outcome.exit_code == 2
+    assert marker.read_text() == "closed"

@@ -563,6 +563,20 @@ def _subscribe_all(
         return None
     # Built before W&B starts: a plugin asked for that cannot load ends the run at once.
     plugins = _load_plugins(options)
+    try:
+        wandb_backend = _subscribe_own(hub, options, run_dir, console)
+    except BaseException:
+        for plugin in plugins:  # built but never subscribed: the hub will not close them
+            _close_quietly(plugin.backend)
+        raise
+    _subscribe_plugins(hub, plugins)
+    return wandb_backend
+
+
+def _subscribe_own(
+    hub: TelemetryHub, options: RunOptions, run_dir: Path, console: Console
+) -> WandBBackend | None:
+    """The threaded built-in backends and the caller's own; the W&B backend if any."""
     wandb_backend = None
     if options.wandb != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")  # our summary says where the run is
@@ -607,7 +621,6 @@ def _subscribe_all(
         except Exception as exc:
             name = getattr(backend, "name", None) or type(backend).__name__
             raise RuntimeError(f"backend {name!r} refused to start: {exc}") from exc
-    _subscribe_plugins(hub, plugins)
     return wandb_backend
 
 
@@ -659,11 +672,13 @@ def _load_plugins(options: RunOptions) -> list[_Loaded]:
 
 def _subscribe_plugins(hub: TelemetryHub, plugins: list[_Loaded]) -> None:
     """Subscribe the plugins built, each on its own thread."""
-    for plugin in plugins:
+    for i, plugin in enumerate(plugins):
         try:
             hub.subscribe(plugin.backend, name=plugin.name)
         except Exception as exc:
             if plugin.asked:
+                for left in plugins[i:]:  # this one and those not subscribed yet
+                    _close_quietly(left.backend)
                 raise RuntimeError(f"--backend {plugin.name}: refused to start: {exc}") from exc
             _plugin_log.warning(
                 "backend %r refused to start (%s); the run goes on without it",
